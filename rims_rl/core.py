@@ -1,0 +1,321 @@
+"""Recurrent Independent Mechanisms (Goyal et al., ICLR 2021) as a drop-in for ``nn.LSTM``.
+
+All units run at once: per-unit weights are stacked along a unit dimension and applied with one
+batched matmul (``einsum`` over ``[B, n_units, ...] x [n_units, ...]``), so there is no Python loop
+over units and no dense block-masked matrix. The only loop is over time, as in any RNN.
+
+Shapes (time-major, like ``nn.LSTM`` with ``batch_first=False``):
+    x:      [T, B, input_size]  or  [T, B, n_inputs, input_size]  (several input slots, e.g. CNN positions)
+    state:  (h, c), each [1, B, hidden_size]; hidden_size = n_units * unit_size
+    output: [T, B, hidden_size]
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+State = tuple[Tensor, Tensor]
+
+_CELLS = ("lstm", "gru")
+
+
+def _check_positive(name: str, value: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def _check_divides(name: str, value: int, by_name: str, by: int) -> None:
+    if value % by != 0:
+        raise ValueError(
+            f"{name}={value} must be divisible by {by_name}={by}; "
+            f"choose {name} from multiples of {by} (e.g. {by * max(1, round(value / by))})"
+        )
+
+
+class RIMs(nn.Module):
+    """A RIMs recurrent core with the interface of a one-layer, time-major ``nn.LSTM``.
+
+    Each step: (1) every unit queries the input slots plus a null slot (zeros) with its own weights;
+    (2) the ``k`` units that put the least attention on the null slot become active; (3) active units
+    update with their own LSTM/GRU cell on what they read; (4) active units read all units through
+    multi-head attention (residual); (5) inactive units keep ``h`` and ``c`` bit for bit, and the
+    step's update sends them no gradient.
+
+    Args:
+        input_size: features per input slot.
+        hidden_size: total state size, ``n_units * unit_size`` (same meaning as ``nn.LSTM``).
+        n_units: number of mechanisms (paper: 6).
+        k: active units per step (paper: 4; 5 was slightly better on Atari).
+        cell: ``"lstm"`` or ``"gru"``; with GRU units ``c`` is carried as zeros.
+        input_key_size: key/query size per head of the input attention (paper: 64).
+        input_value_size: size of what a unit reads from the input, split across heads; its cell's
+            input size (paper: ``unit_size * 4``; ``None`` picks that).
+        input_heads: heads of the input attention (paper: 4).
+        input_dropout: dropout on input-attention probabilities (paper: 0.1).
+        comm_key_size: key/query size per head of the communication attention (paper: 32).
+        comm_value_size: value size per head of the communication attention (paper: 32).
+        comm_heads: heads of the communication attention (paper: 4).
+        comm_dropout: dropout on communication-attention probabilities (paper: 0.1).
+        comm_top_k: if set, each active unit reads only its ``comm_top_k`` best-scoring units.
+        use_comm: turn communication off for ablations.
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int = 600,
+        n_units: int = 6,
+        k: int = 4,
+        cell: str = "lstm",
+        input_key_size: int = 64,
+        input_value_size: int | None = None,
+        input_heads: int = 4,
+        input_dropout: float = 0.1,
+        comm_key_size: int = 32,
+        comm_value_size: int = 32,
+        comm_heads: int = 4,
+        comm_dropout: float = 0.1,
+        comm_top_k: int | None = None,
+        use_comm: bool = True,
+    ) -> None:
+        super().__init__()
+        for name, value in (
+            ("input_size", input_size),
+            ("hidden_size", hidden_size),
+            ("n_units", n_units),
+            ("input_key_size", input_key_size),
+            ("input_heads", input_heads),
+            ("comm_key_size", comm_key_size),
+            ("comm_value_size", comm_value_size),
+            ("comm_heads", comm_heads),
+        ):
+            _check_positive(name, value)
+        if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= n_units:
+            raise ValueError(f"k must be an integer in [1, n_units={n_units}], got {k!r}")
+        if cell not in _CELLS:
+            raise ValueError(f"cell must be one of {_CELLS}, got {cell!r}")
+        _check_divides("hidden_size", hidden_size, "n_units", n_units)
+        unit_size = hidden_size // n_units
+        if input_value_size is None:
+            input_value_size = unit_size * 4
+        _check_positive("input_value_size", input_value_size)
+        _check_divides("input_value_size", input_value_size, "input_heads", input_heads)
+        for name, p in (("input_dropout", input_dropout), ("comm_dropout", comm_dropout)):
+            if not 0.0 <= p < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {p!r}")
+        if comm_top_k is not None and not (isinstance(comm_top_k, int) and 1 <= comm_top_k <= n_units):
+            raise ValueError(
+                f"comm_top_k must be None or an integer in [1, n_units={n_units}], got {comm_top_k!r}"
+            )
+
+        # nn.LSTM-compatible attributes (sb3-contrib sizes its buffers from these).
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+        self.num_layers = 1
+        self.batch_first = False
+        self.bidirectional = False
+
+        self.n_units = n_units
+        self.unit_size = unit_size
+        self.k = k
+        self.cell = cell
+        self.input_heads = input_heads
+        self.input_key_size = input_key_size
+        self.input_value_size = input_value_size
+        self.comm_heads = comm_heads
+        self.comm_key_size = comm_key_size
+        self.comm_value_size = comm_value_size
+        self.comm_top_k = comm_top_k
+        self.use_comm = use_comm
+        self.input_dropout = nn.Dropout(input_dropout)
+        self.comm_dropout = nn.Dropout(comm_dropout)
+
+        n_gates = 4 if cell == "lstm" else 3
+        self._gate_size = n_gates * unit_size
+        q_in = input_heads * input_key_size
+        # Input attention: keys/values shared over units (no bias, so the null slot has key 0 and
+        # value 0); queries from each unit's state with its own weights.
+        self.input_key = nn.Linear(input_size, q_in, bias=False)
+        self.input_value = nn.Linear(input_size, input_value_size, bias=False)
+        self.w_query = nn.Parameter(torch.empty(n_units, unit_size, q_in))
+        # Each unit's own cell: input weights (from what it read), recurrent weights, biases.
+        self.w_x = nn.Parameter(torch.empty(n_units, input_value_size, self._gate_size))
+        self.w_hh = nn.Parameter(torch.empty(n_units, unit_size, self._gate_size))
+        self.b_x = nn.Parameter(torch.empty(n_units, self._gate_size))
+        self.b_h = nn.Parameter(torch.empty(n_units, self._gate_size))
+        # Communication: per-unit query/key/value from the updated state, per-unit output projection.
+        c_qkv = comm_heads * (2 * comm_key_size + comm_value_size)
+        self.w_comm = nn.Parameter(torch.empty(n_units, unit_size, c_qkv))
+        self.w_comm_out = nn.Parameter(torch.empty(n_units, comm_heads * comm_value_size, unit_size))
+        self.reset_parameters()
+        self.last_active_mask: Tensor | None = None
+
+    def reset_parameters(self) -> None:
+        """Uniform(-1/sqrt(fan_in), 1/sqrt(fan_in)) per unit, as torch does for Linear/LSTM."""
+        self.input_key.reset_parameters()
+        self.input_value.reset_parameters()
+        for w in (self.w_query, self.w_x, self.w_hh, self.w_comm, self.w_comm_out):
+            bound = 1.0 / math.sqrt(w.shape[1])
+            nn.init.uniform_(w, -bound, bound)
+        bound = 1.0 / math.sqrt(self.unit_size)
+        nn.init.uniform_(self.b_x, -bound, bound)
+        nn.init.uniform_(self.b_h, -bound, bound)
+
+    def extra_repr(self) -> str:
+        return (
+            f"input_size={self.input_size}, hidden_size={self.hidden_size}, n_units={self.n_units}, "
+            f"k={self.k}, cell={self.cell!r}, input_heads={self.input_heads}, comm_heads={self.comm_heads}"
+        )
+
+    def initial_state(self, batch_size: int, device: torch.device | None = None) -> State:
+        """Zero state, shaped like ``nn.LSTM``'s (h0, c0)."""
+        z = torch.zeros(1, batch_size, self.hidden_size, device=device, dtype=self.w_hh.dtype)
+        return z, z.clone()
+
+    def _check_input(self, x: Tensor, state: State | None, episode_starts: Tensor | None) -> None:
+        if x.dim() not in (3, 4) or x.shape[-1] != self.input_size:
+            raise ValueError(
+                f"x must have shape [T, B, input_size={self.input_size}] or "
+                f"[T, B, n_inputs, input_size={self.input_size}], got {tuple(x.shape)}"
+            )
+        T, B = x.shape[0], x.shape[1]
+        if state is not None:
+            if len(state) != 2:
+                raise ValueError(f"state must be a pair (h0, c0), got {len(state)} tensors")
+            expected = (1, B, self.hidden_size)
+            for name, s in zip(("h0", "c0"), state, strict=True):
+                if tuple(s.shape) != expected:
+                    raise ValueError(
+                        f"{name} must have shape [1, B={B}, hidden_size={self.hidden_size}], "
+                        f"got {tuple(s.shape)}"
+                    )
+        if episode_starts is not None and tuple(episode_starts.shape) != (T, B):
+            raise ValueError(
+                f"episode_starts must have shape [T={T}, B={B}], got {tuple(episode_starts.shape)}"
+            )
+
+    def forward(
+        self, x: Tensor, state: State | None = None, episode_starts: Tensor | None = None
+    ) -> tuple[Tensor, State]:
+        """Run a whole sequence.
+
+        Args:
+            x: [T, B, input_size] or [T, B, n_inputs, input_size].
+            state: (h0, c0), each [1, B, hidden_size]; zeros if None.
+            episode_starts: optional [T, B]; where 1 the state is zeroed before that step, so a rollout
+                with resets runs in one call.
+
+        Returns:
+            output [T, B, hidden_size] and (hT, cT). The activation mask of the call, [T, B, n_units]
+            bool, is kept (detached) in ``self.last_active_mask``.
+        """
+        self._check_input(x, state, episode_starts)
+        if x.dim() == 3:
+            x = x.unsqueeze(2)
+        T, B, S, _ = x.shape
+        n, u = self.n_units, self.unit_size
+        if state is None:
+            state = self.initial_state(B, x.device)
+        # Internally unit-major [n, B, u], so every per-unit matmul is a plain bmm over units.
+        h = state[0].reshape(B, n, u).transpose(0, 1)
+        c = state[1].reshape(B, n, u).transpose(0, 1)
+
+        # Everything that depends on the input only is computed once for all steps.
+        H, dk = self.input_heads, self.input_key_size
+        keys = self.input_key(x).view(T, B, S, H, dk)
+        values = self.input_value(x).view(T, B, S, H, self.input_value_size // H)
+        if S == 1:
+            # One slot: fold each unit's query weights into the keys, so a step's attention score is
+            # a dot product in the unit's own space: q.k = h . (W_q k).
+            w_query = self.w_query.view(n, u, H, dk) * (1.0 / math.sqrt(dk))
+            keys = torch.einsum("nuhd,tbhd->tnbhu", w_query, keys.squeeze(2))
+            values = values.squeeze(2)
+        if self.cell == "lstm":  # one matmul per step on [read, h]
+            w_cell = torch.cat([self.w_x, self.w_hh], dim=1)
+            b_cell = (self.b_x + self.b_h).unsqueeze(1)
+        keep = None if episode_starts is None else (1.0 - episode_starts.to(x.dtype)).view(T, 1, B, 1)
+
+        # unbind, not keys[t]: indexing would make every step's backward write a zero tensor of all T steps.
+        keys_t, values_t = keys.unbind(0), values.unbind(0)
+        keep_t = None if keep is None else keep.unbind(0)
+        outputs, masks = [], []
+        for t in range(T):
+            if keep_t is not None:
+                h = h * keep_t[t]
+                c = c * keep_t[t]
+            read, mask = self._input_attention(keys_t[t], values_t[t], h)
+            if self.cell == "lstm":
+                gates = torch.baddbmm(b_cell, torch.cat([read, h], dim=-1), w_cell)
+                ifo, g = gates.split((3 * u, u), dim=-1)
+                i, f, o = torch.sigmoid(ifo).chunk(3, dim=-1)
+                c_new = f * c + i * torch.tanh(g)
+                h_new = o * torch.tanh(c_new)
+            else:
+                gx = torch.baddbmm(self.b_x.unsqueeze(1), read, self.w_x)
+                gh = torch.baddbmm(self.b_h.unsqueeze(1), h, self.w_hh)
+                (xrz, xn), (hrz, hn) = gx.split((2 * u, u), dim=-1), gh.split((2 * u, u), dim=-1)
+                r, z = torch.sigmoid(xrz + hrz).chunk(2, dim=-1)
+                cand = torch.tanh(xn + r * hn)
+                h_new = cand + z * (h - cand)
+                c_new = c
+            h, c = self._communicate_and_update(h, c, h_new, c_new, mask)
+            outputs.append(h)
+            masks.append(mask)
+        out = torch.stack(outputs).transpose(1, 2).reshape(T, B, self.hidden_size)
+        self.last_active_mask = torch.stack(masks).transpose(1, 2).detach()
+        h_t = h.transpose(0, 1).reshape(1, B, self.hidden_size)
+        c_t = c.transpose(0, 1).reshape(1, B, self.hidden_size)
+        return out, (h_t, c_t)
+
+    def _input_attention(self, keys: Tensor, values: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
+        """What each unit reads, [n,B,input_value_size], and which units win, [n,B] bool.
+
+        keys: [n,B,H,u] (one slot, query weights folded in) or [B,S,H,dk]; values: [B,(S,)H,dv].
+        """
+        n, B, _ = h.shape
+        if values.dim() == 3:  # one input slot
+            # Softmax over [null (score 0), slot (score s)] is sigmoid(s) on the slot.
+            p_input = torch.sigmoid(torch.linalg.vecdot(h.unsqueeze(2), keys))  # [n, B, H]
+            attention_on_input = p_input.mean(dim=-1)
+            read = self.input_dropout(p_input).unsqueeze(-1) * values  # [n, B, H, dv]
+        else:
+            H, dk = self.input_heads, self.input_key_size
+            query = torch.bmm(h, self.w_query).view(n, B, H, dk)
+            scores = torch.einsum("nbhd,bshd->nbhs", query, keys) * (1.0 / math.sqrt(dk))
+            probs = F.pad(scores, (1, 0)).softmax(dim=-1)  # [n, B, H, 1 + S], null slot first
+            attention_on_input = 1.0 - probs[..., 0].mean(dim=-1)
+            read = torch.einsum("nbhs,bshv->nbhv", self.input_dropout(probs)[..., 1:], values)
+        # Competition: the k units that attend least to the null slot win.
+        winners = torch.topk(attention_on_input, self.k, dim=0).indices
+        mask = torch.zeros(n, B, dtype=torch.bool, device=h.device).scatter_(0, winners, True)
+        return read.reshape(n, B, -1), mask
+
+    def _communicate_and_update(
+        self, h: Tensor, c: Tensor, h_new: Tensor, c_new: Tensor, mask: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """Active units read all units (inactive ones offer their old state), then the sparse update:
+        inactive units keep h and c exactly and get no gradient from this step. All [n,B,u]."""
+        m = mask.unsqueeze(-1)
+        if self.use_comm:
+            h_new = h_new + self._communicate(torch.where(m, h_new, h))
+        return torch.where(m, h_new, h), torch.where(m, c_new, c)
+
+    def _communicate(self, h: Tensor) -> Tensor:
+        """Multi-head attention of each unit over all units, [n,B,u] -> [n,B,u] (caller adds the residual)."""
+        n, B, _ = h.shape
+        H, dk, dv = self.comm_heads, self.comm_key_size, self.comm_value_size
+        q, k, v = torch.bmm(h, self.w_comm).split((H * dk, H * dk, H * dv), dim=-1)
+        q = q.reshape(n, 1, B, H, dk)
+        k = k.reshape(1, n, B, H, dk)
+        # n is small: broadcast-multiply beats B*H bmm calls on n x n matrices.
+        scores = (q * k).sum(-1) * (1.0 / math.sqrt(dk))  # [n_query, n_key, B, H]
+        if self.comm_top_k is not None and self.comm_top_k < n:
+            kth = scores.topk(self.comm_top_k, dim=1).values[:, -1:]
+            scores = scores.masked_fill(scores < kth, float("-inf"))
+        probs = self.comm_dropout(scores.softmax(dim=1)).unsqueeze(-1)
+        attended = (probs * v.reshape(1, n, B, H, dv)).sum(1)  # [n, B, H, dv]
+        return torch.bmm(attended.reshape(n, B, H * dv), self.w_comm_out)
