@@ -1,0 +1,70 @@
+"""Environments for rims-rl: preprocessed Atari and MiniGrid, our distractor room, and OOD suites.
+
+Start with ``make_vec_env_for(id_or_spec, n_envs, seed, training=...)`` and ``get_suite(name)``.
+"""
+
+from envs.atari import (
+    AtariGameInfo,
+    atari_game_info,
+    make_atari_env,
+    make_atari_vec_env,
+    validate_atari_options,
+)
+from envs.distractors import NOVEL_PAIRS, TRAIN_PAIRS, DistractorEnv
+from envs.errors import unknown_choice_error
+from envs.make import make_env, make_vec_env_for
+from envs.minigrid import make_minigrid_env, make_minigrid_vec_env
+from envs.minigrid_features import (
+    MiniGridCNN,
+    MiniGridDictExtractor,
+    minigrid_policy_kwargs,
+    sb3_policy_name,
+)
+from envs.mission import decode_mission, encode_mission, mission_slots, parse_mission
+from envs.registry import env_family, register_all_envs, supported_env_ids, validate_env_id
+from envs.spec import EnvSpec
+from envs.suites import (
+    Suite,
+    atari_modes_suite,
+    get_suite,
+    list_suites,
+    load_suite_file,
+    make_suite,
+    register_suite,
+)
+
+__all__ = [
+    "AtariGameInfo",
+    "DistractorEnv",
+    "EnvSpec",
+    "MiniGridCNN",
+    "MiniGridDictExtractor",
+    "NOVEL_PAIRS",
+    "Suite",
+    "TRAIN_PAIRS",
+    "atari_game_info",
+    "atari_modes_suite",
+    "decode_mission",
+    "encode_mission",
+    "env_family",
+    "get_suite",
+    "list_suites",
+    "load_suite_file",
+    "make_atari_env",
+    "make_atari_vec_env",
+    "make_env",
+    "make_minigrid_env",
+    "make_minigrid_vec_env",
+    "make_suite",
+    "make_vec_env_for",
+    "minigrid_policy_kwargs",
+    "mission_slots",
+    "parse_mission",
+    "register_all_envs",
+    "register_suite",
+    "sb3_policy_name",
+    "supported_env_ids",
+    "unknown_choice_error",
+    "validate_atari_options",
+    "validate_env_id",
+]

@@ -1,0 +1,204 @@
+"""Atari (ALE v5) with the standard DQN/PPO preprocessing, reporting raw full-episode game scores.
+
+Wrapper order matters: SB3's ``Monitor`` sits directly on the emulator, *below* episodic-life and
+reward clipping, so ``info["episode"]["r"]`` is the unclipped score of a whole game (all lives) even
+in training mode, where the agent sees clipped rewards and a terminal on every life loss.
+``info["episode"]["l"]`` therefore counts emulator frames (agent steps x frame skip).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+from PIL import Image
+from stable_baselines3.common.atari_wrappers import (
+    ClipRewardEnv,
+    EpisodicLifeEnv,
+    FireResetEnv,
+    MaxAndSkipEnv,
+    NoopResetEnv,
+)
+from stable_baselines3.common.monitor import Monitor
+from stable_baselines3.common.vec_env import VecEnv
+
+from envs.errors import unknown_choice_error
+from envs.registry import ATARI_PREFIX, register_all_envs, validate_env_id
+from envs.seeding import seeded
+from envs.vec import VecClass, build_vec_env
+
+DEFAULT_STICKY = 0.25  # ALE v5 default repeat_action_probability (Machado et al., 2018)
+
+
+@dataclass(frozen=True)
+class AtariGameInfo:
+    """What a game offers: its modes, difficulties and minimal action set."""
+
+    modes: tuple[int, ...]
+    difficulties: tuple[int, ...]
+    action_meanings: tuple[str, ...]
+
+
+@functools.cache
+def atari_game_info(env_id: str) -> AtariGameInfo:
+    """Query the ROM once (lazily, cached) for its modes/difficulties; the first of each is the default."""
+    _check_atari_id(env_id)
+    env = gym.make(env_id)
+    try:
+        ale = env.unwrapped.ale  # type: ignore[attr-defined]
+        return AtariGameInfo(
+            modes=tuple(int(m) for m in ale.getAvailableModes()),
+            difficulties=tuple(int(d) for d in ale.getAvailableDifficulties()),
+            action_meanings=tuple(env.unwrapped.get_action_meanings()),  # type: ignore[attr-defined]
+        )
+    finally:
+        env.close()
+
+
+def validate_atari_options(env_id: str, mode: int | None = None, difficulty: int | None = None) -> None:
+    """Raise ``ValueError`` naming the valid modes/difficulties if ``mode``/``difficulty`` is not one."""
+    if mode is None and difficulty is None:
+        _check_atari_id(env_id)  # no ROM query needed for the defaults
+        return
+    info = atari_game_info(env_id)
+    if mode is not None and mode not in info.modes:
+        raise unknown_choice_error("mode", mode, info.modes, where=f"for {env_id}")
+    if difficulty is not None and difficulty not in info.difficulties:
+        raise unknown_choice_error("difficulty", difficulty, info.difficulties, where=f"for {env_id}")
+
+
+class GrayResize(gym.ObservationWrapper):
+    """Grayscale ALE frame (210x160) -> ``size x size x 1`` uint8, bilinear with antialiasing (no cv2)."""
+
+    def __init__(self, env: gym.Env, size: int = 84) -> None:
+        super().__init__(env)
+        self.size = size
+        self.observation_space = spaces.Box(0, 255, (size, size, 1), np.uint8)
+
+    def observation(self, observation: np.ndarray) -> np.ndarray:
+        frame = observation if observation.ndim == 2 else observation[..., 0]
+        img = Image.fromarray(frame).resize((self.size, self.size), Image.Resampling.BILINEAR)
+        return np.asarray(img, dtype=np.uint8)[..., None]
+
+
+class ChannelFrameStack(gym.Wrapper):
+    """Stack the last ``k`` frames along the channel (last) axis: ``(H, W, C) -> (H, W, k*C)``."""
+
+    def __init__(self, env: gym.Env, k: int) -> None:
+        super().__init__(env)
+        self.k = k
+        self._frames: deque[np.ndarray] = deque(maxlen=k)
+        space = env.observation_space
+        assert isinstance(space, spaces.Box)
+        self.observation_space = spaces.Box(
+            np.repeat(space.low, k, axis=-1), np.repeat(space.high, k, axis=-1), dtype=space.dtype
+        )
+
+    def reset(self, **kwargs: Any) -> tuple[np.ndarray, dict]:
+        obs, info = self.env.reset(**kwargs)
+        for _ in range(self.k):
+            self._frames.append(obs)
+        return self._stacked(), info
+
+    def step(self, action: Any) -> tuple[np.ndarray, Any, bool, bool, dict]:
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        self._frames.append(obs)
+        return self._stacked(), reward, terminated, truncated, info
+
+    def _stacked(self) -> np.ndarray:
+        return np.concatenate(list(self._frames), axis=-1)
+
+
+def make_atari_env(
+    env_id: str,
+    seed: int | None = None,
+    training: bool = True,
+    frame_stack: int = 1,
+    mode: int | None = None,
+    difficulty: int | None = None,
+    repeat_action_probability: float = DEFAULT_STICKY,
+    noop_max: int = 30,
+    frame_skip: int = 4,
+    screen_size: int = 84,
+    terminal_on_life_loss: bool | None = None,
+) -> gym.Env:
+    """One preprocessed Atari env; ``training`` adds episodic life + reward clipping (never to the score).
+
+    ``terminal_on_life_loss`` (None: same as ``training``) decides episodic life on its own, as in the
+    RL Zoo's ``AtariWrapper(terminal_on_life_loss=...)``; evaluation (``training=False``) never uses it.
+
+    Chain: ALE(frameskip=1, grayscale) -> Monitor (raw score) -> no-op reset -> max-and-skip ->
+    [episodic life] -> fire reset (if the game has FIRE) -> 84x84 -> [clip reward] -> frame stack.
+    """
+    if frame_stack < 1:
+        raise ValueError(f"frame_stack must be >= 1, got {frame_stack}")
+    validate_atari_options(env_id, mode, difficulty)
+    env = gym.make(
+        env_id,
+        obs_type="grayscale",
+        frameskip=1,
+        repeat_action_probability=repeat_action_probability,
+        mode=mode,
+        difficulty=difficulty,
+    )
+    env = Monitor(env)
+    if noop_max > 0:
+        env = NoopResetEnv(env, noop_max=noop_max)
+    env = MaxAndSkipEnv(env, skip=frame_skip)
+    if training and (terminal_on_life_loss is None or terminal_on_life_loss):
+        env = EpisodicLifeEnv(env)
+    if "FIRE" in env.unwrapped.get_action_meanings():  # type: ignore[attr-defined]
+        env = FireResetEnv(env)
+    env = GrayResize(env, screen_size)
+    if training:
+        env = ClipRewardEnv(env)
+    if frame_stack > 1:
+        env = ChannelFrameStack(env, frame_stack)
+    return seeded(env, seed)
+
+
+def make_atari_vec_env(
+    env_id: str,
+    n_envs: int = 1,
+    seed: int | None = None,
+    training: bool = True,
+    frame_stack: int = 1,
+    mode: int | None = None,
+    difficulty: int | None = None,
+    repeat_action_probability: float = DEFAULT_STICKY,
+    vec_cls: VecClass = None,
+    noop_max: int = 30,
+    frame_skip: int = 4,
+    screen_size: int = 84,
+    terminal_on_life_loss: bool | None = None,
+) -> VecEnv:
+    """``n_envs`` copies of ``make_atari_env`` as an SB3 VecEnv (channel-last uint8, ready for CnnPolicy)."""
+    validate_atari_options(env_id, mode, difficulty)  # fail here, not inside a subprocess
+    thunk = functools.partial(
+        make_atari_env,
+        env_id,
+        None,
+        training=training,
+        frame_stack=frame_stack,
+        mode=mode,
+        difficulty=difficulty,
+        repeat_action_probability=repeat_action_probability,
+        noop_max=noop_max,
+        frame_skip=frame_skip,
+        screen_size=screen_size,
+        terminal_on_life_loss=terminal_on_life_loss,
+    )
+    return build_vec_env([thunk] * n_envs, seed, vec_cls)
+
+
+def _check_atari_id(env_id: str) -> None:
+    register_all_envs()
+    if not env_id.startswith(ATARI_PREFIX):
+        atari_ids = [i for i in gym.registry if i.startswith(ATARI_PREFIX) and "-ram" not in i]
+        raise unknown_choice_error("Atari env id (expected ALE/<Game>-v5)", env_id, atari_ids)
+    validate_env_id(env_id)

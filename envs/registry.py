@@ -1,0 +1,60 @@
+"""One place that registers every env family we support and validates env ids against it.
+
+Ids are checked against ``gymnasium.registry`` before anything is built, so a typo fails fast
+with the closest valid ids, and the family of an id (Atari or MiniGrid) decides which
+preprocessing ``envs.make`` applies.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import gymnasium as gym
+
+from envs.errors import unknown_choice_error
+
+EnvFamily = Literal["atari", "minigrid"]
+ATARI_PREFIX = "ALE/"
+MINIGRID_PREFIXES = ("MiniGrid-", "BabyAI-", "RimsRL/")
+
+
+def register_all_envs() -> None:
+    """Register ALE, MiniGrid and our own envs with gymnasium (idempotent, quiet on re-import)."""
+    import ale_py
+    import minigrid
+
+    gym.register_envs(ale_py)
+    if "MiniGrid-Empty-5x5-v0" not in gym.registry:  # importing minigrid usually registers already
+        minigrid.register_minigrid_envs()
+    import envs.distractors  # noqa: F401  (registers RimsRL/Distractors-* on import)
+
+
+def env_family(env_id: str) -> EnvFamily:
+    """``'atari'`` for ``ALE/...`` ids, ``'minigrid'`` for MiniGrid/BabyAI/RimsRL ids; validates the id."""
+    validate_env_id(env_id)
+    return "atari" if env_id.startswith(ATARI_PREFIX) else "minigrid"
+
+
+def supported_env_ids() -> list[str]:
+    """Registered ids we can build: ALE v5 image games and MiniGrid-style grid worlds."""
+    register_all_envs()
+    ids = []
+    for env_id in gym.registry:
+        if env_id.startswith(ATARI_PREFIX):
+            if "-ram" not in env_id:
+                ids.append(env_id)
+        elif env_id.startswith(MINIGRID_PREFIXES):
+            ids.append(env_id)
+    return ids
+
+
+def validate_env_id(env_id: str) -> None:
+    """Raise ``ValueError`` (closest valid ids first) unless ``env_id`` is a supported registered id."""
+    supported = supported_env_ids()
+    if env_id in supported:
+        return None
+    if env_id in gym.registry:
+        kind = "env id (registered, but not an ALE/...-v5 Atari or MiniGrid env, so unsupported here)"
+    else:
+        kind = "env id"
+    raise unknown_choice_error(kind, env_id, supported)

@@ -1,0 +1,23 @@
+"""An env spec: a named (env id, kwargs) pair, the unit that suites and ``make_env`` work with."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from envs.registry import EnvFamily, env_family
+
+
+@dataclass(frozen=True, eq=True)
+class EnvSpec:
+    """``name`` labels the variant in results; ``kwargs`` go to ``make_atari_env``/``make_minigrid_env``."""
+
+    name: str
+    env_id: str
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def family(self) -> EnvFamily:
+        """``'atari'`` or ``'minigrid'``, decided by the id (validated against the gymnasium registry)."""
+        return env_family(self.env_id)

@@ -1,0 +1,38 @@
+"""Choose the SB3 VecEnv class: in-process for one env (or when asked), subprocesses for many."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Literal
+
+import gymnasium as gym
+from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
+
+from envs.errors import unknown_choice_error
+
+VecClass = Literal["dummy", "subproc"] | type[VecEnv] | None
+_BY_NAME: dict[str, type[VecEnv]] = {"dummy": DummyVecEnv, "subproc": SubprocVecEnv}
+
+
+def resolve_vec_cls(vec_cls: VecClass, n_envs: int) -> type[VecEnv]:
+    """``DummyVecEnv`` for one env, ``SubprocVecEnv`` otherwise, unless ``vec_cls`` says which."""
+    if vec_cls is None:
+        return DummyVecEnv if n_envs == 1 else SubprocVecEnv
+    if isinstance(vec_cls, str):
+        if vec_cls not in _BY_NAME:
+            raise unknown_choice_error("vec_cls", vec_cls, _BY_NAME)
+        return _BY_NAME[vec_cls]
+    return vec_cls
+
+
+def build_vec_env(
+    thunks: Sequence[Callable[[], gym.Env]], seed: int | None, vec_cls: VecClass = None
+) -> VecEnv:
+    """Vectorise env factories; env ``i`` gets ``seed + i`` at its first reset (SB3 convention)."""
+    if len(thunks) < 1:
+        raise ValueError(f"n_envs must be >= 1, got {len(thunks)}")
+    vec_env = resolve_vec_cls(vec_cls, len(thunks))(list(thunks))
+    if seed is not None:
+        vec_env.seed(seed)
+        vec_env.action_space.seed(seed)
+    return vec_env

@@ -1,0 +1,396 @@
+"""Fast checks of envs/: suites build and step, preprocessing shapes, raw-score bookkeeping, missions,
+the distractor room, the MiniGrid CNN with (Recurrent)PPO, and helpful errors. No learning."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+import torch as th
+from gymnasium import spaces
+from minigrid.core.actions import Actions
+from minigrid.core.world_object import Ball, Box, Key
+
+from envs import (
+    NOVEL_PAIRS,
+    TRAIN_PAIRS,
+    EnvSpec,
+    MiniGridCNN,
+    MiniGridDictExtractor,
+    atari_game_info,
+    decode_mission,
+    encode_mission,
+    get_suite,
+    list_suites,
+    load_suite_file,
+    make_atari_env,
+    make_env,
+    make_minigrid_env,
+    make_vec_env_for,
+    minigrid_policy_kwargs,
+    parse_mission,
+    sb3_policy_name,
+)
+from envs.suites import ATARI_SUITE_GAMES
+
+MINIGRID_SUITES = ["minigrid-doorkey", "minigrid-multiroom", "minigrid-distractors", "minigrid-obstacles"]
+ATARI_SUITES = [f"atari-modes-{g}" for g in ATARI_SUITE_GAMES]
+OBJECT_CLASSES = {"key": Key, "ball": Ball, "box": Box}
+
+
+def first_choice(message: str) -> str:
+    """The first valid choice listed in one of our ValueError messages."""
+    return message.split("(closest first): ", 1)[1].split(",")[0].strip()
+
+
+def image_of(obs: object) -> np.ndarray:
+    return obs["image"] if isinstance(obs, dict) else obs  # type: ignore[index,return-value]
+
+
+# ---------------------------------------------------------------- suites construct, reset, step
+
+
+def test_builtin_suites_listed_with_descriptions() -> None:
+    suites = list_suites()
+    for name in MINIGRID_SUITES + ATARI_SUITES:
+        assert name in suites and len(suites[name]) > 10
+
+
+@pytest.mark.parametrize("suite_name", MINIGRID_SUITES)
+def test_minigrid_suite_every_spec_steps(suite_name: str) -> None:
+    suite = get_suite(suite_name)
+    assert suite.family == "minigrid" and len(suite.variants) >= 2
+    for spec in suite.specs():
+        env = make_env(spec, seed=0)
+        obs, _ = env.reset()
+        assert env.observation_space.contains(obs), spec
+        assert image_of(obs).shape == (7, 7, 3) and image_of(obs).dtype == np.uint8
+        if suite_name == "minigrid-distractors":
+            assert isinstance(obs, dict) and obs["mission"].shape == (10,)
+        else:
+            assert isinstance(obs, np.ndarray)
+        obs, reward, terminated, truncated, _ = env.step(env.action_space.sample())
+        assert env.observation_space.contains(obs) and np.isfinite(reward)
+        env.close()
+
+
+@pytest.mark.parametrize("suite_name", ATARI_SUITES)
+def test_atari_suite_variants_step(suite_name: str) -> None:
+    suite = get_suite(suite_name)
+    info = atari_game_info(suite.train.env_id)
+    # Every non-default mode and difficulty, plus sticky actions off.
+    assert len(suite.variants) == (len(info.modes) - 1) + (len(info.difficulties) - 1) + 1
+    assert suite.variants[-1].kwargs == {"repeat_action_probability": 0.0}
+    subset = [suite.train, suite.variants[0], suite.variants[-1]]
+    subset += [v for v in suite.variants if "difficulty" in v.kwargs][:1]
+    for spec in subset:
+        env = make_env(spec, seed=0, training=False)
+        obs, _ = env.reset()
+        assert obs.shape == (84, 84, 1) and obs.dtype == np.uint8
+        obs, *_ = env.step(0)
+        assert obs.shape == (84, 84, 1)
+        inner = env.unwrapped  # the requested settings really reached the emulator
+        assert inner._game_mode == spec.kwargs.get("mode")  # type: ignore[attr-defined]
+        assert inner._game_difficulty == spec.kwargs.get("difficulty")  # type: ignore[attr-defined]
+        assert inner.ale.getFloat("repeat_action_probability") == pytest.approx(  # type: ignore[attr-defined]
+            spec.kwargs.get("repeat_action_probability", 0.25)
+        )
+        env.close()
+
+
+def test_atari_default_mode_is_first_available() -> None:
+    """Suites treat modes[0]/difficulties[0] as the ROM default; check the emulator agrees."""
+    import gymnasium as gym
+
+    env_id = "ALE/Breakout-v5"
+    info = atari_game_info(env_id)
+    rams = []
+    for kwargs in ({}, {"mode": info.modes[0], "difficulty": info.difficulties[0]}, {"mode": info.modes[1]}):
+        env = gym.make(env_id, repeat_action_probability=0.0, **kwargs)
+        env.reset(seed=0)
+        rams.append(env.unwrapped.ale.getRAM().copy())  # type: ignore[attr-defined]
+        env.close()
+    assert np.array_equal(rams[0], rams[1])
+    assert not np.array_equal(rams[0], rams[2])
+
+
+# ---------------------------------------------------------------- Atari preprocessing and raw scores
+
+
+@pytest.mark.parametrize("frame_stack", [1, 4])
+def test_atari_obs_shape_and_vec_env(frame_stack: int) -> None:
+    venv = make_vec_env_for("ALE/Breakout-v5", n_envs=2, seed=0, frame_stack=frame_stack, vec_cls="dummy")
+    obs = venv.reset()
+    assert obs.shape == (2, 84, 84, frame_stack) and obs.dtype == np.uint8
+    assert venv.observation_space.shape == (84, 84, frame_stack)
+    obs, *_ = venv.step(np.array([1, 1]))
+    assert obs.shape == (2, 84, 84, frame_stack)
+    venv.close()
+
+
+def _run_episode_tracking_raw(training: bool) -> tuple[dict, list[float], float, int]:
+    """Play random actions until the Monitor reports a full game; record every raw emulator reward."""
+    env = make_atari_env("ALE/SpaceInvaders-v5", seed=1, training=training)
+    base = env.unwrapped
+    raw: list[float] = []
+    original_step = base.step
+
+    def recording_step(action: int):  # noqa: ANN202
+        out = original_step(action)
+        raw.append(float(out[1]))
+        return out
+
+    base.step = recording_step  # type: ignore[method-assign]
+    env.reset()
+    agent_sum, life_terminals = 0.0, 0
+    for _ in range(20_000):
+        _, reward, terminated, truncated, info = env.step(env.action_space.sample())
+        agent_sum += float(reward)
+        if "episode" in info:
+            env.close()
+            return info["episode"], raw, agent_sum, life_terminals
+        if terminated or truncated:
+            life_terminals += 1
+            env.reset()
+    raise AssertionError("no full episode within 20k steps")
+
+
+def test_atari_training_reports_raw_full_game_score() -> None:
+    episode, raw, agent_sum, life_terminals = _run_episode_tracking_raw(training=True)
+    assert max(raw) > 1  # a Space Invaders alien is worth 5-30 points
+    assert episode["r"] == pytest.approx(sum(raw))  # unclipped, all lives
+    assert agent_sum < episode["r"]  # the agent saw clipped rewards...
+    assert life_terminals >= 1  # ...and terminals on life loss, but the score spans the whole game
+
+
+def test_atari_eval_mode_does_not_clip() -> None:
+    episode, raw, agent_sum, life_terminals = _run_episode_tracking_raw(training=False)
+    assert life_terminals == 0
+    assert agent_sum == pytest.approx(sum(raw)) == pytest.approx(episode["r"])
+
+
+# ---------------------------------------------------------------- missions
+
+
+def test_mission_encoding_distinguishes_targets() -> None:
+    a = encode_mission("pick up the red key")
+    b = encode_mission("pick up the blue key")
+    c = encode_mission("pick up the red ball")
+    assert a.dtype == np.float32 and a.shape == (10,) and a.sum() == 2
+    assert not np.array_equal(a, b) and not np.array_equal(a, c)
+    assert decode_mission(a) == [("red", "key")]
+    assert parse_mission("put the grey box near the purple ball") == [("grey", "box"), ("purple", "ball")]
+    assert decode_mission(encode_mission("put the grey box near the purple ball", 2)) == [
+        ("grey", "box"),
+        ("purple", "ball"),
+    ]
+    with pytest.raises(ValueError, match="names no object"):
+        encode_mission("get to the goal")
+
+
+@pytest.mark.parametrize(
+    "env_id", ["MiniGrid-Fetch-5x5-N2-v0", "MiniGrid-GoToObject-6x6-N2-v0", "RimsRL/Distractors-Train-v0"]
+)
+def test_mission_obs_matches_env_target(env_id: str) -> None:
+    env = make_minigrid_env(env_id, seed=3)
+    seen = set()
+    for _ in range(5):
+        obs, _ = env.reset()
+        inner = env.unwrapped
+        colour = getattr(inner, "targetColor", None) or getattr(inner, "target_color", None)
+        obj_type = getattr(inner, "targetType", None) or getattr(inner, "target_type", None)
+        if hasattr(inner, "target_pair"):
+            colour, obj_type = inner.target_pair
+        assert decode_mission(obs["mission"]) == [(colour, obj_type)], inner.mission
+        assert colour in inner.mission and obj_type in inner.mission
+        seen.add((colour, obj_type))
+    assert len(seen) > 1  # different episodes, different targets, different vectors
+
+
+def test_constant_mission_env_gives_plain_image() -> None:
+    env = make_minigrid_env("MiniGrid-DoorKey-5x5-v0")
+    assert isinstance(env.observation_space, spaces.Box) and env.observation_space.shape == (7, 7, 3)
+
+
+# ---------------------------------------------------------------- our distractor room
+
+
+def _put_in_front(env, pair: tuple[str, str]) -> None:  # noqa: ANN001
+    inner = env.unwrapped
+    fx, fy = inner.front_pos
+    inner.grid.set(fx, fy, OBJECT_CLASSES[pair[1]](pair[0]))
+
+
+def _reset_with_free_front(env, seed: int) -> None:  # noqa: ANN001
+    for s in range(seed, seed + 50):
+        env.reset(seed=s)
+        inner = env.unwrapped
+        fx, fy = inner.front_pos
+        if 0 < fx < inner.width - 1 and 0 < fy < inner.height - 1:
+            return
+    raise AssertionError("agent always faces a wall")
+
+
+def test_distractor_pickup_rewards() -> None:
+    env = make_minigrid_env("RimsRL/Distractors-Train-v0")
+    _reset_with_free_front(env, 0)
+    target = env.unwrapped.target_pair
+    _put_in_front(env, target)
+    _, reward, terminated, _, info = env.step(Actions.pickup)
+    assert terminated and reward > 0.5 and info["success"]
+
+    _reset_with_free_front(env, 100)
+    target = env.unwrapped.target_pair
+    distractor = next(p for p in TRAIN_PAIRS if p != target)
+    _put_in_front(env, distractor)
+    _, reward, terminated, _, info = env.step(Actions.pickup)
+    assert terminated and reward == 0.0 and not info["success"]
+
+
+@pytest.mark.parametrize(
+    ("env_id", "allowed", "n"),
+    [("RimsRL/Distractors-Train-v0", TRAIN_PAIRS, 2), ("RimsRL/Distractors-MoreNovel-v0", NOVEL_PAIRS, 6)],
+)
+def test_distractors_drawn_from_allowed_set(env_id: str, allowed: tuple, n: int) -> None:
+    env = make_minigrid_env(env_id, seed=0)
+    for _ in range(3):
+        env.reset()
+        inner = env.unwrapped
+        objs = [(o.color, o.type) for o in inner.grid.grid if o is not None and o.type != "wall"]
+        assert len(objs) == n + 1 and inner.target_pair in objs and inner.target_pair in TRAIN_PAIRS
+        objs.remove(inner.target_pair)
+        assert all(p in allowed for p in objs), objs
+    assert not set(TRAIN_PAIRS) & set(NOVEL_PAIRS)
+
+
+# ---------------------------------------------------------------- MiniGrid CNN and SB3
+
+
+def test_minigrid_cnn_batch_and_scaling() -> None:
+    space = spaces.Box(0, 255, (7, 7, 3), np.uint8)
+    cnn_last = MiniGridCNN(space, features_dim=32)
+    assert not cnn_last.channels_first
+    cnn_first = MiniGridCNN(spaces.Box(0, 255, (3, 7, 7), np.uint8), features_dim=32)
+    assert cnn_first.channels_first
+    batch = th.randint(0, 3, (5, 7, 7, 3)).float()
+    assert cnn_last(batch).shape == (5, 32)
+    cnn_first.load_state_dict(cnn_last.state_dict())
+    assert th.allclose(cnn_first(batch.permute(0, 3, 1, 2)), cnn_last(batch))
+    assert th.allclose(cnn_last.scale.flatten(), 1 / th.tensor([10.0, 5.0, 2.0]))
+    dict_space = spaces.Dict({"image": space, "mission": spaces.Box(0, 1, (10,), np.float32)})
+    ext = MiniGridDictExtractor(dict_space, cnn_features_dim=32)
+    out = ext({"image": batch, "mission": th.ones(5, 10)})
+    assert out.shape == (5, 42) and ext.features_dim == 42
+    assert minigrid_policy_kwargs()["normalize_images"] is False
+
+
+@pytest.mark.parametrize("env_id", ["MiniGrid-DoorKey-5x5-v0", "RimsRL/Distractors-Train-v0"])
+def test_sb3_policies_construct_and_predict(env_id: str) -> None:
+    from sb3_contrib import RecurrentPPO
+    from stable_baselines3 import PPO
+
+    venv = make_vec_env_for(env_id, n_envs=2, seed=0, vec_cls="dummy")
+    kwargs = minigrid_policy_kwargs(venv.observation_space, features_dim=32)
+    model = RecurrentPPO(
+        sb3_policy_name(venv.observation_space), venv, policy_kwargs=kwargs, n_steps=8, batch_size=16
+    )
+    obs = venv.reset()
+    actions, state = model.predict(obs, episode_start=np.ones(2, dtype=bool))
+    assert actions.shape == (2,) and state is not None
+    extractor = model.policy.pi_features_extractor
+    assert isinstance(extractor, MiniGridDictExtractor if isinstance(obs, dict) else MiniGridCNN)
+    ppo = PPO(
+        sb3_policy_name(venv.observation_space, recurrent=False),
+        venv,
+        policy_kwargs=kwargs,
+        n_steps=8,
+        batch_size=16,
+    )
+    assert ppo.predict(obs)[0].shape == (2,)
+    venv.close()
+
+
+def test_minigrid_monitor_reports_episodes_and_seeding() -> None:
+    a, b = make_env("MiniGrid-DoorKey-5x5-v0", seed=7), make_env("MiniGrid-DoorKey-5x5-v0", seed=7)
+    assert np.array_equal(a.reset()[0], b.reset()[0])
+    for _ in range(1000):
+        *_, terminated, truncated, info = a.step(a.action_space.sample())
+        if terminated or truncated:
+            assert set(info["episode"]) >= {"r", "l", "t"}
+            return
+    raise AssertionError("DoorKey-5x5 episode never ended")
+
+
+def test_subproc_vec_env_for_minigrid() -> None:
+    venv = make_vec_env_for("RimsRL/Distractors-Novel-v0", n_envs=2, seed=0)
+    assert type(venv).__name__ == "SubprocVecEnv"
+    obs = venv.reset()
+    assert obs["image"].shape == (2, 7, 7, 3) and obs["mission"].shape == (2, 10)
+    venv.close()
+
+
+# ---------------------------------------------------------------- user suites
+
+
+def test_load_suite_file(tmp_path) -> None:  # noqa: ANN001
+    path = tmp_path / "my-suite.yaml"
+    path.write_text(
+        "description: DoorKey size\n"
+        "train: {id: MiniGrid-DoorKey-5x5-v0}\n"
+        "variants:\n"
+        "  - {name: big, id: MiniGrid-DoorKey-8x8-v0, kwargs: {max_steps: 50}}\n"
+        "  - {name: pong-mode-1, id: ALE/Pong-v5, kwargs: {mode: 1}}\n"
+    )
+    suite = load_suite_file(path)
+    assert suite.name == "my-suite" and list_suites()["my-suite"] == "DoorKey size"
+    big = get_suite("my-suite").variant("big")
+    assert big == EnvSpec("big", "MiniGrid-DoorKey-8x8-v0", {"max_steps": 50})
+    assert make_env(big).unwrapped.max_steps == 50
+    with pytest.raises(ValueError, match="already registered"):
+        load_suite_file(path)
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "train: {id: MiniGrid-DoorKey-5x5-v0}\nvariants:\n  - {name: x, id: MiniGrid-DorKey-8x8-v0}\n"
+    )
+    with pytest.raises(ValueError) as err:
+        load_suite_file(bad)
+    assert first_choice(str(err.value)) == "MiniGrid-DoorKey-8x8-v0"
+
+
+# ---------------------------------------------------------------- errors name the closest valid choice
+
+
+@pytest.mark.parametrize(
+    ("call", "bad", "closest"),
+    [
+        (lambda: make_env("ALE/Breakot-v5"), "ALE/Breakot-v5", "ALE/Breakout-v5"),
+        (
+            lambda: make_vec_env_for("MiniGrid-DorKey-5x5-v0"),
+            "MiniGrid-DorKey-5x5-v0",
+            "MiniGrid-DoorKey-5x5-v0",
+        ),
+        (lambda: make_env("CartPole-v1"), "CartPole-v1", None),
+        (lambda: get_suite("minigrid-doorky"), "minigrid-doorky", "minigrid-doorkey"),
+        (lambda: get_suite("atari-modes-brekout"), "brekout", "breakout"),
+        (lambda: make_env("ALE/Breakout-v5", mode=5), "5", "4"),
+        (lambda: make_vec_env_for("ALE/Pong-v5", difficulty=7), "7", "3"),
+        (lambda: make_env("ALE/Pong-v5", frame_stak=4), "frame_stak", "frame_stack"),
+        (
+            lambda: make_vec_env_for("RimsRL/Distractors-Train-v0", n_distractor=3),
+            "n_distractor",
+            "n_distractors",
+        ),
+        (lambda: make_env("RimsRL/Distractors-Train-v0", distractor_pairs=[("pink", "key")]), "pink", None),
+        (lambda: get_suite("minigrid-doorkey").variant("8x9"), "8x9", "8x8"),
+        (lambda: make_vec_env_for("MiniGrid-DoorKey-5x5-v0", vec_cls="subprocess"), "subprocess", "subproc"),
+    ],
+)
+def test_errors_name_bad_value_and_closest_choice(call, bad: str, closest: str | None) -> None:  # noqa: ANN001
+    with pytest.raises(ValueError) as err:
+        call()
+    message = str(err.value)
+    assert re.search(re.escape(bad), message), message
+    if closest is not None:
+        assert first_choice(message) == closest, message
