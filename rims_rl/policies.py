@@ -1,0 +1,310 @@
+"""RIMs (and LSTM/GRU baseline) policies for sb3-contrib's ``RecurrentPPO``, used unchanged.
+
+``RecurrentPPO(MlpRimsPolicy, env, policy_kwargs={"rims_kwargs": {"n_units": 6, "k": 4, "unit_size": 32}})``
+
+The recurrent core is chosen with ``core``: ``"rims"`` (default), ``"lstm"`` or ``"gru"``. With ``"lstm"``
+the policy is the same model as sb3-contrib's ``MlpLstmPolicy`` (same parameters, same names, same
+per-step semantics), so RIMs and LSTM agents differ only in the core. The critic follows sb3-contrib:
+its own core (``enable_critic_lstm=True``), the actor's core shared (``shared_lstm=True``, no critic
+gradient through it) or none (both False: a linear layer).
+
+Cores are built inside ``__init__`` before the optimizer is created, so the optimizer owns their
+parameters (replacing ``policy.lstm_actor`` afterwards would leave the optimizer on the old module).
+
+Training minibatches from sb3-contrib's recurrent buffer are padded sequences that can only start an
+episode at their first step, so the whole batch of sequences goes through the core in one call
+instead of sb3-contrib's per-step Python loop (RIMs takes ``episode_starts`` itself; LSTM/GRU cores
+zero the initial state where the first step starts an episode and fall back to the loop otherwise).
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+from typing import Any
+
+import torch as th
+from gymnasium import spaces
+from sb3_contrib.common.recurrent.policies import RecurrentActorCriticPolicy
+from stable_baselines3.common.policies import ActorCriticPolicy
+from stable_baselines3.common.torch_layers import (
+    BaseFeaturesExtractor,
+    CombinedExtractor,
+    FlattenExtractor,
+    NatureCNN,
+)
+from stable_baselines3.common.type_aliases import Schedule
+from torch import nn
+
+from rims_rl.core import RIMs
+
+CORES: tuple[str, ...] = ("rims", "lstm", "gru")
+#: Keys accepted in ``rims_kwargs``: the ``RIMs`` constructor's arguments (its sizes come from the policy)
+#: plus ``unit_size``, which sets the hidden size to ``n_units * unit_size``.
+RIMS_KWARGS: tuple[str, ...] = tuple(
+    name
+    for name in inspect.signature(RIMs.__init__).parameters
+    if name not in ("self", "input_size", "hidden_size")
+) + ("unit_size",)
+#: Hidden size when none is given: sb3-contrib's LSTM default, and 6 units of 32 for RIMs.
+DEFAULT_LSTM_HIDDEN = 256
+DEFAULT_UNIT_SIZE = 32
+
+State = tuple[th.Tensor, th.Tensor]
+
+
+def _close(name: str, valid: tuple[str, ...]) -> str:
+    """A 'did you mean' hint for an unknown key."""
+    close = difflib.get_close_matches(name, valid, n=3, cutoff=0.5)
+    return f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+
+
+def resolve_core_config(
+    core: str, lstm_hidden_size: int | None, rims_kwargs: dict[str, Any] | None, n_lstm_layers: int = 1
+) -> tuple[int, dict[str, Any]]:
+    """Check the core settings and return ``(hidden_size, kwargs for RIMs)``.
+
+    Raises ``ValueError`` with the offending key and value, before any module is built, so bad
+    ``policy_kwargs`` fail at construction with a readable message rather than deep in torch.
+    """
+    if core not in CORES:
+        raise ValueError(f"core must be one of {CORES}, got {core!r}{_close(str(core), CORES)}")
+    if lstm_hidden_size is not None and (
+        not isinstance(lstm_hidden_size, int) or isinstance(lstm_hidden_size, bool) or lstm_hidden_size < 1
+    ):
+        raise ValueError(f"lstm_hidden_size must be a positive integer or None, got {lstm_hidden_size!r}")
+    if not isinstance(n_lstm_layers, int) or n_lstm_layers < 1:
+        raise ValueError(f"n_lstm_layers must be a positive integer, got {n_lstm_layers!r}")
+    if core != "rims":
+        if rims_kwargs:
+            raise ValueError(f"rims_kwargs is only used with core='rims', got core={core!r}")
+        if core == "gru" and n_lstm_layers != 1:
+            raise ValueError("core='gru' supports n_lstm_layers=1 only")
+        return (DEFAULT_LSTM_HIDDEN if lstm_hidden_size is None else lstm_hidden_size), {}
+
+    if n_lstm_layers != 1:
+        raise ValueError(f"core='rims' has one layer; n_lstm_layers must be 1, got {n_lstm_layers}")
+    if not isinstance(rims_kwargs, dict | None):
+        raise ValueError(f"rims_kwargs must be a dict, got {type(rims_kwargs).__name__}")
+    kwargs = dict(rims_kwargs or {})
+    for key in kwargs:
+        if key not in RIMS_KWARGS:
+            raise ValueError(
+                f"unknown rims_kwargs key {key!r}{_close(key, RIMS_KWARGS)} (valid: {RIMS_KWARGS})"
+            )
+    n_units = kwargs.get("n_units", 6)
+    if not isinstance(n_units, int) or isinstance(n_units, bool) or n_units < 1:
+        raise ValueError(f"rims_kwargs['n_units'] must be a positive integer, got {n_units!r}")
+    unit_size = kwargs.pop("unit_size", None)
+    if unit_size is not None:
+        if not isinstance(unit_size, int) or isinstance(unit_size, bool) or unit_size < 1:
+            raise ValueError(f"rims_kwargs['unit_size'] must be a positive integer, got {unit_size!r}")
+        hidden = n_units * unit_size
+        if lstm_hidden_size is not None and lstm_hidden_size != hidden:
+            raise ValueError(
+                f"lstm_hidden_size={lstm_hidden_size} disagrees with rims_kwargs n_units={n_units} x "
+                f"unit_size={unit_size} = {hidden}; give one of them"
+            )
+    elif lstm_hidden_size is not None:
+        hidden = lstm_hidden_size
+        if hidden % n_units != 0:
+            raise ValueError(
+                f"lstm_hidden_size={hidden} must be divisible by rims_kwargs n_units={n_units} "
+                f"(e.g. {n_units * max(1, round(hidden / n_units))})"
+            )
+    else:
+        hidden = n_units * DEFAULT_UNIT_SIZE
+    try:  # the core checks every value; build a throwaway one so errors surface here, named
+        RIMs(1, hidden, **kwargs)
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"invalid rims_kwargs {rims_kwargs!r}: {err}") from err
+    return hidden, kwargs
+
+
+class GRUCore(nn.Module):
+    """``nn.GRU`` with ``nn.LSTM``'s ``(h, c)`` interface (``c`` kept zero) for sb3-contrib's buffers."""
+
+    def __init__(self, input_size: int, hidden_size: int, **kwargs: Any) -> None:
+        super().__init__()
+        self.gru = nn.GRU(input_size, hidden_size, **kwargs)
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+        self.num_layers = self.gru.num_layers
+
+    def forward(self, x: th.Tensor, state: State | None = None) -> tuple[th.Tensor, State]:
+        h0 = None if state is None else state[0]
+        out, h = self.gru(x, h0)
+        return out, (h, th.zeros_like(h))
+
+
+class RimsActorCriticPolicy(RecurrentActorCriticPolicy):
+    """sb3-contrib's recurrent actor-critic policy with a RIMs (or LSTM/GRU) core.
+
+    Takes every argument of ``RecurrentActorCriticPolicy`` plus:
+
+    :param core: ``"rims"``, ``"lstm"`` or ``"gru"``.
+    :param rims_kwargs: arguments of ``rims_rl.core.RIMs`` (n_units, k, cell, attention sizes,
+        dropouts, comm_top_k, use_comm) plus ``unit_size``; see ``RIMS_KWARGS``.
+    :param lstm_hidden_size: total hidden size; for RIMs ``n_units * unit_size`` (``None``: 256 for
+        LSTM/GRU, ``n_units * 32`` for RIMs).
+    """
+
+    def __init__(
+        self,
+        observation_space: spaces.Space,
+        action_space: spaces.Space,
+        lr_schedule: Schedule,
+        net_arch: list[int] | dict[str, list[int]] | None = None,
+        activation_fn: type[nn.Module] = nn.Tanh,
+        ortho_init: bool = True,
+        use_sde: bool = False,
+        log_std_init: float = 0.0,
+        full_std: bool = True,
+        use_expln: bool = False,
+        squash_output: bool = False,
+        features_extractor_class: type[BaseFeaturesExtractor] = FlattenExtractor,
+        features_extractor_kwargs: dict[str, Any] | None = None,
+        share_features_extractor: bool = True,
+        normalize_images: bool = True,
+        optimizer_class: type[th.optim.Optimizer] = th.optim.Adam,
+        optimizer_kwargs: dict[str, Any] | None = None,
+        lstm_hidden_size: int | None = None,
+        n_lstm_layers: int = 1,
+        shared_lstm: bool = False,
+        enable_critic_lstm: bool = True,
+        lstm_kwargs: dict[str, Any] | None = None,
+        core: str = "rims",
+        rims_kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        hidden, core_kwargs = resolve_core_config(core, lstm_hidden_size, rims_kwargs, n_lstm_layers)
+        if shared_lstm and enable_critic_lstm:
+            raise ValueError("choose one of shared_lstm and enable_critic_lstm (or neither: a linear critic)")
+        if shared_lstm and not share_features_extractor:
+            raise ValueError("shared_lstm=True needs share_features_extractor=True")
+        if lstm_kwargs and core == "rims":
+            raise ValueError("lstm_kwargs apply to core='lstm'/'gru'; use rims_kwargs for core='rims'")
+        self.lstm_output_dim = hidden
+        # RecurrentActorCriticPolicy.__init__ hard-codes nn.LSTM and then rebuilds the optimizer; we run
+        # its body here with our core factory, so no throwaway LSTM is built and the optimizer (created
+        # last, below) owns the core. Module creation order matches sb3-contrib's, so with core="lstm"
+        # the same seed gives the same initial weights as MlpLstmPolicy.
+        ActorCriticPolicy.__init__(
+            self,
+            observation_space,
+            action_space,
+            lr_schedule,
+            net_arch=net_arch,
+            activation_fn=activation_fn,
+            ortho_init=ortho_init,
+            use_sde=use_sde,
+            log_std_init=log_std_init,
+            full_std=full_std,
+            use_expln=use_expln,
+            squash_output=squash_output,
+            features_extractor_class=features_extractor_class,
+            features_extractor_kwargs=features_extractor_kwargs,
+            share_features_extractor=share_features_extractor,
+            normalize_images=normalize_images,
+            optimizer_class=optimizer_class,
+            optimizer_kwargs=optimizer_kwargs,
+        )
+        self.core = core
+        self.rims_kwargs = dict(rims_kwargs or {})
+        self._core_kwargs = core_kwargs
+        self.lstm_kwargs = dict(lstm_kwargs or {})
+        self.n_lstm_layers = n_lstm_layers
+        self.shared_lstm = shared_lstm
+        self.enable_critic_lstm = enable_critic_lstm
+        self.lstm_actor = self._build_core()
+        self.lstm_hidden_state_shape = (n_lstm_layers, 1, hidden)
+        self.critic = None
+        self.lstm_critic = None
+        if not (shared_lstm or enable_critic_lstm):
+            self.critic = nn.Linear(self.features_dim, hidden)
+        if enable_critic_lstm:
+            self.lstm_critic = self._build_core()
+        self.optimizer = self.optimizer_class(self.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs)
+
+    def _build_core(self) -> nn.Module:
+        """Factory for the actor/critic cores; override to try other cores (called before the optimizer)."""
+        if self.core == "rims":
+            return RIMs(self.features_dim, self.lstm_output_dim, **self._core_kwargs)
+        if self.core == "gru":
+            return GRUCore(self.features_dim, self.lstm_output_dim, **self.lstm_kwargs)
+        return nn.LSTM(
+            self.features_dim, self.lstm_output_dim, num_layers=self.n_lstm_layers, **self.lstm_kwargs
+        )
+
+    def rims_cores(self) -> dict[str, RIMs]:
+        """The policy's RIMs modules by role (``"actor"``, ``"critic"``), for logging unit statistics."""
+        cores = {"actor": self.lstm_actor, "critic": self.lstm_critic}
+        return {role: c for role, c in cores.items() if isinstance(c, RIMs)}
+
+    def _get_constructor_parameters(self) -> dict[str, Any]:
+        data = super()._get_constructor_parameters()
+        data.update(
+            share_features_extractor=self.share_features_extractor,
+            lstm_hidden_size=self.lstm_output_dim,
+            n_lstm_layers=self.n_lstm_layers,
+            shared_lstm=self.shared_lstm,
+            enable_critic_lstm=self.enable_critic_lstm,
+            lstm_kwargs=self.lstm_kwargs,
+            core=self.core,
+            rims_kwargs=self.rims_kwargs,
+        )
+        return data
+
+    @staticmethod
+    def _process_sequence(
+        features: th.Tensor, lstm_states: State, episode_starts: th.Tensor, lstm: nn.Module
+    ) -> tuple[th.Tensor, State]:
+        """Run the core over ``[n_seq * T]`` flattened sequences in one call where that is exact.
+
+        Same contract as sb3-contrib's version (state zeroed before each step whose episode_start is
+        1). RIMs handles starts anywhere itself. For LSTM/GRU, starts only on the first step (always
+        the case for padded training sequences, and for T=1 rollout steps) mean: zero the initial
+        state there, then one cuDNN/oneDNN call; otherwise the per-step loop.
+        """
+        n_seq = lstm_states[0].shape[1]
+        x = features.reshape((n_seq, -1, lstm.input_size)).swapaxes(0, 1)
+        starts = episode_starts.reshape((n_seq, -1)).swapaxes(0, 1)
+        if isinstance(lstm, RIMs):
+            out, lstm_states = lstm(x, lstm_states, episode_starts=starts)
+        elif not th.any(starts[1:]):
+            keep = (1.0 - starts[0]).view(1, n_seq, 1)
+            out, lstm_states = lstm(x, (keep * lstm_states[0], keep * lstm_states[1]))
+        else:
+            return RecurrentActorCriticPolicy._process_sequence(features, lstm_states, episode_starts, lstm)
+        return th.flatten(out.transpose(0, 1), start_dim=0, end_dim=1), lstm_states
+
+
+class MlpRimsPolicy(RimsActorCriticPolicy):
+    """RIMs policy on flat observations (``FlattenExtractor``)."""
+
+
+class CnnRimsPolicy(RimsActorCriticPolicy):
+    """RIMs policy on images (``NatureCNN`` by default, as sb3-contrib's ``CnnLstmPolicy``)."""
+
+    def __init__(
+        self, *args: Any, features_extractor_class: type[BaseFeaturesExtractor] = NatureCNN, **kwargs: Any
+    ):
+        super().__init__(*args, features_extractor_class=features_extractor_class, **kwargs)
+
+
+class MultiInputRimsPolicy(RimsActorCriticPolicy):
+    """RIMs policy on Dict observations (``CombinedExtractor`` by default)."""
+
+    def __init__(
+        self,
+        *args: Any,
+        features_extractor_class: type[BaseFeaturesExtractor] = CombinedExtractor,
+        **kwargs: Any,
+    ):
+        super().__init__(*args, features_extractor_class=features_extractor_class, **kwargs)
+
+
+POLICIES: dict[str, type[RimsActorCriticPolicy]] = {
+    "MlpRimsPolicy": MlpRimsPolicy,
+    "CnnRimsPolicy": CnnRimsPolicy,
+    "MultiInputRimsPolicy": MultiInputRimsPolicy,
+}

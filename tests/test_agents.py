@@ -1,0 +1,254 @@
+"""Agent presets, overrides, validation and model building (the contract the CLI builds on)."""
+
+from __future__ import annotations
+
+import json
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch as th
+from gymnasium import spaces
+from memory_env import CueMemoryEnv
+from sb3_contrib import RecurrentPPO
+from stable_baselines3 import PPO
+from stable_baselines3.common.env_util import make_vec_env
+
+from agents import (
+    AGENTS,
+    FAMILIES,
+    apply_overrides,
+    build_model,
+    get_preset,
+    parse_overrides,
+    resolve_schedule,
+    validate_config,
+)
+from rims_rl.core import RIMs
+from rims_rl.policies import CnnRimsPolicy, MlpRimsPolicy, MultiInputRimsPolicy
+
+TINY = {
+    "ppo.n_steps": 16,
+    "ppo.batch_size": 32,
+    "ppo.n_epochs": 1,
+    "policy_kwargs.lstm_hidden_size": 24,
+    "policy_kwargs.rims_kwargs.unit_size": 4,
+}
+
+
+def tiny(agent: str, family: str = "classic") -> dict:
+    preset = get_preset(agent, family)
+    over = {k: v for k, v in TINY.items() if agent != "ppo" or k.startswith("ppo.")}
+    if agent != "rims_ppo":
+        over.pop("policy_kwargs.rims_kwargs.unit_size", None)
+    else:
+        over.pop("policy_kwargs.lstm_hidden_size")
+        preset["policy_kwargs"].pop("lstm_hidden_size")
+    return apply_overrides(preset, over)
+
+
+def test_agents_and_families() -> None:
+    assert AGENTS == ("rims_ppo", "lstm_ppo", "ppo")
+    assert FAMILIES == ("atari", "minigrid", "classic")
+
+
+@pytest.mark.parametrize("family", ["atari", "minigrid", "classic"])
+def test_presets_are_complete_json_and_equal_sized(family: str) -> None:
+    presets = {agent: get_preset(agent, family) for agent in AGENTS}
+    for agent, preset in presets.items():
+        assert json.loads(json.dumps(preset)) == preset
+        assert {"algo", "policy", "n_envs", "policy_kwargs", "ppo", "source"} <= set(preset)
+        assert len(preset["source"]) > 40
+        assert preset["algo"] == ("PPO" if agent == "ppo" else "RecurrentPPO")
+        for key in (
+            "learning_rate",
+            "n_steps",
+            "batch_size",
+            "n_epochs",
+            "gamma",
+            "gae_lambda",
+            "clip_range",
+        ):
+            assert key in preset["ppo"]
+        validate_config(preset, preset["n_envs"])
+    # Same PPO settings for all agents; rims/lstm differ only in the core.
+    assert presets["rims_ppo"]["ppo"] == presets["lstm_ppo"]["ppo"] == presets["ppo"]["ppo"]
+    rims_pk, lstm_pk = presets["rims_ppo"]["policy_kwargs"], presets["lstm_ppo"]["policy_kwargs"]
+    rk = rims_pk["rims_kwargs"]
+    assert rims_pk["lstm_hidden_size"] == lstm_pk["lstm_hidden_size"] == rk["n_units"] * rk["unit_size"]
+    assert {k: v for k, v in rims_pk.items() if k not in ("core", "rims_kwargs")} == {
+        k: v for k, v in lstm_pk.items() if k != "core"
+    }
+
+
+def test_atari_preset_follows_rl_zoo() -> None:
+    ppo = get_preset("rims_ppo", "atari")["ppo"]
+    assert get_preset("rims_ppo", "atari")["n_envs"] == 8
+    assert (ppo["n_steps"], ppo["n_epochs"], ppo["batch_size"]) == (128, 4, 256)
+    assert (ppo["learning_rate"], ppo["clip_range"], ppo["ent_coef"], ppo["vf_coef"]) == (
+        "lin_2.5e-4",
+        "lin_0.1",
+        0.01,
+        0.5,
+    )
+
+
+def test_get_preset_rejects_unknown_names() -> None:
+    with pytest.raises(ValueError, match="rims_ppo"):
+        get_preset("rim_ppo", "atari")
+    with pytest.raises(ValueError, match="minigrid"):
+        get_preset("ppo", "minigird")
+
+
+def test_apply_overrides() -> None:
+    preset = get_preset("rims_ppo", "atari")
+    config = apply_overrides(
+        preset,
+        {
+            "ppo.learning_rate": "3e-4",
+            "policy_kwargs.rims_kwargs.k": 5,
+            "ppo.target_kl": 0.02,
+            "policy_kwargs.enable_critic_lstm": "false",
+        },
+    )
+    assert config["ppo"]["learning_rate"] == 3e-4
+    assert config["policy_kwargs"]["rims_kwargs"]["k"] == 5
+    assert config["ppo"]["target_kl"] == 0.02
+    assert config["policy_kwargs"]["enable_critic_lstm"] is False
+    assert preset["policy_kwargs"]["rims_kwargs"]["k"] == 4  # the preset is not modified
+    from_cli = apply_overrides(preset, parse_overrides(["ppo.n_epochs=8", "ppo.learning_rate=lin_1e-4"]))
+    assert from_cli["ppo"]["n_epochs"] == 8 and from_cli["ppo"]["learning_rate"] == "lin_1e-4"
+    assert apply_overrides(preset, {"ppo.n_epochs=3": None})["ppo"]["n_epochs"] == 3
+
+
+@pytest.mark.parametrize(
+    ("key", "hint"),
+    [
+        ("ppo.learnin_rate", "learning_rate"),
+        ("policy_kwargs.rims_kwargs.n_unit", "n_units"),
+        ("polcy_kwargs.core", "policy_kwargs"),
+        ("policy_kwargs.enable_critic_lsm", "enable_critic_lstm"),
+    ],
+)
+def test_apply_overrides_unknown_key_names_close_keys(key: str, hint: str) -> None:
+    with pytest.raises(ValueError, match=hint):
+        apply_overrides(get_preset("rims_ppo", "classic"), {key: 1})
+
+
+def test_resolve_schedule() -> None:
+    sched = resolve_schedule("lin_2.5e-4")
+    assert sched(1.0) == pytest.approx(2.5e-4) and sched(0.5) == pytest.approx(1.25e-4)
+    assert resolve_schedule(0.1) == 0.1
+    with pytest.raises(ValueError):
+        resolve_schedule("cos_1e-3")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"policy_kwargs.rims_kwargs.k": 7}, "k must be"),
+        ({"policy_kwargs.rims_kwargs.unit_size": None, "policy_kwargs.lstm_hidden_size": 100}, "divisible"),
+        ({"ppo.learning_rate": -1e-3}, "learning_rate"),
+        ({"ppo.n_epochs": 0}, "n_epochs"),
+        ({"ppo.gamma": 1.5}, "gamma"),
+        ({"ppo.batch_size": 4096}, "exceeds"),
+        ({"ppo.clip_range": "lin_-0.1"}, "clip_range"),
+        ({"policy": "MlpLstmPolicy"}, "policy"),
+    ],
+)
+def test_validate_config_rejects_bad_values(overrides: dict, message: str) -> None:
+    config = apply_overrides(get_preset("rims_ppo", "classic"), overrides)
+    if overrides.get("policy_kwargs.rims_kwargs.unit_size", 0) is None:
+        del config["policy_kwargs"]["rims_kwargs"]["unit_size"]
+    with pytest.raises(ValueError, match=message):
+        validate_config(config, 8)
+
+
+def test_validate_config_warns_on_truncated_minibatch() -> None:
+    config = apply_overrides(get_preset("lstm_ppo", "classic"), {"ppo.batch_size": 100})
+    with pytest.warns(UserWarning, match="multiple of batch_size"):
+        validate_config(config, 8)
+
+
+def test_validate_config_rejects_recurrent_kwargs_for_ppo() -> None:
+    config = get_preset("ppo", "classic")
+    config["policy_kwargs"]["core"] = "rims"
+    with pytest.raises(ValueError, match="RecurrentPPO"):
+        validate_config(config, 8)
+
+
+@pytest.mark.parametrize("agent", AGENTS)
+def test_build_model_classic(agent: str) -> None:
+    env = make_vec_env(lambda: CueMemoryEnv(3), n_envs=2, seed=0)
+    model = build_model(tiny(agent), env, seed=0)
+    if agent == "ppo":
+        assert type(model) is PPO
+    else:
+        assert type(model) is RecurrentPPO and type(model.policy) is MlpRimsPolicy
+        assert isinstance(model.policy.lstm_actor, RIMs if agent == "rims_ppo" else th.nn.LSTM)
+    assert model.lr_schedule(1.0) == pytest.approx(1e-3)  # lin_1e-3
+    assert model.lr_schedule(0.5) == pytest.approx(5e-4)
+
+
+class _FakeMiniGrid(gym.Env):
+    """A MiniGrid-shaped observation space (7x7x3 image, optionally with a mission vector)."""
+
+    def __init__(self, with_mission: bool) -> None:
+        image = spaces.Box(0, 255, (7, 7, 3), np.uint8)
+        self.observation_space = (
+            spaces.Dict({"image": image, "mission": spaces.Box(0, 1, (5,), np.float32)})
+            if with_mission
+            else image
+        )
+        self.action_space = spaces.Discrete(3)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return self.observation_space.sample(), {}
+
+    def step(self, action):
+        return self.observation_space.sample(), 0.0, False, False, {}
+
+
+@pytest.mark.parametrize("with_mission", [False, True])
+def test_build_model_minigrid_auto_policy(with_mission: bool) -> None:
+    pytest.importorskip("envs.minigrid_features")
+    env = make_vec_env(lambda: _FakeMiniGrid(with_mission), n_envs=2, seed=0)
+    model = build_model(tiny("rims_ppo", "minigrid"), env, seed=0)
+    assert type(model.policy) is (MultiInputRimsPolicy if with_mission else CnnRimsPolicy)
+    assert type(model.policy.features_extractor).__name__ == (
+        "MiniGridDictExtractor" if with_mission else "MiniGridCNN"
+    )
+    assert model.policy.normalize_images is False
+    ff = build_model(tiny("ppo", "minigrid"), env, seed=0)
+    assert type(ff.policy.features_extractor).__name__ == type(model.policy.features_extractor).__name__
+
+
+@pytest.mark.parametrize("agent", ["rims_ppo", "lstm_ppo"])
+def test_save_load_predict_identical_and_continue_training(tmp_path, agent: str) -> None:
+    env = make_vec_env(lambda: CueMemoryEnv(3), n_envs=2, seed=0)
+    model = build_model(tiny(agent), env, seed=0)
+    model.learn(32)
+    model.save(tmp_path / "model.zip")
+    loaded = RecurrentPPO.load(tmp_path / "model.zip", env=env)
+    assert type(loaded.policy) is MlpRimsPolicy and loaded.policy.core == model.policy.core
+
+    rng = np.random.default_rng(0)
+    obs = rng.uniform(0, 1, (2, 3)).astype(np.float32)
+    s1 = s2 = None
+    starts = np.ones(2, bool)
+    for _ in range(5):
+        a1, s1 = model.predict(obs, state=s1, episode_start=starts, deterministic=True)
+        a2, s2 = loaded.predict(obs, state=s2, episode_start=starts, deterministic=True)
+        assert np.array_equal(a1, a2)
+        np.testing.assert_array_equal(s1[0], s2[0])
+        obs = rng.uniform(0, 1, (2, 3)).astype(np.float32)
+        starts = np.zeros(2, bool)
+
+    before = {n: p.detach().clone() for n, p in loaded.policy.named_parameters()}
+    # Two more rollouts: with the linear schedule the last update of a learn() call has learning rate 0.
+    loaded.learn(64, reset_num_timesteps=False)
+    assert loaded.num_timesteps == 96
+    assert any(
+        not th.equal(p, before[n]) for n, p in loaded.policy.named_parameters() if n.startswith("lstm_actor")
+    )
