@@ -1,0 +1,364 @@
+"""Checkpoints that survive crashes and can be loaded without running code from the file.
+
+An SB3 ``.zip`` holds ``data`` (JSON whose ``:serialized:`` fields are cloudpickle, i.e. arbitrary code
+on load), ``policy.pth``, ``policy.optimizer.pth`` and ``pytorch_variables.pth``. We add a plain-JSON
+entry, ``rims_config.json``, with the resolved config, the observation/action spaces and the step
+count. The safe loader rebuilds the model from that JSON (or a run directory's ``config.json``) and
+reads only tensors with ``torch.load(weights_only=True)``; the file's pickles are never touched unless
+the caller passes ``trust=True``, which uses SB3's normal ``load``.
+
+Writes are atomic: a temp file in the same directory, fsync, ``os.replace``; a crash mid-write leaves
+the previous file (and the ``latest`` pointer) as they were.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import tempfile
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+import torch as th
+from gymnasium import spaces
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.vec_env import VecEnv
+
+META_NAME = "rims_config.json"
+META_FORMAT = "rims-rl-checkpoint"
+META_VERSION = 1
+LATEST_NAME = "latest"
+_STEP_RE = re.compile(r"^step_(\d+)\.zip$")
+REPO_ROOT = Path(__file__).resolve().parent.parent
+PRETRAINED_DIR = REPO_ROOT / "pretrained"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used (missing, corrupt, wrong format or for other spaces)."""
+
+
+# --------------------------------------------------------------------------------------- atomic writes
+def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
+    """Call ``write(f)`` on a temp file next to ``path``, fsync it, then rename it over ``path``.
+
+    Readers see the old file or the new one, never half of one. The temp name starts with a dot and
+    ends in ``.tmp`` so ``step_*.zip`` globs never pick it up; it is removed if ``write`` raises.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """Atomically replace ``path`` with ``data``."""
+    return atomic_write(path, lambda f: f.write(data))
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> Path:
+    """Atomically replace ``path`` with ``obj`` as indented JSON."""
+    return atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # not supported everywhere (e.g. Windows)
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+# ---------------------------------------------------------------------------------------------- spaces
+def describe_space(space: spaces.Space) -> dict[str, Any]:
+    """A JSON description of a space (type, shape, dtype, n, sub-spaces) to compare without pickles."""
+    desc: dict[str, Any] = {"type": type(space).__name__, "repr": repr(space)}
+    if isinstance(space, spaces.Dict):
+        desc["spaces"] = {k: describe_space(v) for k, v in space.spaces.items()}
+    elif isinstance(space, spaces.Tuple):
+        desc["spaces"] = [describe_space(s) for s in space.spaces]
+    else:
+        desc["shape"] = list(space.shape) if space.shape is not None else None
+        desc["dtype"] = str(space.dtype) if space.dtype is not None else None
+    if isinstance(space, spaces.Discrete):
+        desc["n"] = int(space.n)
+    elif isinstance(space, spaces.MultiDiscrete):
+        desc["nvec"] = [int(n) for n in space.nvec.ravel()]
+    return desc
+
+
+def _structure(desc: dict[str, Any]) -> Any:
+    """What must be equal for weights to fit (everything but the repr, which shows bounds)."""
+    out = {k: v for k, v in desc.items() if k not in ("repr", "spaces")}
+    if "spaces" in desc:
+        sub = desc["spaces"]
+        out["spaces"] = (
+            {k: _structure(v) for k, v in sub.items()}
+            if isinstance(sub, dict)
+            else [_structure(v) for v in sub]
+        )
+    return out
+
+
+def check_spaces(
+    meta: dict[str, Any], observation_space: spaces.Space, action_space: spaces.Space, where: str = ""
+) -> None:
+    """Raise ``CheckpointError`` naming both spaces when the checkpoint was trained on other spaces."""
+    for kind, space in (("observation", observation_space), ("action", action_space)):
+        saved = meta.get(f"{kind}_space")
+        if saved is None:
+            continue
+        here = describe_space(space)
+        if _structure(saved) != _structure(here):
+            raise CheckpointError(
+                f"checkpoint {kind} space does not match the environment{where}: checkpoint has "
+                f"{saved.get('repr', saved)}, environment has {here['repr']}"
+            )
+
+
+# ------------------------------------------------------------------------------------------------ save
+def checkpoint_meta(model: BaseAlgorithm, config: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    """The ``rims_config.json`` entry: format tag, resolved config, spaces and step count."""
+    return {
+        "format": META_FORMAT,
+        "version": META_VERSION,
+        "algo": type(model).__name__,
+        "num_timesteps": int(model.num_timesteps),
+        # The env's own spaces (SB3 may have wrapped the env, e.g. transposed images), as in config.json.
+        "observation_space": config.get("observation_space") or describe_space(model.observation_space),
+        "action_space": config.get("action_space") or describe_space(model.action_space),
+        "config": config,
+        **extra,
+    }
+
+
+def save_checkpoint(model: BaseAlgorithm, path: str | Path, config: dict[str, Any], **extra: Any) -> Path:
+    """Save ``model`` as an SB3 zip plus our ``rims_config.json``, atomically.
+
+    ``config`` is the run config (see ``rims_rl.runs``): ``config["model"]`` must be the preset dict
+    ``agents.build_model`` takes, so the safe loader can rebuild the model from JSON alone.
+    """
+    buf = io.BytesIO()
+    model.save(buf)
+    with zipfile.ZipFile(buf, "a") as zf:
+        zf.writestr(META_NAME, json.dumps(checkpoint_meta(model, config, **extra), indent=2))
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+def write_latest(checkpoint_dir: str | Path, checkpoint: str | Path) -> Path:
+    """Point ``checkpoint_dir/latest`` at ``checkpoint`` (a file name in that directory), atomically."""
+    return atomic_write_bytes(Path(checkpoint_dir) / LATEST_NAME, (Path(checkpoint).name + "\n").encode())
+
+
+def step_checkpoints(checkpoint_dir: str | Path) -> list[tuple[int, Path]]:
+    """``(step, path)`` of every ``step_<n>.zip`` in the directory, oldest first."""
+    out = []
+    directory = Path(checkpoint_dir)
+    if directory.is_dir():
+        for p in directory.iterdir():
+            m = _STEP_RE.match(p.name)
+            if m:
+                out.append((int(m.group(1)), p))
+    return sorted(out)
+
+
+def latest_checkpoint(checkpoint_dir: str | Path) -> Path | None:
+    """The newest readable checkpoint: ``latest`` if valid, else the newest good ``step_*.zip``."""
+    directory = Path(checkpoint_dir)
+    pointer = directory / LATEST_NAME
+    if pointer.is_file():
+        target = directory / pointer.read_text().strip()
+        if _readable(target):
+            return target
+    for _, path in reversed(step_checkpoints(directory)):
+        if _readable(path):
+            return path
+    return None
+
+
+def _readable(path: Path) -> bool:
+    try:
+        read_meta(path)
+    except CheckpointError:
+        return False
+    return True
+
+
+# ------------------------------------------------------------------------------------------------ load
+def _open_zip(path: Path) -> zipfile.ZipFile:
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {str(path)!r} is not a file")
+    try:
+        zf = zipfile.ZipFile(path)
+    except zipfile.BadZipFile as err:
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} is not a valid zip file (truncated or corrupt?): {err}"
+        ) from err
+    except OSError as err:
+        raise CheckpointError(f"cannot read checkpoint {str(path)!r}: {err}") from err
+    return zf
+
+
+def _read_member(zf: zipfile.ZipFile, name: str, path: Path) -> bytes:
+    try:
+        return zf.read(name)
+    except KeyError as err:
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} has no {name!r} entry: not an SB3/rims-rl checkpoint"
+        ) from err
+    except (zipfile.BadZipFile, OSError, EOFError, zlib_error()) as err:
+        raise CheckpointError(f"checkpoint {str(path)!r}: entry {name!r} is corrupt: {err}") from err
+
+
+def zlib_error() -> type[Exception]:
+    """``zlib.error`` (raised by corrupt deflate streams), kept in one place."""
+    import zlib
+
+    return zlib.error
+
+
+def read_meta(path: str | Path) -> dict[str, Any]:
+    """Our JSON entry of a checkpoint (no unpickling); ``CheckpointError`` if absent or unreadable."""
+    path = Path(path)
+    with _open_zip(path) as zf:
+        if META_NAME not in zf.namelist():
+            names = set(zf.namelist())
+            what = (
+                "an SB3 checkpoint without rims-rl metadata" if "data" in names else "not an SB3 checkpoint"
+            )
+            raise CheckpointError(
+                f"checkpoint {str(path)!r} is {what} (no {META_NAME!r}); loading it would unpickle code "
+                "from the file: if you trust its source, pass --trust-checkpoint (trust=True)"
+            )
+        raw = _read_member(zf, META_NAME, path)
+    try:
+        meta = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"checkpoint {str(path)!r}: {META_NAME} is not valid JSON: {err}") from err
+    if not isinstance(meta, dict) or meta.get("format") != META_FORMAT:
+        raise CheckpointError(f"checkpoint {str(path)!r}: {META_NAME} is not a {META_FORMAT} entry")
+    if not isinstance(meta.get("config"), dict) or not isinstance(meta["config"].get("model"), dict):
+        raise CheckpointError(f"checkpoint {str(path)!r}: {META_NAME} lacks the model config")
+    return meta
+
+
+def _load_tensors(zf: zipfile.ZipFile, name: str, path: Path, device: th.device | str) -> Any:
+    raw = _read_member(zf, name, path)
+    try:
+        return th.load(io.BytesIO(raw), map_location=device, weights_only=True)
+    except Exception as err:  # pickle.UnpicklingError, RuntimeError for bad archives, ...
+        raise CheckpointError(
+            f"checkpoint {str(path)!r}: {name!r} is not a plain tensor file (refused to unpickle it, or "
+            f"it is corrupt): {str(err).splitlines()[0] if str(err) else type(err).__name__}"
+        ) from err
+
+
+def load_weights(model: BaseAlgorithm, path: str | Path, optimizer: bool = False) -> None:
+    """Load ``policy.pth`` (and ``policy.optimizer.pth``) into ``model`` with ``weights_only=True``."""
+    path = Path(path)
+    with _open_zip(path) as zf:
+        state = _load_tensors(zf, "policy.pth", path, model.device)
+        try:
+            model.policy.load_state_dict(state)
+        except (RuntimeError, TypeError, AttributeError) as err:
+            raise CheckpointError(
+                f"checkpoint {str(path)!r}: weights do not fit the model built from its config: "
+                f"{str(err).splitlines()[0]}"
+            ) from err
+        if optimizer and "policy.optimizer.pth" in zf.namelist():
+            opt_state = _load_tensors(zf, "policy.optimizer.pth", path, model.device)
+            try:
+                model.policy.optimizer.load_state_dict(opt_state)
+            except (ValueError, KeyError, TypeError) as err:
+                raise CheckpointError(
+                    f"checkpoint {str(path)!r}: optimizer state does not fit: {err}"
+                ) from err
+
+
+def load_trusted(path: str | Path, env: VecEnv | None, device: str = "auto") -> BaseAlgorithm:
+    """SB3's own ``load`` (unpickles code from the file): only for checkpoints from a trusted source."""
+    from sb3_contrib import RecurrentPPO
+    from stable_baselines3 import PPO
+
+    path = Path(path)
+    with _open_zip(path) as zf:
+        names = set(zf.namelist())
+        algo = None
+        if META_NAME in names:
+            try:
+                algo = json.loads(zf.read(META_NAME)).get("algo")
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                algo = None
+        if algo is None and "data" in names:
+            try:
+                data = json.loads(zf.read("data"))
+                algo = "RecurrentPPO" if "_last_lstm_states" in data else "PPO"
+            except (json.JSONDecodeError, UnicodeDecodeError) as err:
+                raise CheckpointError(f"checkpoint {str(path)!r}: 'data' is not JSON: {err}") from err
+    cls = {"RecurrentPPO": RecurrentPPO, "PPO": PPO}.get(algo or "", None)
+    if cls is None:
+        raise CheckpointError(f"checkpoint {str(path)!r}: cannot tell its algorithm (no 'data' entry)")
+    try:
+        return cls.load(path, env=env, device=device)
+    except ValueError as err:  # SB3's space checks
+        raise CheckpointError(f"checkpoint {str(path)!r}: {err}") from err
+    except (KeyError, EOFError, zipfile.BadZipFile, RuntimeError) as err:
+        raise CheckpointError(f"checkpoint {str(path)!r} could not be loaded by SB3: {err}") from err
+
+
+def resolve_checkpoint(name: str | Path) -> Path:
+    """A checkpoint path from a ``.zip``, a run directory, or a pretrained alias (``pretrained/<alias>``).
+
+    Run directories give ``model.zip`` if training finished, else their newest checkpoint.
+    """
+    path = Path(name)
+    if path.is_file():
+        return path
+    if path.is_dir():
+        return _checkpoint_in_dir(path)
+    alias = PRETRAINED_DIR / str(name)
+    if "/" not in str(name) and alias.is_dir():
+        return _checkpoint_in_dir(alias)
+    aliases = list_pretrained()
+    listed = ", ".join(aliases) if aliases else f"none (no models under {PRETRAINED_DIR})"
+    raise CheckpointError(
+        f"checkpoint {str(name)!r} is not a file, a run directory or a pretrained alias; "
+        f"pretrained aliases: {listed}"
+    )
+
+
+def list_pretrained() -> list[str]:
+    """Aliases of the pretrained models shipped in ``pretrained/`` (folders holding a ``model.zip``)."""
+    if not PRETRAINED_DIR.is_dir():
+        return []
+    return sorted(p.name for p in PRETRAINED_DIR.iterdir() if (p / "model.zip").is_file())
+
+
+def _checkpoint_in_dir(directory: Path) -> Path:
+    final = directory / "model.zip"
+    if final.is_file():
+        return final
+    found = latest_checkpoint(directory / "checkpoints")
+    if found is None:
+        raise CheckpointError(f"{str(directory)!r} holds no model.zip and no readable checkpoints/step_*.zip")
+    return found

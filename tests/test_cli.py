@@ -1,0 +1,119 @@
+"""The command line: bad names and bad hyperparameters fail before anything is written, unusable
+checkpoints fail with one ``error:`` line (exit 2), evaluation writes its table/JSON/CSV.
+
+Runs ``train.main(argv)`` in-process (no interpreter start-up per case); one tiny trained run is
+shared by the module.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import train  # noqa: E402
+
+ENV = "MiniGrid-Empty-5x5-v0"
+TINY = ["--n-envs", "2", "--set", "ppo.n_steps=16", "--set", "ppo.batch_size=16", "--set", "ppo.n_epochs=1"]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished 64-step rims_ppo run (config.json, checkpoints, model.zip)."""
+    out = tmp_path_factory.mktemp("cli") / "run"
+    argv = ["train", "--env", ENV, "--timesteps", "64", "--run-dir", str(out), "--no-progress"]
+    argv += ["--checkpoint-every", "32", *TINY]
+    assert train.main(argv) == 0
+    return out
+
+
+def _fails_cleanly(argv: list[str], capsys: pytest.CaptureFixture[str], *needles: str) -> str:
+    code = train.main(argv)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.startswith("error: ") or "error:" in err
+    assert "Traceback" not in err
+    for needle in needles:
+        assert needle in err, err
+    return err
+
+
+@pytest.mark.parametrize(
+    ("flags", "needles"),
+    [
+        (["--agent", "rimz_ppo", "--env", ENV], ("rims_ppo",)),  # closest agent named
+        (["--env", "MiniGrid-Emtpy-5x5-v0"], ("MiniGrid-Empty-5x5-v0",)),
+        (["--suite", "minigrid-doorky"], ("minigrid-doorkey",)),
+        (["--env", "ALE/Pong-v5", "--set", "env.mode=99"], ("mode 99", "0")),
+        (["--env", ENV, "--set", "policy_kwargs.rims_kwargs.k=9"], ("k",)),  # k > n_units
+        (["--env", ENV, "--timesteps", "-5"], ("timesteps",)),
+        (["--env", ENV, "--n-envs", "2", "--set", "ppo.n_steps=4", "--set", "ppo.batch_size=64"], ("batch",)),
+        (["--env", ENV, "--set", "ppo.learning_rat=1e-3"], ("learning_rate",)),
+    ],
+)
+def test_bad_train_arguments_fail_before_anything_is_written(
+    flags: list[str], needles: tuple[str, ...], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    target = tmp_path / "run"
+    _fails_cleanly(["train", *flags, "--run-dir", str(target), "--no-progress"], capsys, *needles)
+    assert not target.exists()
+
+
+def test_train_writes_a_complete_run_directory(run_dir: Path) -> None:
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["agent"] == "rims_ppo" and config["env"]["env_id"] == ENV and config["seed"] == 0
+    assert config["timesteps"] == 64 and config["model"]["ppo"]["n_steps"] == 16
+    assert config["model"]["policy_kwargs"]["core"] == "rims"
+    assert json.loads((run_dir / "status.json").read_text())["state"] == "finished"
+    assert (run_dir / "checkpoints" / "latest").read_text().strip() == "step_32.zip"
+    with zipfile.ZipFile(run_dir / "model.zip") as zf:
+        meta = json.loads(zf.read("rims_config.json"))
+        assert {"data", "policy.pth"} <= set(zf.namelist())
+    assert meta["num_timesteps"] == 64 and meta["action_space"]["n"] == 7
+    assert list((run_dir / "tb").glob("events.out.tfevents.*"))
+    header = (run_dir / "logs" / "progress.csv").read_text().splitlines()[0]
+    assert "rims/usage_entropy" in header  # RimsStatsCallback reaches the logs
+
+
+def test_evaluate_prints_table_and_writes_json_csv(
+    run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "eval"
+    argv = ["evaluate", "--checkpoint", str(run_dir), "--env", ENV, "--episodes", "2", "--out", str(out)]
+    assert train.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "mean return" in printed and "95% CI" in printed and ENV in printed
+    (result,) = json.loads((out / f"eval-{ENV}.json").read_text())
+    assert result["episodes"] == 2 and len(result["returns"]) == 2
+    assert result["success_rate"] in (0.0, 0.5, 1.0)
+    assert result["ci95_low"] <= result["mean_return"] <= result["ci95_high"]
+    assert (out / f"eval-{ENV}.csv").read_text().startswith("env,env_id,episodes,mean_return")
+
+
+def test_resume_of_a_finished_run_does_nothing(run_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    before = (run_dir / "model.zip").read_bytes()
+    assert train.main(["train", "--resume", str(run_dir), "--no-progress"]) == 0
+    assert "already trained" in capsys.readouterr().out
+    assert (run_dir / "model.zip").read_bytes() == before
+
+
+def test_list_names_agents_suites_and_envs(capsys: pytest.CaptureFixture[str]) -> None:
+    assert train.main(["list"]) == 0
+    out = capsys.readouterr().out
+    for name in ("rims_ppo", "lstm_ppo", "ppo", "minigrid-doorkey", ENV, "ALE/Breakout-v5"):
+        assert name in out
+
+
+def test_unknown_pretrained_alias_lists_aliases(capsys: pytest.CaptureFixture[str]) -> None:
+    _fails_cleanly(["evaluate", "--checkpoint", "no-such-model"], capsys, "pretrained aliases")
+
+
+def test_compare_subcommand_is_wired(capsys: pytest.CaptureFixture[str]) -> None:
+    args = train.build_parser().parse_args(["compare", "--agents", "ppo", "--suite", "minigrid-doorkey"])
+    assert args.func is train.cmd_compare and args.agents == ["ppo"] and args.seeds == 3

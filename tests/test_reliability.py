@@ -1,0 +1,309 @@
+"""Reliability and safety (issue 8): broken checkpoints, foreign spaces, pickle payloads, Ctrl-C,
+SIGKILL + resume, a crash while writing a checkpoint, NaN parameters, same seed -> same curves.
+
+Budgets are tiny (Empty-5x5, 2 envs x 16 steps per rollout); only the two signal tests start a
+subprocess.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import cloudpickle
+import numpy as np
+import pytest
+import torch as th
+from stable_baselines3.common.callbacks import BaseCallback
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import train  # noqa: E402
+from envs import EnvSpec  # noqa: E402
+from rims_rl.checkpoint import (  # noqa: E402
+    CheckpointError,
+    atomic_write,
+    latest_checkpoint,
+    load_trusted,
+    read_meta,
+    write_latest,
+)
+from rims_rl.evaluation import load_for_eval  # noqa: E402
+from rims_rl.runs import TrainingDiverged, train_run  # noqa: E402
+
+ENV = "MiniGrid-Empty-5x5-v0"
+TINY = {"ppo.n_steps": 16, "ppo.batch_size": 16, "ppo.n_epochs": 1}
+TINY_FLAGS = [
+    "--n-envs",
+    "2",
+    "--set",
+    "ppo.n_steps=16",
+    "--set",
+    "ppo.batch_size=16",
+    "--set",
+    "ppo.n_epochs=1",
+]
+
+
+def tiny_run(run_dir: Path, timesteps: int = 64, **kwargs: Any) -> Path:
+    return train_run(
+        "rims_ppo",
+        ENV,
+        timesteps=timesteps,
+        seed=kwargs.pop("seed", 0),
+        n_envs=2,
+        overrides=dict(TINY),
+        run_dir=run_dir,
+        checkpoint_every=32,
+        progress_bar=False,
+        device="cpu",
+        **kwargs,
+    )
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_run(tmp_path_factory.mktemp("rel") / "run")
+
+
+def _evaluate_fails(checkpoint: Path | str, capsys: pytest.CaptureFixture[str], *needles: str) -> str:
+    code = train.main(["evaluate", "--checkpoint", str(checkpoint), "--env", ENV, "--episodes", "1"])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.startswith("error: ") and "Traceback" not in err
+    for needle in needles:
+        assert needle in err, err
+    return err
+
+
+# ------------------------------------------------------------------------------ broken checkpoints
+def test_missing_truncated_corrupt_and_foreign_checkpoints_fail_cleanly(
+    run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    good = (run_dir / "model.zip").read_bytes()
+    _evaluate_fails(tmp_path / "nope.zip", capsys, "not a file")
+    (tmp_path / "truncated.zip").write_bytes(good[: len(good) // 2])
+    _evaluate_fails(tmp_path / "truncated.zip", capsys, "not a valid zip")
+    (tmp_path / "garbage.zip").write_bytes(os.urandom(4096))
+    _evaluate_fails(tmp_path / "garbage.zip", capsys, "not a valid zip")
+    with zipfile.ZipFile(tmp_path / "other.zip", "w") as zf:
+        zf.writestr("hello.txt", "not a model")
+    _evaluate_fails(tmp_path / "other.zip", capsys, "not an SB3 checkpoint")
+    # Valid metadata but the weights entry is not a tensor file (a pickle that weights_only refuses).
+    with zipfile.ZipFile(run_dir / "model.zip") as src, zipfile.ZipFile(tmp_path / "badw.zip", "w") as dst:
+        for item in src.namelist():
+            data = src.read(item) if item != "policy.pth" else cloudpickle.dumps(object())
+            dst.writestr(item, data)
+    _evaluate_fails(tmp_path / "badw.zip", capsys, "policy.pth")
+
+
+def test_checkpoint_for_other_spaces_names_both(run_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # Fetch has Dict(image, mission) observations; the checkpoint was trained on a 7x7x3 Box.
+    code = train.main(["evaluate", "--checkpoint", str(run_dir), "--env", "MiniGrid-Fetch-5x5-N2-v0"])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert "observation space" in err and "Box(0, 255, (7, 7, 3), uint8)" in err and "Dict(" in err
+
+
+# --------------------------------------------------------------------------------- pickle payloads
+class _Payload:
+    """Unpickling this creates a file: stands in for arbitrary code in a hostile checkpoint."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Path.touch, (self.marker,))
+
+
+def _plant_payload(src: Path, dst: Path, marker: Path) -> None:
+    payload = base64.b64encode(cloudpickle.dumps(_Payload(marker))).decode()
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
+        for item in zin.namelist():
+            data = zin.read(item)
+            if item == "data":
+                doc = json.loads(data)
+                doc["payload"] = {":type:": "<class 'object'>", ":serialized:": payload}
+                data = json.dumps(doc).encode()
+            zout.writestr(item, data)
+
+
+def test_pickle_payload_refused_by_default_and_runs_only_when_trusted(
+    run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    marker = tmp_path / "pwned"
+    hostile = tmp_path / "hostile.zip"
+    _plant_payload(run_dir / "model.zip", hostile, marker)
+    env_spec = EnvSpec(ENV, ENV, {})
+
+    model, _ = load_for_eval(hostile, env_spec)  # safe default: weights only
+    assert not marker.exists()
+    reference, _ = load_for_eval(run_dir / "model.zip", env_spec)
+    for a, b in zip(model.policy.parameters(), reference.policy.parameters(), strict=True):
+        assert th.equal(a, b)
+
+    load_trusted(hostile, env=None, device="cpu")  # explicit trust: SB3's RecurrentPPO.load
+    assert marker.exists()
+
+
+def test_plain_sb3_zip_is_refused_without_trust_flag(
+    run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    plain = tmp_path / "plain.zip"
+    with zipfile.ZipFile(run_dir / "model.zip") as zin, zipfile.ZipFile(plain, "w") as zout:
+        for item in zin.namelist():
+            if item != "rims_config.json":
+                zout.writestr(item, zin.read(item))
+    _evaluate_fails(plain, capsys, "--trust-checkpoint")
+
+
+# ------------------------------------------------------------------------------------ atomic writes
+def test_crash_while_writing_keeps_previous_checkpoint(run_dir: Path, tmp_path: Path) -> None:
+    ckpts = tmp_path / "checkpoints"
+    ckpts.mkdir()
+    good = (run_dir / "model.zip").read_bytes()
+    (ckpts / "step_32.zip").write_bytes(good)
+    write_latest(ckpts, ckpts / "step_32.zip")
+
+    def half_then_crash(f: Any) -> None:
+        f.write(good[: len(good) // 2])
+        raise OSError("simulated crash mid-write")
+
+    for target in ("step_32.zip", "step_64.zip"):  # overwrite in place, and a new step
+        with pytest.raises(OSError, match="simulated"):
+            atomic_write(ckpts / target, half_then_crash)
+    assert (ckpts / "step_32.zip").read_bytes() == good
+    assert not (ckpts / "step_64.zip").exists()
+    assert sorted(p.name for p in ckpts.iterdir()) == ["latest", "step_32.zip"]  # no temp files left
+
+    # A hard kill leaves a temp file behind, and a non-atomic writer could leave a truncated step file;
+    # neither may be taken as the latest checkpoint.
+    (ckpts / ".step_96.zip.abc.tmp").write_bytes(good[:100])
+    (ckpts / "step_128.zip").write_bytes(good[: len(good) // 2])
+    assert latest_checkpoint(ckpts) == ckpts / "step_32.zip"
+    write_latest(ckpts, ckpts / "step_128.zip")  # pointer at a broken file: fall back to the newest good one
+    assert latest_checkpoint(ckpts) == ckpts / "step_32.zip"
+
+
+# ------------------------------------------------------------------------------------------- NaN
+class _InjectNaN(BaseCallback):
+    """Poison one parameter after the second rollout (after the first checkpoint at step 32)."""
+
+    def _on_step(self) -> bool:
+        return True
+
+    def _on_rollout_end(self) -> None:
+        if self.num_timesteps >= 64:
+            with th.no_grad():
+                next(self.model.policy.parameters()).fill_(float("nan"))
+
+
+def test_nan_parameters_stop_training_and_keep_last_good_checkpoint(tmp_path: Path) -> None:
+    with pytest.raises(TrainingDiverged, match="NaN") as info:
+        tiny_run(tmp_path / "run", timesteps=128, callbacks=[_InjectNaN()])
+    run = tmp_path / "run"
+    assert not (run / "model.zip").exists()
+    good = latest_checkpoint(run / "checkpoints")
+    assert good == run / "checkpoints" / "step_32.zip" == info.value.checkpoint
+    with zipfile.ZipFile(good) as zf:
+        state = th.load(io.BytesIO(zf.read("policy.pth")), weights_only=True)
+    assert all(th.isfinite(v).all() for v in state.values())
+    assert json.loads((run / "status.json").read_text())["state"] == "diverged"
+
+
+# ----------------------------------------------------------------------------------- determinism
+def test_same_seed_gives_identical_learning_curves(tmp_path: Path) -> None:
+    def curve(name: str) -> list[dict[str, str]]:
+        tiny_run(tmp_path / name, timesteps=96, seed=3)
+        rows = list(csv.DictReader((tmp_path / name / "logs" / "progress.csv").open()))
+        return [{k: v for k, v in r.items() if not k.startswith("time/")} for r in rows]
+
+    a, b = curve("a"), curve("b")
+    assert len(a) == 3 and "train/loss" in a[-1] and a[-1]["train/loss"]
+    assert a == b
+    wa = read_meta(tmp_path / "a" / "model.zip")
+    assert wa["num_timesteps"] == 96
+    with (
+        zipfile.ZipFile(tmp_path / "a" / "model.zip") as za,
+        zipfile.ZipFile(tmp_path / "b" / "model.zip") as zb,
+    ):
+        assert za.read("policy.pth") == zb.read("policy.pth")
+
+
+# ----------------------------------------------------------------------------- signals (subprocess)
+def _start_training(run: Path, timesteps: int) -> subprocess.Popen[str]:
+    cmd = [sys.executable, str(ROOT / "train.py"), "train", "--env", ENV, "--timesteps", str(timesteps)]
+    cmd += [
+        "--run-dir",
+        str(run),
+        "--checkpoint-every",
+        "32",
+        "--no-progress",
+        "--device",
+        "cpu",
+        *TINY_FLAGS,
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def _wait_for_checkpoint(proc: subprocess.Popen[str], run: Path, timeout: float = 120) -> None:
+    deadline = time.time() + timeout
+    while not (run / "checkpoints" / "latest").exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.time() < deadline, "no checkpoint appeared"
+        time.sleep(0.1)
+
+
+def test_sigint_saves_checkpoint_and_says_how_to_resume(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    proc = _start_training(run, timesteps=100_000)
+    _wait_for_checkpoint(proc, run)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert f"python train.py train --resume {run}" in err and "Traceback" not in err
+    status = json.loads((run / "status.json").read_text())
+    assert status["state"] == "interrupted"
+    meta = read_meta(status["checkpoint"])
+    assert meta["num_timesteps"] % 32 == 0 and meta["num_timesteps"] >= 32  # a whole number of rollouts
+
+
+def test_sigkill_then_resume_reaches_the_budget_from_the_last_checkpoint(tmp_path: Path) -> None:
+    run, budget = tmp_path / "run", 160
+    proc = _start_training(run, timesteps=budget)
+    _wait_for_checkpoint(proc, run)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=60)
+    start = read_meta(latest_checkpoint(run / "checkpoints"))["num_timesteps"]
+    assert 32 <= start < budget, "the run finished before it was killed; raise the budget"
+    assert not (run / "model.zip").exists()
+
+    assert train.main(["train", "--resume", str(run), "--no-progress"]) == 0
+    final = read_meta(run / "model.zip")
+    assert final["num_timesteps"] == budget
+    resumed_log = run / "logs" / f"progress-resumed-{start}.csv"  # the resumed part started at `start`
+    assert resumed_log.is_file()
+    logged = [int(float(r["time/total_timesteps"])) for r in csv.DictReader(resumed_log.open())]
+    assert logged and logged[0] == start + 32 and logged[-1] == budget
+    assert np.all(np.diff(logged) == 32)
+
+
+def test_loading_rejects_missing_run_dir_for_resume(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = train.main(["train", "--resume", str(tmp_path / "nope"), "--no-progress"])
+    assert code == 2 and "not a run directory" in capsys.readouterr().err
+    with pytest.raises(CheckpointError):
+        read_meta(tmp_path / "nope.zip")

@@ -1,0 +1,348 @@
+"""rims-rl command line: train, resume, evaluate and list agents/suites/envs.
+
+    python train.py                                   # default: rims_ppo on MiniGrid-Empty-5x5, ~3 min
+    python train.py train --agent lstm_ppo --env MiniGrid-DoorKey-5x5-v0 --timesteps 200000 --seed 1
+    python train.py train --agent rims_ppo --suite minigrid-doorkey --set policy_kwargs.rims_kwargs.k=3
+    python train.py train --resume runs/<run>         # continue a stopped/killed run to its budget
+    python train.py evaluate --checkpoint runs/<run> --suite minigrid-doorkey --episodes 50
+    python train.py list
+
+One training run, top to bottom: ``cmd_train`` parses the flags into ``rims_rl.runs.train_run``, which
+resolves the preset (``agents.get_preset`` + ``--set`` overrides), validates it, builds the VecEnv
+(``envs.make_vec_env_for``) and the model (``agents.build_model``), writes ``config.json`` and calls
+``model.learn`` with the checkpoint/NaN-guard callback and the RIMs statistics callback.
+
+Errors the user can fix (bad names, bad hyperparameters, unusable checkpoints) print ``error: ...``
+and exit with status 2; Ctrl-C saves a checkpoint and exits with 130; divergence (NaN) exits with 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+# The embedded default (``python train.py`` / ``make run``): small enough to learn on 2 CPU cores in a
+# few minutes. Empty-5x5 needs no memory, so short sequences (n_steps 16) and one RIMs core shared by
+# actor and critic keep the update cheap; everything else is the rims_ppo MiniGrid preset.
+DEFAULT_AGENT = "rims_ppo"
+DEFAULT_ENV = "MiniGrid-Empty-5x5-v0"
+DEFAULT_TIMESTEPS = 12_288
+DEFAULT_N_ENVS = 16
+DEFAULT_OVERRIDES = [
+    "ppo.n_steps=16",
+    "ppo.batch_size=256",
+    "ppo.n_epochs=4",
+    "ppo.learning_rate=1e-3",
+    "policy_kwargs.shared_lstm=true",
+    "policy_kwargs.enable_critic_lstm=false",
+]
+DEFAULT_EVAL_EPISODES = 50
+
+EXIT_USAGE = 2  # user errors (argparse uses 2 too)
+EXIT_DIVERGED = 1
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, the shell convention
+
+
+def error(message: str) -> int:
+    """Print a one-line ``error: ...`` (no traceback) and return the usage exit code."""
+    print(f"error: {message}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+# ------------------------------------------------------------------------------------------ train
+def cmd_train(args: argparse.Namespace) -> int:
+    """``train``: one run in a run directory (or ``--resume`` one)."""
+    from rims_rl.runs import TrainingDiverged, TrainingInterrupted, train_run
+
+    if args.resume is None and args.env is None and args.suite is None:
+        return error("give --env ID or --suite NAME (or --resume RUN_DIR); see `python train.py list`")
+    if args.resume is not None and (args.env or args.suite or args.run_dir):
+        return error("--resume takes the env, seed and budget from the run's config.json; drop --env/--suite")
+    start = time.time()
+    try:
+        run_dir = train_run(
+            args.agent,
+            args.env,
+            suite=args.suite,
+            timesteps=args.timesteps,
+            seed=args.seed,
+            n_envs=args.n_envs,
+            device=args.device,
+            overrides=args.set,
+            run_dir=args.resume or args.run_dir,
+            checkpoint_every=args.checkpoint_every,
+            progress_bar=not args.no_progress,
+            resume=args.resume is not None,
+        )
+    except TrainingInterrupted as err:
+        print(f"\n{err}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except TrainingDiverged as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_DIVERGED
+    minutes = (time.time() - start) / 60
+    print(f"\ntrained in {minutes:.1f} min")
+    print(f"run directory : {run_dir}")
+    print(f"config        : {run_dir / 'config.json'}")
+    print(f"TensorBoard   : tensorboard --logdir {run_dir / 'tb'}")
+    print(f"model         : {run_dir / 'model.zip'}")
+    if args.eval_episodes > 0:
+        return _evaluate_and_print(run_dir, None, args.eval_episodes, True, args.seed + 1000, run_dir)
+    return 0
+
+
+def cmd_default(args: argparse.Namespace) -> int:
+    """No arguments: train the embedded default and evaluate it (the README's ``make run``)."""
+    print(
+        f"rims-rl default run: {DEFAULT_AGENT} on {DEFAULT_ENV}, {DEFAULT_TIMESTEPS} steps, "
+        f"{DEFAULT_N_ENVS} envs (python train.py train --help for your own runs)"
+    )
+    train_args = build_parser().parse_args(
+        [
+            "train",
+            "--agent",
+            DEFAULT_AGENT,
+            "--env",
+            DEFAULT_ENV,
+            "--timesteps",
+            str(DEFAULT_TIMESTEPS),
+            "--n-envs",
+            str(DEFAULT_N_ENVS),
+            "--eval-episodes",
+            str(DEFAULT_EVAL_EPISODES),
+            "--device",
+            "cpu",
+        ]
+        + [a for o in DEFAULT_OVERRIDES for a in ("--set", o)]
+    )
+    return cmd_train(train_args)
+
+
+# --------------------------------------------------------------------------------------- evaluate
+def _evaluate_and_print(
+    checkpoint: Any,
+    target: Any,
+    episodes: int,
+    deterministic: bool,
+    seed: int,
+    out: Path | None,
+    trust: bool = False,
+    video: Path | None = None,
+) -> int:
+    from rims_rl.checkpoint import resolve_checkpoint
+    from rims_rl.evaluation import evaluate_checkpoint, format_table, write_results_csv, write_results_json
+
+    path = resolve_checkpoint(checkpoint)
+    mode = "deterministic" if deterministic else "stochastic"
+    print(f"\nevaluating {path} ({episodes} episodes per env, {mode} actions, seed {seed})")
+    results = evaluate_checkpoint(path, target, episodes, deterministic, seed, trust=trust)
+    print(format_table(results))
+    out_dir = Path(out) if out is not None else path.parent
+    stem = "eval" if target is None else f"eval-{str(target).replace('/', '_')}"
+    json_path = write_results_json(results, out_dir / f"{stem}.json")
+    csv_path = write_results_csv(results, out_dir / f"{stem}.csv")
+    print(f"results: {json_path}, {csv_path}")
+    if video is not None:
+        _record_video(path, target, video, seed, deterministic, trust)
+    return 0
+
+
+def _record_video(
+    checkpoint: Path, target: Any, out: Path, seed: int, deterministic: bool, trust: bool
+) -> None:
+    from rims_rl.evaluation import load_for_eval, record_gif, resolve_specs
+
+    try:
+        import moviepy  # noqa: F401
+
+        have_moviepy = True
+    except ImportError:
+        have_moviepy = False
+    from rims_rl.checkpoint import read_meta
+
+    meta = None if trust else read_meta(checkpoint)
+    for spec in resolve_specs(target, meta):
+        model, _ = load_for_eval(checkpoint, spec, trust=trust)
+        try:
+            files = record_gif(
+                model, spec, out / spec.name, n_episodes=2, seed=seed, deterministic=deterministic
+            )
+        except ValueError as err:
+            print(f"video: skipped {spec.name}: {err}", file=sys.stderr)
+            continue
+        note = "" if have_moviepy else " (GIF via PIL: moviepy is not installed)"
+        print(f"video{note}: {', '.join(str(f) for f in files)}")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """``evaluate``: a checkpoint (.zip, run dir or pretrained alias) on an env or a whole suite."""
+    if args.episodes < 1:
+        return error(f"--episodes must be >= 1, got {args.episodes}")
+    target = args.suite if args.suite is not None else args.env
+    return _evaluate_and_print(
+        args.checkpoint,
+        target,
+        args.episodes,
+        args.deterministic,
+        args.seed,
+        Path(args.out) if args.out else None,
+        trust=args.trust_checkpoint,
+        video=Path(args.video) if args.video else None,
+    )
+
+
+# ------------------------------------------------------------------------------------------- list
+def cmd_list(args: argparse.Namespace) -> int:
+    """``list``: agents, suites (with what their variants change) and supported env ids."""
+    import agents
+    from envs import list_suites, supported_env_ids
+    from rims_rl.checkpoint import list_pretrained
+
+    what = args.what
+    if what in ("all", "agents"):
+        print("agents:")
+        for name in agents.AGENTS:
+            print(f"  {name}")
+    if what in ("all", "suites"):
+        print("suites (train env -> OOD variants):")
+        for name, desc in list_suites().items():
+            print(f"  {name:24s} {desc}")
+        print("  atari-modes-<game>       any ALE game: default mode -> other modes/difficulties")
+    if what in ("all", "envs"):
+        ids = supported_env_ids()
+        grid = [i for i in ids if not i.startswith("ALE/")]
+        atari = [i for i in ids if i.startswith("ALE/")]
+        print(f"MiniGrid-style envs ({len(grid)}):")
+        for i in grid:
+            print(f"  {i}")
+        print(
+            f"Atari envs ({len(atari)}): {', '.join(atari[:8])}, ... "
+            "(all: `python train.py list envs --all-atari`)"
+        )
+        if args.all_atari:
+            for i in atari:
+                print(f"  {i}")
+    if what in ("all", "pretrained"):
+        names = list_pretrained()
+        print(f"pretrained: {', '.join(names) if names else 'none yet'}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------- compare
+def cmd_compare(args: argparse.Namespace) -> int:
+    """``compare``: several agents x seeds on a suite (implemented in ``rims_rl.compare``)."""
+    try:
+        from rims_rl.compare import run_compare
+    except ImportError:
+        return error("`compare` is not available yet (rims_rl.compare.run_compare is not written)")
+    options = {k: v for k, v in vars(args).items() if k not in ("func", "command")}
+    result = run_compare(**options)
+    return int(result) if isinstance(result, int) else 0
+
+
+# ---------------------------------------------------------------------------------------- parsing
+def build_parser() -> argparse.ArgumentParser:
+    """The argparse tree; ``python train.py <command> --help`` shows each command's flags."""
+    parser = argparse.ArgumentParser(
+        prog="train.py",
+        description="Train and evaluate RIMs-PPO / LSTM-PPO / PPO. No arguments: a short default run.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="{train,evaluate,list,compare}")
+
+    p = sub.add_parser("train", help="train one agent on one env or a suite's train env")
+    p.add_argument("--agent", default="rims_ppo", help="rims_ppo | lstm_ppo | ppo (default rims_ppo)")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--env", help="env id, e.g. MiniGrid-DoorKey-5x5-v0 or ALE/Breakout-v5")
+    where.add_argument("--suite", help="train on this suite's train env (see `list suites`)")
+    p.add_argument(
+        "--timesteps", type=int, help="budget (default: the preset's; rounded up to whole rollouts)"
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n-envs", type=int, help="parallel envs (default: the preset's)")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a hyperparameter, e.g. ppo.learning_rate=3e-4, "
+        "policy_kwargs.rims_kwargs.k=3 (repeatable)",
+    )
+    p.add_argument("--run-dir", help="run directory (default runs/<agent>-<env>-s<seed>-<timestamp>)")
+    p.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (default: budget/10)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped or killed run to its budget")
+    p.add_argument("--eval-episodes", type=int, default=0, help="evaluate the final model (0: skip)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="evaluate a checkpoint on an env or a whole suite")
+    p.add_argument("--checkpoint", required=True, help="a .zip, a run directory or a pretrained alias")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--env", help="env id (default: the env the checkpoint was trained on)")
+    where.add_argument("--suite", help="suite name: the train env and every OOD variant")
+    p.add_argument("--episodes", type=int, default=20)
+    det = p.add_mutually_exclusive_group()
+    det.add_argument(
+        "--deterministic",
+        dest="deterministic",
+        action="store_true",
+        default=True,
+        help="greedy actions (default)",
+    )
+    det.add_argument("--stochastic", dest="deterministic", action="store_false", help="sample actions")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", help="directory for eval*.json / eval*.csv (default: next to the checkpoint)")
+    p.add_argument("--video", metavar="DIR", help="also record 2 episodes per env as GIFs into DIR")
+    p.add_argument(
+        "--trust-checkpoint",
+        action="store_true",
+        help="allow unpickling code from the checkpoint (SB3's load); only for files you trust",
+    )
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("list", help="list agents, suites, envs and pretrained models")
+    p.add_argument(
+        "what", nargs="?", default="all", choices=("all", "agents", "suites", "envs", "pretrained")
+    )
+    p.add_argument("--all-atari", action="store_true", help="list every Atari id")
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("compare", help="agents x seeds on a suite, with statistics and a report")
+    p.add_argument("--agents", nargs="+", default=["rims_ppo", "lstm_ppo"])
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--suite")
+    where.add_argument("--env")
+    p.add_argument("--seeds", type=int, default=3, help="number of seeds (0..N-1)")
+    p.add_argument("--timesteps", type=int)
+    p.add_argument("--n-envs", type=int)
+    p.add_argument("--workers", type=int, default=1, help="runs in parallel")
+    p.add_argument("--out", help="output directory")
+    p.add_argument("--eval-episodes", type=int, default=20)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.set_defaults(func=cmd_compare)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse ``argv`` (default ``sys.argv[1:]``) and run the command; returns the exit status."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:  # argparse already printed its message
+        return int(exit_.code or 0)
+    from rims_rl.checkpoint import CheckpointError
+
+    try:
+        if args.command is None:
+            return cmd_default(args)
+        return args.func(args)
+    except (ValueError, CheckpointError, FileNotFoundError, NotADirectoryError, PermissionError) as err:
+        return error(str(err))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
