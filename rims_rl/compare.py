@@ -1,0 +1,478 @@
+"""``train.py compare``: train several agents over several seeds on a suite, evaluate OOD, write a report.
+
+Each (agent, seed) is one job in a spawned worker process: ``train_run`` on the suite's training env,
+then ``evaluate_checkpoint`` of the final model on every spec of the suite (training env + OOD
+variants). Jobs write into ``<out>/runs/<agent>-seed<k>/``; a job whose run dir already holds the
+final model and an evaluation JSON with the same evaluation settings is skipped, so an interrupted or
+extended comparison (more seeds, another agent) only trains what is missing. The report (see
+``rims_rl.report``) is rebuilt from all finished runs at the end.
+
+All agents of one seed get the same training seed, and every run is evaluated on the same episode
+seeds, so differences between agents are not differences in the episodes they were scored on.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import re
+import shlex
+import sys
+import time
+import traceback
+from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+DEFAULT_AGENTS: tuple[str, ...] = ("rims_ppo", "lstm_ppo")
+FINAL_MODEL = "model.zip"  # rims_rl.runs.train_run's final model
+CONFIG_NAME = "config.json"
+STATUS_NAME = "status.json"
+EVAL_NAME = "compare_eval.json"
+EVAL_SEED = 10_000  # shared by every run: all agents are scored on the same episodes
+
+__all__ = [
+    "DEFAULT_AGENTS",
+    "EVAL_NAME",
+    "RunJob",
+    "config_mismatch",
+    "default_out_dir",
+    "final_model_path",
+    "is_finished",
+    "run_compare",
+    "run_job",
+]
+
+
+@dataclass(frozen=True)
+class RunJob:
+    """Everything a worker needs to train and evaluate one (agent, seed); picklable for spawn."""
+
+    agent: str
+    seed: int
+    run_dir: str
+    timesteps: int | None
+    suite: str | None = None
+    env_id: str | None = None
+    n_envs: int | None = None
+    overrides: dict[str, Any] = field(default_factory=dict)
+    eval_episodes: int = 10
+    eval_seed: int = EVAL_SEED
+    deterministic: bool = True
+    device: str = "auto"
+    torch_threads: int | None = None
+
+    def eval_settings(self) -> dict[str, Any]:
+        """What a stored evaluation must match to be reused (else re-evaluated, not retrained)."""
+        return {
+            "target": self.suite or self.env_id,
+            "eval_episodes": self.eval_episodes,
+            "eval_seed": self.eval_seed,
+            "deterministic": self.deterministic,
+        }
+
+
+# ------------------------------------------------------------------------------------ run dir layout
+
+
+def final_model_path(run_dir: str | Path) -> Path | None:
+    """The final model ``train_run`` saved (``model.zip``), or None while training has not finished."""
+    run_dir = Path(run_dir)
+    path = run_dir / FINAL_MODEL
+    if not path.is_file():
+        return None
+    try:  # a model.zip from an older, interrupted layout is not trusted without a finished status
+        status = json.loads((run_dir / STATUS_NAME).read_text())
+    except (OSError, json.JSONDecodeError):
+        return path
+    return path if status.get("state") == "finished" else None
+
+
+def _load_json(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def config_mismatch(job: RunJob) -> str | None:
+    """Why the run already in ``job.run_dir`` is a different experiment (None if it matches or is absent).
+
+    Compared: agent, seed, env/suite, requested timesteps, n_envs and overrides, i.e. what ``compare``
+    chooses; a mismatch means ``--out`` is being reused for other settings.
+    """
+    config = _load_json(Path(job.run_dir) / CONFIG_NAME)
+    if config is None:
+        return None
+    env = config.get("env", {})
+    checks = {
+        "agent": (config.get("agent"), job.agent),
+        "seed": (config.get("seed"), job.seed),
+        "suite": (config.get("suite"), job.suite),
+        "overrides": (config.get("overrides") or {}, dict(job.overrides)),
+    }
+    if job.env_id is not None:
+        checks["env"] = (env.get("env_id"), job.env_id)
+    if job.timesteps is not None:
+        checks["timesteps"] = (config.get("timesteps_requested"), job.timesteps)
+    if job.n_envs is not None:
+        checks["n_envs"] = (config.get("n_envs"), job.n_envs)
+    diffs = [f"{k}: run has {have!r}, asked {want!r}" for k, (have, want) in checks.items() if have != want]
+    if not diffs:
+        return None
+    return (
+        f"{job.run_dir} holds a run with other settings ({'; '.join(diffs)}); "
+        "use another --out or delete that run directory"
+    )
+
+
+def is_finished(job: RunJob) -> bool:
+    """True when the run is trained and evaluated with ``job``'s settings (nothing to do)."""
+    run_dir = Path(job.run_dir)
+    stored = _load_json(run_dir / EVAL_NAME)
+    return (
+        final_model_path(run_dir) is not None
+        and stored is not None
+        and stored.get("settings") == job.eval_settings()
+        and config_mismatch(job) is None
+    )
+
+
+# -------------------------------------------------------------------------------------------- worker
+
+
+def _init_worker(threads: int) -> None:
+    """Cap torch's intra-op threads so ``workers`` processes do not oversubscribe the CPU."""
+    import torch
+
+    torch.set_num_threads(max(1, threads))
+
+
+def _target(job: RunJob) -> Any:
+    from envs import get_suite
+
+    return get_suite(job.suite) if job.suite else job.env_id
+
+
+def _to_record(job: RunJob, res: Mapping[str, Any], train_name: str | None) -> dict[str, Any]:
+    """One evaluation dict from ``evaluate_checkpoint`` in the report's record format."""
+    env = str(res.get("name") or res.get("env") or res.get("env_id") or job.env_id)
+    env_id = str(res.get("env_id") or res.get("env") or env)
+    returns = res.get("returns") or res.get("episode_returns") or []
+    if not isinstance(returns, list):
+        returns = list(returns)
+    if not returns and isinstance(res.get("episodes"), list):
+        returns = [
+            float(e.get("return", e.get("reward", 0.0))) for e in res["episodes"] if isinstance(e, dict)
+        ]
+    mean_ret = res.get("mean_return")
+    if mean_ret is None and returns:
+        mean_ret = sum(returns) / len(returns)
+    n_episodes = res.get("n_episodes")
+    if n_episodes is None:
+        n_episodes = res["episodes"] if isinstance(res.get("episodes"), int) else len(returns)
+    is_train = env == train_name if train_name is not None else True
+    return {
+        "agent": job.agent,
+        "seed": job.seed,
+        "env": env,
+        "env_id": env_id,
+        "is_train": is_train,
+        "mean_return": None if mean_ret is None else float(mean_ret),
+        "std_return": res.get("std", res.get("std_return")),
+        "success_rate": res.get("success_rate"),
+        "n_episodes": n_episodes,
+        "returns": [float(r) for r in returns],
+        "mean_length": res.get("mean_length"),
+        "timesteps": res.get("num_timesteps", job.timesteps),
+        "run_dir": job.run_dir,
+    }
+
+
+def run_job(job: RunJob) -> dict[str, Any]:
+    """Train (unless already trained) and evaluate one (agent, seed); never raises, errors are returned.
+
+    Returns ``{"agent", "seed", "run_dir", "records", "trained", "evaluated", "skipped", "error",
+    "train_s", "eval_s"}``. Top-level so spawned workers can import it.
+    """
+    out: dict[str, Any] = {
+        "agent": job.agent,
+        "seed": job.seed,
+        "run_dir": job.run_dir,
+        "records": [],
+        "trained": False,
+        "evaluated": False,
+        "skipped": False,
+        "error": None,
+        "train_s": 0.0,
+        "eval_s": 0.0,
+    }
+    run_dir = Path(job.run_dir)
+    try:
+        if is_finished(job):
+            out["records"] = _load_json(run_dir / EVAL_NAME)["records"]  # type: ignore[index]
+            out["skipped"] = True
+            return out
+        mismatch = config_mismatch(job)
+        if mismatch:
+            raise ValueError(mismatch)
+        from rims_rl.evaluation import evaluate_checkpoint
+        from rims_rl.runs import train_run
+
+        model = final_model_path(run_dir)
+        if model is None:
+            t0 = time.perf_counter()
+            train_run(
+                job.agent,
+                env_id=None if job.suite else job.env_id,
+                suite=job.suite,
+                timesteps=job.timesteps,
+                seed=job.seed,
+                n_envs=job.n_envs,
+                device=job.device,
+                overrides=dict(job.overrides) or None,
+                run_dir=run_dir,
+                progress_bar=False,
+                resume=(run_dir / CONFIG_NAME).is_file(),  # an interrupted run continues where it stopped
+            )
+            out["train_s"] = time.perf_counter() - t0
+            out["trained"] = True
+            model = final_model_path(run_dir)
+            if model is None:
+                raise RuntimeError(f"train_run finished but no final model was found in {run_dir}")
+        t0 = time.perf_counter()
+        target = _target(job)
+        results = evaluate_checkpoint(
+            model, target, n_episodes=job.eval_episodes, deterministic=job.deterministic, seed=job.eval_seed
+        )
+        out["eval_s"] = time.perf_counter() - t0
+        train_name = target.train.name if hasattr(target, "train") else None
+        out["records"] = [_to_record(job, r, train_name) for r in results]
+        out["evaluated"] = True
+        payload = {
+            "settings": job.eval_settings(),
+            "job": asdict(job),
+            "raw": results,
+            "records": out["records"],
+        }
+        tmp = run_dir / f".{EVAL_NAME}.tmp"
+        tmp.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+        os.replace(tmp, run_dir / EVAL_NAME)  # the eval JSON marks the run finished: write it atomically
+    except Exception as exc:  # noqa: BLE001 - one failed run must not lose the others
+        interrupted = getattr(sys.modules.get("rims_rl.runs"), "TrainingInterrupted", ())
+        if interrupted and isinstance(exc, interrupted):
+            raise  # Ctrl-C stops the whole comparison (the run saved a checkpoint and resumes next time)
+        out["error"] = f"{type(exc).__name__}: {exc}"
+        out["traceback"] = traceback.format_exc()
+    return out
+
+
+# ------------------------------------------------------------------------------------------- driver
+
+
+def _as_list(value: str | Iterable[str] | None, default: Sequence[str]) -> list[str]:
+    if value is None:
+        return list(default)
+    items = [value] if isinstance(value, str) else list(value)
+    return [part.strip() for item in items for part in str(item).split(",") if part.strip()]
+
+
+def _as_seeds(seeds: int | Iterable[int]) -> list[int]:
+    """``3`` -> seeds 0, 1, 2 (the CLI's ``--seeds N``); an explicit list is used as given."""
+    if isinstance(seeds, int):
+        if seeds < 1:
+            raise ValueError(f"--seeds must be >= 1; got {seeds}")
+        return list(range(seeds))
+    return [int(s) for s in seeds]
+
+
+def _as_overrides(value: Mapping[str, Any] | Iterable[str] | None) -> dict[str, Any]:
+    if not value:
+        return {}
+    if isinstance(value, Mapping):
+        return dict(value)
+    from agents import parse_overrides
+
+    return parse_overrides([value] if isinstance(value, str) else list(value))
+
+
+def _command_line() -> str:
+    argv = list(sys.argv)
+    if argv and argv[0].endswith(".py"):
+        return "python " + shlex.join(argv)
+    return shlex.join([Path(sys.executable).name, *argv]) if argv else ""
+
+
+def _collect_curves(results: Sequence[Mapping[str, Any]], agents: Sequence[str]) -> dict[str, list[Any]]:
+    from rims_rl.report import read_learning_curve
+
+    curves: dict[str, list[Any]] = {a: [] for a in agents}
+    for res in results:
+        if res.get("error"):
+            continue
+        curve = read_learning_curve(res["run_dir"])
+        if curve is not None:
+            curves.setdefault(res["agent"], []).append(curve)
+    return {a: c for a, c in curves.items() if c}
+
+
+def run_compare(
+    agents: str | Sequence[str] | None = None,
+    suite: str | None = None,
+    env: str | None = None,
+    seeds: int | Sequence[int] = 3,
+    timesteps: int | None = None,
+    n_envs: int | None = None,
+    workers: int | None = None,
+    out: str | Path | None = None,
+    eval_episodes: int = 10,
+    overrides: Mapping[str, Any] | Sequence[str] | None = None,
+    deterministic: bool = True,
+    device: str = "auto",
+    reps: int = 2000,
+    progress: bool = True,
+    command_line: str | None = None,
+    **cli_args: Any,
+) -> dict[str, Path]:
+    """Train ``agents`` x ``seeds`` on ``suite`` (or one ``env``) in parallel, evaluate, write the report.
+
+    Accepts ``**vars(args)`` from the CLI: ``set`` is taken as ``overrides``, ``env_id`` as ``env``, and
+    other parser attributes are ignored. ``out`` defaults to ``runs/compare-<suite or env>``; re-running
+    skips runs already trained and evaluated there. Runs that fail are listed in the report (and
+    ``runs.json``) while the others still count. Returns the written files by kind (``report``...).
+    """
+    if overrides is None:
+        overrides = cli_args.pop("set", None) or cli_args.pop("overrides_list", None)
+    env = env or cli_args.pop("env_id", None)
+    if (suite is None) == (env is None):
+        raise ValueError("compare needs exactly one of --suite or --env")
+    agent_list = _as_list(agents, DEFAULT_AGENTS)
+    from agents import AGENTS
+
+    unknown = [a for a in agent_list if a not in AGENTS]
+    if unknown:
+        raise ValueError(f"unknown agent(s) {unknown}; agents: {AGENTS}")
+    if suite is not None:
+        from envs import get_suite
+
+        get_suite(suite)  # fail fast on a bad name, before spawning anything
+    seed_list = _as_seeds(seeds)
+    over = _as_overrides(overrides)
+    cpus = os.cpu_count() or 1
+    n_jobs = len(agent_list) * len(seed_list)
+    workers = max(1, min(workers or cpus, n_jobs))
+    out_dir = Path(out) if out else default_out_dir(suite or env)  # type: ignore[arg-type]
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    jobs = [
+        RunJob(
+            agent=a,
+            seed=s,
+            run_dir=str(out_dir / "runs" / f"{a}-seed{s}"),
+            timesteps=timesteps,
+            suite=suite,
+            env_id=env,
+            n_envs=n_envs,
+            overrides=over,
+            eval_episodes=eval_episodes,
+            deterministic=deterministic,
+            device=device,
+        )
+        for s in seed_list
+        for a in agent_list
+    ]
+    results: list[dict[str, Any]] = []
+    todo = []
+    for job in jobs:
+        if is_finished(job):
+            results.append(run_job(job))  # cheap: reads the stored evaluation
+        else:
+            todo.append(job)
+    bar = tqdm(total=len(jobs), desc="compare runs", unit="run", disable=not progress, initial=len(results))
+    if results:
+        bar.write(f"skipping {len(results)} finished run(s) in {out_dir / 'runs'}")
+    try:
+        if workers == 1:
+            for job in todo:
+                results.append(_report_progress(bar, run_job(job)))
+        elif todo:
+            threads = max(1, cpus // min(workers, len(todo)))
+            with ProcessPoolExecutor(
+                max_workers=min(workers, len(todo)),
+                mp_context=mp.get_context("spawn"),
+                initializer=_init_worker,
+                initargs=(threads,),
+            ) as pool:
+                futures: dict[Future[dict[str, Any]], RunJob] = {pool.submit(run_job, j): j for j in todo}
+                for fut in as_completed(futures):
+                    results.append(_report_progress(bar, fut.result()))
+    finally:
+        bar.close()
+
+    order = {(j.agent, j.seed): i for i, j in enumerate(jobs)}
+    results.sort(key=lambda r: order[(r["agent"], r["seed"])])
+    failures = [r for r in results if r.get("error")]
+    for f in failures:
+        print(
+            f"run {f['agent']} seed {f['seed']} failed: {f['error']}\n{f.get('traceback', '')}",
+            file=sys.stderr,
+        )
+    records = [rec for r in results if not r.get("error") for rec in r["records"]]
+    summary = {
+        "trained": sum(bool(r.get("trained")) for r in results),
+        "skipped": sum(bool(r.get("skipped")) for r in results),
+        "failed": len(failures),
+    }
+    (out_dir / "runs.json").write_text(
+        json.dumps([{k: v for k, v in r.items() if k != "records"} for r in results], indent=2, default=str)
+        + "\n"
+    )
+    from rims_rl.report import write_report
+
+    meta = {
+        "agents": ",".join(agent_list),
+        "suite" if suite else "env": suite or env,
+        "seeds": ",".join(map(str, seed_list)),
+        "timesteps": timesteps if timesteps is not None else "preset",
+        "n_envs": n_envs if n_envs is not None else "preset",
+        "eval_episodes": eval_episodes,
+        "deterministic_eval": deterministic,
+        "eval_seed": EVAL_SEED,
+        "overrides": " ".join(f"{k}={v}" for k, v in over.items()) or "none",
+        "bootstrap_reps": reps,
+        **{f"runs_{k}": v for k, v in summary.items()},
+    }
+    title = f"Comparison on {suite or env}: {' vs '.join(agent_list)}"
+    paths = write_report(
+        out_dir,
+        records,
+        curves=_collect_curves(results, agent_list),
+        command=command_line or _command_line(),
+        meta=meta,
+        failures=[{k: r.get(k) for k in ("agent", "seed", "error")} for r in failures],
+        reps=reps,
+        title=title,
+    )
+    print(
+        f"compare: {summary['trained']} trained, {summary['skipped']} skipped, {summary['failed']} failed; "
+        f"report: {paths['report']}"
+    )
+    return paths
+
+
+def default_out_dir(target: str) -> Path:
+    """``runs/compare-<suite or env>``: stable (no timestamp), so re-running a command resumes it."""
+    return Path("runs") / ("compare-" + re.sub(r"[^A-Za-z0-9._-]+", "_", target))
+
+
+def _report_progress(bar: tqdm, res: dict[str, Any]) -> dict[str, Any]:
+    status = "failed" if res.get("error") else ("trained" if res.get("trained") else "evaluated")
+    bar.set_postfix_str(f"{res['agent']} seed {res['seed']} {status}")
+    bar.update(1)
+    return res

@@ -1,0 +1,291 @@
+"""Comparison reports from synthetic results (no training), and `compare` end to end on a tiny budget."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rims_rl.report import read_learning_curve, summarize, write_report
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _records() -> list[dict]:
+    """4 seeds x 2 agents x (train env + 2 variants), with hand-checkable returns."""
+    returns = {
+        # agent -> env -> per-seed mean returns
+        "rims_ppo": {"train": [0.1, 0.2, 0.3, 0.4], "6x6": [0.5, 0.5, 0.7, 0.9], "8x8": [0.0, 0.2, 0.2, 0.8]},
+        "lstm_ppo": {"train": [0.0, 0.0, 0.0, 1.0], "6x6": [0.1, 0.2, 0.3, 0.4], "8x8": [0.0, 0.0, 0.0, 0.0]},
+    }
+    ids = {
+        "train": "MiniGrid-DoorKey-5x5-v0",
+        "6x6": "MiniGrid-DoorKey-6x6-v0",
+        "8x8": "MiniGrid-DoorKey-8x8-v0",
+    }
+    recs = []
+    for agent, envs in returns.items():
+        for env, per_seed in envs.items():
+            for seed, ret in enumerate(per_seed):
+                recs.append(
+                    {
+                        "agent": agent,
+                        "seed": seed,
+                        "env": env,
+                        "env_id": ids[env],
+                        "is_train": env == "train",
+                        "mean_return": ret,
+                        "std_return": 0.0,
+                        "success_rate": 1.0 if ret > 0.25 else 0.0,
+                        "n_episodes": 2,
+                        "returns": [ret, ret],
+                        "timesteps": 128,
+                        "run_dir": f"runs/{agent}-seed{seed}",
+                    }
+                )
+    return recs
+
+
+def _curves() -> dict[str, list[tuple[np.ndarray, np.ndarray]]]:
+    steps = np.array([0.0, 64.0, 128.0])
+    return {
+        "rims_ppo": [(steps, np.array([0.0, 0.1, 0.2]) + s) for s in (0.0, 0.1)],
+        "lstm_ppo": [(steps, np.array([0.0, 0.05, 0.1]) + s) for s in (0.0, 0.1)],
+    }
+
+
+def test_summarize_numbers() -> None:
+    rows = {(r["agent"], r["env"]): r for r in summarize(_records(), reps=500)}
+    r = rows[("rims_ppo", "train")]
+    assert r["n_runs"] == 4 and r["is_train"]
+    assert r["iqm"] == pytest.approx(0.25)  # middle two of (0.1, 0.2, 0.3, 0.4)
+    assert r["mean"] == pytest.approx(0.25)
+    assert r["success"] == pytest.approx(0.5)
+    r = rows[("lstm_ppo", "train")]
+    assert r["iqm"] == pytest.approx(0.0) and r["mean"] == pytest.approx(0.25)  # IQM drops the outlier
+    assert rows[("rims_ppo", "6x6")]["iqm"] == pytest.approx(0.6)
+    assert rows[("lstm_ppo", "8x8")]["iqm_lo"] == rows[("lstm_ppo", "8x8")]["iqm_hi"] == 0.0
+    pooled = rows[("rims_ppo", "OOD (pooled)")]  # 8 runs over 6x6 and 8x8: trims 2 each end
+    assert pooled["n_runs"] == 8
+    assert pooled["iqm"] == pytest.approx(np.mean([0.2, 0.5, 0.5, 0.7]))
+    for row in rows.values():
+        assert row["iqm_lo"] <= row["iqm"] <= row["iqm_hi"]
+
+
+def test_write_report_from_synthetic_results(tmp_path: Path) -> None:
+    cmd = "python train.py compare --suite minigrid-doorkey --seeds 4"
+    paths = write_report(
+        tmp_path, _records(), _curves(), command=cmd, meta={"seeds": 4}, reps=500, machine={"cpu_count": "2"}
+    )
+    text = (tmp_path / "report.md").read_text()
+    lines = text.splitlines()
+    assert lines[0].startswith("# ") and cmd in lines[:8]
+    assert "| Env | Agent | Runs | IQM [95% CI] | Mean [95% CI] | Median | Success rate [95% CI] |" in text
+    row = next(ln for ln in lines if ln.startswith("| train (MiniGrid-DoorKey-5x5-v0) | rims_ppo |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[2] == "4"
+    assert cells[3].startswith("0.25 [") and cells[4].startswith("0.25 [")
+    assert cells[5] == "0.25"  # median of (0.1, 0.2, 0.3, 0.4)
+    assert cells[6].startswith("0.50 [")
+    lstm = next(ln for ln in lines if ln.startswith("| train (MiniGrid-DoorKey-5x5-v0) | lstm_ppo |"))
+    assert "| 0.00 [" in lstm
+    assert "| 6x6 | rims_ppo | 4 | 0.60 [" in text
+    assert "P(rims_ppo > lstm_ppo)" in text
+    assert "| 6x6 | 1.00 [1.00, 1.00] |" in text  # every rims run beats every lstm run on 6x6
+    assert "| train (MiniGrid-DoorKey-5x5-v0) | 0.75 [" in text  # (0.1..0.4) vs (0, 0, 0, 1): 12 of 16 pairs
+    assert "- cpu_count: 2" in text
+    for name in ("learning_curves.png", "ood_bars.png"):
+        assert f"]({name})" in text
+        assert (tmp_path / name).read_bytes()[:8] == PNG_MAGIC
+    assert set(paths) >= {"report", "results_json", "results_csv", "learning_curves", "ood_bars"}
+
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert data["command"] == cmd and len(data["records"]) == 24
+    assert {(s["agent"], s["env"]) for s in data["summary"]} >= {("rims_ppo", "8x8"), ("lstm_ppo", "train")}
+    with (tmp_path / "results.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 24 and float(rows[0]["mean_return"]) == pytest.approx(0.1)
+
+
+def test_report_without_curves_or_second_agent(tmp_path: Path) -> None:
+    recs = [r for r in _records() if r["agent"] == "rims_ppo"]
+    paths = write_report(tmp_path, recs, curves=None, reps=200, machine={})
+    text = paths["report"].read_text()
+    assert "Probability of improvement" not in text and "learning_curves.png" not in text
+    assert not (tmp_path / "learning_curves.png").exists() and (tmp_path / "ood_bars.png").exists()
+
+
+def test_read_learning_curve_csv_and_tensorboard(tmp_path: Path) -> None:
+    csv_dir = tmp_path / "csv_run"
+    csv_dir.mkdir()
+    (csv_dir / "progress.csv").write_text(
+        "time/total_timesteps,rollout/ep_rew_mean,train/loss\n64,0.1,1.0\n128,,0.5\n192,0.3,0.2\n"
+    )
+    steps, vals = read_learning_curve(csv_dir)
+    assert steps.tolist() == [64.0, 192.0] and vals == pytest.approx([0.1, 0.3])
+    (csv_dir / "progress-resumed-192.csv").write_text(
+        "time/total_timesteps,rollout/ep_rew_mean\n192,0.3\n256,0.5\n"
+    )  # a resumed run's second log file continues the curve
+    steps, vals = read_learning_curve(csv_dir)
+    assert steps.tolist() == [64.0, 192.0, 256.0] and vals == pytest.approx([0.1, 0.3, 0.5])
+
+    from torch.utils.tensorboard import SummaryWriter
+
+    tb_dir = tmp_path / "tb_run" / "RecurrentPPO_1"
+    writer = SummaryWriter(str(tb_dir))
+    for step, value in ((64, 0.2), (128, 0.4)):
+        writer.add_scalar("rollout/ep_rew_mean", value, step)
+    writer.close()
+    steps, vals = read_learning_curve(tmp_path / "tb_run")
+    assert steps.tolist() == [64.0, 128.0] and vals == pytest.approx([0.2, 0.4])
+    assert read_learning_curve(tmp_path / "tb_run", tag="missing/tag") is None
+
+
+# ------------------------------------------------------------------ driver with a fake backend (fast)
+
+
+def _fake_backend(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:
+    """Replace train_run/evaluate_checkpoint in-process (workers=1) to test the driver without training."""
+    import types
+
+    calls: list[tuple[str, int]] = []
+
+    def train_run(agent: str, *, seed: int, run_dir: Path, timesteps: int, **_: object) -> Path:
+        calls.append((agent, seed))
+        run_dir = Path(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "model.zip").write_bytes(b"zip")
+        bonus = 0.2 if agent == "rims_ppo" else 0.0
+        rows = "".join(f"{t},{bonus + t / 1000 + seed / 100}\n" for t in (32, 64, 96, 128))
+        (run_dir / "logs").mkdir(exist_ok=True)
+        (run_dir / "logs" / "progress.csv").write_text("time/total_timesteps,rollout/ep_rew_mean\n" + rows)
+        return run_dir
+
+    def evaluate_checkpoint(checkpoint: Path, target: object, n_episodes: int, **_: object) -> list[dict]:
+        run = Path(checkpoint).parent.name
+        bonus = 0.2 if run.startswith("rims_ppo") else 0.0
+        return [
+            {
+                "name": spec.name,
+                "env_id": spec.env_id,
+                "mean_return": bonus + 0.1 * i,
+                "std": 0.0,
+                "success_rate": 1.0 if bonus else 0.0,
+                "episodes": n_episodes,
+            }
+            for i, spec in enumerate(target.specs())
+        ]
+
+    monkeypatch.setitem(__import__("sys").modules, "rims_rl.runs", types.SimpleNamespace(train_run=train_run))
+    monkeypatch.setitem(
+        __import__("sys").modules,
+        "rims_rl.evaluation",
+        types.SimpleNamespace(evaluate_checkpoint=evaluate_checkpoint),
+    )
+    return calls
+
+
+def test_compare_driver_skips_finished_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from rims_rl.compare import run_compare
+
+    calls = _fake_backend(monkeypatch)
+    kw = dict(
+        suite="minigrid-doorkey",
+        seeds=2,
+        timesteps=128,
+        workers=1,
+        out=tmp_path,
+        eval_episodes=2,
+        reps=200,
+        progress=False,
+        command_line="python train.py compare --seeds 2",
+    )
+    paths = run_compare(**kw)
+    assert sorted(calls) == [("lstm_ppo", 0), ("lstm_ppo", 1), ("rims_ppo", 0), ("rims_ppo", 1)]
+    text = paths["report"].read_text()
+    assert "| train (MiniGrid-DoorKey-5x5-v0) | rims_ppo | 2 | 0.20 [" in text
+    assert "| 16x16 | lstm_ppo | 2 | 0.30 [" in text
+    assert (tmp_path / "learning_curves.png").exists() and (tmp_path / "ood_bars.png").exists()
+    assert len(json.loads(paths["results_json"].read_text())["records"]) == 2 * 2 * 4
+
+    calls.clear()
+    run_compare(**kw)  # everything finished: nothing is trained again
+    assert calls == []
+    run_compare(**{**kw, "seeds": 3})  # one more seed: only the new runs train
+    assert sorted(calls) == [("lstm_ppo", 2), ("rims_ppo", 2)]
+    calls.clear()
+    run_compare(**{**kw, "eval_episodes": 3})  # new eval settings: re-evaluated, not retrained
+    assert calls == []
+
+
+def _load_train_cli() -> object:
+    import importlib.util
+    import sys
+
+    path = Path(__file__).resolve().parents[1] / "train.py"
+    spec = importlib.util.spec_from_file_location("train_cli_for_compare_test", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_cli_compare_arguments_reach_run_compare(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = _fake_backend(monkeypatch)
+    cli = _load_train_cli()
+    argv = ["compare", "--suite", "minigrid-multiroom", "--seeds", "1", "--timesteps", "64", "--n-envs", "1"]
+    argv += ["--out", str(tmp_path), "--eval-episodes", "2", "--set", "ppo.n_steps=16"]
+    monkeypatch.setattr("sys.argv", ["train.py", *argv])  # the report quotes the process's command line
+    assert cli.main(argv) == 0
+    assert sorted(calls) == [("lstm_ppo", 0), ("rims_ppo", 0)]
+    text = (tmp_path / "report.md").read_text()
+    command = "python train.py " + " ".join(argv)  # shlex.join leaves these arguments unquoted
+    assert f"```\n{command}\n```" in text
+    stored = json.loads((tmp_path / "runs" / "rims_ppo-seed0" / "compare_eval.json").read_text())
+    assert stored["job"]["overrides"] == {"ppo.n_steps": 16}
+
+
+# --------------------------------------------------------------------- end to end: real training
+
+
+def test_compare_end_to_end_tiny(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """2 agents x 2 seeds on the cheapest suite (MultiRoom: episodes of at most 40-120 steps)."""
+    from rims_rl.compare import run_compare
+
+    kw = dict(
+        agents=["rims_ppo", "lstm_ppo"],
+        suite="minigrid-multiroom",
+        seeds=2,
+        timesteps=64,
+        n_envs=1,
+        workers=2,
+        out=tmp_path,
+        eval_episodes=2,
+        set=["ppo.n_steps=16", "ppo.batch_size=16", "ppo.n_epochs=1"],
+        device="cpu",
+        reps=200,
+        progress=False,
+    )
+    paths = run_compare(**kw)
+    assert "4 trained, 0 skipped, 0 failed" in capsys.readouterr().out
+    text = paths["report"].read_text()
+    for env in ("train (MiniGrid-MultiRoom-N2-S4-v0)", "N4-S5", "N6"):
+        for agent in ("rims_ppo", "lstm_ppo"):
+            assert f"| {env} | {agent} | 2 | " in text
+    assert "P(rims_ppo > lstm_ppo)" in text
+    data = json.loads(paths["results_json"].read_text())
+    assert len(data["records"]) == 2 * 2 * 3
+    assert all(len(r["returns"]) == 2 for r in data["records"])
+    for name in ("learning_curves.png", "ood_bars.png"):
+        assert (tmp_path / name).read_bytes()[:8] == PNG_MAGIC
+
+    models = sorted((tmp_path / "runs").glob("*/model.zip"))
+    assert len(models) == 4
+    mtimes = [m.stat().st_mtime_ns for m in models]
+    run_compare(**kw)  # everything is finished: no training, no evaluation, same report
+    assert "0 trained, 4 skipped, 0 failed" in capsys.readouterr().out
+    assert [m.stat().st_mtime_ns for m in models] == mtimes
