@@ -1,6 +1,6 @@
 """rims-rl command line: train, resume, evaluate and list agents/suites/envs.
 
-    python train.py                                   # default: rims_ppo on MiniGrid-Empty-5x5, ~3 min
+    python train.py                                   # default: rims_ppo on MiniGrid-Empty-5x5, a few min
     python train.py train --agent lstm_ppo --env MiniGrid-DoorKey-5x5-v0 --timesteps 200000 --seed 1
     python train.py train --agent rims_ppo --suite minigrid-doorkey --set policy_kwargs.rims_kwargs.k=3
     python train.py train --resume runs/<run>         # continue a stopped/killed run to its budget
@@ -24,21 +24,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-# The embedded default (``python train.py`` / ``make run``): small enough to learn on 2 CPU cores in a
-# few minutes. Empty-5x5 needs no memory, so short sequences (n_steps 16) and one RIMs core shared by
-# actor and critic keep the update cheap; everything else is the rims_ppo MiniGrid preset.
+# The embedded default (``python train.py`` / ``make run``): rims_ppo with its MiniGrid preset on
+# Empty-5x5, which it solves (return ~0.95) in about 50k steps, a few minutes on 2 CPU cores.
 DEFAULT_AGENT = "rims_ppo"
 DEFAULT_ENV = "MiniGrid-Empty-5x5-v0"
-DEFAULT_TIMESTEPS = 12_288
+DEFAULT_TIMESTEPS = 49_152
 DEFAULT_N_ENVS = 16
-DEFAULT_OVERRIDES = [
-    "ppo.n_steps=16",
-    "ppo.batch_size=256",
-    "ppo.n_epochs=4",
-    "ppo.learning_rate=1e-3",
-    "policy_kwargs.shared_lstm=true",
-    "policy_kwargs.enable_critic_lstm=false",
-]
+DEFAULT_OVERRIDES: list[str] = []
 DEFAULT_EVAL_EPISODES = 50
 
 EXIT_USAGE = 2  # user errors (argparse uses 2 too)
