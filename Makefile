@@ -22,6 +22,8 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_core.py
+	$(PY) benchmarks/bench_ppo.py
+	$(PY) benchmarks/bench_atari_envs.py
 
 clean:
 	rm -rf $(VENV) runs
