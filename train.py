@@ -313,6 +313,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1, help="runs in parallel")
     p.add_argument("--out", help="output directory")
     p.add_argument("--eval-episodes", type=int, default=20)
+    p.add_argument(
+        "--stochastic",
+        dest="deterministic",
+        action="store_false",
+        help="evaluate with sampled actions (torch-ac's default) instead of greedy ones",
+    )
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.set_defaults(func=cmd_compare)
     return parser

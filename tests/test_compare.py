@@ -247,6 +247,19 @@ def test_cli_compare_arguments_reach_run_compare(tmp_path: Path, monkeypatch: py
     assert f"```\n{command}\n```" in text
     stored = json.loads((tmp_path / "runs" / "rims_ppo-seed0" / "compare_eval.json").read_text())
     assert stored["job"]["overrides"] == {"ppo.n_steps": 16}
+    assert stored["job"]["deterministic"] is True
+
+
+def test_cli_compare_stochastic_flag(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _fake_backend(monkeypatch)
+    cli = _load_train_cli()
+    argv = ["compare", "--suite", "minigrid-multiroom", "--seeds", "1", "--timesteps", "64", "--n-envs", "1"]
+    argv += ["--out", str(tmp_path), "--eval-episodes", "2", "--stochastic"]
+    monkeypatch.setattr("sys.argv", ["train.py", *argv])
+    assert cli.main(argv) == 0
+    stored = json.loads((tmp_path / "runs" / "lstm_ppo-seed0" / "compare_eval.json").read_text())
+    assert stored["job"]["deterministic"] is False
+    assert "deterministic_eval=False" in (tmp_path / "report.md").read_text()
 
 
 # --------------------------------------------------------------------- end to end: real training

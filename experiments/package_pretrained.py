@@ -1,0 +1,103 @@
+"""Copy a finished compare run into ``pretrained/<alias>/`` with a model card (card.json + MODEL_CARD.md).
+
+    python experiments/package_pretrained.py runs/compare-doorkey rims_ppo 1 doorkey-5x5-rims_ppo
+
+The card's numbers are the compare's own deterministic evaluation of that run (``results.csv``), plus
+a stochastic one when ``<compare>/stochastic/<agent>-seed<k>/eval.json`` exists (train.py evaluate
+--stochastic --out ...). The alias then works everywhere a checkpoint is taken:
+``python train.py evaluate --checkpoint <alias> --suite <suite>``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def package(compare_dir: Path, agent: str, seed: int, alias: str) -> Path:
+    """Write ``pretrained/<alias>`` and return it."""
+    sys.path.insert(0, str(ROOT))
+    from rims_rl.checkpoint import read_meta
+
+    run_dir = compare_dir / "runs" / f"{agent}-seed{seed}"
+    meta = read_meta(run_dir / "model.zip")
+    config = meta["config"]
+    rows = [
+        r
+        for r in csv.DictReader((compare_dir / "results.csv").open())
+        if r["agent"] == agent and int(r["seed"]) == seed
+    ]
+    evaluation = {
+        r["env_id"]: {
+            "deterministic": {
+                "episodes": int(r["n_episodes"]),
+                "mean_return": round(float(r["mean_return"]), 4),
+                "success_rate": round(float(r["success_rate"]), 4),
+            }
+        }
+        for r in rows
+    }
+    stochastic = compare_dir / "stochastic" / f"{agent}-seed{seed}" / "eval.json"
+    if stochastic.is_file():
+        for r in json.loads(stochastic.read_text()):
+            evaluation.setdefault(r["env_id"], {})["stochastic"] = {
+                "episodes": r["episodes"],
+                "mean_return": round(r["mean_return"], 4),
+                "success_rate": round(r["success_rate"], 4),
+            }
+    train_env = config["env"]["env_id"]
+    card = {
+        "alias": alias,
+        "agent": agent,
+        "train_env": train_env,
+        "suite": config.get("suite"),
+        "seed": seed,
+        "timesteps": int(meta["num_timesteps"]),
+        "eval_seed": 10_000,
+        "command": (compare_dir / "report.md").read_text().split("```")[1].strip(),
+        "config": config["model"],
+        "evaluation": evaluation,
+        # the card's success_rate used by tests/test_pretrained.py: deterministic, training env
+        "success_rate": evaluation[train_env]["deterministic"]["success_rate"],
+    }
+    out = ROOT / "pretrained" / alias
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(run_dir / "model.zip", out / "model.zip")
+    (out / "card.json").write_text(json.dumps(card, indent=1) + "\n")
+    lines = [
+        f"# {alias}",
+        "",
+        f"`{agent}` trained on `{train_env}` for {card['timesteps']} steps (seed {seed}), by:",
+        "",
+        f"    {card['command']}",
+        "",
+        "Evaluation (32 episodes per env, episode seed 10000; success = reached the goal):",
+        "",
+        "| env | deterministic return | deterministic success | stochastic return | stochastic success |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for env_id, ev in evaluation.items():
+        d, s = ev.get("deterministic", {}), ev.get("stochastic", {})
+        lines.append(
+            f"| {env_id} | {d.get('mean_return', '-')} | {d.get('success_rate', '-')} | "
+            f"{s.get('mean_return', '-')} | {s.get('success_rate', '-')} |"
+        )
+    lines += [
+        "",
+        f"Load: `python train.py evaluate --checkpoint {alias} --suite {card['suite'] or train_env}`",
+        "(safe by default: rebuilt from the JSON config in the zip, tensors read with weights_only=True).",
+        "",
+    ]
+    (out / "MODEL_CARD.md").write_text("\n".join(lines))
+    return out
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 5:
+        raise SystemExit(__doc__)
+    print(package(Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4]))
