@@ -2,8 +2,8 @@
 
     python experiments/activations.py --checkpoint runs/<run> --env MiniGrid-DoorKey-5x5-v0 --out docs/results
 
-Loads the checkpoint safely (rims_rl.evaluation.load_for_eval), plays one episode with deterministic
-actions, reads the actor core's ``last_active_mask`` after every step and writes:
+Loads the checkpoint safely (rims_rl.evaluation.load_for_eval), plays one episode (greedy actions, or
+sampled with --stochastic), reads the actor core's ``last_active_mask`` after every step and writes:
     activations-<env>.png   units x steps heatmap (dark = active), with frames of the episode beneath
                             for environments that render (MiniGrid, Atari)
     activations-<env>.json  the mask, actions, return and per-unit activation frequency
@@ -22,7 +22,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-def record_episode(checkpoint: str, env_id: str | None, seed: int, max_steps: int) -> dict[str, Any]:
+def record_episode(
+    checkpoint: str, env_id: str | None, seed: int, max_steps: int, deterministic: bool = True
+) -> dict[str, Any]:
     """Play one episode; return the [T, n_units] activation mask, frames, actions and return."""
     from envs import EnvSpec, make_env
     from rims_rl.checkpoint import read_meta, resolve_checkpoint
@@ -47,7 +49,9 @@ def record_episode(checkpoint: str, env_id: str | None, seed: int, max_steps: in
         while not done and len(masks) < max_steps:
             frames.append(env.render())
             batched = {k: v[None] for k, v in obs.items()} if isinstance(obs, dict) else obs[None]
-            action, state = model.predict(batched, state=state, episode_start=start, deterministic=True)
+            action, state = model.predict(
+                batched, state=state, episode_start=start, deterministic=deterministic
+            )
             masks.append(core.last_active_mask[-1, 0].cpu().numpy().copy())
             obs, reward, term, trunc, _ = env.step(int(action[0]))
             actions.append(int(action[0]))
@@ -75,7 +79,7 @@ def plot(episode: dict[str, Any], path: Path, n_frames: int = 8) -> Path:
     mask = episode["mask"].T.astype(float)  # [n_units, T]
     frames = [f for f in episode["frames"] if f is not None]
     rows = 2 if frames else 1
-    fig = plt.figure(figsize=(max(6, mask.shape[1] * 0.18), 2.2 * rows + 0.6))
+    fig = plt.figure(figsize=(min(14, max(6, mask.shape[1] * 0.15)), 2.4 * rows + 0.6))
     ax = fig.add_subplot(rows, 1, 1)
     ax.imshow(mask, aspect="auto", cmap="Greys", vmin=0, vmax=1, interpolation="nearest")
     ax.set_yticks(range(mask.shape[0]), [f"unit {i}" for i in range(mask.shape[0])])
@@ -104,10 +108,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--env", default=None, help="env id (default: the checkpoint's training env)")
     parser.add_argument("--seed", type=int, default=0, help="episode seed")
     parser.add_argument("--max-steps", type=int, default=300)
+    parser.add_argument("--stochastic", action="store_true", help="sample actions instead of greedy ones")
     parser.add_argument("--out", default=".", help="output folder")
     args = parser.parse_args(argv)
 
-    episode = record_episode(args.checkpoint, args.env, args.seed, args.max_steps)
+    episode = record_episode(args.checkpoint, args.env, args.seed, args.max_steps, not args.stochastic)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stem = f"activations-{episode['env_id'].replace('/', '_')}"
@@ -117,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         "checkpoint": str(args.checkpoint),
         "env_id": episode["env_id"],
         "seed": args.seed,
+        "deterministic": not args.stochastic,
         "steps": int(episode["mask"].shape[0]),
         "return": episode["return"],
         "solved": episode["solved"],
