@@ -2,9 +2,9 @@
 
     python experiments/package_pretrained.py runs/compare-doorkey rims_ppo 1 doorkey-5x5-rims_ppo
 
-The card's numbers are the compare's own deterministic evaluation of that run (``results.csv``), plus
-a stochastic one when ``<compare>/stochastic/<agent>-seed<k>/eval.json`` exists (train.py evaluate
---stochastic --out ...). The alias then works everywhere a checkpoint is taken:
+The card's numbers are the compare's own evaluation of that run (``results.csv``; greedy or sampled
+actions as the compare was run), plus a sampled one when ``<compare>/stochastic/<agent>-seed<k>/eval.json``
+exists (train.py evaluate --stochastic --out ...). The alias then works everywhere a checkpoint is taken:
 ``python train.py evaluate --checkpoint <alias> --suite <suite>``.
 """
 
@@ -32,9 +32,14 @@ def package(compare_dir: Path, agent: str, seed: int, alias: str) -> Path:
         for r in csv.DictReader((compare_dir / "results.csv").open())
         if r["agent"] == agent and int(r["seed"]) == seed
     ]
+    mode = (
+        "deterministic"
+        if "deterministic_eval=True" in (compare_dir / "report.md").read_text()
+        else "stochastic"
+    )
     evaluation = {
         r["env_id"]: {
-            "deterministic": {
+            mode: {
                 "episodes": int(r["n_episodes"]),
                 "mean_return": round(float(r["mean_return"]), 4),
                 "success_rate": round(float(r["success_rate"]), 4),
@@ -59,11 +64,12 @@ def package(compare_dir: Path, agent: str, seed: int, alias: str) -> Path:
         "seed": seed,
         "timesteps": int(meta["num_timesteps"]),
         "eval_seed": 10_000,
+        "eval_deterministic": mode == "deterministic",
         "command": (compare_dir / "report.md").read_text().split("```")[1].strip(),
         "config": config["model"],
         "evaluation": evaluation,
-        # the card's success_rate used by tests/test_pretrained.py: deterministic, training env
-        "success_rate": evaluation[train_env]["deterministic"]["success_rate"],
+        # the card's success_rate used by tests/test_pretrained.py: the compare's own mode, training env
+        "success_rate": evaluation[train_env][mode]["success_rate"],
     }
     out = ROOT / "pretrained" / alias
     out.mkdir(parents=True, exist_ok=True)

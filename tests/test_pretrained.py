@@ -1,0 +1,56 @@
+"""Shipped checkpoints load safely by alias and reproduce their model card; the activation plot runs."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rims_rl.checkpoint import PRETRAINED_DIR, list_pretrained
+from rims_rl.evaluation import evaluate_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+ALIASES = list_pretrained()
+N_EPISODES = 8  # the first episode of each of the card's 8 evaluation envs: a subset of its episodes
+
+
+def _card(alias: str) -> dict:
+    return json.loads((PRETRAINED_DIR / alias / "card.json").read_text())
+
+
+def test_both_cores_are_shipped() -> None:
+    cores = {_card(a)["agent"] for a in ALIASES}
+    assert {"rims_ppo", "lstm_ppo"} <= cores, ALIASES
+
+
+@pytest.mark.parametrize("alias", ALIASES)
+def test_checkpoint_is_small_and_reproduces_its_card(alias: str) -> None:
+    card = _card(alias)
+    assert (PRETRAINED_DIR / alias / "model.zip").stat().st_size < 5 * 2**20
+    (result,) = evaluate_checkpoint(
+        alias,
+        card["train_env"],
+        n_episodes=N_EPISODES,
+        seed=card["eval_seed"],
+        deterministic=card["eval_deterministic"],
+    )
+    assert result["num_timesteps"] == card["timesteps"]
+    assert abs(result["success_rate"] - card["success_rate"]) <= 0.3, (result["success_rate"], card)
+
+
+def test_activation_heatmap_of_a_shipped_rims_agent(tmp_path: Path) -> None:
+    rims = [a for a in ALIASES if _card(a)["agent"] == "rims_ppo"]
+    sys.path.insert(0, str(ROOT / "experiments"))
+    from activations import main
+
+    assert main(["--checkpoint", rims[0], "--out", str(tmp_path), "--max-steps", "40", "--stochastic"]) == 0
+    (summary_file,) = tmp_path.glob("activations-*.json")
+    summary = json.loads(summary_file.read_text())
+    mask = np.array(summary["mask"])
+    k = _card(rims[0])["config"]["policy_kwargs"]["rims_kwargs"]["k"]
+    assert mask.shape[0] == summary["steps"] >= 1
+    assert (mask.sum(axis=1) == k).all()  # exactly k units active at every step
+    assert (tmp_path / summary_file.name.replace(".json", ".png")).stat().st_size > 0
