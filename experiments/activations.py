@@ -84,9 +84,7 @@ def plot(episode: dict[str, Any], path: Path, n_frames: int = 8) -> Path:
     ax.imshow(mask, aspect="auto", cmap="Greys", vmin=0, vmax=1, interpolation="nearest")
     ax.set_yticks(range(mask.shape[0]), [f"unit {i}" for i in range(mask.shape[0])])
     ax.set_xlabel("step")
-    ax.set_title(
-        f"{episode['env_id']}: active RIMs units per step (dark = active), return {episode['return']:.2f}"
-    )
+    ax.set_title(f"{episode['env_id']}: active units (dark), return {episode['return']:.2f}", fontsize=9)
     if frames:
         idx = np.linspace(0, len(frames) - 1, min(n_frames, len(frames))).round().astype(int)
         for j, i in enumerate(idx):

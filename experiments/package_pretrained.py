@@ -3,8 +3,9 @@
     python experiments/package_pretrained.py runs/compare-doorkey rims_ppo 1 doorkey-5x5-rims_ppo
 
 The card's numbers are the compare's own evaluation of that run (``results.csv``; greedy or sampled
-actions as the compare was run), plus a sampled one when ``<compare>/stochastic/<agent>-seed<k>/eval.json``
-exists (train.py evaluate --stochastic --out ...). The alias then works everywhere a checkpoint is taken:
+actions as the compare was run), plus a sampled one when ``<compare>/stochastic/<agent>-seed<k>/``
+``eval*.json`` exists (train.py evaluate --stochastic --out ...). The alias then works everywhere
+a checkpoint is taken:
 ``python train.py evaluate --checkpoint <alias> --suite <suite>``.
 """
 
@@ -47,8 +48,7 @@ def package(compare_dir: Path, agent: str, seed: int, alias: str) -> Path:
         }
         for r in rows
     }
-    stochastic = compare_dir / "stochastic" / f"{agent}-seed{seed}" / "eval.json"
-    if stochastic.is_file():
+    for stochastic in sorted((compare_dir / "stochastic" / f"{agent}-seed{seed}").glob("eval*.json")):
         for r in json.loads(stochastic.read_text()):
             evaluation.setdefault(r["env_id"], {})["stochastic"] = {
                 "episodes": r["episodes"],
