@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Any
 
 # The embedded default (``python train.py`` / ``make run``): rims_ppo with its MiniGrid preset on
-# Empty-5x5, which it solves (return ~0.95) in about 50k steps, a few minutes on 2 CPU cores.
+# Empty-5x5, which it solves (return 0.95, 100% greedy success) in under 50k steps, a few minutes on 2
+# CPU cores.
 DEFAULT_AGENT = "rims_ppo"
 DEFAULT_ENV = "MiniGrid-Empty-5x5-v0"
 DEFAULT_TIMESTEPS = 49_152

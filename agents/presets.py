@@ -55,7 +55,7 @@ _PPO: dict[str, dict[str, Any]] = {
         "ent_coef": 0.01,
         "vf_coef": 0.5,
         "max_grad_norm": 0.5,
-        "target_kl": None,
+        "target_kl": 0.02,
     },
     "classic": {
         "learning_rate": "lin_1e-3",
@@ -95,6 +95,8 @@ _SOURCES = {
         "lcswillems/rl-starter-files + torch-ac PPO defaults (the setting of the public torch-ac RIMs "
         "re-implementation whose DoorKey numbers we compare with): 16 envs, 128 steps per env, 4 epochs, "
         "batch 256, lr 1e-3, clip 0.2, ent 0.01, gamma 0.99, gae 0.95, vf 0.5, max_grad_norm 0.5. "
+        "Plus target_kl 0.02 (ours): without it rims_ppo collapsed after converging on Empty-5x5 and "
+        "DoorKey-5x5 (one update with approx KL ~0.5); with it, 2/2 seeds stayed at return 0.95. "
         "One recurrent core shared by actor and critic (shared_lstm; torch-ac shares its memory too, "
         "sb3-contrib detaches the critic's gradient), which halves the recurrent cost. RL Zoo's MiniGrid "
         "block (ent 0, n_steps 128, batch 64, 10 epochs) collapsed the entropy of recurrent agents in "
