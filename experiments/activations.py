@@ -29,7 +29,7 @@ def record_episode(
     from envs import EnvSpec, make_env
     from rims_rl.checkpoint import read_meta, resolve_checkpoint
     from rims_rl.core import RIMs
-    from rims_rl.evaluation import load_for_eval
+    from rims_rl.evaluation import load_for_eval, play_episode
 
     if env_id is None:  # the checkpoint's own training env
         env = read_meta(resolve_checkpoint(checkpoint))["config"]["env"]
@@ -42,21 +42,14 @@ def record_episode(
         raise SystemExit(f"error: {checkpoint} has a {type(core).__name__} core, not RIMs; nothing to plot")
     render_spec = EnvSpec(spec.name, spec.env_id, {**dict(spec.kwargs), "render_mode": "rgb_array"})
     env = make_env(render_spec, seed=seed, training=False)
-    masks, frames, actions, total = [], [], [], 0.0
+    masks, frames, actions, total, done = [], [], [], 0.0, False
     try:
-        obs, _ = env.reset()
-        state, start, done = None, np.ones(1, dtype=bool), False
-        while not done and len(masks) < max_steps:
-            frames.append(env.render())
-            batched = {k: v[None] for k, v in obs.items()} if isinstance(obs, dict) else obs[None]
-            action, state = model.predict(
-                batched, state=state, episode_start=start, deterministic=deterministic
-            )
+        for frame, action, reward, ended in play_episode(model, env, deterministic, max_steps):
+            frames.append(frame)
             masks.append(core.last_active_mask[-1, 0].cpu().numpy().copy())
-            obs, reward, term, trunc, _ = env.step(int(action[0]))
-            actions.append(int(action[0]))
-            total += float(reward)
-            done, start = term or trunc, np.zeros(1, dtype=bool)
+            actions.append(action)
+            total += reward
+            done = ended
     finally:
         env.close()
     return {

@@ -13,7 +13,7 @@ import copy
 import csv
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -272,6 +272,25 @@ def format_table(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def play_episode(
+    model: BaseAlgorithm, env: Any, deterministic: bool = True, max_steps: int = 1000
+) -> Iterator[tuple[Any, int, float, bool]]:
+    """Play one episode on a single (rendering) gymnasium env, carrying the recurrent state.
+
+    Yields ``(frame rendered before the step, action, reward, episode ended)`` per step, right after the
+    policy ran, so callers can read per-step model state such as a RIMs core's ``last_active_mask``.
+    """
+    obs, _ = env.reset()
+    state, start, done, steps = None, np.ones(1, dtype=bool), False, 0
+    while not done and steps < max_steps:
+        frame = env.render()
+        batched = {k: v[None] for k, v in obs.items()} if isinstance(obs, dict) else obs[None]
+        action, state = model.predict(batched, state=state, episode_start=start, deterministic=deterministic)
+        obs, reward, term, trunc, _ = env.step(int(action[0]))
+        done, start, steps = term or trunc, np.zeros(1, dtype=bool), steps + 1
+        yield frame, int(action[0]), float(reward), done
+
+
 def record_gif(
     model: BaseAlgorithm,
     spec: Any,
@@ -293,17 +312,8 @@ def record_gif(
     paths = []
     try:
         for ep in range(n_episodes):
-            obs, _ = env.reset()
-            frames = [env.render()]
-            state, start, done = None, np.ones(1, dtype=bool), False
-            while not done and len(frames) < max_frames:
-                batched = {k: v[None] for k, v in obs.items()} if isinstance(obs, dict) else obs[None]
-                action, state = model.predict(
-                    batched, state=state, episode_start=start, deterministic=deterministic
-                )
-                obs, _, term, trunc, _ = env.step(int(action[0]))
-                done, start = term or trunc, np.zeros(1, dtype=bool)
-                frames.append(env.render())
+            frames = [f for f, *_ in play_episode(model, env, deterministic, max_steps=max_frames - 1)]
+            frames.append(env.render())  # the final state
             images = [Image.fromarray(np.asarray(f)) for f in frames if f is not None]
             if not images:
                 raise ValueError(f"{spec.env_id} does not render rgb frames")

@@ -54,3 +54,17 @@ def test_activation_heatmap_of_a_shipped_rims_agent(tmp_path: Path) -> None:
     assert mask.shape[0] == summary["steps"] >= 1
     assert (mask.sum(axis=1) == k).all()  # exactly k units active at every step
     assert (tmp_path / summary_file.name.replace(".json", ".png")).stat().st_size > 0
+
+
+def test_video_of_a_shipped_agent_has_one_frame_per_step_plus_the_last(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from envs import EnvSpec
+    from rims_rl.evaluation import load_for_eval, record_gif
+
+    alias = ALIASES[0]
+    spec = EnvSpec("train", _card(alias)["train_env"], {})
+    model, _ = load_for_eval(alias, spec)
+    (gif,) = record_gif(model, spec, tmp_path, n_episodes=1, max_frames=6)
+    with Image.open(gif) as image:
+        assert image.n_frames == 6  # 5 steps (the episode outlasts them) + the final state
