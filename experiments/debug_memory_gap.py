@@ -4,7 +4,7 @@
     python experiments/debug_memory_gap.py     # ~1 min on CPU; prints the success rates below
 
 Seen 2026-11-23: steps 10656, reached True; evaluate_policy 0.465-0.485 (greedy or sampled, 1 or 8
-envs); policy.forward on fresh envs 0.49; on the training env 0.54; two more collect_rollouts 0.575;
+envs); policy.forward on fresh envs 0.46; on the training env 0.53; two more collect_rollouts 0.60;
 while ep_success_buffer's last 64 episodes say 0.953. Per-rollout training success before the stop was
 0.54, 0.58, 0.79, 0.83, 1.00, 0.96 and 0.875 (16 episodes of the stopping rollout). lstm_ppo does not
 show this. Not explained yet.
@@ -32,52 +32,41 @@ for n in (1, 8):
         e = make_vec_env(lambda: CueMemoryEnv(10), n_envs=n, seed=1000)
         s, _ = evaluate_policy(model, e, n_eval_episodes=200, deterministic=det)
         print(f"n_envs={n} deterministic={det} success={s:.3f}")
-# manual rollout with policy.forward vs predict on the same obs
-e = make_vec_env(lambda: CueMemoryEnv(10), n_envs=8, seed=1000)
-obs = e.reset()
-starts = np.ones(8, dtype=np.float32)
-pol = model.policy
-pol.set_training_mode(False)
-hid = pol.lstm_actor.hidden_size
-st_f = None
-st_p = None
-import sb3_contrib
 from sb3_contrib.common.recurrent.type_aliases import RNNStates
 
-z = th.zeros(1, 8, hid)
-lstm_states = RNNStates((z, z.clone()), (z.clone(), z.clone()))
-succ_f = []
-for t in range(11 * 20):
-    with th.no_grad():
-        ot = th.as_tensor(obs)
-        a_f, v, lp, lstm_states = pol.forward(ot, lstm_states, th.as_tensor(starts))
-        dist, _ = pol.get_distribution(ot, lstm_states.pi if False else lstm_states.pi, th.as_tensor(starts))
-    a_p, st_p = model.predict(obs, state=st_p, episode_start=starts.astype(bool), deterministic=False)
-    obs, r, d, infos = e.step(a_f.numpy())
-    for i, info in enumerate(infos):
-        if d[i]:
-            succ_f.append(info.get("is_success", r[i]))
-    starts = d.astype(np.float32)
-print("forward-driven success", np.mean(succ_f), len(succ_f))
-# same loop on the training env, continuing with the model's own last states
-e = model.env
-obs = model._last_obs
-starts = model._last_episode_starts.astype(np.float32)
-lstm_states = model._last_lstm_states
-succ = []
-for t in range(11 * 20):
-    with th.no_grad():
-        a_f, v, lp, lstm_states = pol.forward(th.as_tensor(obs), lstm_states, th.as_tensor(starts))
-    obs, r, d, infos = e.step(a_f.numpy())
-    for i, info in enumerate(infos):
-        if d[i]:
-            succ.append(info.get("is_success", r[i]))
-    starts = d.astype(np.float32)
-print("training-env forward success", np.mean(succ), len(succ))
+pol = model.policy
+pol.set_training_mode(False)
+
+
+def forward_success(env, obs, starts, lstm_states, steps=11 * 20):
+    """Drive ``env`` with sampled actions from policy.forward; success rate of the finished episodes."""
+    succ = []
+    for _ in range(steps):
+        with th.no_grad():
+            actions, _, _, lstm_states = pol.forward(th.as_tensor(obs), lstm_states, th.as_tensor(starts))
+        obs, r, d, infos = env.step(actions.numpy())
+        succ += [info.get("is_success", r[i]) for i, info in enumerate(infos) if d[i]]
+        starts = d.astype(np.float32)
+    return np.mean(succ), len(succ)
+
+
+# fresh envs, zero states
+e = make_vec_env(lambda: CueMemoryEnv(10), n_envs=8, seed=1000)
+z = th.zeros(1, 8, pol.lstm_actor.hidden_size)
+print(
+    "forward-driven success",
+    *forward_success(e, e.reset(), np.ones(8, np.float32), RNNStates((z, z), (z, z))),
+)
+# the training env, continuing with the model's own last states
+print(
+    "training-env forward success",
+    *forward_success(
+        model.env, model._last_obs, model._last_episode_starts.astype(np.float32), model._last_lstm_states
+    ),
+)
 print("ep_success_buffer", np.mean(list(model.ep_success_buffer)[-64:]))
 from stable_baselines3.common.callbacks import CallbackList
 
-n0 = len(model.ep_success_buffer)
 cb = CallbackList([])
 cb.init_callback(model)
 model.ep_success_buffer.clear()
