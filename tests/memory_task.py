@@ -40,17 +40,30 @@ class MemoryResult:
 
 
 class StopOnSuccess(BaseCallback):
-    """Stop when the mean training success over the last ``window`` episodes reaches ``threshold``."""
+    """Stop at the end of the first rollout whose finished episodes succeed at least ``threshold``.
 
-    def __init__(self, threshold: float, window: int = 64) -> None:
+    Judged per rollout, on the weights that collected it, and before the update that follows: the
+    model that stops is the model that was measured. (A trailing window over the success buffer mixes
+    several earlier policies, and one bad update right after it passes can leave a model at chance that
+    the window called solved; ``experiments/memory_gap.py`` shows such a case.)
+    """
+
+    def __init__(self, threshold: float, min_episodes: int = 16) -> None:
         super().__init__()
-        self.threshold, self.window, self.reached = threshold, window, False
+        self.threshold, self.min_episodes, self.reached = threshold, min_episodes, False
+        self._successes: list[bool] = []
+
+    def _on_rollout_start(self) -> None:
+        self._successes = []
 
     def _on_step(self) -> bool:
-        buf = self.model.ep_success_buffer
-        if len(buf) >= self.window and np.mean(list(buf)[-self.window :]) >= self.threshold:
-            self.reached = True
-            return False
+        infos, dones = self.locals["infos"], self.locals["dones"]
+        self._successes += [bool(info["is_success"]) for info, done in zip(infos, dones, strict=True) if done]
+        last_step = self.locals["n_steps"] == self.locals["n_rollout_steps"] - 1
+        if last_step and len(self._successes) >= self.min_episodes:
+            if np.mean(self._successes) >= self.threshold:
+                self.reached = True
+                return False  # returning False here skips the update after this rollout
         return True
 
 
