@@ -165,6 +165,9 @@ def build_preset(agent: str, family: str) -> dict[str, Any]:
             "algo": "RecurrentPPO" if recurrent else "PPO",
             "policy": _POLICY[("rims" if recurrent else "ff", family)],
             "n_envs": _N_ENVS[family],
+            # None: in-process for MiniGrid, subprocesses for Atari; "ale": ale-py's native vector env
+            # for Atari training (faster; no mode/difficulty), see envs.ale_vec.
+            "vec_env": None,
             "n_timesteps": _N_TIMESTEPS[family],
             "env": _ENV[family],
             "policy_kwargs": _policy_kwargs(agent, family),

@@ -177,8 +177,35 @@ def make_atari_vec_env(
     screen_size: int = 84,
     terminal_on_life_loss: bool | None = None,
 ) -> VecEnv:
-    """``n_envs`` copies of ``make_atari_env`` as an SB3 VecEnv (channel-last uint8, ready for CnnPolicy)."""
+    """``n_envs`` copies of ``make_atari_env`` as an SB3 VecEnv (channel-last uint8, ready for CnnPolicy).
+
+    ``vec_cls="ale"`` uses ale-py's native vector env instead (``envs.ale_vec.AleVecEnv``): faster, same
+    observations and score contract, but no ``mode``/``difficulty``.
+    """
     validate_atari_options(env_id, mode, difficulty)  # fail here, not inside a subprocess
+    if vec_cls == "ale":
+        if mode is not None or difficulty is not None:
+            raise ValueError(
+                f"vec_cls='ale' (ale-py's vector env) has no mode/difficulty options, got mode={mode}, "
+                f"difficulty={difficulty}; use vec_cls='subproc' or 'dummy' for game variants"
+            )
+        from envs.ale_vec import AleVecEnv
+
+        venv = AleVecEnv(
+            env_id,
+            n_envs=n_envs,
+            training=training,
+            frame_stack=frame_stack,
+            repeat_action_probability=repeat_action_probability,
+            noop_max=noop_max,
+            frame_skip=frame_skip,
+            screen_size=screen_size,
+            terminal_on_life_loss=terminal_on_life_loss,
+        )
+        if seed is not None:
+            venv.seed(seed)
+            venv.action_space.seed(seed)
+        return venv
     thunk = functools.partial(
         make_atari_env,
         env_id,

@@ -10,7 +10,8 @@ from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
 
 from envs.errors import unknown_choice_error
 
-VecClass = Literal["dummy", "subproc"] | type[VecEnv] | None
+#: "ale" (ale-py's native vector env) is accepted for Atari only, see ``envs.atari.make_atari_vec_env``.
+VecClass = Literal["dummy", "subproc", "ale"] | type[VecEnv] | None
 _BY_NAME: dict[str, type[VecEnv]] = {"dummy": DummyVecEnv, "subproc": SubprocVecEnv}
 
 
@@ -19,8 +20,10 @@ def resolve_vec_cls(vec_cls: VecClass, n_envs: int) -> type[VecEnv]:
     if vec_cls is None:
         return DummyVecEnv if n_envs == 1 else SubprocVecEnv
     if isinstance(vec_cls, str):
+        if vec_cls == "ale":
+            raise ValueError("vec_cls='ale' is ale-py's Atari vector env; use 'dummy' or 'subproc' here")
         if vec_cls not in _BY_NAME:
-            raise unknown_choice_error("vec_cls", vec_cls, _BY_NAME)
+            raise unknown_choice_error("vec_cls", vec_cls, (*_BY_NAME, "ale"))
         return _BY_NAME[vec_cls]
     return vec_cls
 

@@ -150,6 +150,7 @@ def resolve_config(
         "timesteps_requested": requested,
         "rollout_size": rollout,
         "n_envs": n_envs,
+        "vec_env": preset.get("vec_env"),
         "device": device,
         "checkpoint_every": int(checkpoint_every),
         "overrides": dict(overrides or {}),
@@ -170,11 +171,16 @@ def default_run_dir(agent: str, env_id: str, seed: int, root: str | Path = DEFAU
 
 
 def make_train_env(config: dict[str, Any], seed: int | None, vec_cls: Any = None) -> VecEnv:
-    """The training VecEnv a run config describes (in-process ``DummyVecEnv`` for MiniGrid)."""
+    """The training VecEnv a run config describes (in-process ``DummyVecEnv`` for MiniGrid).
+
+    ``vec_cls`` (else the config's ``vec_env``) picks the backend: "dummy", "subproc", or for Atari "ale".
+    """
     from envs import EnvSpec, make_vec_env_for
 
     env = config["env"]
     spec = EnvSpec(env["name"], env["env_id"], env["kwargs"])
+    if vec_cls is None:
+        vec_cls = config.get("vec_env")
     if vec_cls is None and spec.family == "minigrid":
         vec_cls = "dummy"  # grid worlds step in microseconds: subprocesses cost more than they save
     return make_vec_env_for(spec, n_envs=config["n_envs"], seed=seed, training=True, vec_cls=vec_cls)

@@ -170,6 +170,108 @@ def test_atari_eval_mode_does_not_clip() -> None:
     assert agent_sum == pytest.approx(sum(raw)) == pytest.approx(episode["r"])
 
 
+# ---------------------------------------------------------------- ale-py's vector env backend
+
+
+def _ale_pair(game: str, frame_stack: int = 1) -> tuple:
+    """The same game twice through the ale backend, training and evaluation mode, deterministic emulators."""
+    kwargs = dict(n_envs=2, seed=3, frame_stack=frame_stack, repeat_action_probability=0.0, vec_cls="ale")
+    train = make_vec_env_for(f"ALE/{game}-v5", training=True, **kwargs)
+    evaluation = make_vec_env_for(f"ALE/{game}-v5", training=False, **kwargs)
+    return train, evaluation
+
+
+def test_ale_backend_matches_gymnasium_backend_observations() -> None:
+    ale = make_vec_env_for(
+        "ALE/Breakout-v5",
+        n_envs=1,
+        seed=0,
+        frame_stack=4,
+        repeat_action_probability=0.0,
+        noop_max=0,
+        vec_cls="ale",
+    )
+    gym_backend = make_vec_env_for(
+        "ALE/Breakout-v5",
+        n_envs=1,
+        seed=0,
+        frame_stack=4,
+        repeat_action_probability=0.0,
+        noop_max=0,
+        vec_cls="dummy",
+    )
+    assert ale.observation_space == gym_backend.observation_space
+    assert ale.action_space == gym_backend.action_space
+    a, b = ale.reset(), gym_backend.reset()
+    assert a.shape == b.shape == (1, 84, 84, 4) and a.dtype == b.dtype == np.uint8
+    # Same frame up to resize interpolation (grey levels differ by ~1.3 on average).
+    assert np.abs(a.astype(int) - b.astype(int)).mean() < 5
+    assert a.mean() > 10  # and not an empty frame
+    for _ in range(6):  # the stacks fill the same way (a reset repeats its first frame)
+        a, *_ = ale.step(np.array([1]))
+        b, *_ = gym_backend.step(np.array([1]))
+        for channel in range(4):
+            assert np.abs(a[..., channel].astype(int) - b[..., channel].astype(int)).mean() < 5
+    ale.close()
+    gym_backend.close()
+
+
+def test_ale_backend_scores_raw_games_and_clips_only_the_training_reward() -> None:
+    train, evaluation = _ale_pair("SpaceInvaders")
+    train.reset()
+    evaluation.reset()
+    rng = np.random.default_rng(0)
+    raw_sum, clipped, raw_values = np.zeros(2), [], set()
+    train_scores, eval_scores, life_dones = [], [], 0
+    for _ in range(20_000):
+        actions = rng.integers(0, train.action_space.n, size=2)
+        _, r_train, d_train, i_train = train.step(actions)
+        _, r_eval, d_eval, i_eval = evaluation.step(actions)
+        raw_values |= set(r_eval.tolist())
+        clipped += r_train.tolist()
+        np.testing.assert_array_equal(r_train, np.sign(r_eval))
+        raw_sum += r_eval
+        for k in range(2):
+            if "episode" in i_eval[k]:
+                assert d_eval[k] and d_train[k] and "episode" in i_train[k]
+                assert i_eval[k]["episode"]["r"] == pytest.approx(raw_sum[k])
+                train_scores.append(i_train[k]["episode"]["r"])
+                eval_scores.append(i_eval[k]["episode"]["r"])
+                raw_sum[k] = 0.0
+            else:
+                assert not d_eval[k]  # evaluation: done only at game over
+                life_dones += int(d_train[k])
+            if d_train[k]:
+                assert i_train[k]["terminal_observation"].shape == (84, 84, 1)
+        if len(eval_scores) >= 2:
+            break
+    assert len(eval_scores) >= 2, "no two full games within 20k steps"
+    assert train_scores == eval_scores  # the training score is the raw score of the whole game
+    assert max(raw_values) > 1 and set(clipped) <= {-1.0, 0.0, 1.0}
+    assert life_dones >= 2  # training ends the agent's episode on every life lost
+    train.close()
+    evaluation.close()
+
+
+def test_ale_backend_refuses_modes_and_non_atari_envs() -> None:
+    with pytest.raises(ValueError, match="no mode/difficulty"):
+        make_vec_env_for("ALE/Breakout-v5", n_envs=1, mode=0, vec_cls="ale")
+    with pytest.raises(ValueError, match="ale-py's Atari vector env"):
+        make_vec_env_for("MiniGrid-DoorKey-5x5-v0", n_envs=1, vec_cls="ale")
+
+
+def test_ale_backend_from_a_run_config() -> None:
+    from envs.ale_vec import AleVecEnv
+    from rims_rl.runs import make_train_env, resolve_config
+
+    config = resolve_config("rims_ppo", "ALE/Pong-v5", n_envs=2, overrides={"vec_env": "ale"})
+    venv = make_train_env(config, seed=0)
+    assert isinstance(venv, AleVecEnv) and venv.reset().shape == (2, 84, 84, 4)
+    venv.close()
+    with pytest.raises(ValueError, match="ale-py's Atari vector env"):
+        make_train_env(resolve_config("rims_ppo", "MiniGrid-Empty-5x5-v0", overrides={"vec_env": "ale"}), 0)
+
+
 # ---------------------------------------------------------------- missions
 
 
