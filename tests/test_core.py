@@ -102,6 +102,40 @@ def test_sequence_call_equals_single_steps(cell: str) -> None:
     assert torch.equal(torch.cat(step_masks), masks)
 
 
+@pytest.mark.parametrize(
+    "cell, slots, comm", [("lstm", 1, True), ("gru", 1, True), ("lstm", 3, True), ("lstm", 1, False)]
+)
+def test_sequence_gradients_equal_single_step_gradients(cell: str, slots: int, comm: bool) -> None:
+    """A sequence call batches its weight gradients over steps; single steps use plain autograd."""
+    torch.manual_seed(0)
+    core = RIMs(5, 24, cell=cell, use_comm=comm, **SMALL).double().eval()
+    T, B = 7, 3
+    x = torch.randn(T, B, slots, 5, dtype=torch.float64)
+    starts = torch.zeros(T, B, dtype=torch.float64)
+    starts[0, 0] = starts[4, 1] = 1.0
+    h0, c0 = (torch.randn(1, B, 24, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    weights = torch.randn(T, B, 24, dtype=torch.float64)
+
+    def grads(out: torch.Tensor, h: torch.Tensor, c: torch.Tensor) -> list[torch.Tensor]:
+        core.zero_grad()
+        h0.grad = c0.grad = None
+        ((out * weights).sum() + h.sum() + 0.5 * c.sum()).backward()
+        params = [torch.zeros_like(p) if p.grad is None else p.grad.clone() for p in core.parameters()]
+        return params + [h0.grad.clone(), c0.grad.clone()]
+
+    out, (h, c) = core(x, (h0, c0), episode_starts=starts)
+    sequence = grads(out, h, c)
+    step_h, step_c, outs = h0, c0, []
+    for t in range(T):
+        o, (step_h, step_c) = core(x[t : t + 1], (step_h, step_c), episode_starts=starts[t : t + 1])
+        outs.append(o)
+    single = grads(torch.cat(outs), step_h, step_c)
+    names = [n for n, _ in core.named_parameters()] + ["h0", "c0"]
+    for name, a, b in zip(names, sequence, single, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10, msg=name)
+        assert a.abs().sum() > 0 or (not comm and "comm" in name), name  # every weight is exercised
+
+
 def test_episode_starts_equal_stepwise_reset() -> None:
     core = make()
     T, B = 8, 5
