@@ -327,9 +327,24 @@ def build_model(
     device: str = "auto",
     tensorboard_log: str | None = None,
     verbose: int = 0,
+    policy: str | type | None = None,
 ) -> BaseAlgorithm:
-    """Build the RecurrentPPO/PPO model a resolved config describes (validated first)."""
+    """Build the RecurrentPPO/PPO model a resolved config describes (validated first).
+
+    ``policy`` replaces the config's policy class, e.g. sb3-contrib's stock ``"CnnLstmPolicy"`` to
+    compare against it with every other setting equal; ``core``/``rims_kwargs`` are then dropped
+    unless it is one of our RIMs policies.
+    """
     validate_config(config, env.num_envs)
+    policy_kwargs = _resolve_policy_kwargs(config["policy_kwargs"], env.observation_space)
+    if policy is None:
+        policy = _policy_for(config, env.observation_space)
+    elif (
+        not (isinstance(policy, type) and issubclass(policy, RimsActorCriticPolicy))
+        and policy not in POLICIES
+    ):
+        policy_kwargs.pop("core", None)
+        policy_kwargs.pop("rims_kwargs", None)
     ppo = dict(config["ppo"])
     ppo["learning_rate"] = resolve_schedule(ppo.get("learning_rate", 3e-4), "ppo.learning_rate")
     ppo["clip_range"] = resolve_schedule(ppo.get("clip_range", 0.2), "ppo.clip_range")
@@ -337,9 +352,9 @@ def build_model(
         ppo["clip_range_vf"] = resolve_schedule(ppo["clip_range_vf"], "ppo.clip_range_vf")
     algo = _ALGOS[config["algo"]]
     return algo(
-        _policy_for(config, env.observation_space),
+        policy,
         env,
-        policy_kwargs=_resolve_policy_kwargs(config["policy_kwargs"], env.observation_space),
+        policy_kwargs=policy_kwargs,
         seed=seed,
         device=device,
         tensorboard_log=tensorboard_log,

@@ -33,9 +33,6 @@ ENVS = {"minigrid": "MiniGrid-DoorKey-5x5-v0", "atari": "ALE/Breakout-v5"}
 def build(agent: str, env_id: str, seed: int = 0) -> Any:
     """The model for one benchmark row; stock_lstm is lstm_ppo's config on sb3-contrib's own policy."""
     sys.path.insert(0, str(ROOT))
-    from sb3_contrib import RecurrentPPO
-
-    import agents
     from agents import apply_overrides, build_model, get_preset
     from envs import env_family, make_vec_env_for, sb3_policy_name
     from rims_rl.runs import make_train_env
@@ -48,15 +45,8 @@ def build(agent: str, env_id: str, seed: int = 0) -> Any:
     else:
         spec_config = {"env": {"name": env_id, "env_id": env_id, "kwargs": config["env"]}, **config}
         env = make_train_env(spec_config, seed)
-    if agent != "stock_lstm":
-        return build_model(config, env, seed=seed, device="cpu")
-    kwargs = agents._resolve_policy_kwargs(config["policy_kwargs"], env.observation_space)
-    kwargs.pop("core", None)
-    policy = sb3_policy_name(env.observation_space, recurrent=True)
-    ppo = dict(config["ppo"])
-    for key in ("learning_rate", "clip_range"):
-        ppo[key] = agents.resolve_schedule(ppo[key], key)
-    return RecurrentPPO(policy, env, policy_kwargs=kwargs, seed=seed, device="cpu", **ppo)
+    policy = sb3_policy_name(env.observation_space, recurrent=True) if agent == "stock_lstm" else None
+    return build_model(config, env, seed=seed, device="cpu", policy=policy)
 
 
 def worker(agent: str, env_id: str, rollouts: int, threads: int | None) -> dict[str, Any]:

@@ -190,6 +190,19 @@ def test_build_model_classic(agent: str) -> None:
     assert model.lr_schedule(0.5) == pytest.approx(5e-4)
 
 
+def test_build_model_with_stock_sb3_contrib_policy() -> None:
+    """The benchmark's stock row: same config, sb3-contrib's own policy class (no RIMs keys passed on)."""
+    from sb3_contrib.ppo_recurrent.policies import MlpLstmPolicy
+
+    env = make_vec_env(lambda: CueMemoryEnv(3), n_envs=2, seed=0)
+    config = tiny("lstm_ppo")
+    model = build_model(config, env, seed=0, policy="MlpLstmPolicy")
+    assert type(model.policy) is MlpLstmPolicy
+    assert model.policy.lstm_actor.hidden_size == config["policy_kwargs"]["lstm_hidden_size"]
+    model.learn(config["ppo"]["n_steps"] * 2)
+    assert type(build_model(tiny("rims_ppo"), env, policy=MlpRimsPolicy).policy.lstm_actor) is RIMs
+
+
 class _FakeMiniGrid(gym.Env):
     """A MiniGrid-shaped observation space (7x7x3 image, optionally with a mission vector)."""
 
