@@ -95,7 +95,8 @@ def package(compare_dir: Path, agent: str, seed: int, alias: str) -> Path:
         )
     lines += [
         "",
-        f"Load: `python train.py evaluate --checkpoint {alias} --suite {card['suite'] or train_env}`",
+        f"Load: `python train.py evaluate --checkpoint {alias} --suite {card['suite'] or train_env}"
+        + ("`" if card["eval_deterministic"] else " --stochastic`"),
         "(safe by default: rebuilt from the JSON config in the zip, tensors read with weights_only=True).",
         "",
     ]

@@ -67,4 +67,10 @@ def test_video_of_a_shipped_agent_has_one_frame_per_step_plus_the_last(tmp_path:
     model, _ = load_for_eval(alias, spec)
     (gif,) = record_gif(model, spec, tmp_path, n_episodes=1, max_frames=6)
     with Image.open(gif) as image:
-        assert image.n_frames == 6  # 5 steps (the episode outlasts them) + the final state
+        # 5 steps (the episode outlasts them) + the final state, 100 ms each; Pillow merges identical
+        # consecutive frames (a turn in place can look the same), so count time, not frames.
+        durations = []
+        for index in range(image.n_frames):
+            image.seek(index)
+            durations.append(image.info["duration"])
+        assert sum(durations) == 600, durations
