@@ -36,59 +36,6 @@ def _check_divides(name: str, value: int, by_name: str, by: int) -> None:
         )
 
 
-class _StepWeights(torch.autograd.Function):
-    """Per-step bias tensors whose backward turns all steps' output gradients into one weight gradient.
-
-    A weight used at every step (``y_t = b + x_t @ W``) normally gets T small weight-gradient matmuls
-    and T accumulations in backward. Instead each step uses ``baddbmm(base[t], x_t, W.detach())``,
-    records ``x_t``, and this node, reached after all steps, computes ``dW = sum_t x_t^T dy_t`` and
-    ``db = sum dy_t`` as one matmul over ``T * B``. Same gradient, fewer and larger ops.
-    """
-
-    @staticmethod
-    def forward(ctx, weight: Tensor, bias: Tensor | None, steps: int, batch: int, inputs: list) -> Tensor:  # type: ignore[override]
-        ctx.inputs = inputs
-        ctx.has_bias = bias is not None
-        n, _, out = weight.shape
-        base = bias.view(1, n, 1, out) if bias is not None else weight.new_zeros(1, n, 1, out)
-        return base.expand(steps, n, batch, out).clone()
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
-        x = torch.stack(ctx.inputs)  # [T, n, B, in]
-        T, n, B, i = x.shape
-        if grad.shape[0] != T:
-            raise RuntimeError(f"_StepWeights recorded {T} steps for a {grad.shape[0]}-step output")
-        x_flat = x.permute(1, 3, 0, 2).reshape(n, i, T * B)
-        grad_flat = grad.permute(1, 0, 2, 3).reshape(n, T * B, -1)
-        grad_weight = torch.bmm(x_flat, grad_flat)
-        grad_bias = grad.sum(dim=(0, 2)) if ctx.has_bias else None
-        return grad_weight, grad_bias, None, None, None
-
-
-class _Linear:
-    """``bias + x_t @ weight`` per step, [n,B,in] -> [n,B,out], gradients batched over steps when training."""
-
-    def __init__(self, weight: Tensor, bias: Tensor | None, steps: int, batch: int) -> None:
-        needs_grad = weight.requires_grad or (bias is not None and bias.requires_grad)
-        self.batched = steps > 1 and needs_grad and torch.is_grad_enabled()
-        if self.batched:
-            self.inputs: list[Tensor] = []
-            self.base = _StepWeights.apply(weight, bias, steps, batch, self.inputs).unbind(0)
-            self.weight = weight.detach()
-        else:
-            self.weight = weight
-            self.bias = None if bias is None else bias.unsqueeze(1)
-
-    def __call__(self, t: int, x: Tensor) -> Tensor:
-        if self.batched:
-            self.inputs.append(x.detach())
-            return torch.baddbmm(self.base[t], x, self.weight)
-        if self.bias is None:
-            return torch.bmm(x, self.weight)
-        return torch.baddbmm(self.bias, x, self.weight)
-
-
 class RIMs(nn.Module):
     """A RIMs recurrent core with the interface of a one-layer, time-major ``nn.LSTM``.
 
@@ -288,14 +235,9 @@ class RIMs(nn.Module):
             keys = torch.einsum("nuhd,tbhd->tnbhu", w_query, keys.squeeze(2))
             values = values.squeeze(2)
         if self.cell == "lstm":  # one matmul per step on [read, h]
-            cell_in = _Linear(torch.cat([self.w_x, self.w_hh], dim=1), self.b_x + self.b_h, T, B)
-        else:
-            cell_x = _Linear(self.w_x, self.b_x, T, B)
-            cell_h = _Linear(self.w_hh, self.b_h, T, B)
-        if self.use_comm:
-            comm_in = _Linear(self._scaled_w_comm(), None, T, B)
-            comm_out = _Linear(self.w_comm_out, None, T, B)
-        query = _Linear(self.w_query, None, T, B) if S > 1 else None
+            w_cell = torch.cat([self.w_x, self.w_hh], dim=1)
+            b_cell = (self.b_x + self.b_h).unsqueeze(1)
+        w_comm = self._scaled_w_comm() if self.use_comm else None
         keep = None if episode_starts is None else (1.0 - episode_starts.to(x.dtype)).view(T, 1, B, 1)
         # Training sequences start episodes only at their first step: then no per-step reset is needed.
         first_only = keep is not None and T > 1 and not bool(episode_starts[1:].any())
@@ -308,17 +250,16 @@ class RIMs(nn.Module):
             if keep_t is not None and (t == 0 or not first_only):
                 h = h * keep_t[t]
                 c = c * keep_t[t]
-            read, mask = self._input_attention(
-                keys_t[t], values_t[t], h, None if query is None else query(t, h)
-            )
+            read, mask = self._input_attention(keys_t[t], values_t[t], h)
             if self.cell == "lstm":
-                gates = cell_in(t, torch.cat([read, h], dim=-1))
+                gates = torch.baddbmm(b_cell, torch.cat([read, h], dim=-1), w_cell)
                 ifo, g = gates.split((3 * u, u), dim=-1)
                 i, f, o = torch.sigmoid(ifo).chunk(3, dim=-1)
                 c_new = f * c + i * torch.tanh(g)
                 h_new = o * torch.tanh(c_new)
             else:
-                gx, gh = cell_x(t, read), cell_h(t, h)
+                gx = torch.baddbmm(self.b_x.unsqueeze(1), read, self.w_x)
+                gh = torch.baddbmm(self.b_h.unsqueeze(1), h, self.w_hh)
                 (xrz, xn), (hrz, hn) = gx.split((2 * u, u), dim=-1), gh.split((2 * u, u), dim=-1)
                 r, z = torch.sigmoid(xrz + hrz).chunk(2, dim=-1)
                 cand = torch.tanh(xn + r * hn)
@@ -326,7 +267,7 @@ class RIMs(nn.Module):
                 c_new = c
             m = mask.unsqueeze(-1)
             if self.use_comm:  # active units read all units (inactive ones offer their old state)
-                h_new = h_new + self._communicate(torch.where(m, h_new, h), t, comm_in, comm_out)
+                h_new = h_new + self._communicate(torch.where(m, h_new, h), w_comm)
             # Sparse update: inactive units keep h and c exactly and get no gradient from this step.
             h, c = torch.where(m, h_new, h), torch.where(m, c_new, c)
             outputs.append(h)
@@ -337,13 +278,10 @@ class RIMs(nn.Module):
         c_t = c.transpose(0, 1).reshape(1, B, self.hidden_size)
         return out, (h_t, c_t)
 
-    def _input_attention(
-        self, keys: Tensor, values: Tensor, h: Tensor, query: Tensor | None = None
-    ) -> tuple[Tensor, Tensor]:
+    def _input_attention(self, keys: Tensor, values: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
         """What each unit reads, [n,B,input_value_size], and which units win, [n,B] bool.
 
-        keys: [n,B,H,u] (one slot, query weights folded in) or [B,S,H,dk]; values: [B,(S,)H,dv];
-        query: [n,B,H*dk], the units' queries (several slots only; ``h @ w_query`` if None).
+        keys: [n,B,H,u] (one slot, query weights folded in) or [B,S,H,dk]; values: [B,(S,)H,dv].
         """
         n, B, _ = h.shape
         if values.dim() == 3:  # one input slot
@@ -353,7 +291,7 @@ class RIMs(nn.Module):
             read = self.input_dropout(p_input).unsqueeze(-1) * values  # [n, B, H, dv]
         else:
             H, dk = self.input_heads, self.input_key_size
-            query = (torch.bmm(h, self.w_query) if query is None else query).view(n, B, H, dk)
+            query = torch.bmm(h, self.w_query).view(n, B, H, dk)
             scores = torch.einsum("nbhd,bshd->nbhs", query, keys) * (1.0 / math.sqrt(dk))
             probs = F.pad(scores, (1, 0)).softmax(dim=-1)  # [n, B, H, 1 + S], null slot first
             attention_on_input = 1.0 - probs[..., 0].mean(dim=-1)
@@ -370,17 +308,14 @@ class RIMs(nn.Module):
         scale[: H * dk] = 1.0 / math.sqrt(dk)
         return self.w_comm * scale
 
-    def _communicate(
-        self, h: Tensor, t: int = 0, comm_in: _Linear | None = None, comm_out: _Linear | None = None
-    ) -> Tensor:
+    def _communicate(self, h: Tensor, w_comm: Tensor | None = None) -> Tensor:
         """Multi-head attention of each unit over all units, [n,B,u] -> [n,B,u] (caller adds the residual).
 
-        ``comm_in``/``comm_out`` apply the (query-scaled) ``w_comm`` and ``w_comm_out`` at step ``t``
-        (plain matmuls if None).
+        ``w_comm``: ``_scaled_w_comm()``, passed in so that a sequence computes it once.
         """
         n, B, _ = h.shape
         H, dk, dv = self.comm_heads, self.comm_key_size, self.comm_value_size
-        qkv = torch.bmm(h, self._scaled_w_comm()) if comm_in is None else comm_in(t, h)
+        qkv = torch.bmm(h, self._scaled_w_comm() if w_comm is None else w_comm)
         q, k, v = qkv.split((H * dk, H * dk, H * dv), dim=-1)
         q = q.reshape(n, 1, B, H, dk)
         k = k.reshape(1, n, B, H, dk)
@@ -391,5 +326,4 @@ class RIMs(nn.Module):
             scores = scores.masked_fill(scores < kth, float("-inf"))
         probs = self.comm_dropout(scores.softmax(dim=1)).unsqueeze(-1)
         attended = (probs * v.reshape(1, n, B, H, dv)).sum(1)  # [n, B, H, dv]
-        attended = attended.reshape(n, B, H * dv)
-        return torch.bmm(attended, self.w_comm_out) if comm_out is None else comm_out(t, attended)
+        return torch.bmm(attended.reshape(n, B, H * dv), self.w_comm_out)
