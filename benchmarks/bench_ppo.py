@@ -33,20 +33,14 @@ ENVS = {"minigrid": "MiniGrid-DoorKey-5x5-v0", "atari": "ALE/Breakout-v5"}
 def build(agent: str, env_id: str, seed: int = 0) -> Any:
     """The model for one benchmark row; stock_lstm is lstm_ppo's config on sb3-contrib's own policy."""
     sys.path.insert(0, str(ROOT))
-    from agents import apply_overrides, build_model, get_preset
-    from envs import env_family, make_vec_env_for, sb3_policy_name
-    from rims_rl.runs import make_train_env
+    from agents import build_model
+    from envs import sb3_policy_name
+    from rims_rl.runs import make_train_env, resolve_config
 
-    family = env_family(env_id)
-    config = get_preset("lstm_ppo" if agent == "stock_lstm" else agent, family)
-    config = apply_overrides(config, {})
-    if family == "minigrid":
-        env = make_vec_env_for(env_id, n_envs=config["n_envs"], seed=seed, training=True, vec_cls="dummy")
-    else:
-        spec_config = {"env": {"name": env_id, "env_id": env_id, "kwargs": config["env"]}, **config}
-        env = make_train_env(spec_config, seed)
+    config = resolve_config("lstm_ppo" if agent == "stock_lstm" else agent, env_id, seed=seed)
+    env = make_train_env(config, seed)  # in-process for MiniGrid, subprocesses for Atari
     policy = sb3_policy_name(env.observation_space, recurrent=True) if agent == "stock_lstm" else None
-    return build_model(config, env, seed=seed, device="cpu", policy=policy)
+    return build_model(config["model"], env, seed=seed, device="cpu", policy=policy)
 
 
 def worker(agent: str, env_id: str, rollouts: int, threads: int | None) -> dict[str, Any]:

@@ -95,11 +95,14 @@ class AleVecEnv(VecEnv):
         self._t0 = time.time()
         self._frames = np.zeros((n_envs, screen_size, screen_size, frame_stack), dtype=np.uint8)
 
+    def _pushed(self, frame: np.ndarray) -> np.ndarray:
+        """The stacks with ``frame`` ([n, H, W]) appended and the oldest frame dropped (a new array)."""
+        return np.concatenate([self._frames[..., 1:], frame[..., None]], axis=-1)
+
     def _stack(self, frames: np.ndarray, new_game: np.ndarray) -> np.ndarray:
         """Push ale-py's ``[n, 1, H, W]`` frames; envs in ``new_game`` restart their stack."""
         frame = frames[:, 0]
-        self._frames[:, :, :, :-1] = self._frames[:, :, :, 1:]
-        self._frames[:, :, :, -1] = frame
+        self._frames = self._pushed(frame)
         if new_game.any():
             self._frames[new_game] = frame[new_game][..., None]
         return self._frames.copy()
@@ -128,12 +131,8 @@ class AleVecEnv(VecEnv):
         life_lost = (lives < self._lives) & (lives > 0) & ~game_over
         self._lives = lives.copy()  # after a game over these are the new game's lives
         dones = game_over | life_lost if self.life_loss_done else game_over
-        if (
-            game_over.any()
-        ):  # the last frames of the finished games, stacked, before the reset overwrites them
-            final_stack = self._frames.copy()
-            final_stack[:, :, :, :-1] = self._frames[:, :, :, 1:]
-            final_stack[game_over, :, :, -1] = info["final_obs"][game_over, 0]
+        if game_over.any():  # the finished games' last stacks, before the reset overwrites them
+            final_stack = self._pushed(info["final_obs"][:, 0])
         obs = self._stack(obs, game_over)
         infos: list[dict[str, Any]] = [{} for _ in range(self.num_envs)]
         for i in np.flatnonzero(dones):
@@ -164,8 +163,11 @@ class AleVecEnv(VecEnv):
         return list(indices)
 
     def get_attr(self, attr_name: str, indices: VecEnvIndices = None) -> list[Any]:
-        value = {"render_mode": None, "spec": gym.spec(self.env_id)}.get(attr_name, None)
-        if value is None and attr_name not in ("render_mode",):
+        if attr_name == "render_mode":
+            value = None
+        elif attr_name == "spec":
+            value = gym.spec(self.env_id)
+        else:
             raise AttributeError(f"AleVecEnv sub-environments do not expose {attr_name!r}")
         return [value for _ in self._indices(indices)]
 

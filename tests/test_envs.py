@@ -182,24 +182,9 @@ def _ale_pair(game: str, frame_stack: int = 1) -> tuple:
 
 
 def test_ale_backend_matches_gymnasium_backend_observations() -> None:
-    ale = make_vec_env_for(
-        "ALE/Breakout-v5",
-        n_envs=1,
-        seed=0,
-        frame_stack=4,
-        repeat_action_probability=0.0,
-        noop_max=0,
-        vec_cls="ale",
-    )
-    gym_backend = make_vec_env_for(
-        "ALE/Breakout-v5",
-        n_envs=1,
-        seed=0,
-        frame_stack=4,
-        repeat_action_probability=0.0,
-        noop_max=0,
-        vec_cls="dummy",
-    )
+    kwargs = dict(n_envs=1, seed=0, frame_stack=4, repeat_action_probability=0.0, noop_max=0)
+    ale = make_vec_env_for("ALE/Breakout-v5", vec_cls="ale", **kwargs)
+    gym_backend = make_vec_env_for("ALE/Breakout-v5", vec_cls="dummy", **kwargs)
     assert ale.observation_space == gym_backend.observation_space
     assert ale.action_space == gym_backend.action_space
     a, b = ale.reset(), gym_backend.reset()
