@@ -7,13 +7,12 @@
     python train.py evaluate --checkpoint runs/<run> --suite minigrid-doorkey --episodes 50
     python train.py list
 
-One training run, top to bottom: ``cmd_train`` parses the flags into ``rims_rl.runs.train_run``, which
-resolves the preset (``agents.get_preset`` + ``--set`` overrides), validates it, builds the VecEnv
-(``envs.make_vec_env_for``) and the model (``agents.build_model``), writes ``config.json`` and calls
-``model.learn`` with the checkpoint/NaN-guard callback and the RIMs statistics callback.
+This file talks only to the application layer (``rims_rl.app``); README's "Architecture" section
+follows one ``train`` call from here to the PPO loss.
 
-Errors the user can fix (bad names, bad hyperparameters, unusable checkpoints) print ``error: ...``
-and exit with status 2; Ctrl-C saves a checkpoint and exits with 130; divergence (NaN) exits with 1.
+Errors the user can fix (``UserError``: bad names, bad values, unusable files) print ``error: ...`` and
+exit with status 2; Ctrl-C saves a checkpoint and exits with 130; divergence (NaN) exits with 1; any
+other error is a bug or a system failure and keeps its traceback (the run is marked ``failed``).
 """
 
 from __future__ import annotations
@@ -23,6 +22,22 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from rims_rl.app import catalog
+from rims_rl.app.checkpoint import list_pretrained, read_meta, resolve_checkpoint
+from rims_rl.app.compare import run_compare
+from rims_rl.app.errors import UserError
+from rims_rl.app.evaluation import (
+    evaluate_checkpoint,
+    format_table,
+    load_for_eval,
+    record_gif,
+    resolve_specs,
+    safe_name,
+    write_results_csv,
+    write_results_json,
+)
+from rims_rl.app.runs import TrainingDiverged, TrainingInterrupted, train_run
 
 # The embedded default (``python train.py`` / ``make run``): rims_ppo with its MiniGrid preset on
 # Empty-5x5, which it solves (return 0.95, 100% greedy success) in under 50k steps, a few minutes on 2
@@ -48,8 +63,6 @@ def error(message: str) -> int:
 # ------------------------------------------------------------------------------------------ train
 def cmd_train(args: argparse.Namespace) -> int:
     """``train``: one run in a run directory (or ``--resume`` one)."""
-    from rims_rl.runs import TrainingDiverged, TrainingInterrupted, train_run
-
     if args.resume is None and args.env is None and args.suite is None:
         return error("give --env ID or --suite NAME (or --resume RUN_DIR); see `python train.py list`")
     if args.resume is not None and (args.env or args.suite or args.run_dir):
@@ -125,9 +138,6 @@ def _evaluate_and_print(
     trust: bool = False,
     video: Path | None = None,
 ) -> int:
-    from rims_rl.checkpoint import resolve_checkpoint
-    from rims_rl.evaluation import evaluate_checkpoint, format_table, write_results_csv, write_results_json
-
     path = resolve_checkpoint(checkpoint)
     mode = "deterministic" if deterministic else "stochastic"
     print(f"\nevaluating {path} ({episodes} episodes per env, {mode} actions, seed {seed})")
@@ -146,22 +156,18 @@ def _evaluate_and_print(
 def _record_video(
     checkpoint: Path, target: Any, out: Path, seed: int, deterministic: bool, trust: bool
 ) -> None:
-    from rims_rl.evaluation import load_for_eval, record_gif, resolve_specs
-
     try:
         import moviepy  # noqa: F401
 
         have_moviepy = True
     except ImportError:
         have_moviepy = False
-    from rims_rl.checkpoint import read_meta
-
     meta = None if trust else read_meta(checkpoint)
     for spec in resolve_specs(target, meta):
         model, _ = load_for_eval(checkpoint, spec, trust=trust)
         try:
             files = record_gif(
-                model, spec, out / spec.name, n_episodes=2, seed=seed, deterministic=deterministic
+                model, spec, out / safe_name(spec.name), n_episodes=2, seed=seed, deterministic=deterministic
             )
         except ValueError as err:
             print(f"video: skipped {spec.name}: {err}", file=sys.stderr)
@@ -190,22 +196,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------------------- list
 def cmd_list(args: argparse.Namespace) -> int:
     """``list``: agents, suites (with what their variants change) and supported env ids."""
-    import agents
-    from envs import list_suites, supported_env_ids
-    from rims_rl.checkpoint import list_pretrained
-
     what = args.what
     if what in ("all", "agents"):
         print("agents:")
-        for name in agents.AGENTS:
+        for name in catalog.agents():
             print(f"  {name}")
     if what in ("all", "suites"):
         print("suites (train env -> OOD variants):")
-        for name, desc in list_suites().items():
+        for name, desc in catalog.suites().items():
             print(f"  {name:24s} {desc}")
         print("  atari-modes-<game>       any ALE game: default mode -> other modes/difficulties")
     if what in ("all", "envs"):
-        ids = supported_env_ids()
+        ids = catalog.env_ids()
         grid = [i for i in ids if not i.startswith("ALE/")]
         atari = [i for i in ids if i.startswith("ALE/")]
         print(f"MiniGrid-style envs ({len(grid)}):")
@@ -226,11 +228,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------------------- compare
 def cmd_compare(args: argparse.Namespace) -> int:
-    """``compare``: several agents x seeds on a suite (implemented in ``rims_rl.compare``)."""
-    try:
-        from rims_rl.compare import run_compare
-    except ImportError:
-        return error("`compare` is not available yet (rims_rl.compare.run_compare is not written)")
+    """``compare``: several agents x seeds on a suite (implemented in ``rims_rl.app.compare``)."""
     options = {k: v for k, v in vars(args).items() if k not in ("func", "command")}
     result = run_compare(**options)
     return int(result) if isinstance(result, int) else 0
@@ -333,13 +331,11 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exit_:  # argparse already printed its message
         return int(exit_.code or 0)
-    from rims_rl.checkpoint import CheckpointError
-
     try:
         if args.command is None:
             return cmd_default(args)
         return args.func(args)
-    except (ValueError, CheckpointError, FileNotFoundError, NotADirectoryError, PermissionError) as err:
+    except UserError as err:
         return error(str(err))
 
 

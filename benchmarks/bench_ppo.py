@@ -33,14 +33,14 @@ ENVS = {"minigrid": "MiniGrid-DoorKey-5x5-v0", "atari": "ALE/Breakout-v5"}
 def build(agent: str, env_id: str, seed: int = 0) -> Any:
     """The model for one benchmark row; stock_lstm is lstm_ppo's config on sb3-contrib's own policy."""
     sys.path.insert(0, str(ROOT))
-    from agents import build_model
-    from envs import sb3_policy_name
-    from rims_rl.runs import make_train_env, resolve_config
+    from agents import build_model, sb3_policy_name
+    from rims_rl.app.config import resolve_config
+    from rims_rl.app.runs import make_train_env
 
     config = resolve_config("lstm_ppo" if agent == "stock_lstm" else agent, env_id, seed=seed)
     env = make_train_env(config, seed)  # in-process for MiniGrid, subprocesses for Atari
     policy = sb3_policy_name(env.observation_space, recurrent=True) if agent == "stock_lstm" else None
-    return build_model(config["model"], env, seed=seed, device="cpu", policy=policy)
+    return build_model(config.model, env, seed=seed, device="cpu", policy=policy)
 
 
 def worker(agent: str, env_id: str, rollouts: int, threads: int | None) -> dict[str, Any]:

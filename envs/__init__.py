@@ -14,12 +14,6 @@ from envs.distractors import NOVEL_PAIRS, TRAIN_PAIRS, DistractorEnv
 from envs.errors import unknown_choice_error
 from envs.make import make_env, make_vec_env_for
 from envs.minigrid import make_minigrid_env, make_minigrid_vec_env
-from envs.minigrid_features import (
-    MiniGridCNN,
-    MiniGridDictExtractor,
-    minigrid_policy_kwargs,
-    sb3_policy_name,
-)
 from envs.mission import decode_mission, encode_mission, mission_slots, parse_mission
 from envs.registry import env_family, register_all_envs, supported_env_ids, validate_env_id
 from envs.spec import EnvSpec
@@ -37,8 +31,6 @@ __all__ = [
     "AtariGameInfo",
     "DistractorEnv",
     "EnvSpec",
-    "MiniGridCNN",
-    "MiniGridDictExtractor",
     "NOVEL_PAIRS",
     "Suite",
     "TRAIN_PAIRS",
@@ -57,12 +49,10 @@ __all__ = [
     "make_minigrid_vec_env",
     "make_suite",
     "make_vec_env_for",
-    "minigrid_policy_kwargs",
     "mission_slots",
     "parse_mission",
     "register_all_envs",
     "register_suite",
-    "sb3_policy_name",
     "supported_env_ids",
     "unknown_choice_error",
     "validate_atari_options",

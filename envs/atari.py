@@ -27,6 +27,7 @@ from stable_baselines3.common.atari_wrappers import (
 from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import VecEnv
 
+from envs.ale_vec import AleVecEnv
 from envs.errors import unknown_choice_error
 from envs.registry import ATARI_PREFIX, register_all_envs, validate_env_id
 from envs.seeding import seeded
@@ -189,8 +190,6 @@ def make_atari_vec_env(
                 f"vec_cls='ale' (ale-py's vector env) has no mode/difficulty options, got mode={mode}, "
                 f"difficulty={difficulty}; use vec_cls='subproc' or 'dummy' for game variants"
             )
-        from envs.ale_vec import AleVecEnv
-
         venv = AleVecEnv(
             env_id,
             n_envs=n_envs,

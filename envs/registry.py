@@ -26,7 +26,9 @@ def register_all_envs() -> None:
     gym.register_envs(ale_py)
     if "MiniGrid-Empty-5x5-v0" not in gym.registry:  # importing minigrid usually registers already
         minigrid.register_minigrid_envs()
-    import envs.distractors  # noqa: F401  (registers RimsRL/Distractors-* on import)
+    # Deferred: envs.distractors imports this module's siblings and registers its ids on import; the
+    # registry must be importable first (every env module asks it for ids).
+    import envs.distractors  # noqa: F401
 
 
 def env_family(env_id: str) -> EnvFamily:

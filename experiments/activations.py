@@ -2,7 +2,7 @@
 
     python experiments/activations.py --checkpoint runs/<run> --env MiniGrid-DoorKey-5x5-v0 --out docs/results
 
-Loads the checkpoint safely (rims_rl.evaluation.load_for_eval), plays one episode (greedy actions, or
+Loads the checkpoint safely (rims_rl.app.evaluation.load_for_eval), plays one episode (greedy actions, or
 sampled with --stochastic), reads the actor core's ``last_active_mask`` after every step and writes:
     activations-<env>.png   units x steps heatmap (dark = active), with frames of the episode beneath
                             for environments that render (MiniGrid, Atari)
@@ -27,13 +27,12 @@ def record_episode(
 ) -> dict[str, Any]:
     """Play one episode; return the [T, n_units] activation mask, frames, actions and return."""
     from envs import EnvSpec, make_env
-    from rims_rl.checkpoint import read_meta, resolve_checkpoint
+    from rims_rl.app.checkpoint import read_meta, resolve_checkpoint
+    from rims_rl.app.evaluation import load_for_eval, play_episode
     from rims_rl.core import RIMs
-    from rims_rl.evaluation import load_for_eval, play_episode
 
     if env_id is None:  # the checkpoint's own training env
-        env = read_meta(resolve_checkpoint(checkpoint))["config"]["env"]
-        spec = EnvSpec(env["name"], env["env_id"], env.get("kwargs", {}))
+        spec = read_meta(resolve_checkpoint(checkpoint)).config.env_spec()
     else:
         spec = EnvSpec(env_id, env_id, {})
     model, _ = load_for_eval(checkpoint, spec)

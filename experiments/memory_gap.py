@@ -13,7 +13,7 @@ Seen 2026-11-23: weights of rollouts 38-41 score 0.785, 0.910, 0.965, 0.960 on f
 0.490 (they answer "1" whatever the cue); on rollout 41's query steps the final/old ratio drops to 0.055
 on at least a tenth of them (approx_kl of the update 0.063, 20 epochs, no target_kl). The policy and
 the sequence fast path are not at fault: on every rollout the training forward reproduces the rollout's
-log-probs exactly. ``tests/memory_task.py`` now judges each rollout on the weights that collected it
+log-probs exactly. ``experiments/memory_task.py`` now judges each rollout on the weights that collected it
 and stops before the next update.
 """
 
@@ -30,12 +30,12 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.env_util import make_vec_env
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+sys.path[:0] = [str(ROOT), str(ROOT / "experiments")]
 
-from memory_env import CueMemoryEnv  # noqa: E402
 from memory_task import OVERRIDES  # noqa: E402
 
 from agents import apply_overrides, build_model, get_preset  # noqa: E402
+from envs.memory import CueMemoryEnv  # noqa: E402
 
 DELAY = 10
 

@@ -23,11 +23,11 @@ ROOT = Path(__file__).resolve().parents[1]
 def package(compare_dir: Path, agent: str, seed: int, alias: str) -> Path:
     """Write ``pretrained/<alias>`` and return it."""
     sys.path.insert(0, str(ROOT))
-    from rims_rl.checkpoint import read_meta
+    from rims_rl.app.checkpoint import read_meta
 
     run_dir = compare_dir / "runs" / f"{agent}-seed{seed}"
     meta = read_meta(run_dir / "model.zip")
-    config = meta["config"]
+    config = meta.config.to_dict()
     rows = [
         r
         for r in csv.DictReader((compare_dir / "results.csv").open())
@@ -62,7 +62,7 @@ def package(compare_dir: Path, agent: str, seed: int, alias: str) -> Path:
         "train_env": train_env,
         "suite": config.get("suite"),
         "seed": seed,
-        "timesteps": int(meta["num_timesteps"]),
+        "timesteps": meta.num_timesteps,
         "eval_seed": 10_000,
         "eval_deterministic": mode == "deterministic",
         "command": (compare_dir / "report.md").read_text().split("```")[1].strip(),

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch as th
 from gymnasium import spaces
-from memory_env import CueMemoryEnv
 from sb3_contrib import RecurrentPPO
 from stable_baselines3 import PPO
 from stable_baselines3.common.env_util import make_vec_env
@@ -22,8 +21,9 @@ from agents import (
     get_preset,
     parse_overrides,
     resolve_schedule,
-    validate_config,
 )
+from agents.config import AgentPreset
+from envs.memory import CueMemoryEnv
 from rims_rl.core import RIMs
 from rims_rl.policies import CnnRimsPolicy, MlpRimsPolicy, MultiInputRimsPolicy
 
@@ -36,14 +36,13 @@ TINY = {
 }
 
 
-def tiny(agent: str, family: str = "classic") -> dict:
+def tiny(agent: str, family: str = "classic") -> AgentPreset:
     preset = get_preset(agent, family)
     over = {k: v for k, v in TINY.items() if agent != "ppo" or k.startswith("ppo.")}
     if agent != "rims_ppo":
         over.pop("policy_kwargs.rims_kwargs.unit_size", None)
     else:
-        over.pop("policy_kwargs.lstm_hidden_size")
-        preset["policy_kwargs"].pop("lstm_hidden_size")
+        over["policy_kwargs.lstm_hidden_size"] = None  # the RIMs size follows n_units * unit_size
     return apply_overrides(preset, over)
 
 
@@ -54,9 +53,10 @@ def test_agents_and_families() -> None:
 
 @pytest.mark.parametrize("family", ["atari", "minigrid", "classic"])
 def test_presets_are_complete_json_and_equal_sized(family: str) -> None:
-    presets = {agent: get_preset(agent, family) for agent in AGENTS}
+    presets = {agent: get_preset(agent, family).to_dict() for agent in AGENTS}
     for agent, preset in presets.items():
         assert json.loads(json.dumps(preset)) == preset
+        assert AgentPreset.from_dict(preset) == get_preset(agent, family)
         assert {"algo", "policy", "n_envs", "policy_kwargs", "ppo", "source"} <= set(preset)
         assert len(preset["source"]) > 40
         assert preset["algo"] == ("PPO" if agent == "ppo" else "RecurrentPPO")
@@ -70,7 +70,6 @@ def test_presets_are_complete_json_and_equal_sized(family: str) -> None:
             "clip_range",
         ):
             assert key in preset["ppo"]
-        validate_config(preset, preset["n_envs"])
     # Same PPO settings for all agents; rims/lstm differ only in the core.
     assert presets["rims_ppo"]["ppo"] == presets["lstm_ppo"]["ppo"] == presets["ppo"]["ppo"]
     rims_pk, lstm_pk = presets["rims_ppo"]["policy_kwargs"], presets["lstm_ppo"]["policy_kwargs"]
@@ -82,10 +81,10 @@ def test_presets_are_complete_json_and_equal_sized(family: str) -> None:
 
 
 def test_atari_preset_follows_rl_zoo() -> None:
-    ppo = get_preset("rims_ppo", "atari")["ppo"]
-    assert get_preset("rims_ppo", "atari")["n_envs"] == 8
-    assert (ppo["n_steps"], ppo["n_epochs"], ppo["batch_size"]) == (128, 4, 256)
-    assert (ppo["learning_rate"], ppo["clip_range"], ppo["ent_coef"], ppo["vf_coef"]) == (
+    ppo = get_preset("rims_ppo", "atari").ppo
+    assert get_preset("rims_ppo", "atari").n_envs == 8
+    assert (ppo.n_steps, ppo.n_epochs, ppo.batch_size) == (128, 4, 256)
+    assert (ppo.learning_rate, ppo.clip_range, ppo.ent_coef, ppo.vf_coef) == (
         "lin_2.5e-4",
         "lin_0.1",
         0.01,
@@ -111,14 +110,13 @@ def test_apply_overrides() -> None:
             "policy_kwargs.enable_critic_lstm": "false",
         },
     )
-    assert config["ppo"]["learning_rate"] == 3e-4
-    assert config["policy_kwargs"]["rims_kwargs"]["k"] == 5
-    assert config["ppo"]["target_kl"] == 0.02
-    assert config["policy_kwargs"]["enable_critic_lstm"] is False
-    assert preset["policy_kwargs"]["rims_kwargs"]["k"] == 4  # the preset is not modified
+    assert config.ppo.learning_rate == 3e-4
+    assert config.policy_kwargs["rims_kwargs"]["k"] == 5
+    assert config.ppo.target_kl == 0.02
+    assert config.policy_kwargs["enable_critic_lstm"] is False
+    assert preset.policy_kwargs["rims_kwargs"]["k"] == 4  # the preset is not modified
     from_cli = apply_overrides(preset, parse_overrides(["ppo.n_epochs=8", "ppo.learning_rate=lin_1e-4"]))
-    assert from_cli["ppo"]["n_epochs"] == 8 and from_cli["ppo"]["learning_rate"] == "lin_1e-4"
-    assert apply_overrides(preset, {"ppo.n_epochs=3": None})["ppo"]["n_epochs"] == 3
+    assert from_cli.ppo.n_epochs == 8 and from_cli.ppo.learning_rate == "lin_1e-4"
 
 
 @pytest.mark.parametrize(
@@ -146,35 +144,46 @@ def test_resolve_schedule() -> None:
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({"policy_kwargs.rims_kwargs.k": 7}, "k must be"),
-        ({"policy_kwargs.rims_kwargs.unit_size": None, "policy_kwargs.lstm_hidden_size": 100}, "divisible"),
         ({"ppo.learning_rate": -1e-3}, "learning_rate"),
+        ({"ppo.learning_rate": "Infinity"}, "learning_rate"),
         ({"ppo.n_epochs": 0}, "n_epochs"),
         ({"ppo.gamma": 1.5}, "gamma"),
         ({"ppo.batch_size": 4096}, "exceeds"),
+        ({"ppo.batch_size": 100}, "must divide"),
         ({"ppo.clip_range": "lin_-0.1"}, "clip_range"),
         ({"policy": "MlpLstmPolicy"}, "policy"),
+        ({"n_envs": 2.7}, "n_envs"),
+        ({"policy_kwargs.net_arch": "abc"}, "net_arch"),
     ],
 )
-def test_validate_config_rejects_bad_values(overrides: dict, message: str) -> None:
-    config = apply_overrides(get_preset("rims_ppo", "classic"), overrides)
-    if overrides.get("policy_kwargs.rims_kwargs.unit_size", 0) is None:
-        del config["policy_kwargs"]["rims_kwargs"]["unit_size"]
+def test_overrides_with_bad_values_are_refused_where_defined(overrides: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        validate_config(config, 8)
+        apply_overrides(get_preset("rims_ppo", "classic"), overrides)
 
 
-def test_validate_config_warns_on_truncated_minibatch() -> None:
-    config = apply_overrides(get_preset("lstm_ppo", "classic"), {"ppo.batch_size": 100})
-    with pytest.warns(UserWarning, match="multiple of batch_size"):
-        validate_config(config, 8)
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"policy_kwargs.rims_kwargs.k": 7}, "k must be"),
+        ({"policy_kwargs.rims_kwargs.unit_size": None, "policy_kwargs.lstm_hidden_size": 100}, "divisible"),
+    ],
+)
+def test_core_settings_are_checked_by_the_core_when_built(overrides: dict, message: str) -> None:
+    preset = apply_overrides(get_preset("rims_ppo", "classic"), overrides)
+    rims = {k: v for k, v in preset.policy_kwargs["rims_kwargs"].items() if v is not None}
+    preset = preset.replace(policy_kwargs={**preset.policy_kwargs, "rims_kwargs": rims})
+    env = make_vec_env(lambda: CueMemoryEnv(3), n_envs=8, seed=0)
+    with pytest.raises(ValueError, match=message):
+        build_model(preset, env)
 
 
-def test_validate_config_rejects_recurrent_kwargs_for_ppo() -> None:
-    config = get_preset("ppo", "classic")
-    config["policy_kwargs"]["core"] = "rims"
+def test_recurrent_kwargs_are_refused_for_ppo() -> None:
+    with pytest.raises(ValueError, match="'core' is not valid under policy_kwargs"):
+        apply_overrides(get_preset("ppo", "classic"), {"policy_kwargs.core": "rims"})
+    data = get_preset("ppo", "classic").to_dict()  # e.g. a hand-edited config.json
+    data["policy_kwargs"]["core"] = "rims"
     with pytest.raises(ValueError, match="RecurrentPPO"):
-        validate_config(config, 8)
+        AgentPreset.from_dict(data)
 
 
 @pytest.mark.parametrize("agent", AGENTS)
@@ -198,8 +207,8 @@ def test_build_model_with_stock_sb3_contrib_policy() -> None:
     config = tiny("lstm_ppo")
     model = build_model(config, env, seed=0, policy="MlpLstmPolicy")
     assert type(model.policy) is MlpLstmPolicy
-    assert model.policy.lstm_actor.hidden_size == config["policy_kwargs"]["lstm_hidden_size"]
-    model.learn(config["ppo"]["n_steps"] * 2)
+    assert model.policy.lstm_actor.hidden_size == config.policy_kwargs["lstm_hidden_size"]
+    model.learn(config.ppo.n_steps * 2)
     assert type(build_model(tiny("rims_ppo"), env, policy=MlpRimsPolicy).policy.lstm_actor) is RIMs
 
 
@@ -225,7 +234,7 @@ class _FakeMiniGrid(gym.Env):
 
 @pytest.mark.parametrize("with_mission", [False, True])
 def test_build_model_minigrid_auto_policy(with_mission: bool) -> None:
-    pytest.importorskip("envs.minigrid_features")
+    pytest.importorskip("rims_rl.extractors")
     env = make_vec_env(lambda: _FakeMiniGrid(with_mission), n_envs=2, seed=0)
     model = build_model(tiny("rims_ppo", "minigrid"), env, seed=0)
     assert type(model.policy) is (MultiInputRimsPolicy if with_mission else CnnRimsPolicy)

@@ -67,8 +67,11 @@ def test_bad_train_arguments_fail_before_anything_is_written(
 
 def test_train_writes_a_complete_run_directory(run_dir: Path) -> None:
     config = json.loads((run_dir / "config.json").read_text())
-    assert config["agent"] == "rims_ppo" and config["env"]["env_id"] == ENV and config["seed"] == 0
-    assert config["timesteps"] == 64 and config["model"]["ppo"]["n_steps"] == 16
+    model = config["model"]
+    assert model["agent"] == "rims_ppo" and config["env"]["env_id"] == ENV and config["seed"] == 0
+    assert model["n_timesteps"] == 64 and model["ppo"]["n_steps"] == 16 and model["n_envs"] == 2
+    # One home for every value: the run's budget and env count are not repeated beside the preset.
+    assert not {"agent", "timesteps", "n_envs", "vec_env", "rollout_size"} & set(config)
     assert config["model"]["policy_kwargs"]["core"] == "rims"
     assert json.loads((run_dir / "status.json").read_text())["state"] == "finished"
     assert (run_dir / "checkpoints" / "latest").read_text().strip() == "step_32.zip"

@@ -9,7 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rims_rl.report import read_learning_curve, summarize, write_report
+from envs import Suite
+from rims_rl.app import compare
+from rims_rl.app.compare import Backend
+from rims_rl.app.evaluation import EvalResult
+from rims_rl.app.report import read_learning_curve, summary_rows, write_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -58,7 +62,7 @@ def _curves() -> dict[str, list[tuple[np.ndarray, np.ndarray]]]:
 
 
 def test_summarize_numbers() -> None:
-    rows = {(r["agent"], r["env"]): r for r in summarize(_records(), reps=500)}
+    rows = {(r["agent"], r["env"]): r for r in summary_rows(_records(), reps=500)}
     r = rows[("rims_ppo", "train")]
     assert r["n_runs"] == 4 and r["is_train"]
     assert r["iqm"] == pytest.approx(0.25)  # middle two of (0.1, 0.2, 0.3, 0.4)
@@ -147,10 +151,8 @@ def test_read_learning_curve_csv_and_tensorboard(tmp_path: Path) -> None:
 # ------------------------------------------------------------------ driver with a fake backend (fast)
 
 
-def _fake_backend(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:
-    """Replace train_run/evaluate_checkpoint in-process (workers=1) to test the driver without training."""
-    import types
-
+def _fake_backend(monkeypatch: pytest.MonkeyPatch) -> tuple[Backend, list[tuple[str, int]]]:
+    """Fake train/evaluate functions to test the driver without training; also the CLI's default."""
     calls: list[tuple[str, int]] = []
 
     def train_run(agent: str, *, seed: int, run_dir: Path, timesteps: int, **_: object) -> Path:
@@ -164,35 +166,42 @@ def _fake_backend(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:
         (run_dir / "logs" / "progress.csv").write_text("time/total_timesteps,rollout/ep_rew_mean\n" + rows)
         return run_dir
 
-    def evaluate_checkpoint(checkpoint: Path, target: object, n_episodes: int, **_: object) -> list[dict]:
+    def evaluate_checkpoint(
+        checkpoint: Path, target: Suite, n_episodes: int, **_: object
+    ) -> list[EvalResult]:
         run = Path(checkpoint).parent.name
         bonus = 0.2 if run.startswith("rims_ppo") else 0.0
         return [
-            {
-                "name": spec.name,
-                "env_id": spec.env_id,
-                "mean_return": bonus + 0.1 * i,
-                "std": 0.0,
-                "success_rate": 1.0 if bonus else 0.0,
-                "episodes": n_episodes,
-            }
+            EvalResult(
+                env=spec.name,
+                env_id=spec.env_id,
+                episodes=n_episodes,
+                mean_return=bonus + 0.1 * i,
+                std_return=0.0,
+                ci95_low=bonus + 0.1 * i,
+                ci95_high=bonus + 0.1 * i,
+                success_rate=1.0 if bonus else 0.0,
+                mean_length=10.0,
+                deterministic=True,
+                seed=0,
+                checkpoint=str(checkpoint),
+                num_timesteps=128,
+                returns=[bonus + 0.1 * i] * n_episodes,
+            )
             for i, spec in enumerate(target.specs())
         ]
 
-    monkeypatch.setitem(__import__("sys").modules, "rims_rl.runs", types.SimpleNamespace(train_run=train_run))
-    monkeypatch.setitem(
-        __import__("sys").modules,
-        "rims_rl.evaluation",
-        types.SimpleNamespace(evaluate_checkpoint=evaluate_checkpoint),
-    )
-    return calls
+    backend = Backend(train=train_run, evaluate=evaluate_checkpoint)
+    monkeypatch.setattr(compare, "LOCAL", backend)  # what train.py's compare uses by default
+    return backend, calls
 
 
 def test_compare_driver_skips_finished_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from rims_rl.compare import run_compare
+    from rims_rl.app.compare import run_compare
 
-    calls = _fake_backend(monkeypatch)
+    backend, calls = _fake_backend(monkeypatch)
     kw = dict(
+        backend=backend,
         suite="minigrid-doorkey",
         seeds=2,
         timesteps=128,
@@ -235,7 +244,7 @@ def _load_train_cli() -> object:
 
 
 def test_cli_compare_arguments_reach_run_compare(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    calls = _fake_backend(monkeypatch)
+    _, calls = _fake_backend(monkeypatch)
     cli = _load_train_cli()
     argv = ["compare", "--suite", "minigrid-multiroom", "--seeds", "1", "--timesteps", "64", "--n-envs", "1"]
     argv += ["--out", str(tmp_path), "--eval-episodes", "2", "--set", "ppo.n_steps=16"]
@@ -267,7 +276,7 @@ def test_cli_compare_stochastic_flag(tmp_path: Path, monkeypatch: pytest.MonkeyP
 
 def test_compare_end_to_end_tiny(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """2 agents x 2 seeds on the cheapest suite (MultiRoom: episodes of at most 40-120 steps)."""
-    from rims_rl.compare import run_compare
+    from rims_rl.app.compare import run_compare
 
     kw = dict(
         agents=["rims_ppo", "lstm_ppo"],

@@ -7,7 +7,6 @@ import re
 
 import numpy as np
 import pytest
-import torch as th
 from gymnasium import spaces
 from minigrid.core.actions import Actions
 from minigrid.core.world_object import Ball, Box, Key
@@ -16,8 +15,6 @@ from envs import (
     NOVEL_PAIRS,
     TRAIN_PAIRS,
     EnvSpec,
-    MiniGridCNN,
-    MiniGridDictExtractor,
     atari_game_info,
     decode_mission,
     encode_mission,
@@ -28,9 +25,7 @@ from envs import (
     make_env,
     make_minigrid_env,
     make_vec_env_for,
-    minigrid_policy_kwargs,
     parse_mission,
-    sb3_policy_name,
 )
 from envs.suites import ATARI_SUITE_GAMES
 
@@ -247,7 +242,8 @@ def test_ale_backend_refuses_modes_and_non_atari_envs() -> None:
 
 def test_ale_backend_from_a_run_config() -> None:
     from envs.ale_vec import AleVecEnv
-    from rims_rl.runs import make_train_env, resolve_config
+    from rims_rl.app.config import resolve_config
+    from rims_rl.app.runs import make_train_env
 
     config = resolve_config("rims_ppo", "ALE/Pong-v5", n_envs=2, overrides={"vec_env": "ale"})
     venv = make_train_env(config, seed=0)
@@ -349,53 +345,6 @@ def test_distractors_drawn_from_allowed_set(env_id: str, allowed: tuple, n: int)
         objs.remove(inner.target_pair)
         assert all(p in allowed for p in objs), objs
     assert not set(TRAIN_PAIRS) & set(NOVEL_PAIRS)
-
-
-# ---------------------------------------------------------------- MiniGrid CNN and SB3
-
-
-def test_minigrid_cnn_batch_and_scaling() -> None:
-    space = spaces.Box(0, 255, (7, 7, 3), np.uint8)
-    cnn_last = MiniGridCNN(space, features_dim=32)
-    assert not cnn_last.channels_first
-    cnn_first = MiniGridCNN(spaces.Box(0, 255, (3, 7, 7), np.uint8), features_dim=32)
-    assert cnn_first.channels_first
-    batch = th.randint(0, 3, (5, 7, 7, 3)).float()
-    assert cnn_last(batch).shape == (5, 32)
-    cnn_first.load_state_dict(cnn_last.state_dict())
-    assert th.allclose(cnn_first(batch.permute(0, 3, 1, 2)), cnn_last(batch))
-    assert th.allclose(cnn_last.scale.flatten(), 1 / th.tensor([10.0, 5.0, 2.0]))
-    dict_space = spaces.Dict({"image": space, "mission": spaces.Box(0, 1, (10,), np.float32)})
-    ext = MiniGridDictExtractor(dict_space, cnn_features_dim=32)
-    out = ext({"image": batch, "mission": th.ones(5, 10)})
-    assert out.shape == (5, 42) and ext.features_dim == 42
-    assert minigrid_policy_kwargs()["normalize_images"] is False
-
-
-@pytest.mark.parametrize("env_id", ["MiniGrid-DoorKey-5x5-v0", "RimsRL/Distractors-Train-v0"])
-def test_sb3_policies_construct_and_predict(env_id: str) -> None:
-    from sb3_contrib import RecurrentPPO
-    from stable_baselines3 import PPO
-
-    venv = make_vec_env_for(env_id, n_envs=2, seed=0, vec_cls="dummy")
-    kwargs = minigrid_policy_kwargs(venv.observation_space, features_dim=32)
-    model = RecurrentPPO(
-        sb3_policy_name(venv.observation_space), venv, policy_kwargs=kwargs, n_steps=8, batch_size=16
-    )
-    obs = venv.reset()
-    actions, state = model.predict(obs, episode_start=np.ones(2, dtype=bool))
-    assert actions.shape == (2,) and state is not None
-    extractor = model.policy.pi_features_extractor
-    assert isinstance(extractor, MiniGridDictExtractor if isinstance(obs, dict) else MiniGridCNN)
-    ppo = PPO(
-        sb3_policy_name(venv.observation_space, recurrent=False),
-        venv,
-        policy_kwargs=kwargs,
-        n_steps=8,
-        batch_size=16,
-    )
-    assert ppo.predict(obs)[0].shape == (2,)
-    venv.close()
 
 
 def test_minigrid_monitor_reports_episodes_and_seeding() -> None:

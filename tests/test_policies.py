@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch as th
 from gymnasium import spaces
-from memory_env import CueMemoryEnv
 from sb3_contrib import RecurrentPPO
 from sb3_contrib.common.recurrent.policies import RecurrentActorCriticPolicy
 from sb3_contrib.common.recurrent.type_aliases import RNNStates
@@ -15,6 +14,7 @@ from stable_baselines3.common.callbacks import CallbackList
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.logger import configure
 
+from envs.memory import CueMemoryEnv
 from rims_rl.callbacks import RimsStatsCallback, unit_usage, usage_entropy
 from rims_rl.core import RIMs
 from rims_rl.policies import (

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rims_rl.checkpoint import PRETRAINED_DIR, list_pretrained
-from rims_rl.evaluation import evaluate_checkpoint
+from rims_rl.app.checkpoint import PRETRAINED_DIR, list_pretrained
+from rims_rl.app.evaluation import evaluate_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 ALIASES = list_pretrained()
@@ -37,8 +37,8 @@ def test_checkpoint_is_small_and_reproduces_its_card(alias: str) -> None:
         seed=card["eval_seed"],
         deterministic=card["eval_deterministic"],
     )
-    assert result["num_timesteps"] == card["timesteps"]
-    assert abs(result["success_rate"] - card["success_rate"]) <= 0.3, (result["success_rate"], card)
+    assert result.num_timesteps == card["timesteps"]
+    assert abs(result.success_rate - card["success_rate"]) <= 0.3, (result.success_rate, card)
 
 
 def test_activation_heatmap_of_a_shipped_rims_agent(tmp_path: Path) -> None:
@@ -60,7 +60,7 @@ def test_video_of_a_shipped_agent_has_one_frame_per_step_plus_the_last(tmp_path:
     from PIL import Image
 
     from envs import EnvSpec
-    from rims_rl.evaluation import load_for_eval, record_gif
+    from rims_rl.app.evaluation import load_for_eval, record_gif
 
     alias = ALIASES[0]
     spec = EnvSpec("train", _card(alias)["train_env"], {})

@@ -31,16 +31,16 @@ sys.path.insert(0, str(ROOT))
 
 import train  # noqa: E402
 from envs import EnvSpec  # noqa: E402
-from rims_rl.checkpoint import (  # noqa: E402
+from rims_rl.app.atomic import atomic_write  # noqa: E402
+from rims_rl.app.checkpoint import (  # noqa: E402
     CheckpointError,
-    atomic_write,
     latest_checkpoint,
     load_trusted,
     read_meta,
     write_latest,
 )
-from rims_rl.evaluation import load_for_eval  # noqa: E402
-from rims_rl.runs import TrainingDiverged, train_run  # noqa: E402
+from rims_rl.app.evaluation import load_for_eval  # noqa: E402
+from rims_rl.app.runs import TrainingDiverged, train_run  # noqa: E402
 
 ENV = "MiniGrid-Empty-5x5-v0"
 TINY = {"ppo.n_steps": 16, "ppo.batch_size": 16, "ppo.n_epochs": 1}
@@ -233,7 +233,7 @@ def test_same_seed_gives_identical_learning_curves(tmp_path: Path) -> None:
     assert len(a) == 3 and "train/loss" in a[-1] and a[-1]["train/loss"]
     assert a == b
     wa = read_meta(tmp_path / "a" / "model.zip")
-    assert wa["num_timesteps"] == 96
+    assert wa.num_timesteps == 96
     with (
         zipfile.ZipFile(tmp_path / "a" / "model.zip") as za,
         zipfile.ZipFile(tmp_path / "b" / "model.zip") as zb,
@@ -277,7 +277,7 @@ def test_sigint_saves_checkpoint_and_says_how_to_resume(tmp_path: Path) -> None:
     status = json.loads((run / "status.json").read_text())
     assert status["state"] == "interrupted"
     meta = read_meta(status["checkpoint"])
-    assert meta["num_timesteps"] % 32 == 0 and meta["num_timesteps"] >= 32  # a whole number of rollouts
+    assert meta.num_timesteps % 32 == 0 and meta.num_timesteps >= 32  # a whole number of rollouts
 
 
 def test_sigkill_then_resume_reaches_the_budget_from_the_last_checkpoint(tmp_path: Path) -> None:
@@ -286,13 +286,13 @@ def test_sigkill_then_resume_reaches_the_budget_from_the_last_checkpoint(tmp_pat
     _wait_for_checkpoint(proc, run)
     proc.send_signal(signal.SIGKILL)
     proc.communicate(timeout=60)
-    start = read_meta(latest_checkpoint(run / "checkpoints"))["num_timesteps"]
+    start = read_meta(latest_checkpoint(run / "checkpoints")).num_timesteps
     assert 32 <= start < budget, "the run finished before it was killed; raise the budget"
     assert not (run / "model.zip").exists()
 
     assert train.main(["train", "--resume", str(run), "--no-progress"]) == 0
     final = read_meta(run / "model.zip")
-    assert final["num_timesteps"] == budget
+    assert final.num_timesteps == budget
     resumed_log = run / "logs" / f"progress-resumed-{start}.csv"  # the resumed part started at `start`
     assert resumed_log.is_file()
     logged = [int(float(r["time/total_timesteps"])) for r in csv.DictReader(resumed_log.open())]

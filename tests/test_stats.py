@@ -1,11 +1,11 @@
-"""Robust statistics (rims_rl.stats) against hand-computed values and bootstrap properties."""
+"""Robust statistics (rims_rl.app.stats) against hand-computed values and bootstrap properties."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from rims_rl.stats import (
+from rims_rl.app.stats import (
     CI,
     aggregate,
     iqm,

@@ -15,76 +15,37 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import re
-import tempfile
 import zipfile
-from collections.abc import Callable
+import zlib
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import torch as th
 from gymnasium import spaces
+from sb3_contrib import RecurrentPPO
+from stable_baselines3 import PPO
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.vec_env import VecEnv
+
+from rims_rl.app.atomic import atomic_write_bytes
+from rims_rl.app.config import RunConfig
+from rims_rl.app.errors import UserError
+from rims_rl.app.rundir import checkpoints_dir, final_model
 
 META_NAME = "rims_config.json"
 META_FORMAT = "rims-rl-checkpoint"
 META_VERSION = 1
 LATEST_NAME = "latest"
 _STEP_RE = re.compile(r"^step_(\d+)\.zip$")
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 PRETRAINED_DIR = REPO_ROOT / "pretrained"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
     """A checkpoint that cannot be used (missing, corrupt, wrong format or for other spaces)."""
-
-
-# --------------------------------------------------------------------------------------- atomic writes
-def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
-    """Call ``write(f)`` on a temp file next to ``path``, fsync it, then rename it over ``path``.
-
-    Readers see the old file or the new one, never half of one. The temp name starts with a dot and
-    ends in ``.tmp`` so ``step_*.zip`` globs never pick it up; it is removed if ``write`` raises.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-    return path
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    """Atomically replace ``path`` with ``data``."""
-    return atomic_write(path, lambda f: f.write(data))
-
-
-def atomic_write_json(path: str | Path, obj: Any) -> Path:
-    """Atomically replace ``path`` with ``obj`` as indented JSON."""
-    return atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # not supported everywhere (e.g. Windows)
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 # ---------------------------------------------------------------------------------------------- spaces
@@ -119,11 +80,11 @@ def _structure(desc: dict[str, Any]) -> Any:
 
 
 def check_spaces(
-    meta: dict[str, Any], observation_space: spaces.Space, action_space: spaces.Space, where: str = ""
+    meta: CheckpointMeta, observation_space: spaces.Space, action_space: spaces.Space, where: str = ""
 ) -> None:
     """Raise ``CheckpointError`` naming both spaces when the checkpoint was trained on other spaces."""
     for kind, space in (("observation", observation_space), ("action", action_space)):
-        saved = meta.get(f"{kind}_space")
+        saved = meta.observation_space if kind == "observation" else meta.action_space
         if saved is None:
             continue
         here = describe_space(space)
@@ -134,32 +95,81 @@ def check_spaces(
             )
 
 
+# ------------------------------------------------------------------------------------------------ meta
+@dataclass(frozen=True)
+class CheckpointMeta:
+    """Our ``rims_config.json`` entry, read without unpickling and validated field by field."""
+
+    algo: str
+    """The SB3 algorithm class name (``RecurrentPPO`` or ``PPO``)."""
+    num_timesteps: int
+    """Environment steps trained."""
+    config: RunConfig
+    """The run config the model was trained with (its ``model`` preset rebuilds the model)."""
+    observation_space: Mapping[str, Any] | None = None
+    """The training env's observation space (``describe_space``)."""
+    action_space: Mapping[str, Any] | None = None
+    """The training env's action space."""
+    run_dir: str | None = None
+    """The run directory it was saved from (information only; never used as a path)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON entry."""
+        return {
+            "format": META_FORMAT,
+            "version": META_VERSION,
+            "algo": self.algo,
+            "num_timesteps": self.num_timesteps,
+            "observation_space": self.observation_space,
+            "action_space": self.action_space,
+            "config": self.config.to_dict(),
+            "run_dir": self.run_dir,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> CheckpointMeta:
+        """From the JSON entry; ``ValueError`` names the first bad field."""
+        algo, steps = data.get("algo"), data.get("num_timesteps", 0)
+        if algo not in ("RecurrentPPO", "PPO"):
+            raise ValueError(f"algo must be RecurrentPPO or PPO, got {algo!r}")
+        if not isinstance(steps, int) or isinstance(steps, bool) or steps < 0:
+            raise ValueError(f"num_timesteps must be a non-negative integer, got {steps!r}")
+        spaces_ = {k: data.get(k) for k in ("observation_space", "action_space")}
+        for key, value in spaces_.items():
+            if value is not None and not isinstance(value, Mapping):
+                raise ValueError(f"{key} must be an object, got {value!r}")
+        run_dir = data.get("run_dir")
+        return cls(
+            algo=algo,
+            num_timesteps=steps,
+            config=RunConfig.from_dict(data["config"]),
+            observation_space=spaces_["observation_space"],
+            action_space=spaces_["action_space"],
+            run_dir=run_dir if isinstance(run_dir, str) else None,
+        )
+
+
 # ------------------------------------------------------------------------------------------------ save
-def checkpoint_meta(model: BaseAlgorithm, config: dict[str, Any], **extra: Any) -> dict[str, Any]:
-    """The ``rims_config.json`` entry: format tag, resolved config, spaces and step count."""
-    return {
-        "format": META_FORMAT,
-        "version": META_VERSION,
-        "algo": type(model).__name__,
-        "num_timesteps": int(model.num_timesteps),
-        # The env's own spaces (SB3 may have wrapped the env, e.g. transposed images), as in config.json.
-        "observation_space": config.get("observation_space") or describe_space(model.observation_space),
-        "action_space": config.get("action_space") or describe_space(model.action_space),
-        "config": config,
-        **extra,
-    }
-
-
-def save_checkpoint(model: BaseAlgorithm, path: str | Path, config: dict[str, Any], **extra: Any) -> Path:
+def save_checkpoint(
+    model: BaseAlgorithm, path: str | Path, config: RunConfig, run_dir: str | None = None
+) -> Path:
     """Save ``model`` as an SB3 zip plus our ``rims_config.json``, atomically.
 
-    ``config`` is the run config (see ``rims_rl.runs``): ``config["model"]`` must be the preset dict
-    ``agents.build_model`` takes, so the safe loader can rebuild the model from JSON alone.
+    The entry holds the run config, so the safe loader can rebuild the model from JSON alone.
     """
+    meta = CheckpointMeta(
+        algo=type(model).__name__,
+        num_timesteps=int(model.num_timesteps),
+        config=config,
+        # The env's own spaces (SB3 may have wrapped the env, e.g. transposed images), as in config.json.
+        observation_space=config.observation_space or describe_space(model.observation_space),
+        action_space=config.action_space or describe_space(model.action_space),
+        run_dir=run_dir,
+    )
     buf = io.BytesIO()
     model.save(buf)
     with zipfile.ZipFile(buf, "a") as zf:
-        zf.writestr(META_NAME, json.dumps(checkpoint_meta(model, config, **extra), indent=2))
+        zf.writestr(META_NAME, json.dumps(meta.to_dict(), indent=2))
     return atomic_write_bytes(path, buf.getvalue())
 
 
@@ -226,18 +236,11 @@ def _read_member(zf: zipfile.ZipFile, name: str, path: Path) -> bytes:
         raise CheckpointError(
             f"checkpoint {str(path)!r} has no {name!r} entry: not an SB3/rims-rl checkpoint"
         ) from err
-    except (zipfile.BadZipFile, OSError, EOFError, zlib_error()) as err:
+    except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as err:
         raise CheckpointError(f"checkpoint {str(path)!r}: entry {name!r} is corrupt: {err}") from err
 
 
-def zlib_error() -> type[Exception]:
-    """``zlib.error`` (raised by corrupt deflate streams), kept in one place."""
-    import zlib
-
-    return zlib.error
-
-
-def read_meta(path: str | Path) -> dict[str, Any]:
+def read_meta(path: str | Path) -> CheckpointMeta:
     """Our JSON entry of a checkpoint (no unpickling); ``CheckpointError`` if absent or unreadable."""
     path = Path(path)
     with _open_zip(path) as zf:
@@ -259,7 +262,10 @@ def read_meta(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"checkpoint {str(path)!r}: {META_NAME} is not a {META_FORMAT} entry")
     if not isinstance(meta.get("config"), dict) or not isinstance(meta["config"].get("model"), dict):
         raise CheckpointError(f"checkpoint {str(path)!r}: {META_NAME} lacks the model config")
-    return meta
+    try:
+        return CheckpointMeta.from_dict(meta)
+    except (ValueError, TypeError) as err:
+        raise CheckpointError(f"checkpoint {str(path)!r}: its {META_NAME} is invalid: {err}") from err
 
 
 def _load_tensors(zf: zipfile.ZipFile, name: str, path: Path, device: th.device | str) -> Any:
@@ -297,9 +303,6 @@ def load_weights(model: BaseAlgorithm, path: str | Path, optimizer: bool = False
 
 def load_trusted(path: str | Path, env: VecEnv | None, device: str = "auto") -> BaseAlgorithm:
     """SB3's own ``load`` (unpickles code from the file): only for checkpoints from a trusted source."""
-    from sb3_contrib import RecurrentPPO
-    from stable_baselines3 import PPO
-
     path = Path(path)
     with _open_zip(path) as zf:
         names = set(zf.namelist())
@@ -351,14 +354,14 @@ def list_pretrained() -> list[str]:
     """Aliases of the pretrained models shipped in ``pretrained/`` (folders holding a ``model.zip``)."""
     if not PRETRAINED_DIR.is_dir():
         return []
-    return sorted(p.name for p in PRETRAINED_DIR.iterdir() if (p / "model.zip").is_file())
+    return sorted(p.name for p in PRETRAINED_DIR.iterdir() if final_model(p).is_file())
 
 
 def _checkpoint_in_dir(directory: Path) -> Path:
-    final = directory / "model.zip"
+    final = final_model(directory)
     if final.is_file():
         return final
-    found = latest_checkpoint(directory / "checkpoints")
+    found = latest_checkpoint(checkpoints_dir(directory))
     if found is None:
         raise CheckpointError(f"{str(directory)!r} holds no model.zip and no readable checkpoints/step_*.zip")
     return found

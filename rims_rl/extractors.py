@@ -11,16 +11,13 @@ from typing import Any
 
 import torch as th
 from gymnasium import spaces
-from minigrid.core.constants import COLOR_TO_IDX, OBJECT_TO_IDX, STATE_TO_IDX
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from torch import nn
 
-# Per-channel maxima of MiniGrid image codes: (object type, colour, state) = (10, 5, 2).
-MINIGRID_CHANNEL_MAX: tuple[float, ...] = (
-    float(max(OBJECT_TO_IDX.values())),
-    float(max(COLOR_TO_IDX.values())),
-    float(max(STATE_TO_IDX.values())),
-)
+#: Per-channel maxima of MiniGrid image codes (object type, colour, state): the largest values of
+#: minigrid's OBJECT_TO_IDX, COLOR_TO_IDX and STATE_TO_IDX (a test checks them against minigrid), written
+#: out so that the library does not import the env package.
+MINIGRID_CHANNEL_MAX: tuple[float, ...] = (10.0, 5.0, 2.0)
 
 
 class MiniGridCNN(BaseFeaturesExtractor):
@@ -96,9 +93,3 @@ def minigrid_policy_kwargs(
         "features_extractor_kwargs": {"features_dim": features_dim},
         "normalize_images": False,
     }
-
-
-def sb3_policy_name(observation_space: spaces.Space, recurrent: bool = True) -> str:
-    """The SB3/sb3-contrib policy string for an observation space (Dict -> MultiInput, image -> Cnn)."""
-    prefix = "MultiInput" if isinstance(observation_space, spaces.Dict) else "Cnn"
-    return f"{prefix}{'Lstm' if recurrent else ''}Policy"

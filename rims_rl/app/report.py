@@ -1,11 +1,8 @@
 """Turn per-run evaluation records into a comparison report: Markdown table, JSON/CSV, PNG figures.
 
 Kept separate from ``compare`` (which trains) so reports can be rebuilt or unit-tested from saved or
-synthetic results without training. A *record* is one run evaluated on one env spec::
-
-    {"agent": "rims_ppo", "seed": 0, "env": "8x8", "env_id": "MiniGrid-DoorKey-8x8-v0",
-     "is_train": False, "mean_return": 0.41, "std_return": 0.2, "success_rate": 0.6,
-     "n_episodes": 10, "returns": [...], "run_dir": "..."}
+synthetic results without training. A *record* (``ScoreRecord``) is one run evaluated on one env
+spec, as stored in ``compare_eval.json`` and ``results.json``.
 
 The run-level score is ``mean_return`` (rliable's convention: one score per run and task), so the
 IQM and its stratified bootstrap CI are over seeds.
@@ -24,17 +21,36 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 
-from rims_rl.stats import (
+from rims_rl.app.stats import (
     CI,
     probability_of_improvement_ci,
     stratified_bootstrap_ci,
 )
 
-Record = dict[str, Any]
+
+class ScoreRecord(TypedDict):
+    """One run (agent, seed) evaluated on one env spec; the JSON record of compare and the report."""
+
+    agent: str
+    seed: int
+    env: str
+    env_id: str
+    is_train: bool
+    mean_return: float
+    std_return: float
+    success_rate: float | None
+    n_episodes: int
+    returns: list[float]
+    mean_length: float
+    timesteps: int
+    run_dir: str
+
+
+Record = dict[str, Any]  # a row of the summary table: statistics with their CIs, by column name
 Curve = tuple[np.ndarray, np.ndarray]
 
 CURVE_TAG = "rollout/ep_rew_mean"
@@ -63,7 +79,8 @@ __all__ = [
     "plot_learning_curves",
     "plot_ood_bars",
     "read_learning_curve",
-    "summarize",
+    "summary_rows",
+    "ScoreRecord",
     "write_report",
 ]
 
@@ -102,7 +119,7 @@ def _row(agent: str, env: str, env_id: str, is_train: bool, scores: Any, success
     return row
 
 
-def summarize(
+def summary_rows(
     records: Sequence[Mapping[str, Any]],
     reps: int = 2000,
     seed: int = 0,
@@ -492,7 +509,7 @@ def write_report(
     out.mkdir(parents=True, exist_ok=True)
     records = [dict(r) for r in records]
     machine = dict(machine) if machine is not None else machine_info()
-    rows = summarize(records, reps=reps, seed=seed)
+    rows = summary_rows(records, reps=reps, seed=seed)
     agents = agents_in(records)
     if baseline_pair is None and len(agents) >= 2:
         baseline_pair = (agents[0], agents[1])

@@ -5,7 +5,7 @@ then ``evaluate_checkpoint`` of the final model on every spec of the suite (trai
 variants). Jobs write into ``<out>/runs/<agent>-seed<k>/``; a job whose run dir already holds the
 final model and an evaluation JSON with the same evaluation settings is skipped, so an interrupted or
 extended comparison (more seeds, another agent) only trains what is missing. The report (see
-``rims_rl.report``) is rebuilt from all finished runs at the end.
+``rims_rl.app.report``) is rebuilt from all finished runs at the end.
 
 All agents of one seed get the same training seed, and every run is evaluated on the same episode
 seeds, so differences between agents are not differences in the episodes they were scored on.
@@ -21,32 +21,57 @@ import shlex
 import sys
 import time
 import traceback
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from tqdm.auto import tqdm
 
+from agents import AGENTS, parse_overrides
+from envs import Suite, get_suite
+from rims_rl.app import rundir
+from rims_rl.app.atomic import atomic_write_json
+from rims_rl.app.errors import UserError, user_input
+from rims_rl.app.evaluation import EvalResult, evaluate_checkpoint
+from rims_rl.app.report import ScoreRecord, read_learning_curve, write_report
+from rims_rl.app.runs import TrainingInterrupted, train_run
+
 DEFAULT_AGENTS: tuple[str, ...] = ("rims_ppo", "lstm_ppo")
-FINAL_MODEL = "model.zip"  # rims_rl.runs.train_run's final model
-CONFIG_NAME = "config.json"
-STATUS_NAME = "status.json"
 EVAL_NAME = "compare_eval.json"
 EVAL_SEED = 10_000  # shared by every run: all agents are scored on the same episodes
 
 __all__ = [
     "DEFAULT_AGENTS",
     "EVAL_NAME",
+    "LOCAL",
+    "Backend",
+    "JobResult",
     "RunJob",
     "config_mismatch",
     "default_out_dir",
-    "final_model_path",
     "is_finished",
     "run_compare",
     "run_job",
 ]
+
+
+@dataclass(frozen=True)
+class Backend:
+    """The functions a job trains and evaluates with; tests pass fakes, workers get the real ones.
+
+    Both must be importable top-level functions when ``workers > 1`` (they travel to spawned processes).
+    """
+
+    train: Callable[..., Path] = train_run
+    """``train_run``'s signature: trains one (agent, seed) into ``run_dir``."""
+    evaluate: Callable[..., list[EvalResult]] = evaluate_checkpoint
+    """``evaluate_checkpoint``'s signature: scores a checkpoint on a suite or env."""
+
+
+LOCAL = Backend()
 
 
 @dataclass(frozen=True)
@@ -77,20 +102,28 @@ class RunJob:
         }
 
 
+@dataclass
+class JobResult:
+    """What one job did: its records, or the error that stopped it."""
+
+    agent: str
+    seed: int
+    run_dir: str
+    records: list[ScoreRecord] = field(default_factory=list)
+    trained: bool = False
+    evaluated: bool = False
+    skipped: bool = False
+    error: str | None = None
+    traceback: str | None = None
+    train_s: float = 0.0
+    eval_s: float = 0.0
+
+    def summary(self) -> dict[str, Any]:
+        """The record of ``runs.json`` (everything but the scores)."""
+        return {k: v for k, v in asdict(self).items() if k != "records"}
+
+
 # ------------------------------------------------------------------------------------ run dir layout
-
-
-def final_model_path(run_dir: str | Path) -> Path | None:
-    """The final model ``train_run`` saved (``model.zip``), or None while training has not finished."""
-    run_dir = Path(run_dir)
-    path = run_dir / FINAL_MODEL
-    if not path.is_file():
-        return None
-    try:  # a model.zip from an older, interrupted layout is not trusted without a finished status
-        status = json.loads((run_dir / STATUS_NAME).read_text())
-    except (OSError, json.JSONDecodeError):
-        return path
-    return path if status.get("state") == "finished" else None
 
 
 def _load_json(path: Path) -> dict[str, Any] | None:
@@ -107,12 +140,13 @@ def config_mismatch(job: RunJob) -> str | None:
     Compared: agent, seed, env/suite, requested timesteps, n_envs and overrides, i.e. what ``compare``
     chooses; a mismatch means ``--out`` is being reused for other settings.
     """
-    config = _load_json(Path(job.run_dir) / CONFIG_NAME)
+    config = _load_json(rundir.config_path(job.run_dir))
     if config is None:
         return None
     env = config.get("env", {})
+    model = config.get("model", {})
     checks = {
-        "agent": (config.get("agent"), job.agent),
+        "agent": (model.get("agent"), job.agent),
         "seed": (config.get("seed"), job.seed),
         "suite": (config.get("suite"), job.suite),
         "overrides": (config.get("overrides") or {}, dict(job.overrides)),
@@ -122,7 +156,7 @@ def config_mismatch(job: RunJob) -> str | None:
     if job.timesteps is not None:
         checks["timesteps"] = (config.get("timesteps_requested"), job.timesteps)
     if job.n_envs is not None:
-        checks["n_envs"] = (config.get("n_envs"), job.n_envs)
+        checks["n_envs"] = (model.get("n_envs"), job.n_envs)
     diffs = [f"{k}: run has {have!r}, asked {want!r}" for k, (have, want) in checks.items() if have != want]
     if not diffs:
         return None
@@ -137,7 +171,7 @@ def is_finished(job: RunJob) -> bool:
     run_dir = Path(job.run_dir)
     stored = _load_json(run_dir / EVAL_NAME)
     return (
-        final_model_path(run_dir) is not None
+        rundir.finished_model(run_dir) is not None
         and stored is not None
         and stored.get("settings") == job.eval_settings()
         and config_mismatch(job) is None
@@ -149,86 +183,54 @@ def is_finished(job: RunJob) -> bool:
 
 def _init_worker(threads: int) -> None:
     """Cap torch's intra-op threads so ``workers`` processes do not oversubscribe the CPU."""
-    import torch
-
     torch.set_num_threads(max(1, threads))
 
 
-def _target(job: RunJob) -> Any:
-    from envs import get_suite
-
-    return get_suite(job.suite) if job.suite else job.env_id
+def _target(job: RunJob) -> Suite | str:
+    return get_suite(job.suite) if job.suite else str(job.env_id)
 
 
-def _to_record(job: RunJob, res: Mapping[str, Any], train_name: str | None) -> dict[str, Any]:
-    """One evaluation dict from ``evaluate_checkpoint`` in the report's record format."""
-    env = str(res.get("name") or res.get("env") or res.get("env_id") or job.env_id)
-    env_id = str(res.get("env_id") or res.get("env") or env)
-    returns = res.get("returns") or res.get("episode_returns") or []
-    if not isinstance(returns, list):
-        returns = list(returns)
-    if not returns and isinstance(res.get("episodes"), list):
-        returns = [
-            float(e.get("return", e.get("reward", 0.0))) for e in res["episodes"] if isinstance(e, dict)
-        ]
-    mean_ret = res.get("mean_return")
-    if mean_ret is None and returns:
-        mean_ret = sum(returns) / len(returns)
-    n_episodes = res.get("n_episodes")
-    if n_episodes is None:
-        n_episodes = res["episodes"] if isinstance(res.get("episodes"), int) else len(returns)
-    is_train = env == train_name if train_name is not None else True
-    return {
-        "agent": job.agent,
-        "seed": job.seed,
-        "env": env,
-        "env_id": env_id,
-        "is_train": is_train,
-        "mean_return": None if mean_ret is None else float(mean_ret),
-        "std_return": res.get("std", res.get("std_return")),
-        "success_rate": res.get("success_rate"),
-        "n_episodes": n_episodes,
-        "returns": [float(r) for r in returns],
-        "mean_length": res.get("mean_length"),
-        "timesteps": res.get("num_timesteps", job.timesteps),
-        "run_dir": job.run_dir,
-    }
+def _to_record(job: RunJob, res: EvalResult, train_name: str | None) -> ScoreRecord:
+    """One evaluation result in the report's record format."""
+    return ScoreRecord(
+        agent=job.agent,
+        seed=job.seed,
+        env=res.env,
+        env_id=res.env_id,
+        is_train=res.env == train_name if train_name is not None else True,
+        mean_return=res.mean_return,
+        std_return=res.std_return,
+        success_rate=res.success_rate,
+        n_episodes=res.episodes,
+        returns=[float(r) for r in res.returns],
+        mean_length=res.mean_length,
+        timesteps=res.num_timesteps,
+        run_dir=job.run_dir,
+    )
 
 
-def run_job(job: RunJob) -> dict[str, Any]:
-    """Train (unless already trained) and evaluate one (agent, seed); never raises, errors are returned.
+def run_job(job: RunJob, backend: Backend = LOCAL) -> JobResult:
+    """Train (unless already trained) and evaluate one (agent, seed); errors are returned, not raised.
 
-    Returns ``{"agent", "seed", "run_dir", "records", "trained", "evaluated", "skipped", "error",
-    "train_s", "eval_s"}``. Top-level so spawned workers can import it.
+    Ctrl-C (``TrainingInterrupted``, ``KeyboardInterrupt``) is raised: it stops the whole comparison,
+    and the interrupted run continues from its checkpoint next time. Top-level so spawned workers can
+    import it.
     """
-    out: dict[str, Any] = {
-        "agent": job.agent,
-        "seed": job.seed,
-        "run_dir": job.run_dir,
-        "records": [],
-        "trained": False,
-        "evaluated": False,
-        "skipped": False,
-        "error": None,
-        "train_s": 0.0,
-        "eval_s": 0.0,
-    }
+    out = JobResult(agent=job.agent, seed=job.seed, run_dir=job.run_dir)
     run_dir = Path(job.run_dir)
     try:
         if is_finished(job):
-            out["records"] = _load_json(run_dir / EVAL_NAME)["records"]  # type: ignore[index]
-            out["skipped"] = True
+            stored = _load_json(run_dir / EVAL_NAME) or {}
+            out.records = [ScoreRecord(**r) for r in stored.get("records", [])]
+            out.skipped = True
             return out
         mismatch = config_mismatch(job)
         if mismatch:
-            raise ValueError(mismatch)
-        from rims_rl.evaluation import evaluate_checkpoint
-        from rims_rl.runs import train_run
-
-        model = final_model_path(run_dir)
+            raise UserError(mismatch)
+        model = rundir.finished_model(run_dir)
         if model is None:
             t0 = time.perf_counter()
-            train_run(
+            backend.train(
                 job.agent,
                 env_id=None if job.suite else job.env_id,
                 suite=job.suite,
@@ -239,37 +241,34 @@ def run_job(job: RunJob) -> dict[str, Any]:
                 overrides=dict(job.overrides) or None,
                 run_dir=run_dir,
                 progress_bar=False,
-                resume=(run_dir / CONFIG_NAME).is_file(),  # an interrupted run continues where it stopped
+                resume=rundir.is_run_dir(run_dir),  # an interrupted run continues where it stopped
             )
-            out["train_s"] = time.perf_counter() - t0
-            out["trained"] = True
-            model = final_model_path(run_dir)
+            out.train_s = time.perf_counter() - t0
+            out.trained = True
+            model = rundir.finished_model(run_dir)
             if model is None:
-                raise RuntimeError(f"train_run finished but no final model was found in {run_dir}")
+                raise RuntimeError(f"training finished but no final model was found in {run_dir}")
         t0 = time.perf_counter()
         target = _target(job)
-        results = evaluate_checkpoint(
+        results = backend.evaluate(
             model, target, n_episodes=job.eval_episodes, deterministic=job.deterministic, seed=job.eval_seed
         )
-        out["eval_s"] = time.perf_counter() - t0
-        train_name = target.train.name if hasattr(target, "train") else None
-        out["records"] = [_to_record(job, r, train_name) for r in results]
-        out["evaluated"] = True
+        out.eval_s = time.perf_counter() - t0
+        train_name = target.train.name if isinstance(target, Suite) else None
+        out.records = [_to_record(job, r, train_name) for r in results]
+        out.evaluated = True
         payload = {
             "settings": job.eval_settings(),
             "job": asdict(job),
-            "raw": results,
-            "records": out["records"],
+            "raw": [r.to_dict() for r in results],
+            "records": [dict(r) for r in out.records],
         }
-        tmp = run_dir / f".{EVAL_NAME}.tmp"
-        tmp.write_text(json.dumps(payload, indent=2, default=str) + "\n")
-        os.replace(tmp, run_dir / EVAL_NAME)  # the eval JSON marks the run finished: write it atomically
+        atomic_write_json(run_dir / EVAL_NAME, payload)  # the eval JSON marks the run finished
+    except TrainingInterrupted:
+        raise
     except Exception as exc:  # noqa: BLE001 - one failed run must not lose the others
-        interrupted = getattr(sys.modules.get("rims_rl.runs"), "TrainingInterrupted", ())
-        if interrupted and isinstance(exc, interrupted):
-            raise  # Ctrl-C stops the whole comparison (the run saved a checkpoint and resumes next time)
-        out["error"] = f"{type(exc).__name__}: {exc}"
-        out["traceback"] = traceback.format_exc()
+        out.error = f"{type(exc).__name__}: {exc}"
+        out.traceback = traceback.format_exc()
     return out
 
 
@@ -297,8 +296,6 @@ def _as_overrides(value: Mapping[str, Any] | Iterable[str] | None) -> dict[str, 
         return {}
     if isinstance(value, Mapping):
         return dict(value)
-    from agents import parse_overrides
-
     return parse_overrides([value] if isinstance(value, str) else list(value))
 
 
@@ -309,16 +306,14 @@ def _command_line() -> str:
     return shlex.join([Path(sys.executable).name, *argv]) if argv else ""
 
 
-def _collect_curves(results: Sequence[Mapping[str, Any]], agents: Sequence[str]) -> dict[str, list[Any]]:
-    from rims_rl.report import read_learning_curve
-
+def _collect_curves(results: Sequence[JobResult], agents: Sequence[str]) -> dict[str, list[Any]]:
     curves: dict[str, list[Any]] = {a: [] for a in agents}
     for res in results:
-        if res.get("error"):
+        if res.error:
             continue
-        curve = read_learning_curve(res["run_dir"])
+        curve = read_learning_curve(res.run_dir)
         if curve is not None:
-            curves.setdefault(res["agent"], []).append(curve)
+            curves.setdefault(res.agent, []).append(curve)
     return {a: c for a, c in curves.items() if c}
 
 
@@ -338,6 +333,7 @@ def run_compare(
     reps: int = 2000,
     progress: bool = True,
     command_line: str | None = None,
+    backend: Backend | None = None,
     **cli_args: Any,
 ) -> dict[str, Path]:
     """Train ``agents`` x ``seeds`` on ``suite`` (or one ``env``) in parallel, evaluate, write the report.
@@ -346,24 +342,23 @@ def run_compare(
     other parser attributes are ignored. ``out`` defaults to ``runs/compare-<suite or env>``; re-running
     skips runs already trained and evaluated there. Runs that fail are listed in the report (and
     ``runs.json``) while the others still count. Returns the written files by kind (``report``...).
+    ``backend`` (default ``LOCAL``) holds the train and evaluate functions.
     """
+    backend = backend or LOCAL
     if overrides is None:
         overrides = cli_args.pop("set", None) or cli_args.pop("overrides_list", None)
     env = env or cli_args.pop("env_id", None)
     if (suite is None) == (env is None):
-        raise ValueError("compare needs exactly one of --suite or --env")
+        raise UserError("compare needs exactly one of --suite or --env")
     agent_list = _as_list(agents, DEFAULT_AGENTS)
-    from agents import AGENTS
-
     unknown = [a for a in agent_list if a not in AGENTS]
     if unknown:
-        raise ValueError(f"unknown agent(s) {unknown}; agents: {AGENTS}")
-    if suite is not None:
-        from envs import get_suite
-
-        get_suite(suite)  # fail fast on a bad name, before spawning anything
-    seed_list = _as_seeds(seeds)
-    over = _as_overrides(overrides)
+        raise UserError(f"unknown agent(s) {unknown}; agents: {AGENTS}")
+    with user_input():
+        if suite is not None:
+            get_suite(suite)  # fail fast on a bad name, before spawning anything
+        seed_list = _as_seeds(seeds)
+        over = _as_overrides(overrides)
     cpus = os.cpu_count() or 1
     n_jobs = len(agent_list) * len(seed_list)
     workers = max(1, min(workers or cpus, n_jobs))
@@ -387,11 +382,11 @@ def run_compare(
         for s in seed_list
         for a in agent_list
     ]
-    results: list[dict[str, Any]] = []
+    results: list[JobResult] = []
     todo = []
     for job in jobs:
         if is_finished(job):
-            results.append(run_job(job))  # cheap: reads the stored evaluation
+            results.append(run_job(job, backend))  # cheap: reads the stored evaluation
         else:
             todo.append(job)
     bar = tqdm(total=len(jobs), desc="compare runs", unit="run", disable=not progress, initial=len(results))
@@ -400,7 +395,7 @@ def run_compare(
     try:
         if workers == 1:
             for job in todo:
-                results.append(_report_progress(bar, run_job(job)))
+                results.append(_report_progress(bar, run_job(job, backend)))
         elif todo:
             threads = max(1, cpus // min(workers, len(todo)))
             with ProcessPoolExecutor(
@@ -409,31 +404,24 @@ def run_compare(
                 initializer=_init_worker,
                 initargs=(threads,),
             ) as pool:
-                futures: dict[Future[dict[str, Any]], RunJob] = {pool.submit(run_job, j): j for j in todo}
+                futures: dict[Future[JobResult], RunJob] = {pool.submit(run_job, j, backend): j for j in todo}
                 for fut in as_completed(futures):
                     results.append(_report_progress(bar, fut.result()))
     finally:
         bar.close()
 
     order = {(j.agent, j.seed): i for i, j in enumerate(jobs)}
-    results.sort(key=lambda r: order[(r["agent"], r["seed"])])
-    failures = [r for r in results if r.get("error")]
+    results.sort(key=lambda r: order[(r.agent, r.seed)])
+    failures = [r for r in results if r.error]
     for f in failures:
-        print(
-            f"run {f['agent']} seed {f['seed']} failed: {f['error']}\n{f.get('traceback', '')}",
-            file=sys.stderr,
-        )
-    records = [rec for r in results if not r.get("error") for rec in r["records"]]
+        print(f"run {f.agent} seed {f.seed} failed: {f.error}\n{f.traceback or ''}", file=sys.stderr)
+    records = [rec for r in results if not r.error for rec in r.records]
     summary = {
-        "trained": sum(bool(r.get("trained")) for r in results),
-        "skipped": sum(bool(r.get("skipped")) for r in results),
+        "trained": sum(r.trained for r in results),
+        "skipped": sum(r.skipped for r in results),
         "failed": len(failures),
     }
-    (out_dir / "runs.json").write_text(
-        json.dumps([{k: v for k, v in r.items() if k != "records"} for r in results], indent=2, default=str)
-        + "\n"
-    )
-    from rims_rl.report import write_report
+    atomic_write_json(out_dir / "runs.json", [r.summary() for r in results])
 
     meta = {
         "agents": ",".join(agent_list),
@@ -455,7 +443,7 @@ def run_compare(
         curves=_collect_curves(results, agent_list),
         command=command_line or _command_line(),
         meta=meta,
-        failures=[{k: r.get(k) for k in ("agent", "seed", "error")} for r in failures],
+        failures=[{"agent": r.agent, "seed": r.seed, "error": r.error} for r in failures],
         reps=reps,
         title=title,
     )
@@ -471,8 +459,8 @@ def default_out_dir(target: str) -> Path:
     return Path("runs") / ("compare-" + re.sub(r"[^A-Za-z0-9._-]+", "_", target))
 
 
-def _report_progress(bar: tqdm, res: dict[str, Any]) -> dict[str, Any]:
-    status = "failed" if res.get("error") else ("trained" if res.get("trained") else "evaluated")
-    bar.set_postfix_str(f"{res['agent']} seed {res['seed']} {status}")
+def _report_progress(bar: tqdm, res: JobResult) -> JobResult:
+    status = "failed" if res.error else ("trained" if res.trained else "evaluated")
+    bar.set_postfix_str(f"{res.agent} seed {res.seed} {status}")
     bar.update(1)
     return res

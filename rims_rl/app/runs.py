@@ -1,15 +1,8 @@
 """One training run in a directory you can inspect, resume and evaluate.
 
-``train_run`` resolves and validates everything (agent, env or suite, hyperparameters) *before* it
-creates anything on disk, then writes::
-
-    runs/<agent>-<env>-s<seed>-<timestamp>/
-        config.json              the full resolved config (agent, env, seed, budget, preset, spaces)
-        status.json              running | finished | interrupted | diverged, with the step count
-        logs/progress*.csv       SB3's scalars (one file per start, so a resume does not overwrite)
-        tb/                      TensorBoard: SB3's scalars + RIMs unit usage (rims/*)
-        checkpoints/step_<n>.zip periodic checkpoints (atomic writes), checkpoints/latest -> newest
-        model.zip                the final model
+``train_run`` resolves and validates everything (agent, env or suite, hyperparameters, the model it
+builds) *before* it writes anything, then fills a run directory (layout: ``rims_rl.app.rundir``) at
+``runs/<agent>-<env>-s<seed>-<timestamp>/`` unless told another, holding its lock while it trains.
 
 Ctrl-C stops at the next environment step, saves a checkpoint and says how to resume; a SIGKILL loses
 at most one checkpoint interval; ``resume=True`` continues from the newest readable checkpoint to the
@@ -25,13 +18,18 @@ import json
 import math
 import platform
 import re
+import shutil
 import signal
 import sys
 import threading
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import gymnasium
+import sb3_contrib
+import stable_baselines3
 import torch as th
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList
@@ -39,8 +37,11 @@ from stable_baselines3.common.logger import Logger, make_output_format
 from stable_baselines3.common.utils import set_random_seed
 from stable_baselines3.common.vec_env import VecEnv
 
-from rims_rl.checkpoint import (
-    atomic_write_json,
+from agents import build_model
+from envs import make_vec_env_for
+from rims_rl.app import rundir
+from rims_rl.app.atomic import atomic_write_json
+from rims_rl.app.checkpoint import (
     describe_space,
     latest_checkpoint,
     load_weights,
@@ -49,11 +50,12 @@ from rims_rl.checkpoint import (
     step_checkpoints,
     write_latest,
 )
+from rims_rl.app.config import RunConfig, resolve_config
+from rims_rl.app.errors import UserError, user_input
+from rims_rl.app.rundir import write_status
+from rims_rl.callbacks import RimsStatsCallback
 
-CONFIG_NAME = "config.json"
-STATUS_NAME = "status.json"
 DEFAULT_RUNS_ROOT = Path("runs")
-DEFAULT_N_CHECKPOINTS = 10  # checkpoints per run when checkpoint_every is not given
 
 
 class TrainingInterrupted(RuntimeError):
@@ -74,90 +76,7 @@ class TrainingDiverged(RuntimeError):
         self.checkpoint = checkpoint
 
 
-# ------------------------------------------------------------------------------------------- config
-def resolve_env(env_id: str | None, suite: str | None) -> tuple[Any, str | None]:
-    """The ``EnvSpec`` to train on (an id, or a suite's train spec) and the suite name, validated."""
-    from envs import get_suite
-    from envs.make import as_spec, check_spec_kwargs
-
-    if (env_id is None) == (suite is None):
-        raise ValueError("give exactly one of env_id (--env) and suite (--suite)")
-    if suite is not None:
-        return get_suite(suite).train, suite
-    spec = as_spec(env_id)  # type: ignore[arg-type]
-    check_spec_kwargs(spec)
-    spec.family  # noqa: B018  (validates the id, listing close valid ids)
-    return spec, None
-
-
-def _family(env_family: str) -> str:
-    return {"atari": "atari", "minigrid": "minigrid"}.get(env_family, "classic")
-
-
-def resolve_config(
-    agent: str,
-    env_id: str | None = None,
-    *,
-    suite: str | None = None,
-    timesteps: int | None = None,
-    seed: int = 0,
-    n_envs: int | None = None,
-    device: str = "auto",
-    overrides: dict[str, Any] | Sequence[str] | None = None,
-    checkpoint_every: int | None = None,
-) -> dict[str, Any]:
-    """The full run config (JSON-serialisable), validated; raises ``ValueError`` before anything is built.
-
-    ``timesteps`` is rounded up to a whole number of rollouts (``n_steps * n_envs``) so that a run, and
-    a resumed run, ends exactly on its budget.
-    """
-    import agents
-
-    spec, suite_name = resolve_env(env_id, suite)
-    preset = agents.get_preset(agent, _family(spec.family))
-    if overrides:
-        if not isinstance(overrides, dict):
-            overrides = agents.parse_overrides(list(overrides))
-        preset = agents.apply_overrides(preset, overrides)
-    n_envs = int(preset.get("n_envs", 1) if n_envs is None else n_envs)
-    if n_envs < 1:
-        raise ValueError(f"n_envs must be >= 1, got {n_envs}")
-    if device not in ("auto", "cpu", "cuda") and not str(device).startswith("cuda:"):
-        raise ValueError(f"device must be one of auto, cpu, cuda (or cuda:N), got {device!r}")
-    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
-    agents.validate_config(preset, n_envs)
-    requested = int(preset.get("n_timesteps", 100_000) if timesteps is None else timesteps)
-    if requested <= 0:
-        raise ValueError(f"timesteps must be positive, got {requested}")
-    rollout = int(preset["ppo"]["n_steps"]) * n_envs
-    budget = math.ceil(requested / rollout) * rollout
-    if checkpoint_every is None:
-        checkpoint_every = math.ceil(budget / DEFAULT_N_CHECKPOINTS / rollout) * rollout
-    if checkpoint_every <= 0:
-        raise ValueError(f"checkpoint_every must be positive, got {checkpoint_every}")
-    env_kwargs = {**preset.get("env", {}), **dict(spec.kwargs)}
-    from envs import EnvSpec
-    from envs.make import check_spec_kwargs
-
-    check_spec_kwargs(EnvSpec(spec.name, spec.env_id, env_kwargs))  # e.g. --set env.mode=99 on Atari
-    return {
-        "agent": agent,
-        "env": {"name": spec.name, "env_id": spec.env_id, "kwargs": env_kwargs},
-        "suite": suite_name,
-        "seed": seed,
-        "timesteps": budget,
-        "timesteps_requested": requested,
-        "rollout_size": rollout,
-        "n_envs": n_envs,
-        "vec_env": preset.get("vec_env"),
-        "device": device,
-        "checkpoint_every": int(checkpoint_every),
-        "overrides": dict(overrides or {}),
-        "model": preset,
-    }
-
-
+# ------------------------------------------------------------------------------------------ run dirs
 def default_run_dir(agent: str, env_id: str, seed: int, root: str | Path = DEFAULT_RUNS_ROOT) -> Path:
     """``runs/<agent>-<env>-s<seed>-<timestamp>`` (env id made file-name safe)."""
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -170,31 +89,26 @@ def default_run_dir(agent: str, env_id: str, seed: int, root: str | Path = DEFAU
     return path
 
 
-def make_train_env(config: dict[str, Any], seed: int | None, vec_cls: Any = None) -> VecEnv:
+def make_train_env(config: RunConfig, seed: int | None, vec_cls: Any = None) -> VecEnv:
     """The training VecEnv a run config describes (in-process ``DummyVecEnv`` for MiniGrid).
 
-    ``vec_cls`` (else the config's ``vec_env``) picks the backend: "dummy", "subproc", or for Atari "ale".
+    ``vec_cls`` (else the preset's ``vec_env``) picks the backend: "dummy", "subproc", or for Atari "ale".
     """
-    from envs import EnvSpec, make_vec_env_for
-
-    env = config["env"]
-    spec = EnvSpec(env["name"], env["env_id"], env["kwargs"])
+    spec = config.env_spec()
     if vec_cls is None:
-        vec_cls = config.get("vec_env")
+        vec_cls = config.model.vec_env
     if vec_cls is None and spec.family == "minigrid":
         vec_cls = "dummy"  # grid worlds step in microseconds: subprocesses cost more than they save
-    return make_vec_env_for(spec, n_envs=config["n_envs"], seed=seed, training=True, vec_cls=vec_cls)
+    return make_vec_env_for(spec, n_envs=config.n_envs, seed=seed, training=True, vec_cls=vec_cls)
 
 
-def read_run_config(run_dir: str | Path) -> dict[str, Any]:
-    """A run directory's ``config.json``; ``ValueError`` if it is not a run directory."""
-    path = Path(run_dir) / CONFIG_NAME
+def read_run_config(run_dir: str | Path) -> RunConfig:
+    """A run directory's ``config.json``, validated; ``UserError`` if it is not a run directory."""
+    path = rundir.config_path(run_dir)
     if not path.is_file():
-        raise ValueError(f"{str(run_dir)!r} is not a run directory (no {CONFIG_NAME})")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not valid JSON: {err}") from err
+        raise UserError(f"{str(run_dir)!r} is not a run directory (no {path.name})")
+    with user_input(f"{path}"):
+        return RunConfig.from_dict(json.loads(path.read_text()))
 
 
 # ---------------------------------------------------------------------------------------- callbacks
@@ -210,7 +124,7 @@ class RunCallback(BaseCallback):
     rollout whose update it has not applied; ``trained_timesteps`` is the step count at that point.
     """
 
-    def __init__(self, run_dir: Path, config: dict[str, Any], every: int, keep: int = 3) -> None:
+    def __init__(self, run_dir: Path, config: RunConfig, every: int, keep: int = 3) -> None:
         super().__init__()
         self.run_dir = run_dir
         self.config = config
@@ -223,7 +137,7 @@ class RunCallback(BaseCallback):
 
     @property
     def checkpoint_dir(self) -> Path:
-        return self.run_dir / "checkpoints"
+        return rundir.checkpoints_dir(self.run_dir)
 
     def _on_training_start(self) -> None:
         self.trained_timesteps = self.model.num_timesteps
@@ -272,7 +186,7 @@ class RunCallback(BaseCallback):
 
 def diverged(run_dir: Path, step: int, what: str) -> TrainingDiverged:
     """The error for NaN/inf, naming the last good checkpoint (left in place as ``latest``)."""
-    good = latest_checkpoint(run_dir / "checkpoints")
+    good = latest_checkpoint(rundir.checkpoints_dir(run_dir))
     keep = f"the last good checkpoint is {good}" if good else "no checkpoint had been written yet"
     write_status(run_dir, "diverged", step, good, what)
     return TrainingDiverged(
@@ -280,22 +194,6 @@ def diverged(run_dir: Path, step: int, what: str) -> TrainingDiverged:
         "ppo.max_grad_norm (--set ppo.learning_rate=...).",
         run_dir,
         good,
-    )
-
-
-def write_status(
-    run_dir: Path, state: str, num_timesteps: int, checkpoint: Path | None, message: str = ""
-) -> None:
-    """``status.json``: what happened to the run last (a SIGKILLed run stays ``running``)."""
-    atomic_write_json(
-        run_dir / STATUS_NAME,
-        {
-            "state": state,
-            "num_timesteps": int(num_timesteps),
-            "checkpoint": str(checkpoint) if checkpoint else None,
-            "message": message,
-            "time": _dt.datetime.now().isoformat(timespec="seconds"),
-        },
     )
 
 
@@ -326,11 +224,11 @@ def sigint_stops(callback: RunCallback) -> Iterator[None]:
 def _make_logger(run_dir: Path, start_step: int, verbose: int) -> Logger:
     suffix = "" if start_step == 0 else f"-resumed-{start_step}"
     formats = [
-        make_output_format("csv", str(run_dir / "logs"), suffix),
-        make_output_format("tensorboard", str(run_dir / "tb")),
+        make_output_format("csv", str(run_dir / rundir.LOGS_DIR), suffix),
+        make_output_format("tensorboard", str(run_dir / rundir.TB_DIR)),
     ]
     if verbose:
-        formats.append(make_output_format("stdout", str(run_dir / "logs")))
+        formats.append(make_output_format("stdout", str(run_dir / rundir.LOGS_DIR)))
     return Logger(str(run_dir), formats)
 
 
@@ -359,27 +257,16 @@ def train_run(
 
     With ``resume=True`` only ``run_dir`` (and ``device``, ``progress_bar``, ``callbacks``) is used:
     the rest comes from its ``config.json``; training continues from the newest readable checkpoint
-    to the same budget. Raises ``ValueError`` for bad arguments (nothing written), ``TrainingInterrupted``
-    on Ctrl-C (checkpoint saved) and ``TrainingDiverged`` on NaN/inf.
+    to the same budget. Raises ``UserError`` for bad arguments (nothing written), ``TrainingInterrupted``
+    on Ctrl-C (checkpoint saved), ``TrainingDiverged`` on NaN/inf; any other error marks the run
+    ``failed`` in ``status.json`` and propagates with its traceback.
     """
-    import agents
-    from rims_rl.callbacks import RimsStatsCallback
-
-    # 1. Resolve the config: everything that can be wrong is checked here, before touching the disk.
-    start_checkpoint: Path | None = None
     if resume:
         if run_dir is None:
-            raise ValueError("resume needs the run directory")
-        run_dir = Path(run_dir)
+            raise UserError("resume needs the run directory")
         config = read_run_config(run_dir)
         if device != "auto":
-            config["device"] = device
-        final = run_dir / "model.zip"
-        if final.is_file() and read_meta(final)["num_timesteps"] >= config["timesteps"]:
-            print(f"{run_dir}: already trained to its budget of {config['timesteps']} steps")
-            return run_dir
-        start_checkpoint = latest_checkpoint(run_dir / "checkpoints")
-        start_step = read_meta(start_checkpoint)["num_timesteps"] if start_checkpoint else 0
+            config = config.with_device(device)
     else:
         config = resolve_config(
             agent,
@@ -392,42 +279,81 @@ def train_run(
             overrides=overrides,
             checkpoint_every=checkpoint_every,
         )
-        start_step = 0
-    seed = config["seed"]
+        if run_dir is None:
+            run_dir = default_run_dir(config.agent, config.env.env_id, config.seed, runs_root)
+        if rundir.is_run_dir(run_dir):
+            raise UserError(f"{run_dir} already holds a run; use --resume {run_dir} or another --run-dir")
+    run_dir = Path(run_dir)
+    created = not run_dir.exists()
+    try:
+        with rundir.locked(run_dir):
+            return _train(
+                config, run_dir, resume, progress_bar, keep_checkpoints, vec_cls, callbacks, verbose
+            )
+    except BaseException:
+        # A new run that failed before its config was written leaves nothing behind (not even the lock).
+        if created and not resume and not rundir.is_run_dir(run_dir):
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
 
-    # 2. Build env and model (still nothing on disk). A resumed run draws fresh env/policy randomness
-    #    (seed + start step), so it does not replay the episodes the run began with.
-    run_seed = seed + start_step
+
+def _train(
+    config: RunConfig,
+    run_dir: Path,
+    resume: bool,
+    progress_bar: bool,
+    keep_checkpoints: int,
+    vec_cls: Any,
+    callbacks: Sequence[BaseCallback],
+    verbose: int,
+) -> Path:
+    """The body of ``train_run``, run while holding the run directory's lock."""
+    start_checkpoint: Path | None = None
+    start_step = 0
+    if resume:
+        final = rundir.final_model(run_dir)
+        if final.is_file() and read_meta(final).num_timesteps >= config.timesteps:
+            print(f"{run_dir}: already trained to its budget of {config.timesteps} steps")
+            return run_dir
+        start_checkpoint = latest_checkpoint(rundir.checkpoints_dir(run_dir))
+        start_step = read_meta(start_checkpoint).num_timesteps if start_checkpoint else 0
+    elif rundir.is_run_dir(run_dir):  # created between the check in train_run and the lock
+        raise UserError(f"{run_dir} already holds a run; use --resume {run_dir} or another --run-dir")
+
+    # Build env and model before the run's files: a bad policy setting fails with nothing written. A
+    # resumed run draws fresh env/policy randomness (seed + start step), so it does not replay its start.
+    run_seed = config.seed + start_step
     env = make_train_env(config, run_seed, vec_cls)
-    model = agents.build_model(config["model"], env, seed=run_seed, device=config["device"])
+    try:
+        with user_input("invalid agent settings"):
+            model = build_model(config.model, env, seed=run_seed, device=config.device)
+    except BaseException:
+        env.close()
+        raise
     if start_checkpoint is not None:
-        meta = read_meta(start_checkpoint)
         load_weights(model, start_checkpoint, optimizer=True)
-        model.num_timesteps = int(meta["num_timesteps"])
+        model.num_timesteps = int(start_step)
         set_random_seed(run_seed, using_cuda=model.device.type == "cuda")
 
-    # 3. The run directory: config first, so a crash at any later point leaves a resumable run.
-    if run_dir is None:
-        run_dir = default_run_dir(config["agent"], config["env"]["env_id"], seed, runs_root)
-    run_dir = Path(run_dir)
+    # The run directory: config first, so a crash at any later point leaves a resumable run.
     if not resume:
-        if (run_dir / CONFIG_NAME).exists():
-            raise ValueError(f"{run_dir} already holds a run; use --resume {run_dir} or another --run-dir")
-        config["observation_space"] = describe_space(env.observation_space)
-        config["action_space"] = describe_space(env.action_space)
-        config["created"] = _dt.datetime.now().isoformat(timespec="seconds")
-        config["command"] = sys.argv
-        config["versions"] = _versions()
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(run_dir / CONFIG_NAME, config)
+        config = replace(
+            config,
+            observation_space=describe_space(env.observation_space),
+            action_space=describe_space(env.action_space),
+            created=_dt.datetime.now().isoformat(timespec="seconds"),
+            command=tuple(sys.argv),
+            versions=_versions(),
+        )
+        atomic_write_json(rundir.config_path(run_dir), config.to_dict())
     model.set_logger(_make_logger(run_dir, start_step, verbose))
 
-    # 4. Train. RunCallback checkpoints and guards; RimsStatsCallback logs unit usage to TensorBoard.
-    run_cb = RunCallback(run_dir, config, config["checkpoint_every"], keep_checkpoints)
+    # Train. RunCallback checkpoints and guards; RimsStatsCallback logs unit usage to TensorBoard.
+    run_cb = RunCallback(run_dir, config, config.checkpoint_every, keep_checkpoints)
     run_cb.last_saved_step = start_step
     cbs: list[BaseCallback] = [run_cb, RimsStatsCallback(), *callbacks]
     write_status(run_dir, "running", start_step, start_checkpoint)
-    remaining = config["timesteps"] - model.num_timesteps
+    remaining = config.timesteps - model.num_timesteps
     try:
         with sigint_stops(run_cb):
             model.learn(
@@ -440,36 +366,40 @@ def train_run(
         run_cb.check_finite()
     except TrainingDiverged:
         raise
-    except Exception as err:
+    except BaseException as err:
         # A NaN usually surfaces inside the update as an invalid-distribution error, not in our check.
-        if not params_finite(model):
+        if isinstance(err, Exception) and not params_finite(model):
             raise diverged(run_dir, model.num_timesteps, f"a policy parameter is NaN/inf ({err})") from err
+        state = "interrupted" if isinstance(err, KeyboardInterrupt) else "failed"
+        write_status(
+            run_dir,
+            state,
+            run_cb.trained_timesteps,
+            run_cb.last_checkpoint or start_checkpoint,
+            f"{type(err).__name__}: {err}",
+        )
         raise
     finally:
         env.close()
 
-    # 5. Stopped by Ctrl-C: keep the trained part (the partial rollout was not trained on).
+    # Stopped by Ctrl-C: keep the trained part (the partial rollout was not trained on).
     if run_cb.stop_requested:
         path = run_cb.save(run_cb.trained_timesteps)
         write_status(run_dir, "interrupted", run_cb.trained_timesteps, path)
         raise TrainingInterrupted(
-            f"interrupted at step {run_cb.trained_timesteps} of {config['timesteps']}; checkpoint saved to "
+            f"interrupted at step {run_cb.trained_timesteps} of {config.timesteps}; checkpoint saved to "
             f"{path}. Resume with: python train.py train --resume {run_dir}",
             run_dir,
             path,
         )
 
-    # 6. Done: the final model next to its config.
-    final = save_checkpoint(model, run_dir / "model.zip", config, run_dir=str(run_dir))
+    # Done: the final model next to its config.
+    final = save_checkpoint(model, rundir.final_model(run_dir), config, run_dir=str(run_dir))
     write_status(run_dir, "finished", model.num_timesteps, final)
     return run_dir
 
 
 def _versions() -> dict[str, str]:
-    import gymnasium
-    import sb3_contrib
-    import stable_baselines3
-
     return {
         "python": platform.python_version(),
         "torch": th.__version__,

@@ -1,6 +1,6 @@
 """Evaluate a checkpoint on an env or a whole OOD suite: returns, success rate and a 95% CI per env.
 
-Checkpoints are loaded safely by default (``rims_rl.checkpoint``): the model is rebuilt from the JSON
+Checkpoints are loaded safely by default (``rims_rl.app.checkpoint``): the model is rebuilt from the JSON
 config and only tensors are read. Episodes run in ``n_envs`` in-process envs with SB3's balanced
 per-env episode targets, so short episodes are not over-represented; recurrent state is carried and
 reset at episode starts. Success: MiniGrid gives reward > 0 only on reaching the goal, so
@@ -9,26 +9,36 @@ reset at episode starts. Success: MiniGrid gives reward > 0 only on reaching the
 
 from __future__ import annotations
 
-import copy
 import csv
+import io
 import json
 import math
+import re
 from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 from stable_baselines3.common.base_class import BaseAlgorithm
 
-from rims_rl.checkpoint import (
+from agents import build_model
+from envs import EnvSpec, Suite, get_suite, list_suites, make_env, make_vec_env_for
+from envs.make import as_spec, check_spec_kwargs
+from envs.registry import env_family
+from envs.suites import ATARI_SUITE_PREFIX
+from rims_rl.app.atomic import atomic_write_bytes
+from rims_rl.app.checkpoint import (
     CheckpointError,
-    atomic_write_bytes,
+    CheckpointMeta,
     check_spaces,
     load_trusted,
     load_weights,
     read_meta,
     resolve_checkpoint,
 )
+from rims_rl.app.errors import user_input
 
 CSV_FIELDS = (
     "env",
@@ -46,51 +56,83 @@ CSV_FIELDS = (
 )
 
 
-def resolve_specs(target: Any, meta: dict[str, Any] | None = None) -> list[Any]:
+@dataclass(frozen=True)
+class EvalResult:
+    """A checkpoint's score on one env: summary, per-episode data and how it was measured."""
+
+    env: str
+    """The spec's name (a suite variant's label, or the id)."""
+    env_id: str
+    """Gymnasium id."""
+    episodes: int
+    """Complete episodes scored."""
+    mean_return: float
+    """Mean undiscounted return (Atari: the raw game score)."""
+    std_return: float
+    """Sample standard deviation of the returns."""
+    ci95_low: float
+    """Bootstrap 95% CI of the mean, low end."""
+    ci95_high: float
+    """Bootstrap 95% CI of the mean, high end."""
+    success_rate: float | None
+    """Fraction of episodes with return > 0 (MiniGrid's goal reward); None for Atari."""
+    mean_length: float
+    """Mean episode length in agent steps."""
+    deterministic: bool
+    """Greedy (True) or sampled actions."""
+    seed: int
+    """Seed of the evaluation episodes."""
+    checkpoint: str
+    """The checkpoint file scored."""
+    num_timesteps: int
+    """Environment steps the checkpoint was trained for."""
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    """The env spec's keyword arguments."""
+    returns: list[float] = field(default_factory=list)
+    """Every episode's return."""
+    lengths: list[int] = field(default_factory=list)
+    """Every episode's length."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form (``eval.json``)."""
+        return asdict(self)
+
+
+def resolve_specs(target: Any, meta: CheckpointMeta | None = None) -> list[EnvSpec]:
     """Env specs to evaluate on: a ``Suite`` or suite name (train + variants), an ``EnvSpec`` or an id.
 
     ``None`` means the env the checkpoint was trained on (from its config).
     """
-    from envs import EnvSpec, Suite, get_suite, list_suites
-    from envs.make import as_spec, check_spec_kwargs
-    from envs.suites import ATARI_SUITE_PREFIX
-
     if target is None:
         if meta is None:
             raise ValueError("give an env or a suite to evaluate on")
-        env = meta["config"]["env"]
-        return [EnvSpec(env["name"], env["env_id"], env.get("kwargs", {}))]
+        return [meta.config.env_spec()]
     if isinstance(target, Suite):
         return list(target.specs())
-    if isinstance(target, str) and (target in list_suites() or target.startswith(ATARI_SUITE_PREFIX)):
-        return list(get_suite(target).specs())
-    spec = target if isinstance(target, EnvSpec) else as_spec(target)
-    check_spec_kwargs(spec)
-    spec.family  # noqa: B018  (validates the id)
+    with user_input():
+        if isinstance(target, str) and (target in list_suites() or target.startswith(ATARI_SUITE_PREFIX)):
+            return list(get_suite(target).specs())
+        spec = target if isinstance(target, EnvSpec) else as_spec(target)
+        check_spec_kwargs(spec)
+        env_family(spec.env_id)  # validates the id
     return [spec]
 
 
-def _with_training_env_kwargs(spec: Any, meta: dict[str, Any] | None) -> Any:
+def _with_training_env_kwargs(spec: EnvSpec, meta: CheckpointMeta | None) -> EnvSpec:
     """Apply the preset's env kwargs (e.g. Atari frame stacking) that the policy was trained with."""
-    from envs import EnvSpec
-
     if meta is None:
         return spec
-    preset_env = dict(meta["config"].get("model", {}).get("env", {}))
-    return EnvSpec(spec.name, spec.env_id, {**preset_env, **dict(spec.kwargs)})
+    return EnvSpec(spec.name, spec.env_id, {**meta.config.model.env, **dict(spec.kwargs)})
 
 
 def load_for_eval(
-    checkpoint: str | Path, spec: Any, trust: bool = False, device: str = "cpu"
-) -> tuple[BaseAlgorithm, dict[str, Any] | None]:
+    checkpoint: str | Path, spec: EnvSpec, trust: bool = False, device: str = "cpu"
+) -> tuple[BaseAlgorithm, CheckpointMeta | None]:
     """A model ready for ``predict``, built on a one-env copy of ``spec``; safe unless ``trust``."""
-    import agents
-    from envs import make_vec_env_for
-
     path = resolve_checkpoint(checkpoint)
     if trust:
         try:
-            meta: dict[str, Any] | None = read_meta(path)
+            meta: CheckpointMeta | None = read_meta(path)
         except CheckpointError:
             meta = None
         spec = _with_training_env_kwargs(spec, meta)
@@ -106,14 +148,15 @@ def load_for_eval(
     env = make_vec_env_for(spec, n_envs=1, seed=0, training=False, vec_cls="dummy")
     try:
         check_spaces(meta, env.observation_space, env.action_space, f" {spec.env_id}")
-        config = copy.deepcopy(meta["config"]["model"])
-        config["ppo"]["n_steps"], config["ppo"]["batch_size"] = 2, 2  # no training: smallest buffer
+        # No training: the smallest buffer that builds.
+        preset = meta.config.model
+        preset = preset.replace(n_envs=1, ppo=replace(preset.ppo, n_steps=2, batch_size=2))
         try:
-            model = agents.build_model(config, env, seed=0, device=device)
-        except ValueError as err:
+            model = build_model(preset, env, seed=0, device=device)
+        except (ValueError, TypeError) as err:
             raise CheckpointError(f"checkpoint {str(path)!r}: its config is invalid: {err}") from err
         load_weights(model, path)
-        model.num_timesteps = int(meta.get("num_timesteps", 0))
+        model.num_timesteps = meta.num_timesteps
         return model, meta
     finally:
         env.close()
@@ -121,19 +164,17 @@ def load_for_eval(
 
 def run_episodes(
     model: BaseAlgorithm,
-    spec: Any,
+    spec: EnvSpec,
     n_episodes: int,
     deterministic: bool = True,
     seed: int = 0,
     n_envs: int | None = None,
-    expected: dict[str, Any] | None = None,
+    expected: CheckpointMeta | None = None,
 ) -> tuple[list[float], list[int]]:
     """Returns and lengths of ``n_episodes`` full episodes (Monitor's ``info['episode']``).
 
     ``expected``: checkpoint metadata whose ``observation_space``/``action_space`` the env must match.
     """
-    from envs import make_vec_env_for
-
     n_envs = max(1, min(8, n_episodes)) if n_envs is None else n_envs
     env = make_vec_env_for(spec, n_envs=n_envs, seed=seed, training=False, vec_cls="dummy")
     if expected is not None:
@@ -166,7 +207,7 @@ def run_episodes(
     return returns, lengths
 
 
-def summarize(returns: Sequence[float], success: bool | None, n_boot: int = 2000) -> dict[str, Any]:
+def score_returns(returns: Sequence[float], success: bool) -> dict[str, Any]:
     """Mean, std, success rate and a bootstrap 95% CI of the mean (fixed resampling seed)."""
     r = np.asarray(returns, dtype=np.float64)
     if r.size == 0:
@@ -177,7 +218,7 @@ def summarize(returns: Sequence[float], success: bool | None, n_boot: int = 2000
             "ci95_high": math.nan,
             "success_rate": None,
         }
-    means = np.random.default_rng(0).choice(r, size=(n_boot, r.size), replace=True).mean(1)
+    means = np.random.default_rng(0).choice(r, size=(2000, r.size), replace=True).mean(1)
     low, high = np.percentile(means, [2.5, 97.5])
     return {
         "mean_return": float(r.mean()),
@@ -196,16 +237,13 @@ def evaluate_checkpoint(
     seed: int = 0,
     trust: bool = False,
     device: str = "cpu",
-) -> list[dict[str, Any]]:
-    """One result dict per env spec (a suite gives train + every variant), in suite order.
+) -> list[EvalResult]:
+    """One ``EvalResult`` per env spec (a suite gives train + every variant), in suite order.
 
-    ``checkpoint``: a ``.zip``, a run directory or a pretrained alias. Each dict has ``env`` (spec
-    name), ``env_id``, ``kwargs``, ``episodes``, ``mean_return``, ``std_return``, ``ci95_low/high``,
-    ``success_rate`` (MiniGrid; ``None`` for Atari), ``mean_length``, ``returns``, ``lengths``,
-    ``deterministic``, ``seed``, ``checkpoint``, ``num_timesteps``.
+    ``checkpoint``: a ``.zip``, a run directory or a pretrained alias.
     """
-    if not isinstance(n_episodes, int) or n_episodes < 1:
-        raise ValueError(f"n_episodes must be a positive integer, got {n_episodes!r}")
+    if not isinstance(n_episodes, int) or isinstance(n_episodes, bool) or n_episodes < 1:
+        raise CheckpointError(f"the number of episodes must be a positive integer, got {n_episodes!r}")
     path = resolve_checkpoint(checkpoint)
     meta = None if trust else read_meta(path)
     specs = resolve_specs(env_or_suite, meta)
@@ -215,55 +253,54 @@ def evaluate_checkpoint(
         spec = _with_training_env_kwargs(spec, meta)
         returns, lengths = run_episodes(model, spec, n_episodes, deterministic, seed, expected=meta)
         results.append(
-            {
-                "env": spec.name,
-                "env_id": spec.env_id,
-                "kwargs": dict(spec.kwargs),
-                "episodes": len(returns),
-                **summarize(returns, success=spec.family == "minigrid"),
-                "mean_length": float(np.mean(lengths)) if lengths else math.nan,
-                "returns": returns,
-                "lengths": lengths,
-                "deterministic": deterministic,
-                "seed": seed,
-                "checkpoint": str(path),
-                "num_timesteps": int(model.num_timesteps),
-            }
+            EvalResult(
+                env=spec.name,
+                env_id=spec.env_id,
+                kwargs=dict(spec.kwargs),
+                episodes=len(returns),
+                **score_returns(returns, success=spec.family == "minigrid"),
+                mean_length=float(np.mean(lengths)) if lengths else math.nan,
+                returns=returns,
+                lengths=lengths,
+                deterministic=deterministic,
+                seed=seed,
+                checkpoint=str(path),
+                num_timesteps=int(model.num_timesteps),
+            )
         )
     return results
 
 
-def write_results_json(results: list[dict[str, Any]], path: str | Path) -> Path:
+def write_results_json(results: Sequence[EvalResult], path: str | Path) -> Path:
     """All results, including per-episode returns, as JSON (atomic write)."""
-    return atomic_write_bytes(path, (json.dumps(results, indent=2) + "\n").encode())
+    return atomic_write_bytes(path, (json.dumps([r.to_dict() for r in results], indent=2) + "\n").encode())
 
 
-def write_results_csv(results: list[dict[str, Any]], path: str | Path) -> Path:
+def write_results_csv(results: Sequence[EvalResult], path: str | Path) -> Path:
     """One row per env with the summary columns (``CSV_FIELDS``), atomic write."""
-    import io
-
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS, extrasaction="ignore")
     writer.writeheader()
-    for row in results:
+    for result in results:
+        row = result.to_dict()
         writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in CSV_FIELDS})
     return atomic_write_bytes(path, buf.getvalue().encode())
 
 
-def format_table(results: list[dict[str, Any]]) -> str:
+def format_table(results: Sequence[EvalResult]) -> str:
     """A plain-text table: env, episodes, mean return, success rate, 95% CI."""
     header = ("env", "env id", "episodes", "mean return", "success", "95% CI of mean")
     rows = [header]
     for r in results:
-        success = "n/a" if r["success_rate"] is None else f"{100 * r['success_rate']:.0f}%"
+        success = "n/a" if r.success_rate is None else f"{100 * r.success_rate:.0f}%"
         rows.append(
             (
-                str(r["env"]),
-                str(r["env_id"]),
-                str(r["episodes"]),
-                f"{r['mean_return']:.3f}",
+                r.env,
+                r.env_id,
+                str(r.episodes),
+                f"{r.mean_return:.3f}",
                 success,
-                f"[{r['ci95_low']:.3f}, {r['ci95_high']:.3f}]",
+                f"[{r.ci95_low:.3f}, {r.ci95_high:.3f}]",
             )
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
@@ -291,6 +328,12 @@ def play_episode(
         yield frame, int(action[0]), float(reward), done
 
 
+def safe_name(name: str) -> str:
+    """``name`` as one safe path component: letters, digits, ``.``, ``_``, ``-``; never ``.`` or ``..``."""
+    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip(".") or "env"
+    return cleaned[:100]
+
+
 def record_gif(
     model: BaseAlgorithm,
     spec: Any,
@@ -300,11 +343,11 @@ def record_gif(
     deterministic: bool = True,
     max_frames: int = 1000,
 ) -> list[Path]:
-    """Save ``n_episodes`` episodes as animated GIFs (PIL; no moviepy needed). Returns the files."""
-    from PIL import Image
+    """Save ``n_episodes`` episodes as animated GIFs (PIL; no moviepy needed). Returns the files.
 
-    from envs import EnvSpec, make_env
-
+    File names come from the spec's name, which may come from an untrusted checkpoint: it is reduced to
+    a safe file name, so files land in ``out_dir`` and nowhere else.
+    """
     render_spec = EnvSpec(spec.name, spec.env_id, {**dict(spec.kwargs), "render_mode": "rgb_array"})
     env = make_env(render_spec, seed=seed, training=False)
     out = Path(out_dir)
@@ -317,7 +360,7 @@ def record_gif(
             images = [Image.fromarray(np.asarray(f)) for f in frames if f is not None]
             if not images:
                 raise ValueError(f"{spec.env_id} does not render rgb frames")
-            name = f"{spec.name.replace('/', '_')}-episode{ep}.gif"
+            name = f"{safe_name(spec.name)}-episode{ep}.gif"
             path = out / name
             images[0].save(path, save_all=True, append_images=images[1:], duration=100, loop=0)
             paths.append(path)

@@ -1,6 +1,6 @@
 """Train an agent on ``CueMemoryEnv`` until it succeeds (or its budget runs out); shared by tests and reports.
 
-Run ``python tests/memory_task.py rims_ppo lstm_ppo ppo`` for the table in the report.
+Run ``python experiments/memory_task.py rims_ppo lstm_ppo ppo`` for the table in the report.
 """
 
 from __future__ import annotations
@@ -17,12 +17,10 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.evaluation import evaluate_policy
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from memory_env import CueMemoryEnv  # noqa: E402
-
 from agents import apply_overrides, build_model, get_preset  # noqa: E402
+from envs.memory import CueMemoryEnv  # noqa: E402
 
 DELAY = 4
 #: Same settings for all agents: the classic-control preset, critic without a recurrent core (the value
@@ -79,7 +77,7 @@ def run_memory_task(
     """Train ``agent`` on the cue-recall task; return deterministic success, steps and seconds."""
     env = make_vec_env(lambda: CueMemoryEnv(delay), n_envs=8, seed=seed)
     preset = get_preset(agent, "classic")
-    shared = OVERRIDES if preset["algo"] == "RecurrentPPO" else {}
+    shared = OVERRIDES if preset.recurrent else {}
     config = apply_overrides(preset, {**shared, **(overrides or {})})
     model = build_model(config, env, seed=seed)
     stop = StopOnSuccess(threshold)

@@ -1,0 +1,309 @@
+"""Typed agent settings: the PPO arguments and the whole agent preset, checked once where they are defined.
+
+``PPOSettings`` and ``AgentPreset`` are frozen dataclasses that validate themselves in ``__post_init__``,
+so a value that reaches training has been checked exactly once, wherever it came from (a preset file, a
+``--set`` override, a checkpoint's JSON). Their JSON form (``to_dict``/``from_dict``) is the one that run
+directories and checkpoints have always stored, so old checkpoints load unchanged. Policy arguments stay
+a dict (they are the policy constructor's keyword arguments); their names are checked against the
+constructor here and their values by the constructor itself (``build_model``), as torch modules do.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from stable_baselines3.common.utils import LinearSchedule
+
+_SCHEDULE_RE = re.compile(r"^lin_([0-9.eE+-]+)$")
+ALGOS: tuple[str, ...] = ("RecurrentPPO", "PPO")
+FF_POLICIES: tuple[str, ...] = ("MlpPolicy", "CnnPolicy", "MultiInputPolicy")
+RECURRENT_POLICIES: tuple[str, ...] = ("MlpRimsPolicy", "CnnRimsPolicy", "MultiInputRimsPolicy")
+EXTRACTORS: tuple[str, ...] = (
+    "FlattenExtractor",
+    "NatureCNN",
+    "CombinedExtractor",
+    "MiniGridCNN",
+    "MiniGridDictExtractor",
+)
+ACTIVATIONS: tuple[str, ...] = ("tanh", "relu", "elu", "gelu", "leaky_relu")
+VEC_ENVS: tuple[str, ...] = ("dummy", "subproc", "ale")
+#: policy_kwargs that only a recurrent policy takes.
+RECURRENT_KWARGS: tuple[str, ...] = (
+    "core",
+    "rims_kwargs",
+    "lstm_hidden_size",
+    "n_lstm_layers",
+    "shared_lstm",
+    "enable_critic_lstm",
+    "lstm_kwargs",
+)
+
+
+def hint(name: str, valid: Iterable[str]) -> str:
+    """`` (did you mean 'x'?)`` for a misspelt name, else an empty string."""
+    close = difflib.get_close_matches(str(name), list(valid), n=3, cutoff=0.5)
+    return f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
+
+
+def resolve_schedule(value: Any, name: str = "value") -> float | Callable[[float], float]:
+    """``"lin_2.5e-4"`` -> linear decay from 2.5e-4 to 0 over training; positive finite numbers pass."""
+    if isinstance(value, str):
+        match = _SCHEDULE_RE.match(value.strip())
+        if not match:
+            raise ValueError(f"{name}={value!r}: expected a number or 'lin_<start>' (e.g. 'lin_2.5e-4')")
+        start = float(match.group(1))
+        if not math.isfinite(start) or start <= 0:
+            raise ValueError(f"{name}={value!r}: the schedule must start at a finite value above 0")
+        return LinearSchedule(start, 0.0, 1.0)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{name} must be a number or 'lin_<start>', got {value!r}")
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+    return float(value)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_int(name: str, value: Any, minimum: int) -> None:
+    if not _is_int(value) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+def _check_number(name: str, value: Any, low: float, high: float | None = None) -> None:
+    if not _is_number(value) or value < low or (high is not None and value > high):
+        bound = f"in [{low}, {high}]" if high is not None else f">= {low}"
+        raise ValueError(f"{name} must be a number {bound}, got {value!r}")
+
+
+def _from_mapping(cls: type, data: Mapping[str, Any], what: str) -> dict[str, Any]:
+    """Keyword arguments for ``cls`` from ``data``, refusing unknown keys with the valid ones."""
+    if not isinstance(data, Mapping):
+        raise ValueError(f"{what} must be a mapping, got {type(data).__name__}")
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in data:
+        if key not in names:
+            raise ValueError(f"unknown {what} key {key!r}{hint(key, names)}; valid: {', '.join(names)}")
+    return dict(data)
+
+
+@dataclass(frozen=True)
+class PPOSettings:
+    """The PPO/RecurrentPPO arguments a preset sets (SB3's names and meanings; schedules as strings)."""
+
+    learning_rate: float | str = 3e-4
+    """Adam step size, or ``"lin_<start>"`` for a linear decay to 0 over training (rl-zoo's notation)."""
+    n_steps: int = 128
+    """Environment steps per env in each rollout."""
+    batch_size: int = 128
+    """Samples per minibatch (RecurrentPPO: whole padded sequences are cut from the rollout)."""
+    n_epochs: int = 10
+    """Passes over each rollout."""
+    gamma: float = 0.99
+    """Discount factor."""
+    gae_lambda: float = 0.95
+    """GAE bias/variance trade-off."""
+    clip_range: float | str = 0.2
+    """PPO's ratio clip, or ``"lin_<start>"``."""
+    clip_range_vf: float | str | None = None
+    """Value-function clip (``None``: no value clipping)."""
+    normalize_advantage: bool = True
+    """Normalise advantages per minibatch (SB3's default)."""
+    ent_coef: float = 0.0
+    """Entropy bonus weight."""
+    vf_coef: float = 0.5
+    """Value-loss weight."""
+    max_grad_norm: float = 0.5
+    """Gradient-norm clip."""
+    target_kl: float | None = None
+    """Stop an update's epochs once the approximate KL exceeds this (``None``: never)."""
+
+    def __post_init__(self) -> None:
+        resolve_schedule(self.learning_rate, "ppo.learning_rate")
+        resolve_schedule(self.clip_range, "ppo.clip_range")
+        if self.clip_range_vf is not None:
+            resolve_schedule(self.clip_range_vf, "ppo.clip_range_vf")
+        _check_int("ppo.n_steps", self.n_steps, 1)
+        _check_int("ppo.batch_size", self.batch_size, 2)
+        _check_int("ppo.n_epochs", self.n_epochs, 1)
+        _check_number("ppo.gamma", self.gamma, 0.0, 1.0)
+        _check_number("ppo.gae_lambda", self.gae_lambda, 0.0, 1.0)
+        _check_number("ppo.ent_coef", self.ent_coef, 0.0)
+        _check_number("ppo.vf_coef", self.vf_coef, 0.0)
+        _check_number("ppo.max_grad_norm", self.max_grad_norm, 0.0)
+        if self.target_kl is not None:
+            _check_number("ppo.target_kl", self.target_kl, 0.0)
+        if not isinstance(self.normalize_advantage, bool):
+            raise ValueError(
+                f"ppo.normalize_advantage must be true or false, got {self.normalize_advantage!r}"
+            )
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> PPOSettings:
+        """From a preset's ``ppo`` block; unknown keys are refused with the valid ones."""
+        return cls(**_from_mapping(cls, data, "ppo"))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form (schedules stay strings)."""
+        return dataclasses.asdict(self)
+
+    def algo_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for SB3's ``PPO``/``RecurrentPPO`` (schedules resolved to callables)."""
+        kwargs = self.to_dict()
+        kwargs["learning_rate"] = resolve_schedule(self.learning_rate, "ppo.learning_rate")
+        kwargs["clip_range"] = resolve_schedule(self.clip_range, "ppo.clip_range")
+        if self.clip_range_vf is not None:
+            kwargs["clip_range_vf"] = resolve_schedule(self.clip_range_vf, "ppo.clip_range_vf")
+        return kwargs
+
+
+@dataclass(frozen=True)
+class AgentPreset:
+    """Everything that defines an agent on an environment family, as plain data (JSON in and out).
+
+    ``n_envs`` and ``n_timesteps`` are the preset's defaults until a run sets them; a run config holds
+    its preset with the run's values, so each value has one home.
+    """
+
+    agent: str
+    """The agent's name (``rims_ppo``, ``lstm_ppo``, ``ppo``)."""
+    family: str
+    """The environment family the preset is for (``atari``, ``minigrid``, ``classic``)."""
+    algo: str
+    """``RecurrentPPO`` or ``PPO``."""
+    policy: str
+    """Policy class name, or ``auto`` to pick Mlp/Cnn/MultiInput from the observation space."""
+    n_envs: int
+    """Parallel environments."""
+    n_timesteps: int
+    """Training budget in environment steps."""
+    ppo: PPOSettings
+    """The algorithm's arguments."""
+    policy_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    """Keyword arguments of the policy constructor (class names as strings)."""
+    env: Mapping[str, Any] = field(default_factory=dict)
+    """Wrapper settings the agent is trained with (e.g. Atari frame stacking), merged under the env's own."""
+    vec_env: str | None = None
+    """Vectorisation: ``None`` (in-process for MiniGrid, subprocesses for Atari) or one of VEC_ENVS."""
+    source: str = ""
+    """Where the values come from."""
+
+    def __post_init__(self) -> None:
+        if self.algo not in ALGOS:
+            raise ValueError(f"algo must be one of {ALGOS}, got {self.algo!r}")
+        recurrent = self.algo == "RecurrentPPO"
+        valid = ("auto", *(RECURRENT_POLICIES if recurrent else FF_POLICIES))
+        if self.policy not in valid:
+            raise ValueError(f"policy for {self.algo} must be one of {valid}, got {self.policy!r}")
+        _check_int("n_envs", self.n_envs, 1)
+        _check_int("n_timesteps", self.n_timesteps, 1)
+        if self.vec_env is not None and self.vec_env not in VEC_ENVS:
+            raise ValueError(f"vec_env must be null or one of {VEC_ENVS}, got {self.vec_env!r}")
+        for name in ("policy_kwargs", "env"):
+            if not isinstance(getattr(self, name), Mapping):
+                raise ValueError(f"{name} must be a mapping, got {getattr(self, name)!r}")
+        buffer = self.ppo.n_steps * self.n_envs
+        if self.ppo.normalize_advantage and buffer < 2:
+            raise ValueError("n_steps * n_envs must be > 1 when normalize_advantage=True (SB3 requirement)")
+        if self.ppo.batch_size > buffer:
+            raise ValueError(
+                f"ppo.batch_size={self.ppo.batch_size} exceeds the rollout size n_steps*n_envs={buffer}"
+            )
+        if buffer % self.ppo.batch_size:
+            raise ValueError(
+                f"ppo.batch_size={self.ppo.batch_size} must divide the rollout size n_steps*n_envs={buffer} "
+                f"(else each epoch ends with a minibatch of {buffer % self.ppo.batch_size} samples)"
+            )
+        self._check_policy_kwargs(recurrent)
+
+    def _check_policy_kwargs(self, recurrent: bool) -> None:
+        """Types of the names we resolve ourselves; the policy constructor checks the rest."""
+        pk = self.policy_kwargs
+        if not recurrent:
+            bad = sorted(set(RECURRENT_KWARGS) & set(pk))
+            if bad:
+                raise ValueError(f"policy_kwargs {bad} need algo='RecurrentPPO' (a recurrent policy)")
+        if pk.get("shared_lstm") and pk.get("enable_critic_lstm", True):
+            raise ValueError("policy_kwargs: choose one of shared_lstm and enable_critic_lstm")
+        fe = pk.get("features_extractor_class")
+        if fe is not None and fe not in EXTRACTORS:
+            raise ValueError(f"unknown features_extractor_class {fe!r}{hint(str(fe), EXTRACTORS)}")
+        act = pk.get("activation_fn")
+        if act is not None and (not isinstance(act, str) or act.lower() not in ACTIVATIONS):
+            raise ValueError(f"unknown activation_fn {act!r}; one of {ACTIVATIONS}")
+        for name in ("features_extractor_kwargs", "optimizer_kwargs", "lstm_kwargs", "rims_kwargs"):
+            if pk.get(name) is not None and not isinstance(pk[name], Mapping):
+                raise ValueError(f"policy_kwargs.{name} must be a mapping, got {pk[name]!r}")
+        for name in ("shared_lstm", "enable_critic_lstm", "normalize_images", "ortho_init"):
+            if name in pk and not isinstance(pk[name], bool):
+                raise ValueError(f"policy_kwargs.{name} must be true or false, got {pk[name]!r}")
+        arch = pk.get("net_arch")
+        if arch is not None and not _is_net_arch(arch):
+            raise ValueError(
+                f"policy_kwargs.net_arch must be a list of layer sizes or {{'pi': [...], 'vf': [...]}}, "
+                f"got {arch!r}"
+            )
+
+    @property
+    def recurrent(self) -> bool:
+        """True for RecurrentPPO agents."""
+        return self.algo == "RecurrentPPO"
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> AgentPreset:
+        """From the JSON form; unknown keys and bad values raise ``ValueError`` naming them."""
+        kwargs = _from_mapping(cls, data, "preset")
+        for name in ("agent", "family", "algo", "policy", "n_envs", "n_timesteps", "ppo"):
+            if name not in kwargs:
+                raise ValueError(f"preset lacks {name!r}")
+        kwargs["ppo"] = PPOSettings.from_dict(kwargs["ppo"])
+        return cls(**kwargs)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form (the layout run directories and checkpoints store under ``model``)."""
+        return {
+            "agent": self.agent,
+            "family": self.family,
+            "algo": self.algo,
+            "policy": self.policy,
+            "n_envs": self.n_envs,
+            "vec_env": self.vec_env,
+            "n_timesteps": self.n_timesteps,
+            "env": _plain(self.env),
+            "policy_kwargs": _plain(self.policy_kwargs),
+            "ppo": self.ppo.to_dict(),
+            "source": self.source,
+        }
+
+    def replace(self, **changes: Any) -> AgentPreset:
+        """A copy with fields changed, validated again."""
+        return dataclasses.replace(self, **changes)
+
+
+def _is_net_arch(arch: Any) -> bool:
+    def sizes(x: Any) -> bool:
+        return isinstance(x, list) and all(_is_int(n) and n > 0 for n in x)
+
+    if isinstance(arch, Mapping):
+        return set(arch) <= {"pi", "vf"} and all(sizes(v) for v in arch.values())
+    return sizes(arch)
+
+
+def _plain(value: Any) -> Any:
+    """Deep copy of nested mappings/lists as plain dicts/lists (JSON-ready, no shared references)."""
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value

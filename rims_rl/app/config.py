@@ -1,0 +1,237 @@
+"""The run config: what one training run is, as a typed record stored as ``config.json``.
+
+A ``RunConfig`` holds the agent's ``AgentPreset`` with the run's own values applied (``n_envs``, the
+budget, ``--set`` overrides), the env, the seed and the device, each value once. ``resolve_config`` builds
+it from what the user typed and checks every value before anything is built or written; its errors are
+``UserError``. ``RunConfig.from_dict`` also reads the older layout (top-level ``timesteps``/``n_envs``
+beside the preset), so checkpoints written before this record existed still load.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from agents import AgentPreset, apply_overrides, get_preset, parse_overrides
+from envs import EnvSpec, get_suite
+from envs.make import as_spec, check_spec_kwargs
+from envs.registry import env_family
+from rims_rl.app.errors import UserError, user_input
+
+DEFAULT_N_CHECKPOINTS = 10  # checkpoints per run when checkpoint_every is not given
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class EnvRef:
+    """The env a run trains on: a suite's train spec or a bare id, with the spec's own kwargs."""
+
+    name: str
+    """Label of the env in results (a suite's spec name, or the id)."""
+    env_id: str
+    """Gymnasium id."""
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+    """The spec's own keyword arguments (the preset's ``env`` settings are merged under them)."""
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One training run, fully resolved; ``to_dict`` is ``config.json``."""
+
+    model: AgentPreset
+    """The agent preset with the run's n_envs, budget (``n_timesteps``) and overrides applied."""
+    env: EnvRef
+    """What it trains on."""
+    seed: int
+    """Seed of the envs, the policy initialisation and sampling."""
+    timesteps_requested: int
+    """The budget asked for; ``model.n_timesteps`` is it rounded up to whole rollouts."""
+    checkpoint_every: int
+    """Environment steps between checkpoints."""
+    suite: str | None = None
+    """The suite whose train env this is, if any."""
+    device: str = "auto"
+    """Torch device: auto, cpu, cuda or cuda:N."""
+    overrides: Mapping[str, Any] = field(default_factory=dict)
+    """The ``--set`` overrides as given (already applied to ``model``; kept to tell runs apart)."""
+    observation_space: Mapping[str, Any] | None = None
+    """The training env's observation space (``describe_space``), set when the run starts."""
+    action_space: Mapping[str, Any] | None = None
+    """The training env's action space, likewise."""
+    created: str | None = None
+    """When the run directory was created."""
+    command: Sequence[str] = ()
+    """The command line that created the run."""
+    versions: Mapping[str, str] = field(default_factory=dict)
+    """Versions of Python and the libraries that trained it."""
+
+    @property
+    def agent(self) -> str:
+        """The agent's name."""
+        return self.model.agent
+
+    @property
+    def n_envs(self) -> int:
+        """Parallel training envs."""
+        return self.model.n_envs
+
+    @property
+    def timesteps(self) -> int:
+        """The training budget in env steps (a whole number of rollouts)."""
+        return self.model.n_timesteps
+
+    @property
+    def rollout_size(self) -> int:
+        """Env steps per rollout, ``n_steps * n_envs``."""
+        return self.model.ppo.n_steps * self.model.n_envs
+
+    def env_spec(self) -> EnvSpec:
+        """The training env as an ``EnvSpec``: the preset's env settings under the spec's own kwargs."""
+        return EnvSpec(self.env.name, self.env.env_id, {**self.model.env, **self.env.kwargs})
+
+    def with_device(self, device: str) -> RunConfig:
+        """The same run on another device (a resumed run may move)."""
+        _check_device(device)
+        return replace(self, device=device)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form written as ``config.json`` and inside checkpoints."""
+        return {
+            "env": {"name": self.env.name, "env_id": self.env.env_id, "kwargs": dict(self.env.kwargs)},
+            "suite": self.suite,
+            "seed": self.seed,
+            "timesteps_requested": self.timesteps_requested,
+            "checkpoint_every": self.checkpoint_every,
+            "device": self.device,
+            "overrides": dict(self.overrides),
+            "model": self.model.to_dict(),
+            "observation_space": self.observation_space,
+            "action_space": self.action_space,
+            "created": self.created,
+            "command": list(self.command),
+            "versions": dict(self.versions),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RunConfig:
+        """From ``config.json`` (untrusted: every field is checked); ``ValueError`` names a bad one."""
+        if not isinstance(data, Mapping):
+            raise ValueError(f"a run config must be a JSON object, got {type(data).__name__}")
+        model = data.get("model")
+        env = data.get("env")
+        if not isinstance(model, Mapping) or not isinstance(env, Mapping):
+            raise ValueError("a run config needs 'model' and 'env' objects")
+        model = dict(model)
+        if "timesteps" in data:  # the layout before RunConfig: run values beside the preset's defaults
+            model.update(n_timesteps=data["timesteps"], n_envs=data.get("n_envs", model.get("n_envs")))
+            model["vec_env"] = data.get("vec_env", model.get("vec_env"))
+        preset = AgentPreset.from_dict(model)
+        name, env_id, kwargs = env.get("name"), env.get("env_id"), env.get("kwargs", {})
+        if not isinstance(name, str) or not isinstance(env_id, str) or not isinstance(kwargs, Mapping):
+            raise ValueError(f"env must hold a name, an env_id and kwargs, got {dict(env)!r}")
+        seed = data.get("seed", 0)
+        requested = data.get("timesteps_requested", preset.n_timesteps)
+        every = data.get("checkpoint_every", preset.n_timesteps)
+        for what, value, low in (
+            ("seed", seed, 0),
+            ("timesteps_requested", requested, 1),
+            ("checkpoint_every", every, 1),
+        ):
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise ValueError(f"{what} must be an integer >= {low}, got {value!r}")
+        suite, device = data.get("suite"), data.get("device", "auto")
+        if suite is not None and not isinstance(suite, str):
+            raise ValueError(f"suite must be a name or null, got {suite!r}")
+        _check_device(device)
+        return cls(
+            model=preset,
+            env=EnvRef(name, env_id, dict(kwargs)),
+            seed=seed,
+            timesteps_requested=requested,
+            checkpoint_every=every,
+            suite=suite,
+            device=device,
+            overrides=dict(data.get("overrides") or {}),
+            observation_space=data.get("observation_space"),
+            action_space=data.get("action_space"),
+            created=data.get("created"),
+            command=tuple(data.get("command") or ()),
+            versions=dict(data.get("versions") or {}),
+        )
+
+
+def _check_device(device: Any) -> None:
+    if not isinstance(device, str) or (device not in DEVICES and not device.startswith("cuda:")):
+        raise ValueError(f"device must be one of {', '.join(DEVICES)} (or cuda:N), got {device!r}")
+
+
+def family_of(spec: EnvSpec) -> str:
+    """The preset family of an env: ``atari``, ``minigrid`` (MiniGrid-style ids) or ``classic``."""
+    return {"atari": "atari", "minigrid": "minigrid"}.get(env_family(spec.env_id), "classic")
+
+
+def resolve_env(env_id: str | None, suite: str | None) -> tuple[EnvSpec, str | None]:
+    """The ``EnvSpec`` to train on (an id, or a suite's train spec) and the suite name, validated."""
+    if (env_id is None) == (suite is None):
+        raise UserError("give exactly one of --env ID and --suite NAME")
+    with user_input():
+        if suite is not None:
+            return get_suite(suite).train, suite
+        spec = as_spec(env_id)  # type: ignore[arg-type]
+        check_spec_kwargs(spec)
+        env_family(spec.env_id)  # validates the id, listing close valid ids
+        return spec, None
+
+
+def resolve_config(
+    agent: str,
+    env_id: str | None = None,
+    *,
+    suite: str | None = None,
+    timesteps: int | None = None,
+    seed: int = 0,
+    n_envs: int | None = None,
+    device: str = "auto",
+    overrides: Mapping[str, Any] | Sequence[str] | None = None,
+    checkpoint_every: int | None = None,
+) -> RunConfig:
+    """The run config for what the user asked, every value checked; ``UserError`` before anything is built.
+
+    ``timesteps`` is rounded up to a whole number of rollouts (``n_steps * n_envs``) so that a run, and
+    a resumed run, ends exactly on its budget.
+    """
+    spec, suite_name = resolve_env(env_id, suite)
+    with user_input():
+        preset = get_preset(agent, family_of(spec))
+        given: dict[str, Any] = {}
+        if overrides:
+            given = dict(overrides) if isinstance(overrides, Mapping) else parse_overrides(list(overrides))
+            preset = apply_overrides(preset, given)
+        if n_envs is not None:
+            preset = preset.replace(n_envs=n_envs)
+        _check_device(device)
+        if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+            raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+        requested = preset.n_timesteps if timesteps is None else timesteps
+        if not isinstance(requested, int) or isinstance(requested, bool) or requested <= 0:
+            raise ValueError(f"timesteps must be a positive integer, got {requested!r}")
+        rollout = preset.ppo.n_steps * preset.n_envs
+        preset = preset.replace(n_timesteps=math.ceil(requested / rollout) * rollout)
+        if checkpoint_every is None:
+            checkpoint_every = math.ceil(preset.n_timesteps / DEFAULT_N_CHECKPOINTS / rollout) * rollout
+        if not isinstance(checkpoint_every, int) or checkpoint_every <= 0:
+            raise ValueError(f"checkpoint_every must be a positive integer, got {checkpoint_every!r}")
+        config = RunConfig(
+            model=preset,
+            env=EnvRef(spec.name, spec.env_id, dict(spec.kwargs)),
+            seed=seed,
+            timesteps_requested=requested,
+            checkpoint_every=checkpoint_every,
+            suite=suite_name,
+            device=device,
+            overrides=given,
+        )
+        check_spec_kwargs(config.env_spec())  # e.g. --set env.mode=99 on Atari
+    return config

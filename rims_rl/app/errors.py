@@ -1,0 +1,31 @@
+"""The one error type for the user's mistakes: a bad name, a bad value, a bad file.
+
+``train.py`` prints a ``UserError`` as one ``error: ...`` line and exits with status 2; every other
+exception is a bug or an environment failure and keeps its traceback. Library and agent code raise
+``ValueError`` as torch does; the application turns those into ``UserError`` only where it reads what
+the user gave (``user_input``), never around training, so a ``ValueError`` from inside the core during
+``learn`` still shows its traceback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+
+class UserError(Exception):
+    """Something the user can fix; the message says what was wrong and how to fix it."""
+
+
+@contextlib.contextmanager
+def user_input(what: str = "") -> Iterator[None]:
+    """Turn ``ValueError``/``TypeError`` raised while checking the user's input into ``UserError``.
+
+    ``what`` prefixes the message (e.g. ``"invalid policy settings"``).
+    """
+    try:
+        yield
+    except UserError:
+        raise
+    except (ValueError, TypeError) as err:
+        raise UserError(f"{what}: {err}" if what else str(err)) from err

@@ -1,0 +1,130 @@
+"""The run directory: its file names, its status record and its lock, owned here and nowhere else.
+
+::
+
+    <run_dir>/
+        config.json              the resolved RunConfig (rims_rl.app.config)
+        status.json              RunStatus: running | finished | interrupted | diverged | failed
+        logs/progress*.csv       SB3's scalars (one file per start, so a resume does not overwrite)
+        tb/                      TensorBoard
+        checkpoints/step_<n>.zip periodic checkpoints; checkpoints/latest names the newest
+        model.zip                the final model
+        .lock                    held (an OS file lock) while a process trains in the directory
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import fcntl
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+from rims_rl.app.atomic import atomic_write_json
+from rims_rl.app.errors import UserError
+
+CONFIG_NAME = "config.json"
+STATUS_NAME = "status.json"
+FINAL_MODEL = "model.zip"
+CHECKPOINTS_DIR = "checkpoints"
+LOGS_DIR = "logs"
+TB_DIR = "tb"
+LOCK_NAME = ".lock"
+
+State = Literal["running", "finished", "interrupted", "diverged", "failed"]
+
+
+@dataclass(frozen=True)
+class RunStatus:
+    """What happened to a run last (a SIGKILLed run stays ``running``)."""
+
+    state: State
+    """running, finished, interrupted (Ctrl-C), diverged (NaN/inf) or failed (an error; see message)."""
+    num_timesteps: int
+    """Environment steps trained when the state was written."""
+    checkpoint: str | None = None
+    """The checkpoint that holds those steps, if any."""
+    message: str = ""
+    """Why the run stopped, for the states that are not running or finished."""
+    time: str = ""
+    """When the state was written (ISO 8601, local time)."""
+
+
+def config_path(run_dir: str | Path) -> Path:
+    """``<run_dir>/config.json``."""
+    return Path(run_dir) / CONFIG_NAME
+
+
+def final_model(run_dir: str | Path) -> Path:
+    """``<run_dir>/model.zip`` (it may not exist yet)."""
+    return Path(run_dir) / FINAL_MODEL
+
+
+def checkpoints_dir(run_dir: str | Path) -> Path:
+    """``<run_dir>/checkpoints``."""
+    return Path(run_dir) / CHECKPOINTS_DIR
+
+
+def is_run_dir(path: str | Path) -> bool:
+    """True when ``path`` holds a run's ``config.json``."""
+    return config_path(path).is_file()
+
+
+def write_status(
+    run_dir: str | Path, state: State, num_timesteps: int, checkpoint: Path | None, message: str = ""
+) -> RunStatus:
+    """Record the run's state atomically in ``status.json``."""
+    status = RunStatus(
+        state=state,
+        num_timesteps=int(num_timesteps),
+        checkpoint=str(checkpoint) if checkpoint else None,
+        message=message,
+        time=_dt.datetime.now().isoformat(timespec="seconds"),
+    )
+    atomic_write_json(Path(run_dir) / STATUS_NAME, asdict(status))
+    return status
+
+
+def read_status(run_dir: str | Path) -> RunStatus | None:
+    """The run's ``status.json``, or None when it is missing or unreadable."""
+    try:
+        data = json.loads((Path(run_dir) / STATUS_NAME).read_text())
+        return RunStatus(**data)
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def finished_model(run_dir: str | Path) -> Path | None:
+    """The final model of a run whose status says finished, else None."""
+    path = final_model(run_dir)
+    if not path.is_file():
+        return None
+    status = read_status(run_dir)
+    return path if status is None or status.state == "finished" else None
+
+
+@contextlib.contextmanager
+def locked(run_dir: str | Path) -> Iterator[None]:
+    """Hold the run directory's lock; ``UserError`` at once if another process holds it.
+
+    An OS file lock (``flock``): the kernel releases it when the holder exits, even on SIGKILL, so a
+    crashed run never leaves a stale lock behind.
+    """
+    path = Path(run_dir) / LOCK_NAME
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(
+                f"{run_dir} is in use by another process (train, resume or compare); wait for it to finish "
+                "or stop it first"
+            ) from None
+        yield
+    finally:
+        os.close(fd)

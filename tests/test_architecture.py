@@ -1,0 +1,117 @@
+"""The layers import one way: library <- agents <- application <- train.py; envs/ imports no project code.
+
+Every import is read from the source with ``ast``, including imports inside functions, so a lazy import
+cannot hide a wrong-way dependency. Function-level project imports are few, and each has a comment
+saying why it is deferred.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PROJECT = ("rims_rl", "agents", "envs", "train", "experiments", "benchmarks", "tests")
+
+#: What each layer may import from the project (prefixes of module names).
+ALLOWED: dict[str, tuple[str, ...]] = {
+    "library": ("rims_rl",),  # never rims_rl.app (checked below)
+    "envs": ("envs",),
+    "agents": ("agents", "rims_rl"),  # the library only, never rims_rl.app
+    "app": ("rims_rl", "agents", "envs"),
+    "cli": ("rims_rl.app",),
+}
+#: Function-level project imports that are allowed, each deferred for a reason given at the import.
+DEFERRED = {("envs/registry.py", "envs.distractors")}
+
+
+def _layer(rel: str) -> str | None:
+    if rel.startswith("rims_rl/app/"):
+        return "app"
+    if rel.startswith("rims_rl/"):
+        return "library"
+    if rel.startswith("agents/"):
+        return "agents"
+    if rel.startswith("envs/"):
+        return "envs"
+    if rel == "train.py":
+        return "cli"
+    return None
+
+
+def _imports(rel: str, text: str) -> list[tuple[str, bool, int]]:
+    """``(module, inside a function, line)`` for every import of project code in a source file."""
+    tree = ast.parse(text, filename=rel)
+    found: list[tuple[str, bool, int]] = []
+
+    def visit(node: ast.AST, in_function: bool) -> None:
+        for child in ast.iter_child_nodes(node):
+            nested = in_function or isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda)
+            names: list[str] = []
+            if isinstance(child, ast.Import):
+                names = [a.name for a in child.names]
+            elif isinstance(child, ast.ImportFrom) and child.module and child.level == 0:
+                names = [child.module]
+            for name in names:
+                if name.split(".")[0] in PROJECT:
+                    found.append((name, in_function, child.lineno))
+            visit(child, nested)
+
+    visit(tree, False)
+    return found
+
+
+def _sources() -> dict[str, str]:
+    """Path relative to the repository -> source, for train.py and the three packages."""
+    files = [ROOT / "train.py"]
+    for package in ("rims_rl", "agents", "envs"):
+        files += sorted((ROOT / package).rglob("*.py"))
+    return {f.relative_to(ROOT).as_posix(): f.read_text() for f in files}
+
+
+def check_layers(sources: dict[str, str]) -> list[str]:
+    """Every import that goes the wrong way, as ``file:line imports module (layer)``."""
+    problems = []
+    for rel, text in sources.items():
+        layer = _layer(rel)
+        if layer is None:
+            continue
+        for module, _, line in _imports(rel, text):
+            ok = module.startswith(ALLOWED[layer]) or module.split(".")[0] in ALLOWED[layer]
+            if layer in ("library", "agents") and module.split(".")[:2] == ["rims_rl", "app"]:
+                ok = False  # the application layer sits on top of both
+            if not ok:
+                problems.append(f"{rel}:{line} imports {module} ({layer} layer)")
+    return problems
+
+
+def test_imports_go_one_way() -> None:
+    assert check_layers(_sources()) == []
+
+
+def test_function_level_project_imports_are_the_documented_few() -> None:
+    deferred = {
+        (rel, module)
+        for rel, text in _sources().items()
+        for module, inside, _ in _imports(rel, text)
+        if inside
+    }
+    assert deferred == DEFERRED
+
+
+@pytest.mark.parametrize(
+    ("rel", "line", "layer"),
+    [
+        ("rims_rl/policies.py", "from rims_rl.app.runs import train_run", "library"),
+        ("rims_rl/core.py", "def f():\n    import agents", "library"),
+        ("envs/make.py", "from rims_rl.extractors import MiniGridCNN", "envs"),
+        ("agents/config.py", "def f():\n    from rims_rl.app import config", "agents"),
+        ("train.py", "import agents", "cli"),
+    ],
+)
+def test_the_check_catches_a_wrong_way_import(rel: str, line: str, layer: str) -> None:
+    """Plant one wrong-way import (top-level or inside a function) in a copy and see the check name it."""
+    problems = check_layers({rel: (ROOT / rel).read_text() + "\n\n" + line + "\n"})
+    assert len(problems) == 1 and problems[0].startswith(rel) and f"({layer} layer)" in problems[0]
