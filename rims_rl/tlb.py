@@ -197,8 +197,9 @@ class TemporalLatentBottleneck(nn.Module):
         self.slow_ffn = _FFN(d, ffn_mult)
         self.slow_gate = nn.Linear(2 * d, 2 * d)
         self.reset_parameters()
-        #: Attention of the slow latents over the chunk's steps at the last chunk end of the last call,
-        #: ``[n_ended, n_heads, n_latents, chunk_size]`` (only the batch rows whose chunk ended), detached.
+        #: Attention of the slow latents over the chunk's steps at the most recent chunk end (kept across
+        #: calls, so T=1 rollout steps keep it), ``[n_ended, n_heads, n_latents, chunk_size]`` for the
+        #: batch rows whose chunk ended then; detached. ``None`` until a chunk has ended.
         self.last_slow_attention: Tensor | None = None
 
     def reset_parameters(self) -> None:
@@ -280,7 +281,6 @@ class TemporalLatentBottleneck(nn.Module):
         keep = None if episode_starts is None else (episode_starts == 0).unbind(0)
         slots = torch.arange(K, device=x.device)
         outputs = []
-        self.last_slow_attention = None
         for t in range(T):
             if keep is not None:
                 k = keep[t]
