@@ -223,7 +223,10 @@ class TemporalLatentBottleneck(nn.Module):
         return z, z.clone()
 
     def unpack_state(self, state: State) -> tuple[Tensor, Tensor, Tensor]:
-        """(slow latents [B, N, d], chunk memory [B, L+1, K-1, d], next position [B] long) of a state."""
+        """(slow latents [B, N, d], chunk memory [B, L+1, K-1, d], next position [B] long) of a state.
+
+        The position is rounded and clamped to [0, K-1], so a state that went through float buffers reads back
+        exactly."""
         s = torch.cat(state, dim=-1)[0]
         B, d = s.shape[0], self.d_model
         slow = self.initial_latents + s[:, : self._slow_size].view(B, self.n_latents, d)
@@ -287,16 +290,16 @@ class TemporalLatentBottleneck(nn.Module):
                 slow = torch.where(k[:, None, None], slow, self.initial_latents)
                 memory = memory * k[:, None, None, None].to(memory.dtype)
                 pos = torch.where(k, pos, 0)
-            here = (slots == pos[:, None])[:, None, :, None]  # [B, 1, K, 1]: this step's slot
+            here = (slots == pos[:, None]).unsqueeze(-1)  # [B, K, 1]: this step's slot
             visible = slots <= pos[:, None]  # [B, K]: causal mask within the chunk
             z = emb[t] + self.position[pos]
             written = []
             for layer_index, layer in enumerate(self.layers):
-                chunk = torch.where(here[:, 0], z[:, None], memory[:, layer_index])
+                chunk = torch.where(here, z[:, None], memory[:, layer_index])
                 written.append(chunk)
                 z = layer(z, chunk, visible, slow)
             y = self.norm_out(z)
-            written.append(torch.where(here[:, 0], y[:, None], memory[:, -1]))
+            written.append(torch.where(here, y[:, None], memory[:, -1]))
             memory = torch.stack(written, dim=1)
             outputs.append(self.out(y))
             ended = pos == K - 1
