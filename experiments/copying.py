@@ -18,6 +18,8 @@ also output "blank" while waiting) or over the copy positions only (``--loss-on 
 Run (CPU defaults are small; see docs/results/copying.md for the commands behind the reported numbers):
     python experiments/copying.py --model rims --out runs/copying/rims
     python experiments/copying.py --model lstm --out runs/copying/lstm
+    python experiments/copying.py --model tlb --out runs/copying/tlb        # Temporal Latent Bottleneck
+    python experiments/copying.py --model assembly --out runs/copying/asm   # stable assembly of CT-RNNs
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm import tqdm
 
-from rims_rl.copying import CopyingModel, copying_batch, make_core
+from rims_rl.copying import KINDS, CopyingModel, copying_batch, make_core
 
 
 @dataclass
@@ -55,6 +57,15 @@ class Args:
     comm_value_size: int = 32
     comm_heads: int = 4
     dropout: float = 0.1
+    n_latents: int = 4
+    chunk_size: int = 8
+    fast_layers: int = 1
+    heads: int = 2
+    d_model: int | None = None
+    n_modules: int = 6
+    alpha: float = 0.2
+    gain: float = 0.9
+    coupling: float = 0.5
     train_blank: int = 50
     test_blank: int = 200
     n_copy: int = 10
@@ -76,7 +87,7 @@ def parse_args(argv: list[str] | None = None) -> Args:
     """Parse ``argv`` (``sys.argv[1:]`` if None) into :class:`Args`."""
     d = Args()
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--model", choices=("rims", "lstm"), default=d.model)
+    p.add_argument("--model", choices=KINDS, default=d.model)
     p.add_argument("--hidden", type=int, default=d.hidden, help="total hidden size (RIMs: n_units * unit)")
     p.add_argument("--n-units", type=int, default=d.n_units, help="RIMs: number of units")
     p.add_argument("--k", type=int, default=d.k, help="RIMs: active units per step")
@@ -88,6 +99,15 @@ def parse_args(argv: list[str] | None = None) -> Args:
     p.add_argument("--comm-value-size", type=int, default=d.comm_value_size)
     p.add_argument("--comm-heads", type=int, default=d.comm_heads)
     p.add_argument("--dropout", type=float, default=d.dropout, help="RIMs: attention dropout (both)")
+    p.add_argument("--n-latents", type=int, default=d.n_latents, help="TLB: slow-stream latents")
+    p.add_argument("--chunk-size", type=int, default=d.chunk_size, help="TLB: steps per chunk")
+    p.add_argument("--fast-layers", type=int, default=d.fast_layers, help="TLB: fast-stream layers")
+    p.add_argument("--heads", type=int, default=d.heads, help="TLB: attention heads")
+    p.add_argument("--d-model", type=int, default=d.d_model, help="TLB: stream width (default: fit state)")
+    p.add_argument("--n-modules", type=int, default=d.n_modules, help="assembly: number of modules")
+    p.add_argument("--alpha", type=float, default=d.alpha, help="assembly: Euler step dt/tau")
+    p.add_argument("--gain", type=float, default=d.gain, help="assembly: cap on each module's ||W||")
+    p.add_argument("--coupling", type=float, default=d.coupling, help="assembly: cap on ||L||")
     p.add_argument("--train-blank", type=int, default=d.train_blank)
     p.add_argument("--test-blank", type=int, default=d.test_blank)
     p.add_argument("--n-copy", type=int, default=d.n_copy)
@@ -107,11 +127,11 @@ def parse_args(argv: list[str] | None = None) -> Args:
 
 
 def build_model(args: Args) -> CopyingModel:
-    """RIMs or LSTM core, wrapped with one-hot input and a linear head (see rims_rl.copying)."""
+    """The chosen core, wrapped with one-hot input and a linear head (see rims_rl.copying)."""
     input_size = args.n_symbols + 2  # symbols, blank, delimiter
-    rims_kwargs: dict[str, object] = {}
+    core_kwargs: dict[str, object] = {}
     if args.model == "rims":
-        rims_kwargs = dict(
+        core_kwargs = dict(
             n_units=args.n_units,
             k=args.k,
             cell=args.cell,
@@ -124,7 +144,17 @@ def build_model(args: Args) -> CopyingModel:
             comm_heads=args.comm_heads,
             comm_dropout=args.dropout,
         )
-    core = make_core(args.model, input_size, args.hidden, **rims_kwargs)
+    elif args.model == "tlb":
+        core_kwargs = dict(
+            n_latents=args.n_latents,
+            chunk_size=args.chunk_size,
+            n_layers=args.fast_layers,
+            n_heads=args.heads,
+            d_model=args.d_model,
+        )
+    elif args.model == "assembly":
+        core_kwargs = dict(n_modules=args.n_modules, alpha=args.alpha, gain=args.gain, coupling=args.coupling)
+    core = make_core(args.model, input_size, args.hidden, **core_kwargs)
     return CopyingModel(core, args.n_symbols)
 
 
@@ -157,6 +187,9 @@ def evaluate(model: CopyingModel, inputs: Tensor, targets: Tensor, n_copy: int) 
         metrics["active_frac_symbols"] = mask[:n_copy].mean((0, 1)).tolist()
         metrics["active_frac_blanks"] = mask[n_copy:-n_copy].mean((0, 1)).tolist()
         metrics["active_frac_copy"] = mask[-n_copy:].mean((0, 1)).tolist()
+    stats = getattr(core, "stats", None)
+    if callable(stats):  # TLB: slow-attention entropy; assembly: contraction margin
+        metrics.update(stats())
     return metrics
 
 
@@ -267,6 +300,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         "task": "copying",
         "args": asdict(args),
         "n_params": n_params,
+        "core": f"{type(model.core).__name__}({model.core.extra_repr()})",
         "device": str(device),
         "torch_threads": torch.get_num_threads(),
         "torch_version": torch.__version__,

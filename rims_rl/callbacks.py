@@ -8,7 +8,14 @@ unit of the actor's (and a separate critic's) RIMs core is active, and logs:
 - ``rims/usage_entropy``: entropy of the usage distribution ``p_i = freq_i / k`` divided by
   ``log(n_units)``; 1.0 means every unit is used equally often, lower means some units dominate.
 
-Critic statistics go under ``rims_critic/``. Policies without RIMs cores log nothing.
+Critic statistics go under ``rims_critic/``. The other modular cores log their ``stats()`` at the end of
+each rollout (the state after the rollout's last step):
+
+- ``tlb/slow_attention_entropy``: normalised entropy of the slow latents' attention over the steps of the
+  most recent chunk (1: every step read equally; low: the bottleneck picks a few steps);
+- ``assembly/contraction_margin``: ``1 - rho``, the guaranteed per-step contraction of the assembly.
+
+Critic cores log under ``tlb_critic/`` and ``assembly_critic/``. Policies without such cores log nothing.
 """
 
 from __future__ import annotations
@@ -19,7 +26,11 @@ import numpy as np
 import torch as th
 from stable_baselines3.common.callbacks import BaseCallback
 
+from rims_rl.assembly import StableAssembly
 from rims_rl.core import RIMs
+from rims_rl.tlb import TemporalLatentBottleneck
+
+_STATS_PREFIX: dict[type, str] = {TemporalLatentBottleneck: "tlb", StableAssembly: "assembly"}
 
 
 def usage_entropy(active_fraction: np.ndarray) -> float:
@@ -45,8 +56,20 @@ def _rims_cores(policy: th.nn.Module) -> dict[str, RIMs]:
     return {prefix: c for prefix, c in cores.items() if isinstance(c, RIMs)}
 
 
+def _modular_cores(policy: th.nn.Module) -> dict[str, TemporalLatentBottleneck | StableAssembly]:
+    """TLB / assembly cores of a policy by TensorBoard prefix (``tlb``, ``assembly_critic``, ...)."""
+    found = {}
+    for role, suffix in (("lstm_actor", ""), ("lstm_critic", "_critic")):
+        core = getattr(policy, role, None)
+        prefix = _STATS_PREFIX.get(type(core))
+        if prefix is not None:
+            found[prefix + suffix] = core
+    return found
+
+
 class RimsStatsCallback(BaseCallback):
-    """Log per-unit activation frequency and usage evenness of the RIMs cores once per rollout.
+    """Log per-unit activation frequency and usage evenness of the RIMs cores once per rollout (and the
+    TLB / assembly cores' ``stats()``).
 
     Reads ``last_active_mask`` after every environment step (the policy ran the cores on that step's
     observation just before), so only rollout steps are counted, not training minibatches.
@@ -79,3 +102,6 @@ class RimsStatsCallback(BaseCallback):
             for i, f in enumerate(freq):
                 self.logger.record(f"{prefix}/unit_{i}_active", float(f))
             self.logger.record(f"{prefix}/usage_entropy", usage_entropy(freq))
+        for prefix, core in _modular_cores(self.model.policy).items():
+            for key, value in core.stats().items():
+                self.logger.record(f"{prefix}/{key}", value)

@@ -10,7 +10,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from rims_rl.assembly import StableAssembly
 from rims_rl.core import RIMs
+from rims_rl.tlb import TemporalLatentBottleneck
+
+#: Core kinds :func:`make_core` builds.
+KINDS: tuple[str, ...] = ("rims", "lstm", "tlb", "assembly")
 
 
 def copying_batch(
@@ -38,7 +43,7 @@ def copying_batch(
 
 
 class CopyingModel(nn.Module):
-    """One-hot tokens -> recurrent core (RIMs or LSTM) -> logits over symbols + blank."""
+    """One-hot tokens -> recurrent core (any of ``KINDS``) -> logits over symbols + blank."""
 
     def __init__(self, core: nn.Module, n_symbols: int = 8) -> None:
         super().__init__()
@@ -57,10 +62,18 @@ class CopyingModel(nn.Module):
         return self.head(out)
 
 
-def make_core(kind: str, input_size: int, hidden_size: int, **rims_kwargs: object) -> nn.Module:
-    """``"rims"`` -> :class:`RIMs`, ``"lstm"`` -> ``nn.LSTM`` with the same hidden size."""
+def make_core(kind: str, input_size: int, hidden_size: int, **core_kwargs: object) -> nn.Module:
+    """A core of output size ``hidden_size``: ``"rims"`` (:class:`RIMs`), ``"lstm"`` (``nn.LSTM``), ``"tlb"``
+    (:class:`TemporalLatentBottleneck`) or ``"assembly"`` (:class:`StableAssembly`); ``core_kwargs`` go
+    to the constructor (none for LSTM)."""
     if kind == "rims":
-        return RIMs(input_size, hidden_size, **rims_kwargs)
+        return RIMs(input_size, hidden_size, **core_kwargs)
+    if kind == "tlb":
+        return TemporalLatentBottleneck(input_size, hidden_size, **core_kwargs)
+    if kind == "assembly":
+        return StableAssembly(input_size, hidden_size, **core_kwargs)
     if kind == "lstm":
+        if core_kwargs:
+            raise ValueError(f"kind='lstm' takes no core_kwargs, got {sorted(core_kwargs)}")
         return nn.LSTM(input_size, hidden_size)
-    raise ValueError(f"kind must be 'rims' or 'lstm', got {kind!r}")
+    raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")

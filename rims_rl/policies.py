@@ -2,7 +2,9 @@
 
 ``RecurrentPPO(MlpRimsPolicy, env, policy_kwargs={"rims_kwargs": {"n_units": 6, "k": 4, "unit_size": 32}})``
 
-The recurrent core is chosen with ``core``: ``"rims"`` (default), ``"lstm"`` or ``"gru"``. With ``"lstm"``
+The recurrent core is chosen with ``core``: ``"rims"`` (default), ``"lstm"``, ``"gru"``, or one of the other
+modular cores, ``"tlb"`` (:class:`rims_rl.tlb.TemporalLatentBottleneck`) and ``"assembly"``
+(:class:`rims_rl.assembly.StableAssembly`), configured with ``core_kwargs``. With ``"lstm"``
 the policy is the same model as sb3-contrib's ``MlpLstmPolicy`` (same parameters, same names, same
 per-step semantics), so RIMs and LSTM agents differ only in the core. The critic follows sb3-contrib:
 its own core (``enable_critic_lstm=True``), the actor's core shared (``shared_lstm=True``, no critic
@@ -36,9 +38,16 @@ from stable_baselines3.common.torch_layers import (
 from stable_baselines3.common.type_aliases import Schedule
 from torch import nn
 
+from rims_rl.assembly import StableAssembly
 from rims_rl.core import RIMs
+from rims_rl.tlb import TemporalLatentBottleneck
 
-CORES: tuple[str, ...] = ("rims", "lstm", "gru")
+#: Modular cores other than RIMs, configured through the generic ``core_kwargs`` (their constructor's
+#: arguments except the sizes, which come from the policy).
+MODULAR_CORES: dict[str, type[nn.Module]] = {"tlb": TemporalLatentBottleneck, "assembly": StableAssembly}
+CORES: tuple[str, ...] = ("rims", "lstm", "gru", *MODULAR_CORES)
+#: Cores that take ``episode_starts`` themselves (resets anywhere in a sequence, one call).
+_STARTS_AWARE = (RIMs, *MODULAR_CORES.values())
 #: Keys accepted in ``rims_kwargs``: the ``RIMs`` constructor's arguments (its sizes come from the policy)
 #: plus ``unit_size``, which sets the hidden size to ``n_units * unit_size``.
 RIMS_KWARGS: tuple[str, ...] = tuple(
@@ -60,9 +69,17 @@ def _close(name: str, valid: tuple[str, ...]) -> str:
 
 
 def resolve_core_config(
-    core: str, lstm_hidden_size: int | None, rims_kwargs: dict[str, Any] | None, n_lstm_layers: int = 1
+    core: str,
+    lstm_hidden_size: int | None,
+    rims_kwargs: dict[str, Any] | None,
+    n_lstm_layers: int = 1,
+    core_kwargs: dict[str, Any] | None = None,
 ) -> tuple[int, dict[str, Any]]:
-    """Check the core settings and return ``(hidden_size, kwargs for RIMs)``.
+    """Check the core settings and return ``(hidden_size, kwargs for the core's constructor)``.
+
+    ``rims_kwargs`` configure ``core="rims"``; ``core_kwargs`` configure the other modular cores
+    (``MODULAR_CORES``). Hidden size when not given: 256 for LSTM/GRU/TLB, ``n_units * 32`` for RIMs and
+    ``n_modules * 32`` for the assembly (it must divide into modules).
 
     Raises ``ValueError`` with the offending key and value, before any module is built, so bad
     ``policy_kwargs`` fail at construction with a readable message rather than deep in torch.
@@ -75,6 +92,13 @@ def resolve_core_config(
         raise ValueError(f"lstm_hidden_size must be a positive integer or None, got {lstm_hidden_size!r}")
     if not isinstance(n_lstm_layers, int) or n_lstm_layers < 1:
         raise ValueError(f"n_lstm_layers must be a positive integer, got {n_lstm_layers!r}")
+    if core_kwargs and core not in MODULAR_CORES:
+        raise ValueError(
+            f"core_kwargs configure core in {tuple(MODULAR_CORES)}, got core={core!r}"
+            + ("; use rims_kwargs for RIMs" if core == "rims" else "")
+        )
+    if core in MODULAR_CORES:
+        return _resolve_modular(core, lstm_hidden_size, rims_kwargs, n_lstm_layers, core_kwargs)
     if core != "rims":
         if rims_kwargs:
             raise ValueError(f"rims_kwargs is only used with core='rims', got core={core!r}")
@@ -121,6 +145,46 @@ def resolve_core_config(
     return hidden, kwargs
 
 
+def _resolve_modular(
+    core: str,
+    lstm_hidden_size: int | None,
+    rims_kwargs: dict[str, Any] | None,
+    n_lstm_layers: int,
+    core_kwargs: dict[str, Any] | None,
+) -> tuple[int, dict[str, Any]]:
+    """``resolve_core_config`` for ``MODULAR_CORES``: known keys, one layer, values checked by a build."""
+    if rims_kwargs:
+        raise ValueError(f"rims_kwargs is only used with core='rims'; give core={core!r} core_kwargs")
+    if n_lstm_layers != 1:
+        raise ValueError(f"core={core!r} has one layer; n_lstm_layers must be 1, got {n_lstm_layers}")
+    if not isinstance(core_kwargs, dict | None):
+        raise ValueError(f"core_kwargs must be a dict, got {type(core_kwargs).__name__}")
+    cls = MODULAR_CORES[core]
+    valid = tuple(
+        n
+        for n in inspect.signature(cls.__init__).parameters
+        if n not in ("self", "input_size", "hidden_size")
+    )
+    kwargs = dict(core_kwargs or {})
+    for key in kwargs:
+        if key not in valid:
+            raise ValueError(
+                f"unknown core_kwargs key {key!r} for core={core!r}{_close(key, valid)} (valid: {valid})"
+            )
+    if lstm_hidden_size is not None:
+        hidden = lstm_hidden_size
+    elif core == "assembly":
+        n_modules = kwargs.get("n_modules", inspect.signature(cls.__init__).parameters["n_modules"].default)
+        hidden = n_modules * DEFAULT_UNIT_SIZE if isinstance(n_modules, int) else DEFAULT_LSTM_HIDDEN
+    else:
+        hidden = DEFAULT_LSTM_HIDDEN
+    try:  # the core checks every value; build a throwaway one so errors surface here, named
+        cls(1, hidden, **kwargs)
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"invalid core_kwargs {core_kwargs!r} for core={core!r}: {err}") from err
+    return hidden, kwargs
+
+
 class GRUCore(nn.Module):
     """``nn.GRU`` with ``nn.LSTM``'s ``(h, c)`` interface (``c`` kept zero) for sb3-contrib's buffers."""
 
@@ -142,11 +206,12 @@ class RimsActorCriticPolicy(RecurrentActorCriticPolicy):
 
     Takes every argument of ``RecurrentActorCriticPolicy`` plus:
 
-    :param core: ``"rims"``, ``"lstm"`` or ``"gru"``.
+    :param core: ``"rims"``, ``"lstm"``, ``"gru"``, ``"tlb"`` or ``"assembly"``.
     :param rims_kwargs: arguments of ``rims_rl.core.RIMs`` (n_units, k, cell, attention sizes,
         dropouts, comm_top_k, use_comm) plus ``unit_size``; see ``RIMS_KWARGS``.
     :param lstm_hidden_size: total hidden size; for RIMs ``n_units * unit_size`` (``None``: 256 for
         LSTM/GRU, ``n_units * 32`` for RIMs).
+    :param core_kwargs: arguments of the ``"tlb"`` / ``"assembly"`` core's constructor (``MODULAR_CORES``).
     """
 
     def __init__(
@@ -175,14 +240,20 @@ class RimsActorCriticPolicy(RecurrentActorCriticPolicy):
         lstm_kwargs: dict[str, Any] | None = None,
         core: str = "rims",
         rims_kwargs: dict[str, Any] | None = None,
+        core_kwargs: dict[str, Any] | None = None,
     ) -> None:
-        hidden, core_kwargs = resolve_core_config(core, lstm_hidden_size, rims_kwargs, n_lstm_layers)
+        hidden, resolved_kwargs = resolve_core_config(
+            core, lstm_hidden_size, rims_kwargs, n_lstm_layers, core_kwargs
+        )
         if shared_lstm and enable_critic_lstm:
             raise ValueError("choose one of shared_lstm and enable_critic_lstm (or neither: a linear critic)")
         if shared_lstm and not share_features_extractor:
             raise ValueError("shared_lstm=True needs share_features_extractor=True")
-        if lstm_kwargs and core == "rims":
-            raise ValueError("lstm_kwargs apply to core='lstm'/'gru'; use rims_kwargs for core='rims'")
+        if lstm_kwargs and core not in ("lstm", "gru"):
+            raise ValueError(
+                f"lstm_kwargs apply to core='lstm'/'gru'; use rims_kwargs (rims) or core_kwargs "
+                f"for core={core!r}"
+            )
         self.lstm_output_dim = hidden
         # RecurrentActorCriticPolicy.__init__ hard-codes nn.LSTM and then rebuilds the optimizer; we run
         # its body here with our core factory, so no throwaway LSTM is built and the optimizer (created
@@ -210,7 +281,8 @@ class RimsActorCriticPolicy(RecurrentActorCriticPolicy):
         )
         self.core = core
         self.rims_kwargs = dict(rims_kwargs or {})
-        self._core_kwargs = core_kwargs
+        self.core_kwargs = dict(core_kwargs or {})
+        self._core_kwargs = resolved_kwargs
         self.lstm_kwargs = dict(lstm_kwargs or {})
         self.n_lstm_layers = n_lstm_layers
         self.shared_lstm = shared_lstm
@@ -229,6 +301,8 @@ class RimsActorCriticPolicy(RecurrentActorCriticPolicy):
         """Factory for the actor/critic cores; override to try other cores (called before the optimizer)."""
         if self.core == "rims":
             return RIMs(self.features_dim, self.lstm_output_dim, **self._core_kwargs)
+        if self.core in MODULAR_CORES:
+            return MODULAR_CORES[self.core](self.features_dim, self.lstm_output_dim, **self._core_kwargs)
         if self.core == "gru":
             return GRUCore(self.features_dim, self.lstm_output_dim, **self.lstm_kwargs)
         return nn.LSTM(
@@ -251,6 +325,7 @@ class RimsActorCriticPolicy(RecurrentActorCriticPolicy):
             lstm_kwargs=self.lstm_kwargs,
             core=self.core,
             rims_kwargs=self.rims_kwargs,
+            core_kwargs=self.core_kwargs,
         )
         return data
 
@@ -261,14 +336,15 @@ class RimsActorCriticPolicy(RecurrentActorCriticPolicy):
         """Run the core over ``[n_seq * T]`` flattened sequences in one call where that is exact.
 
         Same contract as sb3-contrib's version (state zeroed before each step whose episode_start is
-        1). RIMs handles starts anywhere itself. For LSTM/GRU, starts only on the first step (always
-        the case for padded training sequences, and for T=1 rollout steps) mean: zero the initial
-        state there, then one cuDNN/oneDNN call; otherwise the per-step loop.
+        1). RIMs and the other modular cores handle starts anywhere themselves. For LSTM/GRU, starts
+        only on the first step (always the case for padded training sequences, and for T=1 rollout
+        steps) mean: zero the initial state there, then one cuDNN/oneDNN call; otherwise the per-step
+        loop.
         """
         n_seq = lstm_states[0].shape[1]
         x = features.reshape((n_seq, -1, lstm.input_size)).swapaxes(0, 1)
         starts = episode_starts.reshape((n_seq, -1)).swapaxes(0, 1)
-        if isinstance(lstm, RIMs):
+        if isinstance(lstm, _STARTS_AWARE):
             out, lstm_states = lstm(x, lstm_states, episode_starts=starts)
         elif not th.any(starts[1:]):
             keep = (1.0 - starts[0]).view(1, n_seq, 1)

@@ -24,7 +24,7 @@ def _load_script() -> ModuleType:
     return module
 
 
-@pytest.mark.parametrize("model", ["rims", "lstm"])
+@pytest.mark.parametrize("model", ["rims", "lstm", "tlb", "assembly"])
 def test_copying_script_tiny_run_writes_results(model: str, tmp_path: Path) -> None:
     script = _load_script()
     out = tmp_path / model
@@ -35,6 +35,7 @@ def test_copying_script_tiny_run_writes_results(model: str, tmp_path: Path) -> N
         "--n-copy", "2", "--train-blank", "3", "--test-blank", "6",
         "--steps", "3", "--batch-size", "4", "--eval-every", "2", "--eval-batch", "8",
         "--device", "cpu", "--out", str(out),
+        "--chunk-size", "2", "--n-latents", "2", "--n-modules", "3",
     ]  # fmt: skip
     script.main(argv)
 
@@ -50,6 +51,10 @@ def test_copying_script_tiny_run_writes_results(model: str, tmp_path: Path) -> N
         assert 0.0 <= metrics["acc_symbol"] <= 1.0
         if model == "rims":
             assert len(metrics["active_frac_blanks"]) == 3
+        if model == "tlb":
+            assert 0.0 <= metrics["slow_attention_entropy"] <= 1.0 + 1e-6
+        if model == "assembly":
+            assert 0.0 < metrics["contraction_margin"] < 1.0
     for key in ("n_params", "wall_s", "chance_ce_copy"):
         assert math.isfinite(result[key])
 

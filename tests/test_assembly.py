@@ -1,0 +1,163 @@
+"""Stable assembly core: guaranteed contraction (random and adversarially trained weights), step ==
+sequence, gradients, errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rims_rl.assembly import StableAssembly, contraction_bound
+
+# A setting where the skew symmetry of the coupling matters: a non-skew L of norm 1.2 could add up to
+# a * 1.2 = 0.6 to the rate, far above the guaranteed rho_max = sqrt(0.25 + 0.36) + 0.15 = 0.93.
+STRONG = {"n_modules": 4, "alpha": 0.5, "gain": 0.3, "coupling": 1.2}
+
+
+def make(seed: int = 0, **kwargs) -> StableAssembly:
+    torch.manual_seed(seed)
+    return StableAssembly(3, 16, **{**STRONG, **kwargs}).double()
+
+
+def assert_contracts(core: StableAssembly, seed: int = 1, steps: int = 15) -> None:
+    """Two far-apart states under the same inputs: every step shrinks their distance by rho or more."""
+    rho = core.contraction_rate()
+    assert rho < 1.0
+    gen = torch.Generator().manual_seed(seed)
+    B = 64
+    x = 3.0 * torch.randn(steps, B, 3, generator=gen, dtype=torch.float64)
+    h1 = 4.0 * torch.randn(1, B, 16, generator=gen, dtype=torch.float64)
+    h2 = h1 + torch.randn(1, B, 16, generator=gen, dtype=torch.float64) * torch.rand(1, B, 1, generator=gen)
+    s1, s2 = (h1, torch.zeros_like(h1)), (h2, torch.zeros_like(h2))
+    with torch.no_grad():
+        for t in range(steps):
+            d0 = (s1[0] - s2[0]).norm(dim=-1)
+            _, s1 = core(x[t : t + 1], s1)
+            _, s2 = core(x[t : t + 1], s2)
+            d1 = (s1[0] - s2[0]).norm(dim=-1)
+            assert bool((d1 <= rho * d0 * (1 + 1e-9)).all()), (t, (d1 / d0).max().item(), rho)
+
+
+def assert_jacobian_bounded(core: StableAssembly, seed: int = 2) -> None:
+    """||d x' / d x||_2 <= rho at random (large) states: the bound the rate is derived from."""
+    rho = core.contraction_rate()
+    gen = torch.Generator().manual_seed(seed)
+    u = torch.randn(1, 16, generator=gen, dtype=torch.float64)
+    for _ in range(20):
+        x = 2.0 * torch.randn(1, 16, generator=gen, dtype=torch.float64)
+        jac = torch.autograd.functional.jacobian(lambda v: core.step(v, u), x)[0, :, 0, :]
+        assert torch.linalg.matrix_norm(jac, ord=2).item() <= rho + 1e-12
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"n_modules": 2, "alpha": 0.2, "gain": 0.9, "coupling": 0.5}])
+def test_random_weights_contract_at_the_guaranteed_rate(kwargs: dict) -> None:
+    for seed in range(3):
+        core = make(seed, **kwargs)
+        with torch.no_grad():  # random weights well outside the init scale: the caps must bind
+            core.v.normal_(0.0, 3.0)
+            core.a.normal_(0.0, 3.0)
+        assert core.contraction_rate() <= core.max_contraction_rate + 1e-12
+        assert_contracts(core, seed)
+        assert_jacobian_bounded(core, seed)
+
+
+def test_contraction_survives_adversarial_training() -> None:
+    """Adam with a large learning rate on a loss that rewards *expansion* cannot break the guarantee."""
+    core = make()
+    opt = torch.optim.Adam(core.parameters(), lr=0.5)
+    gen = torch.Generator().manual_seed(3)
+    for _ in range(40):
+        x = torch.randn(6, 8, 3, generator=gen, dtype=torch.float64)
+        h1 = torch.randn(1, 8, 16, generator=gen, dtype=torch.float64)
+        h2 = h1 + 0.1 * torch.randn(1, 8, 16, generator=gen, dtype=torch.float64)
+        _, (a, _) = core(x, (h1, torch.zeros_like(h1)))
+        _, (b, _) = core(x, (h2, torch.zeros_like(h2)))
+        loss = -((a - b).norm(dim=-1) / (h1 - h2).norm(dim=-1)).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    lmat = core.coupling_matrix()
+    torch.testing.assert_close(lmat.T, -lmat, rtol=0, atol=0)
+    assert core.contraction_rate() <= core.max_contraction_rate + 1e-12
+    assert 0.0 < core.contraction_margin() == pytest.approx(1.0 - core.contraction_rate())
+    assert_contracts(core)
+    assert_jacobian_bounded(core)
+
+
+def test_coupling_is_skew_and_leaves_modules_alone() -> None:
+    core = make()
+    lmat, m = core.coupling_matrix(), core.module_size
+    torch.testing.assert_close(lmat.T, -lmat, rtol=0, atol=0)
+    for i in range(core.n_modules):
+        assert lmat[i * m : (i + 1) * m, i * m : (i + 1) * m].abs().max() == 0
+    assert torch.linalg.matrix_norm(lmat, ord=2) <= core.coupling + 1e-12
+    assert torch.linalg.matrix_norm(core.module_weights(), ord=2).max() <= core.gain + 1e-12
+
+
+def test_step_by_step_equals_one_sequence_call() -> None:
+    core = make()
+    T, B = 9, 3
+    x = torch.randn(T, B, 3, dtype=torch.float64)
+    starts = torch.zeros(T, B)
+    starts[0, 0] = starts[4, 1] = starts[6, 2] = 1.0
+    h0 = torch.randn(1, B, 16, dtype=torch.float64)
+    state = (h0, torch.zeros_like(h0))
+    out, (h, c) = core(x, state, starts)
+    s, outs = state, []
+    for t in range(T):
+        o, s = core(x[t : t + 1], s, starts[t : t + 1])
+        outs.append(o)
+    torch.testing.assert_close(torch.cat(outs), out, rtol=0, atol=1e-12)
+    torch.testing.assert_close(s[0], h, rtol=0, atol=1e-12)
+    assert c.abs().max() == 0 and out.shape == (T, B, 16)
+    fresh, _ = core(x[4:, 1:2])
+    torch.testing.assert_close(out[4:, 1:2], fresh, rtol=0, atol=1e-12)  # episode start == fresh state
+
+
+def test_gradcheck_float64() -> None:
+    core = StableAssembly(2, 6, n_modules=3, alpha=0.5, gain=0.5, coupling=0.8).double()
+    x = torch.randn(4, 2, 2, dtype=torch.float64, requires_grad=True)
+    h0 = torch.randn(1, 2, 6, dtype=torch.float64, requires_grad=True)
+    starts = torch.zeros(4, 2)
+    starts[2, 0] = 1.0
+
+    def f(x: torch.Tensor, h0: torch.Tensor, v: torch.Tensor, a: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        out, (h, _) = torch.func.functional_call(
+            core, {"v": v, "a": a}, (x, (h0, torch.zeros_like(h0)), starts)
+        )
+        return out, h
+
+    v = (3.0 * torch.randn(3, 2, 2, dtype=torch.float64)).requires_grad_(True)  # norms above 1: cap active
+    a = torch.randn(6, 6, dtype=torch.float64).requires_grad_(True)
+    assert torch.autograd.gradcheck(f, (x, h0, v, a), eps=1e-6, atol=1e-5)
+
+
+def test_contraction_bound_formula() -> None:
+    assert contraction_bound(1.0, 0.5, 0.3) == pytest.approx(0.8)
+    assert contraction_bound(0.5, 0.3, 1.2) == pytest.approx((0.25 + 0.36) ** 0.5 + 0.15)
+    assert "alpha=0.5" in repr(make())
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"hidden_size": 10, "n_modules": 4}, "divisible by n_modules"),
+        ({"n_modules": 0}, "n_modules must be a positive integer"),
+        ({"alpha": 0.0}, "alpha"),
+        ({"gain": 1.0}, "gain must be in"),
+        ({"coupling": -0.1}, "coupling must be"),
+        ({"alpha": 0.5, "gain": 0.9, "coupling": 1.0}, "contraction bound"),
+    ],
+)
+def test_bad_arguments_raise(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        StableAssembly(**{"input_size": 3, "hidden_size": 16, "n_modules": 4, **kwargs})
+
+
+def test_bad_shapes_raise() -> None:
+    core = make()
+    with pytest.raises(ValueError, match="x must have shape"):
+        core(torch.randn(2, 3, 4, dtype=torch.float64))
+    with pytest.raises(ValueError, match="h0 must have shape"):
+        core(torch.randn(2, 3, 3, dtype=torch.float64), (torch.zeros(1, 3, 8), torch.zeros(1, 3, 8)))
+    with pytest.raises(ValueError, match="episode_starts must have shape"):
+        core(torch.randn(2, 3, 3, dtype=torch.float64), None, torch.zeros(2, 2))
