@@ -6,7 +6,7 @@ The recurrent core is chosen with ``core``: ``"rims"`` (default), ``"lstm"`` or 
 the policy is the same model as sb3-contrib's ``MlpLstmPolicy`` (same parameters, same names, same
 per-step semantics), so RIMs and LSTM agents differ only in the core. The critic follows sb3-contrib:
 its own core (``enable_critic_lstm=True``), the actor's core shared (``shared_lstm=True``, no critic
-gradient through it) or none (both False: a linear layer).
+gradient through it unless ``critic_grad_through_core=True``) or none (both False: a linear layer).
 
 Cores are built inside ``__init__`` before the optimizer is created, so the optimizer owns their
 parameters (replacing ``policy.lstm_actor`` afterwards would leave the optimizer on the old module).
@@ -26,7 +26,8 @@ from typing import Any
 import torch as th
 from gymnasium import spaces
 from sb3_contrib.common.recurrent.policies import RecurrentActorCriticPolicy
-from stable_baselines3.common.policies import ActorCriticPolicy
+from sb3_contrib.common.recurrent.type_aliases import RNNStates
+from stable_baselines3.common.policies import ActorCriticPolicy, BaseModel
 from stable_baselines3.common.torch_layers import (
     BaseFeaturesExtractor,
     CombinedExtractor,
@@ -147,6 +148,8 @@ class RimsActorCriticPolicy(RecurrentActorCriticPolicy):
         dropouts, comm_top_k, use_comm) plus ``unit_size``; see ``RIMS_KWARGS``.
     :param lstm_hidden_size: total hidden size; for RIMs ``n_units * unit_size`` (``None``: 256 for
         LSTM/GRU, ``n_units * 32`` for RIMs).
+    :param critic_grad_through_core: with ``shared_lstm=True``, let the value loss train the shared core
+        and the features extractor (as torch-ac does); ``False`` keeps sb3-contrib's detach.
     """
 
     def __init__(
@@ -175,8 +178,14 @@ class RimsActorCriticPolicy(RecurrentActorCriticPolicy):
         lstm_kwargs: dict[str, Any] | None = None,
         core: str = "rims",
         rims_kwargs: dict[str, Any] | None = None,
+        critic_grad_through_core: bool = False,
     ) -> None:
         hidden, core_kwargs = resolve_core_config(core, lstm_hidden_size, rims_kwargs, n_lstm_layers)
+        if critic_grad_through_core and not shared_lstm:
+            raise ValueError(
+                "critic_grad_through_core=True needs shared_lstm=True (with its own core or a linear "
+                "critic the value loss already trains everything the critic reads)"
+            )
         if shared_lstm and enable_critic_lstm:
             raise ValueError("choose one of shared_lstm and enable_critic_lstm (or neither: a linear critic)")
         if shared_lstm and not share_features_extractor:
@@ -215,6 +224,7 @@ class RimsActorCriticPolicy(RecurrentActorCriticPolicy):
         self.n_lstm_layers = n_lstm_layers
         self.shared_lstm = shared_lstm
         self.enable_critic_lstm = enable_critic_lstm
+        self.critic_grad_through_core = critic_grad_through_core
         self.lstm_actor = self._build_core()
         self.lstm_hidden_state_shape = (n_lstm_layers, 1, hidden)
         self.critic = None
@@ -251,8 +261,62 @@ class RimsActorCriticPolicy(RecurrentActorCriticPolicy):
             lstm_kwargs=self.lstm_kwargs,
             core=self.core,
             rims_kwargs=self.rims_kwargs,
+            critic_grad_through_core=self.critic_grad_through_core,
         )
         return data
+
+    def _shared_critic_latent(self, latent_pi: th.Tensor) -> th.Tensor:
+        """The critic's input under ``shared_lstm``: detached as in sb3-contrib unless the value loss
+        is meant to train the shared core and features extractor too (``critic_grad_through_core``)."""
+        return latent_pi if self.critic_grad_through_core else latent_pi.detach()
+
+    def _latents(
+        self, obs: th.Tensor, lstm_states: RNNStates, episode_starts: th.Tensor
+    ) -> tuple[th.Tensor, th.Tensor, RNNStates]:
+        """Actor and critic latents (after the mlp extractor) and the new states; sb3-contrib's
+        ``forward``/``evaluate_actions`` body with the shared-core detach made optional."""
+        features = self.extract_features(obs)
+        pi_features, vf_features = (features, features) if self.share_features_extractor else features
+        latent_pi, states_pi = self._process_sequence(
+            pi_features, lstm_states.pi, episode_starts, self.lstm_actor
+        )
+        if self.lstm_critic is not None:
+            latent_vf, states_vf = self._process_sequence(
+                vf_features, lstm_states.vf, episode_starts, self.lstm_critic
+            )
+        elif self.shared_lstm:
+            latent_vf = self._shared_critic_latent(latent_pi)
+            states_vf = (states_pi[0].detach(), states_pi[1].detach())
+        else:
+            latent_vf = self.critic(vf_features)
+            states_vf = states_pi
+        latent_pi = self.mlp_extractor.forward_actor(latent_pi)
+        latent_vf = self.mlp_extractor.forward_critic(latent_vf)
+        return latent_pi, latent_vf, RNNStates(states_pi, states_vf)
+
+    def forward(
+        self, obs: th.Tensor, lstm_states: RNNStates, episode_starts: th.Tensor, deterministic: bool = False
+    ) -> tuple[th.Tensor, th.Tensor, th.Tensor, RNNStates]:
+        latent_pi, latent_vf, states = self._latents(obs, lstm_states, episode_starts)
+        distribution = self._get_action_dist_from_latent(latent_pi)
+        actions = distribution.get_actions(deterministic=deterministic)
+        log_prob = distribution.log_prob(actions)
+        actions = actions.reshape((-1, *self.action_space.shape))  # type: ignore[misc]
+        return actions, self.value_net(latent_vf), log_prob, states
+
+    def evaluate_actions(
+        self, obs: th.Tensor, actions: th.Tensor, lstm_states: RNNStates, episode_starts: th.Tensor
+    ) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
+        latent_pi, latent_vf, _ = self._latents(obs, lstm_states, episode_starts)
+        distribution = self._get_action_dist_from_latent(latent_pi)
+        return self.value_net(latent_vf), distribution.log_prob(actions), distribution.entropy()
+
+    def predict_values(self, obs: th.Tensor, lstm_states: State, episode_starts: th.Tensor) -> th.Tensor:
+        if not self.shared_lstm:
+            return super().predict_values(obs, lstm_states, episode_starts)
+        features = BaseModel.extract_features(self, obs, self.vf_features_extractor)
+        latent_pi, _ = self._process_sequence(features, lstm_states, episode_starts, self.lstm_actor)
+        return self.value_net(self.mlp_extractor.forward_critic(self._shared_critic_latent(latent_pi)))
 
     @staticmethod
     def _process_sequence(
