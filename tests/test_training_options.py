@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 import torch as th
 from gymnasium import spaces
+from memory_env import CueMemoryEnv
+from sb3_contrib.common.recurrent.buffers import RecurrentRolloutBuffer
+from sb3_contrib.common.recurrent.type_aliases import RNNStates
+from sb3_contrib.ppo_recurrent.policies import MlpLstmPolicy
+from stable_baselines3.common.callbacks import CallbackList
+from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from test_policies import ACT, OBS, SMALL_RIMS, lr, random_states
 
 from rims_rl.policies import MlpRimsPolicy, RimsActorCriticPolicy
+from rims_rl.ppo import ChunkedRecurrentDictRolloutBuffer, ChunkedRecurrentPPO, ChunkedRecurrentRolloutBuffer
 
 
 class LinearExtractor(BaseFeaturesExtractor):
@@ -83,3 +92,169 @@ def test_critic_grad_option_round_trips_and_needs_shared_core(tmp_path) -> None:
     assert MlpRimsPolicy.load(tmp_path / "p.pt").critic_grad_through_core is True
     with pytest.raises(ValueError, match="needs shared_lstm=True"):
         MlpRimsPolicy(OBS, ACT, lr, rims_kwargs=dict(SMALL_RIMS), critic_grad_through_core=True)
+
+
+# ---------------------------------------------------------------- chunked recurrent minibatches
+
+
+def filled_buffer(
+    n_steps: int, n_envs: int, chunk_length: int, dict_obs: bool = False
+) -> ChunkedRecurrentRolloutBuffer | ChunkedRecurrentDictRolloutBuffer:
+    """A full buffer whose observation is ``[env, step]`` and whose stored states encode (env, step)."""
+    box = spaces.Box(0.0, 1e4, (2,), np.float32)
+    obs_space = spaces.Dict({"pos": box}) if dict_obs else box
+    buffer_cls = ChunkedRecurrentDictRolloutBuffer if dict_obs else ChunkedRecurrentRolloutBuffer
+    hidden = 3
+    buffer = buffer_cls(
+        n_steps, obs_space, ACT, (n_steps, 1, n_envs, hidden), "cpu", n_envs=n_envs, chunk_length=chunk_length
+    )
+    env_ids = np.arange(n_envs, dtype=np.float32)
+    for step in range(n_steps):
+        pos = np.stack([env_ids, np.full(n_envs, step, np.float32)], axis=1)
+        state = th.as_tensor(1000.0 * env_ids + step).view(1, n_envs, 1).repeat(1, 1, hidden)
+        buffer.add(
+            {"pos": pos} if dict_obs else pos,
+            np.zeros((n_envs, 1)),
+            np.ones(n_envs, np.float32),
+            np.zeros(n_envs, np.float32),
+            th.zeros(n_envs),
+            th.zeros(n_envs),
+            lstm_states=RNNStates((state, state + 0.5), (state + 0.25, state + 0.75)),
+        )
+    buffer.compute_returns_and_advantage(last_values=th.zeros(n_envs), dones=np.zeros(n_envs))
+    return buffer
+
+
+def positions(batch) -> np.ndarray:
+    obs = batch.observations["pos"] if isinstance(batch.observations, dict) else batch.observations
+    return obs.numpy().astype(int)
+
+
+@pytest.mark.parametrize("dict_obs", [False, True])
+@pytest.mark.parametrize("n_steps", [32, 28])
+def test_chunks_cover_every_sample_once_and_start_from_the_stored_state(n_steps: int, dict_obs: bool) -> None:
+    n_envs, L = 4, 8
+    buffer = filled_buffer(n_steps, n_envs, L, dict_obs)
+    np.random.seed(0)
+    for _epoch in range(2):
+        seen: list[tuple[int, int]] = []
+        for batch in buffer.get(16):
+            n_seq = batch.lstm_states.pi[0].shape[1]
+            assert n_seq <= 2 and batch.mask.shape == (n_seq * L,)
+            pos = positions(batch).reshape(n_seq, L, 2)
+            real = batch.mask.numpy().reshape(n_seq, L) > 0
+            for j in range(n_seq):
+                env, step0 = pos[j, 0]
+                n_real = int(real[j].sum())
+                assert real[j, :n_real].all() and not real[j, n_real:].any(), "padding only at the end"
+                assert (pos[j, :n_real, 0] == env).all(), "a chunk holds one env"
+                assert (pos[j, :n_real, 1] == step0 + np.arange(n_real)).all(), "consecutive steps"
+                assert (pos[j, n_real:] == 0).all(), "padding is zeros"
+                assert step0 % L == 0 and n_real == min(L, n_steps - step0)
+                expected = 1000.0 * env + step0
+                stored = (*batch.lstm_states.pi, *batch.lstm_states.vf)
+                for state, offset in zip(stored, (0, 0.5, 0.25, 0.75), strict=True):
+                    assert th.all(state[:, j] == expected + offset), "initial state = stored state at step 0"
+                seen += [(int(e), int(s)) for e, s in pos[j, :n_real]]
+        assert sorted(seen) == [(e, s) for e in range(n_envs) for s in range(n_steps)]
+
+
+def test_chunked_minibatches_mix_envs_where_stock_ones_do_not() -> None:
+    n_steps, n_envs, L, batch_size = 32, 8, 8, 32
+    buffer = filled_buffer(n_steps, n_envs, L)
+    np.random.seed(0)
+    chunked = [len(np.unique(positions(b)[b.mask.numpy() > 0, 0])) for b in buffer.get(batch_size)]
+    stock = filled_buffer(n_steps, n_envs, L)
+    stock_batches = RecurrentRolloutBuffer.get(stock, batch_size)  # the same data, sb3-contrib's sampler
+    plain = [len(np.unique(positions(b)[b.mask.numpy() > 0, 0])) for b in stock_batches]
+    assert max(plain) <= 2
+    assert np.mean(chunked) > 2.5, chunked
+
+
+def collected_model(algo_cls: type, policy: Any, policy_kwargs: dict, **algo_kwargs: Any) -> Any:
+    """A model with two rollouts collected (the second starts from carried states mid-episode)."""
+    env = make_vec_env(lambda: CueMemoryEnv(5), n_envs=4, seed=0)
+    model = algo_cls(policy, env, n_steps=40, policy_kwargs=policy_kwargs, seed=0, **algo_kwargs)
+    model._setup_learn(160, callback=None)
+    callback = CallbackList([])
+    callback.init_callback(model)
+    for _ in range(2):
+        model.collect_rollouts(model.env, callback, model.rollout_buffer, n_rollout_steps=model.n_steps)
+    return model
+
+
+@pytest.mark.parametrize("chunk_length", [8, 16])
+@pytest.mark.parametrize(
+    "policy",
+    ["rims-own", "rims-shared", "lstm-own", "lstm-none", "stock-lstm", "stock-shared"],
+)
+def test_chunked_training_forward_reproduces_the_rollout(policy: str, chunk_length: int) -> None:
+    """On unchanged weights PPO's ratio is exactly 1 with chunks too: episodes starting inside a chunk
+    (episodes are 6 steps, chunks 8 or 16) and padding (40 = 2 x 16 + 8) included."""
+    core, critic = policy.split("-")
+    critic_kwargs = {
+        "own": {"enable_critic_lstm": True},
+        "lstm": {"enable_critic_lstm": True},
+        "shared": {"enable_critic_lstm": False, "shared_lstm": True},
+        "none": {"enable_critic_lstm": False},
+    }[critic]
+    if core == "stock":
+        policy_cls, policy_kwargs = MlpLstmPolicy, {"lstm_hidden_size": 16, **critic_kwargs}
+    else:
+        core_kwargs = {"rims_kwargs": dict(SMALL_RIMS)} if core == "rims" else {"lstm_hidden_size": 16}
+        policy_cls, policy_kwargs = MlpRimsPolicy, {"core": core, **core_kwargs, **critic_kwargs}
+    model = collected_model(
+        ChunkedRecurrentPPO, policy_cls, policy_kwargs, chunk_length=chunk_length, batch_size=2 * chunk_length
+    )
+    policy_net = model.policy.eval()
+    checked, inner_starts = 0, 0
+    for batch in model.rollout_buffer.get(model.batch_size):
+        with th.no_grad():
+            values, log_prob, _ = policy_net.evaluate_actions(
+                batch.observations, batch.actions.long().flatten(), batch.lstm_states, batch.episode_starts
+            )
+        real = batch.mask > 1e-8
+        th.testing.assert_close(log_prob[real], batch.old_log_prob[real], rtol=0, atol=1e-5)
+        th.testing.assert_close(values.flatten()[real], batch.old_values[real], rtol=0, atol=1e-5)
+        checked += int(real.sum())
+        inner_starts += int(batch.episode_starts.view(-1, chunk_length)[:, 1:].sum())
+    assert checked == 160 and inner_starts > 0
+
+
+def test_chunked_ppo_learns_saves_and_loads(tmp_path) -> None:
+    env = make_vec_env(lambda: CueMemoryEnv(3), n_envs=2, seed=0)
+    model = ChunkedRecurrentPPO(
+        MlpRimsPolicy,
+        env,
+        chunk_length=8,
+        n_steps=32,
+        batch_size=16,
+        n_epochs=2,
+        seed=0,
+        policy_kwargs={
+            "rims_kwargs": dict(SMALL_RIMS),
+            "shared_lstm": True,
+            "enable_critic_lstm": False,
+            "critic_grad_through_core": True,
+        },
+    )
+    before = {n: p.detach().clone() for n, p in model.policy.named_parameters()}
+    model.learn(64)
+    assert any(not th.equal(p, before[n]) for n, p in model.policy.named_parameters())
+    model.save(tmp_path / "model.zip")
+    loaded = ChunkedRecurrentPPO.load(tmp_path / "model.zip", env=env)
+    assert loaded.chunk_length == 8 and isinstance(loaded.rollout_buffer, ChunkedRecurrentRolloutBuffer)
+    assert loaded.policy.critic_grad_through_core is True
+    obs = env.reset()
+    a1, _ = model.predict(obs, episode_start=np.ones(2, bool), deterministic=True)
+    a2, _ = loaded.predict(obs, episode_start=np.ones(2, bool), deterministic=True)
+    assert np.array_equal(a1, a2)
+    loaded.learn(64)  # trains on after loading
+
+
+def test_chunked_ppo_rejects_bad_chunk_settings() -> None:
+    env = make_vec_env(lambda: CueMemoryEnv(3), n_envs=2, seed=0)
+    with pytest.raises(ValueError, match="multiple of chunk_length"):
+        ChunkedRecurrentPPO(MlpRimsPolicy, env, chunk_length=8, n_steps=32, batch_size=12)
+    with pytest.raises(ValueError, match="positive integer"):
+        ChunkedRecurrentPPO(MlpRimsPolicy, env, chunk_length=0, n_steps=32, batch_size=16)
