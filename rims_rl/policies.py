@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+from contextlib import ExitStack
 from typing import Any
 
 import torch as th
@@ -38,6 +39,7 @@ from stable_baselines3.common.type_aliases import Schedule
 from torch import nn
 
 from rims_rl.core import RIMs
+from rims_rl.dropout import KeyedDropout, new_keys
 
 CORES: tuple[str, ...] = ("rims", "lstm", "gru")
 #: Keys accepted in ``rims_kwargs``: the ``RIMs`` constructor's arguments (its sizes come from the policy)
@@ -150,6 +152,9 @@ class RimsActorCriticPolicy(RecurrentActorCriticPolicy):
         LSTM/GRU, ``n_units * 32`` for RIMs).
     :param critic_grad_through_core: with ``shared_lstm=True``, let the value loss train the shared core
         and the features extractor (as torch-ac does); ``False`` keeps sb3-contrib's detach.
+    :param keyed_dropout: RIMs attention dropout with masks drawn from per-step keys carried in the
+        actor state and stored in the buffer (``rims_rl.dropout``), so the update recomputes the
+        rollout's masks and PPO's ratio is 1 on unchanged weights. Needs ``ChunkedRecurrentPPO``.
     """
 
     def __init__(
@@ -179,6 +184,7 @@ class RimsActorCriticPolicy(RecurrentActorCriticPolicy):
         core: str = "rims",
         rims_kwargs: dict[str, Any] | None = None,
         critic_grad_through_core: bool = False,
+        keyed_dropout: bool = False,
     ) -> None:
         hidden, core_kwargs = resolve_core_config(core, lstm_hidden_size, rims_kwargs, n_lstm_layers)
         if critic_grad_through_core and not shared_lstm:
@@ -186,6 +192,8 @@ class RimsActorCriticPolicy(RecurrentActorCriticPolicy):
                 "critic_grad_through_core=True needs shared_lstm=True (with its own core or a linear "
                 "critic the value loss already trains everything the critic reads)"
             )
+        if keyed_dropout and core != "rims":
+            raise ValueError(f"keyed_dropout applies to core='rims' (attention dropout), got core={core!r}")
         if shared_lstm and enable_critic_lstm:
             raise ValueError("choose one of shared_lstm and enable_critic_lstm (or neither: a linear critic)")
         if shared_lstm and not share_features_extractor:
@@ -225,6 +233,7 @@ class RimsActorCriticPolicy(RecurrentActorCriticPolicy):
         self.shared_lstm = shared_lstm
         self.enable_critic_lstm = enable_critic_lstm
         self.critic_grad_through_core = critic_grad_through_core
+        self.keyed_dropout = keyed_dropout
         self.lstm_actor = self._build_core()
         self.lstm_hidden_state_shape = (n_lstm_layers, 1, hidden)
         self.critic = None
@@ -233,6 +242,8 @@ class RimsActorCriticPolicy(RecurrentActorCriticPolicy):
             self.critic = nn.Linear(self.features_dim, hidden)
         if enable_critic_lstm:
             self.lstm_critic = self._build_core()
+        if keyed_dropout:
+            self._install_keyed_dropout()
         self.optimizer = self.optimizer_class(self.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs)
 
     def _build_core(self) -> nn.Module:
@@ -262,8 +273,29 @@ class RimsActorCriticPolicy(RecurrentActorCriticPolicy):
             core=self.core,
             rims_kwargs=self.rims_kwargs,
             critic_grad_through_core=self.critic_grad_through_core,
+            keyed_dropout=self.keyed_dropout,
         )
         return data
+
+    def _install_keyed_dropout(self) -> None:
+        """Swap the RIMs cores' attention dropout for ``KeyedDropout`` (no parameters: optimizer unaffected).
+
+        Relies on ``RIMs`` applying ``input_dropout`` to [n, B, ...] and ``comm_dropout`` to
+        [n, n, B, H] attention probabilities, once per step each; ``KeyedDropout`` checks the count.
+        """
+        for i, core in enumerate(c for c in (self.lstm_actor, self.lstm_critic) if c is not None):
+            core.input_dropout = KeyedDropout(core.input_dropout.p, batch_dim=1, salt=2 * i + 1)
+            core.comm_dropout = KeyedDropout(core.comm_dropout.p, batch_dim=2, salt=2 * i + 2)
+
+    @staticmethod
+    def _keyed(core: nn.Module, keys: th.Tensor | None) -> ExitStack:
+        """Context in which ``core``'s keyed dropout draws its masks from ``keys`` [T, B] (if any)."""
+        stack = ExitStack()
+        if keys is not None:
+            for module in core.modules():
+                if isinstance(module, KeyedDropout):
+                    stack.enter_context(module.use_keys(keys))
+        return stack
 
     def _shared_critic_latent(self, latent_pi: th.Tensor) -> th.Tensor:
         """The critic's input under ``shared_lstm``: detached as in sb3-contrib unless the value loss
@@ -277,13 +309,17 @@ class RimsActorCriticPolicy(RecurrentActorCriticPolicy):
         ``forward``/``evaluate_actions`` body with the shared-core detach made optional."""
         features = self.extract_features(obs)
         pi_features, vf_features = (features, features) if self.share_features_extractor else features
-        latent_pi, states_pi = self._process_sequence(
-            pi_features, lstm_states.pi, episode_starts, self.lstm_actor
-        )
-        if self.lstm_critic is not None:
-            latent_vf, states_vf = self._process_sequence(
-                vf_features, lstm_states.vf, episode_starts, self.lstm_critic
+        # A third element of the actor state holds the dropout keys of these steps (rims_rl.dropout).
+        keys = lstm_states.pi[2] if self.keyed_dropout and len(lstm_states.pi) > 2 else None
+        with self._keyed(self.lstm_actor, keys):
+            latent_pi, states_pi = self._process_sequence(
+                pi_features, lstm_states.pi[:2], episode_starts, self.lstm_actor
             )
+        if self.lstm_critic is not None:
+            with self._keyed(self.lstm_critic, keys):
+                latent_vf, states_vf = self._process_sequence(
+                    vf_features, lstm_states.vf[:2], episode_starts, self.lstm_critic
+                )
         elif self.shared_lstm:
             latent_vf = self._shared_critic_latent(latent_pi)
             states_vf = (states_pi[0].detach(), states_pi[1].detach())
@@ -298,6 +334,9 @@ class RimsActorCriticPolicy(RecurrentActorCriticPolicy):
         self, obs: th.Tensor, lstm_states: RNNStates, episode_starts: th.Tensor, deterministic: bool = False
     ) -> tuple[th.Tensor, th.Tensor, th.Tensor, RNNStates]:
         latent_pi, latent_vf, states = self._latents(obs, lstm_states, episode_starts)
+        if self.keyed_dropout:  # the keys of the next step travel with the state to the buffer
+            h = states.pi[0]
+            states = RNNStates((*states.pi, new_keys(h.shape[1], h.device)), states.vf)
         distribution = self._get_action_dist_from_latent(latent_pi)
         actions = distribution.get_actions(deterministic=deterministic)
         log_prob = distribution.log_prob(actions)
@@ -307,6 +346,11 @@ class RimsActorCriticPolicy(RecurrentActorCriticPolicy):
     def evaluate_actions(
         self, obs: th.Tensor, actions: th.Tensor, lstm_states: RNNStates, episode_starts: th.Tensor
     ) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
+        if self.keyed_dropout and self.training and len(lstm_states.pi) < 3:
+            raise RuntimeError(
+                "keyed_dropout=True trains on the rollout's dropout keys, which this buffer did not "
+                "return; train with rims_rl.ppo.ChunkedRecurrentPPO"
+            )
         latent_pi, latent_vf, _ = self._latents(obs, lstm_states, episode_starts)
         distribution = self._get_action_dist_from_latent(latent_pi)
         return self.value_net(latent_vf), distribution.log_prob(actions), distribution.entropy()

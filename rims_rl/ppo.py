@@ -11,6 +11,9 @@ starts: an episode that starts inside a chunk is handled by ``episode_starts`` i
 ``_process_sequence`` (which zeroes the state before that step, in sb3-contrib's per-step loop or in the
 RIMs core). A rollout length that is not a multiple of ``chunk_length`` leaves one shorter chunk per
 env, padded with zeros and masked out (``mask`` 0) exactly as sb3-contrib pads its sequences.
+
+The buffer also stores the dropout key of every step when the policy emits them (``keyed_dropout``,
+see ``rims_rl.dropout``) and hands them back as a third element of the actor state, ``[T, n_seq]``.
 """
 
 from __future__ import annotations
@@ -28,8 +31,10 @@ from sb3_contrib.common.recurrent.type_aliases import (
     RNNStates,
 )
 
+from rims_rl.dropout import NO_KEY
+
 #: Per-step arrays of the buffer, stored ``[n_steps, n_envs, ...]``, sampled env-major.
-_STEP_ARRAYS = ("actions", "values", "log_probs", "advantages", "returns", "episode_starts")
+_STEP_ARRAYS = ("actions", "values", "log_probs", "advantages", "returns", "episode_starts", "dropout_keys")
 #: Stored recurrent states, ``[n_steps, n_layers, n_envs, hidden]``.
 _STATE_ARRAYS = ("hidden_states_pi", "cell_states_pi", "hidden_states_vf", "cell_states_vf")
 
@@ -68,6 +73,16 @@ class _ChunkSampling:
         check_chunk_length(chunk_length)
         self.chunk_length = chunk_length
         super().__init__(*args, **kwargs)
+
+    def reset(self) -> None:
+        super().reset()
+        self.dropout_keys = np.full((self.buffer_size, self.n_envs), NO_KEY, dtype=np.int64)
+
+    def add(self, *args: Any, lstm_states: RNNStates, **kwargs: Any) -> None:
+        """Store the step as sb3-contrib does, plus its dropout keys if the actor state carries them."""
+        if len(lstm_states.pi) > 2:
+            self.dropout_keys[self.pos] = lstm_states.pi[2].reshape(-1).cpu().numpy()
+        super().add(*args, lstm_states=lstm_states, **kwargs)
 
     def _to_env_major(self) -> None:
         """``[n_steps, n_envs, ...]`` -> ``[n_envs * n_steps, ...]`` once per rollout (states too)."""
@@ -113,6 +128,9 @@ class _ChunkSampling:
         def initial(array: np.ndarray) -> th.Tensor:  # [n_seq, n_layers, h] -> [n_layers, n_seq, h]
             return self.to_torch(array[first].swapaxes(0, 1)).contiguous()
 
+        pi_state: tuple[th.Tensor, ...] = (initial(self.hidden_states_pi), initial(self.cell_states_pi))
+        if (self.dropout_keys >= 0).any():  # [n_seq * L, 1] -> [L, n_seq], as the core's steps
+            pi_state += (take(self.dropout_keys).view(len(first), self.chunk_length).T.contiguous(),)
         if isinstance(self.observations, dict):
             observations: Any = {k: take(v) for k, v in self.observations.items()}
             samples_cls: Any = RecurrentDictRolloutBufferSamples
@@ -126,10 +144,7 @@ class _ChunkSampling:
             old_log_prob=take(self.log_probs).flatten(),
             advantages=take(self.advantages).flatten(),
             returns=take(self.returns).flatten(),
-            lstm_states=RNNStates(
-                (initial(self.hidden_states_pi), initial(self.cell_states_pi)),
-                (initial(self.hidden_states_vf), initial(self.cell_states_vf)),
-            ),
+            lstm_states=RNNStates(pi_state, (initial(self.hidden_states_vf), initial(self.cell_states_vf))),
             episode_starts=take(self.episode_starts).flatten(),
             mask=self.to_torch(real.astype(np.float32)),
         )

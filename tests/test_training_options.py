@@ -9,6 +9,7 @@ import pytest
 import torch as th
 from gymnasium import spaces
 from memory_env import CueMemoryEnv
+from sb3_contrib import RecurrentPPO
 from sb3_contrib.common.recurrent.buffers import RecurrentRolloutBuffer
 from sb3_contrib.common.recurrent.type_aliases import RNNStates
 from sb3_contrib.ppo_recurrent.policies import MlpLstmPolicy
@@ -17,6 +18,7 @@ from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from test_policies import ACT, OBS, SMALL_RIMS, lr, random_states
 
+from rims_rl.dropout import KeyedDropout
 from rims_rl.policies import MlpRimsPolicy, RimsActorCriticPolicy
 from rims_rl.ppo import ChunkedRecurrentDictRolloutBuffer, ChunkedRecurrentPPO, ChunkedRecurrentRolloutBuffer
 
@@ -236,6 +238,7 @@ def test_chunked_ppo_learns_saves_and_loads(tmp_path) -> None:
             "shared_lstm": True,
             "enable_critic_lstm": False,
             "critic_grad_through_core": True,
+            "keyed_dropout": True,
         },
     )
     before = {n: p.detach().clone() for n, p in model.policy.named_parameters()}
@@ -244,7 +247,8 @@ def test_chunked_ppo_learns_saves_and_loads(tmp_path) -> None:
     model.save(tmp_path / "model.zip")
     loaded = ChunkedRecurrentPPO.load(tmp_path / "model.zip", env=env)
     assert loaded.chunk_length == 8 and isinstance(loaded.rollout_buffer, ChunkedRecurrentRolloutBuffer)
-    assert loaded.policy.critic_grad_through_core is True
+    assert loaded.policy.critic_grad_through_core is True and loaded.policy.keyed_dropout is True
+    assert isinstance(loaded.policy.lstm_actor.comm_dropout, KeyedDropout)
     obs = env.reset()
     a1, _ = model.predict(obs, episode_start=np.ones(2, bool), deterministic=True)
     a2, _ = loaded.predict(obs, episode_start=np.ones(2, bool), deterministic=True)
@@ -258,3 +262,71 @@ def test_chunked_ppo_rejects_bad_chunk_settings() -> None:
         ChunkedRecurrentPPO(MlpRimsPolicy, env, chunk_length=8, n_steps=32, batch_size=12)
     with pytest.raises(ValueError, match="positive integer"):
         ChunkedRecurrentPPO(MlpRimsPolicy, env, chunk_length=0, n_steps=32, batch_size=16)
+
+
+# ---------------------------------------------------------------- keyed dropout
+
+
+DROPOUT_RIMS = {**SMALL_RIMS, "input_dropout": 0.3, "comm_dropout": 0.3}
+
+
+@pytest.mark.parametrize("critic", ["own", "shared"])
+def test_keyed_dropout_training_forward_reproduces_the_rollout(critic: str) -> None:
+    """With dropout on (0.3) and the policy in train mode, as in PPO's update, the recomputed log-probs
+    and values equal the rollout's: the masks are redrawn from the stored keys. Other keys do not."""
+    critic_kwargs = (
+        {"enable_critic_lstm": True}
+        if critic == "own"
+        else {"enable_critic_lstm": False, "shared_lstm": True, "critic_grad_through_core": True}
+    )
+    policy_kwargs = {"rims_kwargs": dict(DROPOUT_RIMS), "keyed_dropout": True, **critic_kwargs}
+    model = collected_model(ChunkedRecurrentPPO, MlpRimsPolicy, policy_kwargs, chunk_length=8, batch_size=16)
+    policy = model.policy.train()
+    checked, keyed, largest_change = 0, 0, 0.0
+    for batch in model.rollout_buffer.get(model.batch_size):
+        actions, starts = batch.actions.long().flatten(), batch.episode_starts
+        real = batch.mask > 1e-8
+        h, c, keys = batch.lstm_states.pi
+        assert keys.shape == (8, h.shape[1]) and keys.dtype == th.int64
+        with th.no_grad():
+            values, log_prob, _ = policy.evaluate_actions(
+                batch.observations, actions, batch.lstm_states, starts
+            )
+            other = RNNStates((h, c, th.where(keys >= 0, keys + 1, keys)), batch.lstm_states.vf)
+            other_values, other_log_prob, _ = policy.evaluate_actions(
+                batch.observations, actions, other, starts
+            )
+        th.testing.assert_close(log_prob[real], batch.old_log_prob[real], rtol=0, atol=1e-5)
+        th.testing.assert_close(values.flatten()[real], batch.old_values[real], rtol=0, atol=1e-5)
+        assert float((other_log_prob - log_prob)[real].abs().max()) > 0
+        largest_change = max(largest_change, float((other_values - values).flatten()[real].abs().max()))
+        checked += int(real.sum())
+        keyed += int((keys >= 0).sum())
+    assert checked == 160 and keyed >= 160 - 4  # only each env's very first step has no key
+    assert largest_change > 1e-2, "dropout with other keys must change the values"
+
+
+def test_keyed_dropout_masks_follow_the_key_not_the_batch_position() -> None:
+    drop = KeyedDropout(0.25, batch_dim=1, salt=7)
+    x = th.ones(4, 3, 50)  # [n, B, features], batch in dim 1 as RIMs' input attention
+    keys = th.tensor([[11, 5, 11], [5, -1, 11]])
+    with drop.use_keys(keys):
+        first, second = drop(x), drop(x)
+    th.testing.assert_close(first[:, 0], first[:, 2])  # same key, other position: same mask
+    th.testing.assert_close(first[:, 1], second[:, 0])
+    assert not th.equal(first[:, 0], first[:, 1])
+    th.testing.assert_close(second[:, 1], x[:, 1])  # no key: no dropout
+    kept = (first > 0).float().mean()
+    assert 0.65 < kept < 0.85 and th.allclose(first[first > 0], th.tensor(1 / 0.75))
+    with pytest.raises(RuntimeError, match="called more than"), drop.use_keys(keys[:1]):
+        drop(x), drop(x)
+
+
+def test_keyed_dropout_needs_the_chunked_buffer_and_a_rims_core() -> None:
+    env = make_vec_env(lambda: CueMemoryEnv(3), n_envs=2, seed=0)
+    policy_kwargs = {"rims_kwargs": dict(DROPOUT_RIMS), "keyed_dropout": True}
+    model = RecurrentPPO(MlpRimsPolicy, env, n_steps=16, batch_size=16, policy_kwargs=policy_kwargs)
+    with pytest.raises(RuntimeError, match="ChunkedRecurrentPPO"):
+        model.learn(32)
+    with pytest.raises(ValueError, match="keyed_dropout applies to core='rims'"):
+        MlpRimsPolicy(OBS, ACT, lr, core="lstm", keyed_dropout=True)
