@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import gymnasium as gym
 import numpy as np
 import pytest
 import torch as th
@@ -18,9 +19,11 @@ from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from test_policies import ACT, OBS, SMALL_RIMS, lr, random_states
 
+from rims_rl.core import RIMs
 from rims_rl.dropout import KeyedDropout
 from rims_rl.policies import MlpRimsPolicy, RimsActorCriticPolicy
 from rims_rl.ppo import ChunkedRecurrentDictRolloutBuffer, ChunkedRecurrentPPO, ChunkedRecurrentRolloutBuffer
+from rims_rl.spatial import SlotRIMs, SpatialCNN, SpatialCnnRimsPolicy
 
 
 class LinearExtractor(BaseFeaturesExtractor):
@@ -330,3 +333,99 @@ def test_keyed_dropout_needs_the_chunked_buffer_and_a_rims_core() -> None:
         model.learn(32)
     with pytest.raises(ValueError, match="keyed_dropout applies to core='rims'"):
         MlpRimsPolicy(OBS, ACT, lr, core="lstm", keyed_dropout=True)
+
+
+# ---------------------------------------------------------------- spatial input for RIMs
+
+
+class ImageCueEnv(gym.ObservationWrapper):
+    """``CueMemoryEnv`` seen as a 1x12x12 image: each of the 3 observation entries lights a band."""
+
+    def __init__(self, delay: int = 3) -> None:
+        super().__init__(CueMemoryEnv(delay))
+        self.observation_space = spaces.Box(0, 255, (1, 12, 12), np.uint8)
+
+    def observation(self, observation: np.ndarray) -> np.ndarray:
+        image = np.zeros((1, 12, 12), np.uint8)
+        for i, on in enumerate(observation):
+            image[0, 4 * i : 4 * i + 4, 4 * i : 4 * i + 4] = 255 * int(on)
+        return image
+
+
+SPATIAL_KWARGS = {
+    "rims_kwargs": dict(SMALL_RIMS),
+    "features_extractor_kwargs": {"slot_size": 8, "convs": ((8, 3, 2), (8, 3, 1))},
+}
+
+
+def test_spatial_extractor_keeps_positions_apart() -> None:
+    space = spaces.Box(0, 255, (1, 12, 12), np.uint8)
+    extractor = SpatialCNN(space, slot_size=8, convs=((8, 3, 2), (8, 3, 1)))
+    assert extractor.n_slots == 9 and extractor.features_dim == 72  # 12 -> 5 -> 3: a 3x3 map
+    gen = th.Generator().manual_seed(0)
+    image = th.rand(2, 1, 12, 12, generator=gen)
+    touched = image.clone()
+    touched[:, :, 0, 0] += 1.0  # only the top-left position's receptive field sees this pixel
+    with th.no_grad():
+        before, after = (extractor(x).view(2, 9, 8) for x in (image, touched))
+    changed = (before - after).abs().amax(dim=(0, 2)) > 0
+    assert changed.tolist() == [True] + [False] * 8
+
+
+def test_slot_rims_reads_the_positions_as_slots() -> None:
+    policy = SpatialCnnRimsPolicy(spaces.Box(0, 255, (1, 12, 12), np.uint8), ACT, lr, **SPATIAL_KWARGS)
+    core = policy.lstm_actor.eval()  # no dropout: compare the computations
+    assert isinstance(core, SlotRIMs) and (core.n_slots, core.slot_size) == (9, 8)
+    assert core.input_key.in_features == 8  # keys and values per slot, not per flat vector
+    plain = RIMs(8, core.hidden_size, **{k: v for k, v in SMALL_RIMS.items() if k != "unit_size"})
+    plain.load_state_dict(core.state_dict())
+    plain.eval()
+    gen = th.Generator().manual_seed(1)
+    x = th.randn(5, 3, 72, generator=gen)
+    starts = (th.rand(5, 3, generator=gen) < 0.3).float()
+    with th.no_grad():
+        out, (h, _) = core(x, episode_starts=starts)
+        ref, (h_ref, _) = plain(x.view(5, 3, 9, 8), episode_starts=starts)
+    th.testing.assert_close(out, ref)
+    th.testing.assert_close(h, h_ref)
+    with pytest.raises(ValueError, match="9 slots of 8"):
+        core(th.randn(5, 3, 9, 7))
+
+
+def test_spatial_policy_trains_with_chunks_and_reproduces_the_rollout(tmp_path) -> None:
+    env = make_vec_env(ImageCueEnv, n_envs=2, seed=0)
+    policy_kwargs = {
+        **SPATIAL_KWARGS,
+        "shared_lstm": True,
+        "enable_critic_lstm": False,
+        "keyed_dropout": True,
+    }
+    model = ChunkedRecurrentPPO(
+        SpatialCnnRimsPolicy,
+        env,
+        chunk_length=8,
+        n_steps=16,
+        batch_size=16,
+        n_epochs=1,
+        seed=0,
+        policy_kwargs=policy_kwargs,
+    )
+    model.learn(32)
+    model.rollout_buffer.reset()
+    callback = CallbackList([])
+    callback.init_callback(model)
+    model.collect_rollouts(model.env, callback, model.rollout_buffer, n_rollout_steps=model.n_steps)
+    policy = model.policy.train()
+    for batch in model.rollout_buffer.get(16):
+        with th.no_grad():
+            _, log_prob, _ = policy.evaluate_actions(
+                batch.observations, batch.actions.long().flatten(), batch.lstm_states, batch.episode_starts
+            )
+        th.testing.assert_close(log_prob, batch.old_log_prob, rtol=0, atol=1e-5)
+    model.save(tmp_path / "spatial.zip")
+    loaded = ChunkedRecurrentPPO.load(tmp_path / "spatial.zip", env=env)
+    assert isinstance(loaded.policy.lstm_actor, SlotRIMs) and loaded.policy.lstm_actor.n_slots == 9
+    obs = env.reset()
+    a1, _ = model.predict(obs, episode_start=np.ones(2, bool), deterministic=True)
+    a2, _ = loaded.predict(obs, episode_start=np.ones(2, bool), deterministic=True)
+    assert np.array_equal(a1, a2)
