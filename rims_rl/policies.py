@@ -356,6 +356,7 @@ class RimsActorCriticPolicy(RecurrentActorCriticPolicy):
         return self.value_net(latent_vf), distribution.log_prob(actions), distribution.entropy()
 
     def predict_values(self, obs: th.Tensor, lstm_states: State, episode_starts: th.Tensor) -> th.Tensor:
+        lstm_states = lstm_states[:2]  # bootstrap values: no dropout keys
         if not self.shared_lstm:
             return super().predict_values(obs, lstm_states, episode_starts)
         features = BaseModel.extract_features(self, obs, self.vf_features_extractor)
