@@ -8,7 +8,7 @@ modular cores, ``"tlb"`` (:class:`rims_rl.tlb.TemporalLatentBottleneck`) and ``"
 the policy is the same model as sb3-contrib's ``MlpLstmPolicy`` (same parameters, same names, same
 per-step semantics), so RIMs and LSTM agents differ only in the core. The critic follows sb3-contrib:
 its own core (``enable_critic_lstm=True``), the actor's core shared (``shared_lstm=True``, no critic
-gradient through it) or none (both False: a linear layer).
+gradient through it unless ``critic_grad_through_core=True``) or none (both False: a linear layer).
 
 Cores are built inside ``__init__`` before the optimizer is created, so the optimizer owns their
 parameters (replacing ``policy.lstm_actor`` afterwards would leave the optimizer on the old module).
@@ -23,12 +23,14 @@ from __future__ import annotations
 
 import difflib
 import inspect
+from contextlib import ExitStack
 from typing import Any
 
 import torch as th
 from gymnasium import spaces
 from sb3_contrib.common.recurrent.policies import RecurrentActorCriticPolicy
-from stable_baselines3.common.policies import ActorCriticPolicy
+from sb3_contrib.common.recurrent.type_aliases import RNNStates
+from stable_baselines3.common.policies import ActorCriticPolicy, BaseModel
 from stable_baselines3.common.torch_layers import (
     BaseFeaturesExtractor,
     CombinedExtractor,
@@ -41,6 +43,7 @@ from torch import nn
 from rims_rl.assembly import StableAssembly
 from rims_rl.core import RIMs
 from rims_rl.tlb import TemporalLatentBottleneck
+from rims_rl.dropout import KeyedDropout, new_keys
 
 #: Modular cores other than RIMs, configured through the generic ``core_kwargs`` (their constructor's
 #: arguments except the sizes, which come from the policy).
@@ -212,6 +215,11 @@ class RimsActorCriticPolicy(RecurrentActorCriticPolicy):
     :param lstm_hidden_size: total hidden size; for RIMs ``n_units * unit_size`` (``None``: 256 for
         LSTM/GRU, ``n_units * 32`` for RIMs).
     :param core_kwargs: arguments of the ``"tlb"`` / ``"assembly"`` core's constructor (``MODULAR_CORES``).
+    :param critic_grad_through_core: with ``shared_lstm=True``, let the value loss train the shared core
+        and the features extractor (as torch-ac does); ``False`` keeps sb3-contrib's detach.
+    :param keyed_dropout: RIMs attention dropout with masks drawn from per-step keys carried in the
+        actor state and stored in the buffer (``rims_rl.dropout``), so the update recomputes the
+        rollout's masks and PPO's ratio is 1 on unchanged weights. Needs ``ChunkedRecurrentPPO``.
     """
 
     def __init__(
@@ -241,10 +249,19 @@ class RimsActorCriticPolicy(RecurrentActorCriticPolicy):
         core: str = "rims",
         rims_kwargs: dict[str, Any] | None = None,
         core_kwargs: dict[str, Any] | None = None,
+        critic_grad_through_core: bool = False,
+        keyed_dropout: bool = False,
     ) -> None:
         hidden, resolved_kwargs = resolve_core_config(
             core, lstm_hidden_size, rims_kwargs, n_lstm_layers, core_kwargs
         )
+        if critic_grad_through_core and not shared_lstm:
+            raise ValueError(
+                "critic_grad_through_core=True needs shared_lstm=True (with its own core or a linear "
+                "critic the value loss already trains everything the critic reads)"
+            )
+        if keyed_dropout and core != "rims":
+            raise ValueError(f"keyed_dropout applies to core='rims' (attention dropout), got core={core!r}")
         if shared_lstm and enable_critic_lstm:
             raise ValueError("choose one of shared_lstm and enable_critic_lstm (or neither: a linear critic)")
         if shared_lstm and not share_features_extractor:
@@ -287,6 +304,8 @@ class RimsActorCriticPolicy(RecurrentActorCriticPolicy):
         self.n_lstm_layers = n_lstm_layers
         self.shared_lstm = shared_lstm
         self.enable_critic_lstm = enable_critic_lstm
+        self.critic_grad_through_core = critic_grad_through_core
+        self.keyed_dropout = keyed_dropout
         self.lstm_actor = self._build_core()
         self.lstm_hidden_state_shape = (n_lstm_layers, 1, hidden)
         self.critic = None
@@ -295,6 +314,8 @@ class RimsActorCriticPolicy(RecurrentActorCriticPolicy):
             self.critic = nn.Linear(self.features_dim, hidden)
         if enable_critic_lstm:
             self.lstm_critic = self._build_core()
+        if keyed_dropout:
+            self._install_keyed_dropout()
         self.optimizer = self.optimizer_class(self.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs)
 
     def _build_core(self) -> nn.Module:
@@ -326,8 +347,96 @@ class RimsActorCriticPolicy(RecurrentActorCriticPolicy):
             core=self.core,
             rims_kwargs=self.rims_kwargs,
             core_kwargs=self.core_kwargs,
+            critic_grad_through_core=self.critic_grad_through_core,
+            keyed_dropout=self.keyed_dropout,
         )
         return data
+
+    def _install_keyed_dropout(self) -> None:
+        """Swap the RIMs cores' attention dropout for ``KeyedDropout`` (no parameters: optimizer unaffected).
+
+        Relies on ``RIMs`` applying ``input_dropout`` to [n, B, ...] and ``comm_dropout`` to
+        [n, n, B, H] attention probabilities, once per step each; ``KeyedDropout`` checks the count.
+        """
+        for i, core in enumerate(c for c in (self.lstm_actor, self.lstm_critic) if c is not None):
+            core.input_dropout = KeyedDropout(core.input_dropout.p, batch_dim=1, salt=2 * i + 1)
+            core.comm_dropout = KeyedDropout(core.comm_dropout.p, batch_dim=2, salt=2 * i + 2)
+
+    @staticmethod
+    def _keyed(core: nn.Module, keys: th.Tensor | None) -> ExitStack:
+        """Context in which ``core``'s keyed dropout draws its masks from ``keys`` [T, B] (if any)."""
+        stack = ExitStack()
+        if keys is not None:
+            for module in core.modules():
+                if isinstance(module, KeyedDropout):
+                    stack.enter_context(module.use_keys(keys))
+        return stack
+
+    def _shared_critic_latent(self, latent_pi: th.Tensor) -> th.Tensor:
+        """The critic's input under ``shared_lstm``: detached as in sb3-contrib unless the value loss
+        is meant to train the shared core and features extractor too (``critic_grad_through_core``)."""
+        return latent_pi if self.critic_grad_through_core else latent_pi.detach()
+
+    def _latents(
+        self, obs: th.Tensor, lstm_states: RNNStates, episode_starts: th.Tensor
+    ) -> tuple[th.Tensor, th.Tensor, RNNStates]:
+        """Actor and critic latents (after the mlp extractor) and the new states; sb3-contrib's
+        ``forward``/``evaluate_actions`` body with the shared-core detach made optional."""
+        features = self.extract_features(obs)
+        pi_features, vf_features = (features, features) if self.share_features_extractor else features
+        # A third element of the actor state holds the dropout keys of these steps (rims_rl.dropout).
+        keys = lstm_states.pi[2] if self.keyed_dropout and len(lstm_states.pi) > 2 else None
+        with self._keyed(self.lstm_actor, keys):
+            latent_pi, states_pi = self._process_sequence(
+                pi_features, lstm_states.pi[:2], episode_starts, self.lstm_actor
+            )
+        if self.lstm_critic is not None:
+            with self._keyed(self.lstm_critic, keys):
+                latent_vf, states_vf = self._process_sequence(
+                    vf_features, lstm_states.vf[:2], episode_starts, self.lstm_critic
+                )
+        elif self.shared_lstm:
+            latent_vf = self._shared_critic_latent(latent_pi)
+            states_vf = (states_pi[0].detach(), states_pi[1].detach())
+        else:
+            latent_vf = self.critic(vf_features)
+            states_vf = states_pi
+        latent_pi = self.mlp_extractor.forward_actor(latent_pi)
+        latent_vf = self.mlp_extractor.forward_critic(latent_vf)
+        return latent_pi, latent_vf, RNNStates(states_pi, states_vf)
+
+    def forward(
+        self, obs: th.Tensor, lstm_states: RNNStates, episode_starts: th.Tensor, deterministic: bool = False
+    ) -> tuple[th.Tensor, th.Tensor, th.Tensor, RNNStates]:
+        latent_pi, latent_vf, states = self._latents(obs, lstm_states, episode_starts)
+        if self.keyed_dropout:  # the keys of the next step travel with the state to the buffer
+            h = states.pi[0]
+            states = RNNStates((*states.pi, new_keys(h.shape[1], h.device)), states.vf)
+        distribution = self._get_action_dist_from_latent(latent_pi)
+        actions = distribution.get_actions(deterministic=deterministic)
+        log_prob = distribution.log_prob(actions)
+        actions = actions.reshape((-1, *self.action_space.shape))  # type: ignore[misc]
+        return actions, self.value_net(latent_vf), log_prob, states
+
+    def evaluate_actions(
+        self, obs: th.Tensor, actions: th.Tensor, lstm_states: RNNStates, episode_starts: th.Tensor
+    ) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
+        if self.keyed_dropout and self.training and len(lstm_states.pi) < 3:
+            raise RuntimeError(
+                "keyed_dropout=True trains on the rollout's dropout keys, which this buffer did not "
+                "return; train with rims_rl.ppo.ChunkedRecurrentPPO"
+            )
+        latent_pi, latent_vf, _ = self._latents(obs, lstm_states, episode_starts)
+        distribution = self._get_action_dist_from_latent(latent_pi)
+        return self.value_net(latent_vf), distribution.log_prob(actions), distribution.entropy()
+
+    def predict_values(self, obs: th.Tensor, lstm_states: State, episode_starts: th.Tensor) -> th.Tensor:
+        lstm_states = lstm_states[:2]  # bootstrap values: no dropout keys
+        if not self.shared_lstm:
+            return super().predict_values(obs, lstm_states, episode_starts)
+        features = BaseModel.extract_features(self, obs, self.vf_features_extractor)
+        latent_pi, _ = self._process_sequence(features, lstm_states, episode_starts, self.lstm_actor)
+        return self.value_net(self.mlp_extractor.forward_critic(self._shared_critic_latent(latent_pi)))
 
     @staticmethod
     def _process_sequence(

@@ -1,0 +1,200 @@
+"""``RecurrentPPO`` with torch-ac style minibatches: random fixed-length chunks from every env.
+
+sb3-contrib's recurrent buffer cuts the env-major rollout at one random point and yields consecutive
+slices, so a minibatch of 256 steps holds the whole trajectories of two or three envs, and every epoch
+sees nearly the same minibatches. ``ChunkedRecurrentPPO`` cuts each env's rollout into chunks of
+``chunk_length`` steps, each starting from the recurrent state the buffer stored at its first step, and
+draws minibatches of chunks from all envs at random each epoch (torch-ac's ``recurrence``).
+
+Only the buffer's sampling differs; ``RecurrentPPO.train`` is unchanged. Chunks are not cut at episode
+starts: an episode that starts inside a chunk is handled by ``episode_starts`` in the policy's
+``_process_sequence`` (which zeroes the state before that step, in sb3-contrib's per-step loop or in the
+RIMs core). A rollout length that is not a multiple of ``chunk_length`` leaves one shorter chunk per
+env, padded with zeros and masked out (``mask`` 0) exactly as sb3-contrib pads its sequences.
+
+The buffer also stores the dropout key of every step when the policy emits them (``keyed_dropout``,
+see ``rims_rl.dropout``) and hands them back as a third element of the actor state, ``[T, n_seq]``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch as th
+from sb3_contrib import RecurrentPPO
+from sb3_contrib.common.recurrent.buffers import RecurrentDictRolloutBuffer, RecurrentRolloutBuffer
+from sb3_contrib.common.recurrent.type_aliases import (
+    RecurrentDictRolloutBufferSamples,
+    RecurrentRolloutBufferSamples,
+    RNNStates,
+)
+
+from rims_rl.dropout import NO_KEY
+
+#: Per-step arrays of the buffer, stored ``[n_steps, n_envs, ...]``, sampled env-major.
+_STEP_ARRAYS = ("actions", "values", "log_probs", "advantages", "returns", "episode_starts", "dropout_keys")
+#: Stored recurrent states, ``[n_steps, n_layers, n_envs, hidden]``.
+_STATE_ARRAYS = ("hidden_states_pi", "cell_states_pi", "hidden_states_vf", "cell_states_vf")
+
+
+class ChunkLayout(NamedTuple):
+    """Where chunks lie in the env-major flattened buffer (flat index ``env * n_steps + step``)."""
+
+    first: np.ndarray  # [n_chunks] flat index of each chunk's first step
+    length: np.ndarray  # [n_chunks] number of real steps (== chunk_length except a last, shorter chunk)
+
+
+def chunk_layout(n_steps: int, n_envs: int, chunk_length: int) -> ChunkLayout:
+    """Chunks of ``chunk_length`` steps covering each env's rollout once, env by env."""
+    starts = np.arange(0, n_steps, chunk_length)
+    first = (np.arange(n_envs)[:, None] * n_steps + starts[None, :]).ravel()
+    length = np.tile(np.minimum(chunk_length, n_steps - starts), n_envs)
+    return ChunkLayout(first, length)
+
+
+def check_chunk_length(chunk_length: Any) -> None:
+    """Raise ``ValueError`` unless ``chunk_length`` is a positive integer."""
+    if not isinstance(chunk_length, int) or isinstance(chunk_length, bool) or chunk_length < 1:
+        raise ValueError(f"chunk_length must be a positive integer, got {chunk_length!r}")
+
+
+class _ChunkSampling:
+    """Mixin for sb3-contrib's recurrent buffers: ``get`` yields minibatches of random chunks.
+
+    Must come before the buffer class in the bases; the buffer supplies storage, ``add`` and
+    ``compute_returns_and_advantage`` unchanged.
+    """
+
+    chunk_length: int
+
+    def __init__(self, *args: Any, chunk_length: int = 32, **kwargs: Any) -> None:
+        check_chunk_length(chunk_length)
+        self.chunk_length = chunk_length
+        super().__init__(*args, **kwargs)
+
+    def reset(self) -> None:
+        super().reset()
+        self.dropout_keys = np.full((self.buffer_size, self.n_envs), NO_KEY, dtype=np.int64)
+
+    def add(self, *args: Any, lstm_states: RNNStates, **kwargs: Any) -> None:
+        """Store the step as sb3-contrib does, plus its dropout keys if the actor state carries them."""
+        if len(lstm_states.pi) > 2:
+            self.dropout_keys[self.pos] = lstm_states.pi[2].reshape(-1).cpu().numpy()
+        super().add(*args, lstm_states=lstm_states, **kwargs)
+
+    def _to_env_major(self) -> None:
+        """``[n_steps, n_envs, ...]`` -> ``[n_envs * n_steps, ...]`` once per rollout (states too)."""
+        for name in _STATE_ARRAYS:  # [n_steps, n_layers, n_envs, h] -> [n_envs * n_steps, n_layers, h]
+            setattr(self, name, self.swap_and_flatten(getattr(self, name).swapaxes(1, 2)))
+        for name in _STEP_ARRAYS:
+            setattr(self, name, self.swap_and_flatten(getattr(self, name)))
+        if isinstance(self.observations, dict):
+            self.observations = {k: self.swap_and_flatten(v) for k, v in self.observations.items()}
+        else:
+            self.observations = self.swap_and_flatten(self.observations)
+
+    def get(
+        self, batch_size: int | None = None
+    ) -> Generator[RecurrentRolloutBufferSamples | RecurrentDictRolloutBufferSamples, None, None]:
+        """Minibatches of ``batch_size // chunk_length`` chunks (all chunks if ``None``), shuffled."""
+        assert self.full, "Rollout buffer must be full before sampling from it"
+        if not self.generator_ready:
+            self._to_env_major()
+            self.generator_ready = True
+        layout = chunk_layout(self.buffer_size, self.n_envs, self.chunk_length)
+        n_chunks = len(layout.first)
+        per_batch = n_chunks if batch_size is None else max(1, batch_size // self.chunk_length)
+        order = np.random.permutation(n_chunks)
+        for i in range(0, n_chunks, per_batch):
+            chosen = order[i : i + per_batch]
+            yield self._chunk_samples(layout.first[chosen], layout.length[chosen])
+
+    def _chunk_samples(
+        self, first: np.ndarray, length: np.ndarray
+    ) -> RecurrentRolloutBufferSamples | RecurrentDictRolloutBufferSamples:
+        """Samples of the chunks starting at flat indices ``first``, as ``[n_seq * chunk_length, ...]``."""
+        offsets = np.arange(self.chunk_length)
+        real = offsets[None, :] < length[:, None]  # [n_seq, L]
+        flat = np.where(real, first[:, None] + offsets[None, :], first[:, None]).ravel()
+        real = real.ravel()
+
+        def take(array: np.ndarray) -> th.Tensor:
+            out = array[flat]
+            out[~real] = 0  # padding as sb3-contrib's pad_sequence: zeros, masked out of the loss
+            return self.to_torch(out)
+
+        def initial(array: np.ndarray) -> th.Tensor:  # [n_seq, n_layers, h] -> [n_layers, n_seq, h]
+            return self.to_torch(array[first].swapaxes(0, 1)).contiguous()
+
+        pi_state: tuple[th.Tensor, ...] = (initial(self.hidden_states_pi), initial(self.cell_states_pi))
+        if (self.dropout_keys >= 0).any():  # [n_seq * L, 1] -> [L, n_seq], as the core's steps
+            pi_state += (take(self.dropout_keys).view(len(first), self.chunk_length).T.contiguous(),)
+        if isinstance(self.observations, dict):
+            observations: Any = {k: take(v) for k, v in self.observations.items()}
+            samples_cls: Any = RecurrentDictRolloutBufferSamples
+        else:
+            observations = take(self.observations)
+            samples_cls = RecurrentRolloutBufferSamples
+        return samples_cls(
+            observations=observations,
+            actions=take(self.actions),
+            old_values=take(self.values).flatten(),
+            old_log_prob=take(self.log_probs).flatten(),
+            advantages=take(self.advantages).flatten(),
+            returns=take(self.returns).flatten(),
+            lstm_states=RNNStates(pi_state, (initial(self.hidden_states_vf), initial(self.cell_states_vf))),
+            episode_starts=take(self.episode_starts).flatten(),
+            mask=self.to_torch(real.astype(np.float32)),
+        )
+
+
+class ChunkedRecurrentRolloutBuffer(_ChunkSampling, RecurrentRolloutBuffer):
+    """``RecurrentRolloutBuffer`` sampling random ``chunk_length``-step chunks from all envs."""
+
+
+class ChunkedRecurrentDictRolloutBuffer(_ChunkSampling, RecurrentDictRolloutBuffer):
+    """``RecurrentDictRolloutBuffer`` sampling random ``chunk_length``-step chunks from all envs."""
+
+
+class ChunkedRecurrentPPO(RecurrentPPO):
+    """``RecurrentPPO`` whose minibatches are random ``chunk_length``-step chunks from all envs.
+
+    ``batch_size`` stays a number of steps and must be a multiple of ``chunk_length`` (a minibatch holds
+    ``batch_size // chunk_length`` chunks). Every other argument is ``RecurrentPPO``'s.
+    """
+
+    def __init__(self, policy: Any, env: Any, chunk_length: int = 32, **kwargs: Any) -> None:
+        self.chunk_length = chunk_length  # read by _setup_model, which RecurrentPPO.__init__ calls
+        super().__init__(policy, env, **kwargs)
+
+    def _setup_model(self) -> None:
+        if (
+            not isinstance(self.chunk_length, int)
+            or isinstance(self.chunk_length, bool)
+            or self.chunk_length < 1
+        ):
+            raise ValueError(f"chunk_length must be a positive integer, got {self.chunk_length!r}")
+        if self.batch_size is not None and self.batch_size % self.chunk_length != 0:
+            raise ValueError(
+                f"batch_size={self.batch_size} must be a multiple of chunk_length={self.chunk_length}"
+            )
+        super()._setup_model()
+        stock = self.rollout_buffer
+        buffer_cls = (
+            ChunkedRecurrentDictRolloutBuffer
+            if isinstance(stock, RecurrentDictRolloutBuffer)
+            else ChunkedRecurrentRolloutBuffer
+        )
+        self.rollout_buffer = buffer_cls(
+            stock.buffer_size,
+            stock.observation_space,
+            stock.action_space,
+            stock.hidden_state_shape,
+            stock.device,
+            gae_lambda=stock.gae_lambda,
+            gamma=stock.gamma,
+            n_envs=stock.n_envs,
+            chunk_length=self.chunk_length,
+        )

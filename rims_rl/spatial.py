@@ -1,0 +1,122 @@
+"""Spatial input for RIMs: the CNN's feature-map positions become the core's input slots.
+
+RIMs units compete by attending to their input; with ``NatureCNN``'s single flat vector there is one
+slot, so attention can only choose "read" or "ignore". ``SpatialCNN`` keeps the positions of the last
+feature map (e.g. 7x7 = 49 for Atari), each projected to ``slot_size`` with its (x, y) coordinates,
+and ``SlotRIMs`` reads them as ``[T, B, n_slots, slot_size]``: each unit can attend to its own place in
+the image, as in the paper's Atari and BabyAI setups.
+
+Both ends stay inside sb3-contrib's contract: the extractor returns a flat ``[B, n_slots * slot_size]``
+vector (sb3's ``features_dim``), and ``SlotRIMs`` reports that flat size as ``input_size`` (what
+``_process_sequence`` reshapes by) and splits it into slots itself.
+
+``SpatialCnnRimsPolicy(..., features_extractor_kwargs={"slot_size": 64})`` is a ``CnnRimsPolicy`` with
+both; with ``core="lstm"``/``"gru"`` the flat vector goes to the LSTM/GRU (a same-extractor baseline).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch as th
+from gymnasium import spaces
+from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
+from torch import nn
+
+from rims_rl.core import RIMs, State
+from rims_rl.policies import RimsActorCriticPolicy
+
+#: NatureCNN's convolutions, as (out_channels, kernel, stride).
+NATURE_CONVS: tuple[tuple[int, int, int], ...] = ((32, 8, 4), (64, 4, 2), (64, 3, 1))
+
+
+class SpatialCNN(BaseFeaturesExtractor):
+    """Convolutions whose output positions are kept apart: ``[B, n_slots * slot_size]``, slot-major.
+
+    :param convs: (out_channels, kernel, stride) per layer, ReLU after each (default NatureCNN's).
+    :param slot_size: size of each position's feature after the shared per-position projection.
+    :param coordinates: append each position's (x, y) in [-1, 1] before the projection, so slots
+        say where they are (attention over slots is otherwise blind to position).
+    """
+
+    def __init__(
+        self,
+        observation_space: spaces.Box,
+        slot_size: int = 64,
+        convs: tuple[tuple[int, int, int], ...] | list[list[int]] = NATURE_CONVS,
+        coordinates: bool = True,
+    ) -> None:
+        layers: list[nn.Module] = []
+        channels = observation_space.shape[0]
+        for out, kernel, stride in convs:
+            layers += [nn.Conv2d(channels, out, kernel, stride), nn.ReLU()]
+            channels = out
+        cnn = nn.Sequential(*layers)
+        with th.no_grad():
+            height, width = cnn(th.zeros(1, *observation_space.shape)).shape[2:]
+        super().__init__(observation_space, height * width * slot_size)
+        self.cnn = cnn
+        self.n_slots = height * width
+        self.slot_size = slot_size
+        self.coordinates = coordinates
+        ys, xs = th.meshgrid(th.linspace(-1, 1, height), th.linspace(-1, 1, width), indexing="ij")
+        self.register_buffer("coords", th.stack([xs, ys], dim=-1).view(1, self.n_slots, 2), persistent=False)
+        self.project = nn.Sequential(nn.Linear(channels + (2 if coordinates else 0), slot_size), nn.ReLU())
+
+    def forward(self, observations: th.Tensor) -> th.Tensor:
+        maps = self.cnn(observations)  # [B, C, H, W]
+        slots = maps.flatten(2).transpose(1, 2)  # [B, H*W, C], row-major positions
+        if self.coordinates:
+            slots = th.cat([slots, self.coords.expand(slots.shape[0], -1, -1)], dim=-1)
+        return self.project(slots).flatten(1)
+
+
+class SlotRIMs(RIMs):
+    """RIMs reading ``n_slots`` input slots from a flat ``[T, B, n_slots * slot_size]`` input (or the
+    same already split, ``[T, B, n_slots, slot_size]``).
+
+    ``input_size`` is the flat size (as sb3-contrib's ``_process_sequence`` expects of a core); the
+    attention keys and values are computed per slot of ``slot_size``.
+    """
+
+    def __init__(self, n_slots: int, slot_size: int, hidden_size: int, **kwargs: Any) -> None:
+        super().__init__(slot_size, hidden_size, **kwargs)
+        self.n_slots = n_slots
+        self.slot_size = slot_size
+        self.input_size = n_slots * slot_size
+
+    def _check_input(self, x: th.Tensor, state: State | None, episode_starts: th.Tensor | None) -> None:
+        if x.dim() != 4 or tuple(x.shape[2:]) != (self.n_slots, self.slot_size):
+            raise ValueError(
+                f"x must have shape [T, B, {self.n_slots * self.slot_size}] "
+                f"({self.n_slots} slots of {self.slot_size}), got {tuple(x.shape)}"
+            )
+        super()._check_input(x.flatten(2), state, episode_starts)
+
+    def forward(
+        self, x: th.Tensor, state: State | None = None, episode_starts: th.Tensor | None = None
+    ) -> tuple[th.Tensor, State]:
+        if x.dim() == 3 and x.shape[-1] == self.input_size:
+            x = x.reshape(*x.shape[:2], self.n_slots, self.slot_size)
+        return super().forward(x, state, episode_starts)
+
+    def extra_repr(self) -> str:
+        return f"n_slots={self.n_slots}, slot_size={self.slot_size}, " + super().extra_repr()
+
+
+class SpatialCnnRimsPolicy(RimsActorCriticPolicy):
+    """``CnnRimsPolicy`` whose RIMs core reads the CNN's positions as slots (``SpatialCNN``, ``SlotRIMs``)."""
+
+    def __init__(
+        self,
+        *args: Any,
+        features_extractor_class: type[BaseFeaturesExtractor] = SpatialCNN,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, features_extractor_class=features_extractor_class, **kwargs)
+
+    def _build_core(self) -> nn.Module:
+        extractor = self.pi_features_extractor
+        if self.core != "rims" or not isinstance(extractor, SpatialCNN):
+            return super()._build_core()
+        return SlotRIMs(extractor.n_slots, extractor.slot_size, self.lstm_output_dim, **self._core_kwargs)
