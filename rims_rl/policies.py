@@ -42,8 +42,8 @@ from torch import nn
 
 from rims_rl.assembly import StableAssembly
 from rims_rl.core import RIMs
-from rims_rl.tlb import TemporalLatentBottleneck
 from rims_rl.dropout import KeyedDropout, new_keys
+from rims_rl.tlb import TemporalLatentBottleneck
 
 #: Modular cores other than RIMs, configured through the generic ``core_kwargs`` (their constructor's
 #: arguments except the sizes, which come from the policy).

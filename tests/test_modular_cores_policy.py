@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 import torch as th
 from gymnasium import spaces
-from memory_env import CueMemoryEnv
 from sb3_contrib import RecurrentPPO
 from sb3_contrib.common.recurrent.policies import RecurrentActorCriticPolicy
 from stable_baselines3.common.callbacks import CallbackList
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.logger import configure
 
+from envs.memory import CueMemoryEnv
 from rims_rl.assembly import StableAssembly
 from rims_rl.callbacks import RimsStatsCallback
 from rims_rl.policies import CORES, MlpRimsPolicy, resolve_core_config

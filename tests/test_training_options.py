@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch as th
 from gymnasium import spaces
-from memory_env import CueMemoryEnv
 from sb3_contrib import RecurrentPPO
 from sb3_contrib.common.recurrent.buffers import RecurrentRolloutBuffer
 from sb3_contrib.common.recurrent.type_aliases import RNNStates
@@ -19,6 +18,7 @@ from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from test_policies import ACT, OBS, SMALL_RIMS, lr, random_states
 
+from envs.memory import CueMemoryEnv
 from rims_rl.core import RIMs
 from rims_rl.dropout import KeyedDropout
 from rims_rl.policies import MlpRimsPolicy, RimsActorCriticPolicy
