@@ -60,15 +60,26 @@ def test_default_hidden_sizes() -> None:
         (("lstm", None, None, 1, {"chunk_size": 4}), "core_kwargs configure core in"),
         (("tlb", 32, None, 2), "n_lstm_layers must be 1"),
         (("tlb", 32, None, 1, {"chunk_sise": 4}), "did you mean 'chunk_size'"),
-        (("tlb", 32, None, 1, {"d_model": 64}), "invalid core_kwargs"),
+        (("tlb", 32, None, 1, {"d_model": 64}), "the packed state needs"),
         (("assembly", 30, None, 1, {"n_modules": 4}), "divisible by n_modules"),
         (("assembly", 32, None, 1, {"n_modules": 4, "alpha": 1.0, "coupling": 0.5}), "contraction bound"),
         (("assembly", 32, None, 1, []), "core_kwargs must be a dict"),
     ],
 )
 def test_bad_settings_raise_value_error(args: tuple, message: str) -> None:
+    """Names are checked by resolve_core_config, values by the core's constructor, both at policy build."""
+    core, hidden, rims_kwargs, *rest = args
+    kwargs = {"n_lstm_layers": rest[0] if rest else 1, "core_kwargs": rest[1] if len(rest) > 1 else None}
     with pytest.raises(ValueError, match=message):
-        resolve_core_config(*args)
+        MlpRimsPolicy(
+            spaces.Box(-1, 1, (3,)),
+            spaces.Discrete(2),
+            lambda _: 1e-3,
+            core=core,
+            lstm_hidden_size=hidden,
+            rims_kwargs=rims_kwargs,
+            **kwargs,
+        )
 
 
 def test_lstm_kwargs_rejected_for_modular_cores() -> None:
