@@ -1,4 +1,7 @@
-"""Named agents (``rims_ppo``, ``lstm_ppo``, feed-forward ``ppo``) with presets per environment family.
+"""Named agents with presets per environment family.
+
+``rims_ppo``, ``lstm_ppo``, ``tlb_ppo`` and ``assembly_ppo`` are RecurrentPPO with the same policy and a
+different recurrent core; ``ppo`` is feed-forward PPO.
 
 ``get_preset`` gives a typed ``AgentPreset`` (``agents/presets.yml``), ``apply_overrides`` edits it with
 dotted keys (``--set ppo.learning_rate=3e-4``) and validates the result once, and ``build_model`` turns it
@@ -58,6 +61,7 @@ _FREE_DICTS = {
     "policy_kwargs.features_extractor_kwargs",
     "policy_kwargs.optimizer_kwargs",
     "policy_kwargs.lstm_kwargs",
+    "policy_kwargs.core_kwargs",  # checked by the core's constructor (rims_rl.policies.MODULAR_CORES)
 }
 _POLICY_SKIP = {"self", "observation_space", "action_space", "lr_schedule"}
 

@@ -42,6 +42,9 @@ RECURRENT_KWARGS: tuple[str, ...] = (
     "shared_lstm",
     "enable_critic_lstm",
     "lstm_kwargs",
+    "core_kwargs",
+    "critic_grad_through_core",
+    "keyed_dropout",
 )
 
 
@@ -177,7 +180,7 @@ class AgentPreset:
     """
 
     agent: str
-    """The agent's name (``rims_ppo``, ``lstm_ppo``, ``ppo``)."""
+    """The agent's name (``rims_ppo``, ``lstm_ppo``, ``ppo``, ``tlb_ppo``, ``assembly_ppo``)."""
     family: str
     """The environment family the preset is for (``atari``, ``minigrid``, ``classic``)."""
     algo: str
@@ -242,10 +245,24 @@ class AgentPreset:
         act = pk.get("activation_fn")
         if act is not None and (not isinstance(act, str) or act.lower() not in ACTIVATIONS):
             raise ValueError(f"unknown activation_fn {act!r}; one of {ACTIVATIONS}")
-        for name in ("features_extractor_kwargs", "optimizer_kwargs", "lstm_kwargs", "rims_kwargs"):
+        mappings = (
+            "features_extractor_kwargs",
+            "optimizer_kwargs",
+            "lstm_kwargs",
+            "rims_kwargs",
+            "core_kwargs",
+        )
+        for name in mappings:
             if pk.get(name) is not None and not isinstance(pk[name], Mapping):
                 raise ValueError(f"policy_kwargs.{name} must be a mapping, got {pk[name]!r}")
-        for name in ("shared_lstm", "enable_critic_lstm", "normalize_images", "ortho_init"):
+        bools = (
+            "shared_lstm",
+            "enable_critic_lstm",
+            "normalize_images",
+            "ortho_init",
+            "critic_grad_through_core",
+        )
+        for name in (*bools, "keyed_dropout"):
             if name in pk and not isinstance(pk[name], bool):
                 raise ValueError(f"policy_kwargs.{name} must be true or false, got {pk[name]!r}")
         arch = pk.get("net_arch")

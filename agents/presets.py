@@ -15,7 +15,7 @@ import yaml
 from agents.config import AgentPreset
 
 PRESETS_FILE = Path(__file__).with_name("presets.yml")
-AGENTS: tuple[str, ...] = ("rims_ppo", "lstm_ppo", "ppo")
+AGENTS: tuple[str, ...] = ("rims_ppo", "lstm_ppo", "ppo", "tlb_ppo", "assembly_ppo")
 FAMILIES: tuple[str, ...] = ("atari", "minigrid", "classic")
 
 

@@ -24,8 +24,10 @@ from agents import (
 )
 from agents.config import AgentPreset
 from envs.memory import CueMemoryEnv
+from rims_rl.assembly import StableAssembly
 from rims_rl.core import RIMs
 from rims_rl.policies import CnnRimsPolicy, MlpRimsPolicy, MultiInputRimsPolicy
+from rims_rl.tlb import TemporalLatentBottleneck
 
 TINY = {
     "ppo.n_steps": 16,
@@ -47,7 +49,7 @@ def tiny(agent: str, family: str = "classic") -> AgentPreset:
 
 
 def test_agents_and_families() -> None:
-    assert AGENTS == ("rims_ppo", "lstm_ppo", "ppo")
+    assert AGENTS == ("rims_ppo", "lstm_ppo", "ppo", "tlb_ppo", "assembly_ppo")
     assert FAMILIES == ("atari", "minigrid", "classic")
 
 
@@ -78,6 +80,13 @@ def test_presets_are_complete_json_and_equal_sized(family: str) -> None:
     assert {k: v for k, v in rims_pk.items() if k not in ("core", "rims_kwargs")} == {
         k: v for k, v in lstm_pk.items() if k != "core"
     }
+    # The other modular cores: same PPO block, same policy layout and state size, another core.
+    for agent, core in (("tlb_ppo", "tlb"), ("assembly_ppo", "assembly")):
+        pk = presets[agent]["policy_kwargs"]
+        assert presets[agent]["ppo"] == presets["lstm_ppo"]["ppo"] and pk["core"] == core
+        assert {k: v for k, v in pk.items() if k not in ("core", "core_kwargs")} == {
+            k: v for k, v in lstm_pk.items() if k != "core"
+        }
 
 
 def test_atari_preset_follows_rl_zoo() -> None:
@@ -194,7 +203,8 @@ def test_build_model_classic(agent: str) -> None:
         assert type(model) is PPO
     else:
         assert type(model) is RecurrentPPO and type(model.policy) is MlpRimsPolicy
-        assert isinstance(model.policy.lstm_actor, RIMs if agent == "rims_ppo" else th.nn.LSTM)
+        cores = {"rims_ppo": RIMs, "tlb_ppo": TemporalLatentBottleneck, "assembly_ppo": StableAssembly}
+        assert isinstance(model.policy.lstm_actor, cores.get(agent, th.nn.LSTM))
     assert model.lr_schedule(1.0) == pytest.approx(1e-3)  # lin_1e-3
     assert model.lr_schedule(0.5) == pytest.approx(5e-4)
 
