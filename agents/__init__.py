@@ -33,6 +33,7 @@ from agents.config import (
 from agents.presets import AGENTS, FAMILIES, shipped_presets
 from rims_rl.extractors import minigrid_policy_kwargs
 from rims_rl.policies import POLICIES, RIMS_KWARGS, RimsActorCriticPolicy
+from rims_rl.ppo import ChunkedRecurrentPPO
 
 __all__ = [
     "AGENTS",
@@ -220,7 +221,8 @@ def build_model(
         raise ValueError(
             f"ppo.batch_size={preset.ppo.batch_size} exceeds the rollout size n_steps*n_envs={batch}"
         )
-    return _ALGOS[preset.algo](
+    algo = ChunkedRecurrentPPO if preset.ppo.chunk_length is not None else _ALGOS[preset.algo]
+    return algo(
         policy,
         env,
         policy_kwargs=policy_kwargs,

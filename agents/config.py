@@ -131,6 +131,9 @@ class PPOSettings:
     """Gradient-norm clip."""
     target_kl: float | None = None
     """Stop an update's epochs once the approximate KL exceeds this (``None``: never)."""
+    chunk_length: int | None = None
+    """Recurrent agents: minibatches of random chunks of this many steps from all envs, each from its
+    stored state (``rims_rl.ppo.ChunkedRecurrentPPO``, torch-ac's recurrence); ``None``: sb3-contrib's."""
 
     def __post_init__(self) -> None:
         resolve_schedule(self.learning_rate, "ppo.learning_rate")
@@ -147,6 +150,13 @@ class PPOSettings:
         _check_number("ppo.max_grad_norm", self.max_grad_norm, 0.0)
         if self.target_kl is not None:
             _check_number("ppo.target_kl", self.target_kl, 0.0)
+        if self.chunk_length is not None:
+            _check_int("ppo.chunk_length", self.chunk_length, 1)
+            if self.batch_size % self.chunk_length:
+                raise ValueError(
+                    f"ppo.batch_size={self.batch_size} must be a multiple of "
+                    f"ppo.chunk_length={self.chunk_length}"
+                )
         if not isinstance(self.normalize_advantage, bool):
             raise ValueError(
                 f"ppo.normalize_advantage must be true or false, got {self.normalize_advantage!r}"
@@ -164,6 +174,8 @@ class PPOSettings:
     def algo_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for SB3's ``PPO``/``RecurrentPPO`` (schedules resolved to callables)."""
         kwargs = self.to_dict()
+        if self.chunk_length is None:
+            del kwargs["chunk_length"]  # stock RecurrentPPO/PPO do not take it
         kwargs["learning_rate"] = resolve_schedule(self.learning_rate, "ppo.learning_rate")
         kwargs["clip_range"] = resolve_schedule(self.clip_range, "ppo.clip_range")
         if self.clip_range_vf is not None:
@@ -228,6 +240,8 @@ class AgentPreset:
                 f"ppo.batch_size={self.ppo.batch_size} must divide the rollout size n_steps*n_envs={buffer} "
                 f"(else each epoch ends with a minibatch of {buffer % self.ppo.batch_size} samples)"
             )
+        if self.ppo.chunk_length is not None and not recurrent:
+            raise ValueError("ppo.chunk_length applies to recurrent agents (algo RecurrentPPO)")
         self._check_policy_kwargs(recurrent)
 
     def _check_policy_kwargs(self, recurrent: bool) -> None:

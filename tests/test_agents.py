@@ -284,3 +284,19 @@ def test_save_load_predict_identical_and_continue_training(tmp_path, agent: str)
     assert any(
         not th.equal(p, before[n]) for n, p in loaded.policy.named_parameters() if n.startswith("lstm_actor")
     )
+
+
+def test_chunk_length_trains_on_chunked_minibatches() -> None:
+    """``--set ppo.chunk_length=8`` selects ChunkedRecurrentPPO (sb3-contrib's whole sequences otherwise)."""
+    from rims_rl.ppo import ChunkedRecurrentPPO
+
+    env = make_vec_env(lambda: CueMemoryEnv(3), n_envs=2, seed=0)
+    preset = apply_overrides(tiny("rims_ppo"), {"ppo.chunk_length": 8})
+    model = build_model(preset, env, seed=0)
+    assert type(model) is ChunkedRecurrentPPO and model.chunk_length == 8
+    model.learn(32)
+    assert type(build_model(tiny("rims_ppo"), env, seed=0)) is RecurrentPPO
+    with pytest.raises(ValueError, match="multiple of ppo.chunk_length"):
+        apply_overrides(tiny("rims_ppo"), {"ppo.chunk_length": 5})
+    with pytest.raises(ValueError, match="recurrent agents"):
+        apply_overrides(tiny("ppo"), {"ppo.chunk_length": 8})

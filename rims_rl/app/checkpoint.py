@@ -34,7 +34,14 @@ from rims_rl.app.atomic import atomic_write_bytes
 from rims_rl.app.config import RunConfig
 from rims_rl.app.errors import UserError
 from rims_rl.app.rundir import checkpoints_dir, final_model
+from rims_rl.ppo import ChunkedRecurrentPPO
 
+#: The algorithm classes a checkpoint may name (by class name, never imported from the file).
+ALGOS: dict[str, type[BaseAlgorithm]] = {
+    "RecurrentPPO": RecurrentPPO,
+    "ChunkedRecurrentPPO": ChunkedRecurrentPPO,
+    "PPO": PPO,
+}
 META_NAME = "rims_config.json"
 META_FORMAT = "rims-rl-checkpoint"
 META_VERSION = 1
@@ -101,7 +108,7 @@ class CheckpointMeta:
     """Our ``rims_config.json`` entry, read without unpickling and validated field by field."""
 
     algo: str
-    """The SB3 algorithm class name (``RecurrentPPO`` or ``PPO``)."""
+    """The SB3 algorithm class name (a key of ``ALGOS``)."""
     num_timesteps: int
     """Environment steps trained."""
     config: RunConfig
@@ -130,8 +137,8 @@ class CheckpointMeta:
     def from_dict(cls, data: Mapping[str, Any]) -> CheckpointMeta:
         """From the JSON entry; ``ValueError`` names the first bad field."""
         algo, steps = data.get("algo"), data.get("num_timesteps", 0)
-        if algo not in ("RecurrentPPO", "PPO"):
-            raise ValueError(f"algo must be RecurrentPPO or PPO, got {algo!r}")
+        if algo not in ALGOS:
+            raise ValueError(f"algo must be one of {tuple(ALGOS)}, got {algo!r}")
         if not isinstance(steps, int) or isinstance(steps, bool) or steps < 0:
             raise ValueError(f"num_timesteps must be a non-negative integer, got {steps!r}")
         spaces_ = {k: data.get(k) for k in ("observation_space", "action_space")}
@@ -315,10 +322,11 @@ def load_trusted(path: str | Path, env: VecEnv | None, device: str = "auto") -> 
         if algo is None and "data" in names:
             try:
                 data = json.loads(zf.read("data"))
-                algo = "RecurrentPPO" if "_last_lstm_states" in data else "PPO"
+                recurrent = "ChunkedRecurrentPPO" if "chunk_length" in data else "RecurrentPPO"
+                algo = recurrent if "_last_lstm_states" in data else "PPO"
             except (json.JSONDecodeError, UnicodeDecodeError) as err:
                 raise CheckpointError(f"checkpoint {str(path)!r}: 'data' is not JSON: {err}") from err
-    cls = {"RecurrentPPO": RecurrentPPO, "PPO": PPO}.get(algo or "", None)
+    cls = ALGOS.get(algo or "", None)
     if cls is None:
         raise CheckpointError(f"checkpoint {str(path)!r}: cannot tell its algorithm (no 'data' entry)")
     try:
