@@ -120,3 +120,24 @@ def test_unknown_pretrained_alias_lists_aliases(capsys: pytest.CaptureFixture[st
 def test_compare_subcommand_is_wired(capsys: pytest.CaptureFixture[str]) -> None:
     args = train.build_parser().parse_args(["compare", "--agents", "ppo", "--suite", "minigrid-doorkey"])
     assert args.func is train.cmd_compare and args.agents == ["ppo"] and args.seeds == 3
+
+
+@pytest.mark.parametrize(
+    ("agent", "extra"),
+    [("tlb_ppo", []), ("assembly_ppo", []), ("rims_ppo", ["--set", "ppo.chunk_length=8"])],
+)
+def test_other_cores_and_chunked_training_train_save_and_evaluate_on_a_suite(
+    agent: str, extra: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Each modular core (and chunked minibatches) through the CLI: train, save, load safely, evaluate."""
+    run = tmp_path / "run"
+    argv = ["train", "--agent", agent, "--suite", "minigrid-multiroom", "--timesteps", "32", "--run-dir"]
+    assert train.main([*argv, str(run), "--no-progress", *TINY, *extra]) == 0, capsys.readouterr().err
+    config = json.loads((run / "config.json").read_text())
+    assert config["model"]["agent"] == agent
+    code = train.main(
+        ["evaluate", "--checkpoint", str(run), "--suite", "minigrid-multiroom", "--episodes", "1"]
+    )
+    assert code == 0, capsys.readouterr().err
+    (result,) = json.loads((run / "eval-minigrid-multiroom.json").read_text())[:1]
+    assert result["episodes"] == 1 and result["num_timesteps"] == 32

@@ -150,7 +150,7 @@ def load_for_eval(
         check_spaces(meta, env.observation_space, env.action_space, f" {spec.env_id}")
         # No training: the smallest buffer that builds.
         preset = meta.config.model
-        preset = preset.replace(n_envs=1, ppo=replace(preset.ppo, n_steps=2, batch_size=2))
+        preset = preset.replace(n_envs=1, ppo=replace(preset.ppo, n_steps=2, batch_size=2, chunk_length=None))
         try:
             model = build_model(preset, env, seed=0, device=device)
         except (ValueError, TypeError) as err:
