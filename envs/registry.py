@@ -37,9 +37,18 @@ def env_family(env_id: str) -> EnvFamily:
     return "atari" if env_id.startswith(ATARI_PREFIX) else "minigrid"
 
 
+_SUPPORTED: tuple[int, list[str]] = (-1, [])  # (registry size it was computed at, ids)
+
+
 def supported_env_ids() -> list[str]:
-    """Registered ids we can build: ALE v5 image games and MiniGrid-style grid worlds."""
+    """Registered ids we can build: ALE v5 image games and MiniGrid-style grid worlds.
+
+    Computed once per registry size (ids are only ever added), so validating an id many times is cheap.
+    """
+    global _SUPPORTED
     register_all_envs()
+    if _SUPPORTED[0] == len(gym.registry):
+        return list(_SUPPORTED[1])
     ids = []
     for env_id in gym.registry:
         if env_id.startswith(ATARI_PREFIX):
@@ -47,7 +56,8 @@ def supported_env_ids() -> list[str]:
                 ids.append(env_id)
         elif env_id.startswith(MINIGRID_PREFIXES):
             ids.append(env_id)
-    return ids
+    _SUPPORTED = (len(gym.registry), ids)
+    return list(ids)
 
 
 def validate_env_id(env_id: str) -> None:

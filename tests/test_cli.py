@@ -141,3 +141,21 @@ def test_other_cores_and_chunked_training_train_save_and_evaluate_on_a_suite(
     assert code == 0, capsys.readouterr().err
     (result,) = json.loads((run / "eval-minigrid-multiroom.json").read_text())[:1]
     assert result["episodes"] == 1 and result["num_timesteps"] == 32
+
+
+def test_a_bug_during_training_keeps_its_traceback_and_marks_the_run_failed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only the user's mistakes become one ``error:`` line; a ValueError from inside the core is a bug."""
+    from rims_rl.core import RIMs
+
+    def broken(self: RIMs, *args: object, **kwargs: object) -> None:
+        raise ValueError("a bug inside the core")
+
+    monkeypatch.setattr(RIMs, "forward", broken)
+    run = tmp_path / "run"
+    argv = ["train", "--env", ENV, "--timesteps", "32", "--run-dir", str(run), "--no-progress", *TINY]
+    with pytest.raises(ValueError, match="a bug inside the core"):
+        train.main(argv)
+    status = json.loads((run / "status.json").read_text())
+    assert status["state"] == "failed" and "a bug inside the core" in status["message"]
