@@ -73,7 +73,7 @@ def describe_space(space: spaces.Space) -> dict[str, Any]:
     return desc
 
 
-def _structure(desc: dict[str, Any]) -> Any:
+def _structure(desc: Mapping[str, Any]) -> Any:
     """What must be equal for weights to fit (everything but the repr, which shows bounds)."""
     out = {k: v for k, v in desc.items() if k not in ("repr", "spaces")}
     if "spaces" in desc:

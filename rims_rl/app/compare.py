@@ -36,7 +36,7 @@ from rims_rl.app import rundir
 from rims_rl.app.atomic import atomic_write_json
 from rims_rl.app.errors import UserError, user_input
 from rims_rl.app.evaluation import EvalResult, evaluate_checkpoint
-from rims_rl.app.report import ScoreRecord, read_learning_curve, write_report
+from rims_rl.app.report import ScoreRecord, read_learning_curve, score_record, write_report
 from rims_rl.app.runs import TrainingInterrupted, train_run
 
 DEFAULT_AGENTS: tuple[str, ...] = ("rims_ppo", "lstm_ppo")
@@ -221,7 +221,7 @@ def run_job(job: RunJob, backend: Backend = LOCAL) -> JobResult:
     try:
         if is_finished(job):
             stored = _load_json(run_dir / EVAL_NAME) or {}
-            out.records = [ScoreRecord(**r) for r in stored.get("records", [])]
+            out.records = [score_record(r) for r in stored.get("records", [])]
             out.skipped = True
             return out
         mismatch = config_mismatch(job)
@@ -362,7 +362,7 @@ def run_compare(
     cpus = os.cpu_count() or 1
     n_jobs = len(agent_list) * len(seed_list)
     workers = max(1, min(workers or cpus, n_jobs))
-    out_dir = Path(out) if out else default_out_dir(suite or env)  # type: ignore[arg-type]
+    out_dir = Path(out) if out else default_out_dir(str(suite or env))
     out_dir.mkdir(parents=True, exist_ok=True)
 
     jobs = [

@@ -189,6 +189,7 @@ def run_episodes(
     lengths: list[int] = []
     try:
         obs = env.reset()
+        assert not isinstance(obs, tuple), "tuple observation spaces are not supported"
         state = None
         starts = np.ones(n_envs, dtype=bool)
         while (counts < targets).any():
@@ -196,6 +197,7 @@ def run_episodes(
                 obs, state=state, episode_start=starts, deterministic=deterministic
             )
             obs, _, dones, infos = env.step(actions)
+            assert not isinstance(obs, tuple)
             for i, (done, info) in enumerate(zip(dones, infos, strict=True)):
                 if done and "episode" in info and counts[i] < targets[i]:
                     returns.append(float(info["episode"]["r"]))

@@ -50,6 +50,35 @@ class ScoreRecord(TypedDict):
     run_dir: str
 
 
+_RECORD_FIELDS: dict[str, tuple[type, ...]] = {
+    "agent": (str,),
+    "seed": (int,),
+    "env": (str,),
+    "env_id": (str,),
+    "is_train": (bool,),
+    "mean_return": (int, float),
+    "std_return": (int, float),
+    "success_rate": (int, float, type(None)),
+    "n_episodes": (int,),
+    "returns": (list,),
+    "mean_length": (int, float),
+    "timesteps": (int,),
+    "run_dir": (str,),
+}
+
+
+def score_record(data: Any) -> ScoreRecord:
+    """A record read back from JSON, checked: ``ValueError`` names the first missing or mistyped field."""
+    if not isinstance(data, Mapping):
+        raise ValueError(f"a score record must be an object, got {type(data).__name__}")
+    for name, kinds in _RECORD_FIELDS.items():
+        if name not in data:
+            raise ValueError(f"score record lacks {name!r}")
+        if not isinstance(data[name], kinds):
+            raise ValueError(f"score record field {name!r} has the wrong type: {data[name]!r}")
+    return ScoreRecord(**{k: data[k] for k in _RECORD_FIELDS})  # type: ignore[typeddict-item]
+
+
 Record = dict[str, Any]  # a row of the summary table: statistics with their CIs, by column name
 Curve = tuple[np.ndarray, np.ndarray]
 

@@ -370,7 +370,7 @@ def _train(
         # A NaN usually surfaces inside the update as an invalid-distribution error, not in our check.
         if isinstance(err, Exception) and not params_finite(model):
             raise diverged(run_dir, model.num_timesteps, f"a policy parameter is NaN/inf ({err})") from err
-        state = "interrupted" if isinstance(err, KeyboardInterrupt) else "failed"
+        state: rundir.State = "interrupted" if isinstance(err, KeyboardInterrupt) else "failed"
         write_status(
             run_dir,
             state,
