@@ -1,0 +1,104 @@
+"""Every preset value that cites a source equals the source, or is listed here as a departure, with why.
+
+The source values are written out below (facts read from the cited files), so the test needs no network:
+- RL Baselines3 Zoo, hyperparams/ppo_lstm.yml, blocks 'atari' and 'CartPoleNoVel-v1'
+  (DLR-RM/rl-baselines3-zoo, commit 038ab16); keys the zoo leaves unset take SB3's PPO defaults.
+- lcswillems/rl-starter-files, scripts/train.py argparse defaults for PPO (commit 5e309dc), the trainer of
+  the torch-ac MiniGrid setting the minigrid presets cite.
+A departure that stops departing fails too, so the list stays true.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import pytest
+from stable_baselines3 import PPO
+
+from agents import AGENTS, get_preset
+
+_SB3 = {k: p.default for k, p in inspect.signature(PPO.__init__).parameters.items()}
+SB3_DEFAULTS = {k: _SB3[k] for k in ("gamma", "gae_lambda", "max_grad_norm", "clip_range_vf", "target_kl")}
+
+SOURCES: dict[str, dict[str, Any]] = {
+    "atari": {
+        **SB3_DEFAULTS,
+        "n_envs": 8,
+        "n_steps": 128,
+        "n_epochs": 4,
+        "batch_size": 256,
+        "n_timesteps": 10_000_000,
+        "learning_rate": "lin_2.5e-4",
+        "clip_range": "lin_0.1",
+        "vf_coef": 0.5,
+        "ent_coef": 0.01,
+        "env.frame_stack": 4,
+        "env.terminal_on_life_loss": False,
+    },
+    "classic": {
+        **SB3_DEFAULTS,
+        "n_envs": 8,
+        "n_timesteps": 100_000,
+        "n_steps": 32,
+        "batch_size": 256,
+        "gae_lambda": 0.8,
+        "gamma": 0.98,
+        "n_epochs": 20,
+        "ent_coef": 0.0,
+        "learning_rate": "lin_1e-3",
+        "clip_range": "lin_0.2",
+    },
+    "minigrid": {
+        "n_envs": 16,  # --procs
+        "n_timesteps": 10_000_000,  # --frames
+        "n_steps": 128,  # --frames-per-proc for PPO
+        "n_epochs": 4,
+        "batch_size": 256,
+        "gamma": 0.99,  # --discount
+        "learning_rate": 0.001,
+        "gae_lambda": 0.95,
+        "ent_coef": 0.01,
+        "vf_coef": 0.5,
+        "max_grad_norm": 0.5,
+        "clip_range": 0.2,  # --clip-eps
+        "target_kl": None,  # torch-ac has no KL stop
+        "policy_kwargs.optimizer_kwargs.eps": 1e-8,  # --optim-eps
+    },
+}
+
+#: (family, key) -> why the preset departs from its source.
+DEPARTURES: dict[tuple[str, str], str] = {
+    ("minigrid", "n_timesteps"): "1M steps by default: our CPU budget; the source trains 10M frames",
+    ("minigrid", "target_kl"): "0.02: rims_ppo collapsed after converging without it (one update, KL ~0.5)",
+    ("minigrid", "policy_kwargs.optimizer_kwargs.eps"): "SB3's Adam eps (1e-5) is kept for every agent",
+}
+
+
+def _value(preset: dict[str, Any], key: str) -> Any:
+    """A preset value by the source's name: PPO keys under ``ppo``, dotted keys as paths."""
+    if "." in key:
+        node: Any = preset
+        for part in key.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        return node
+    return preset[key] if key in preset else preset["ppo"][key]
+
+
+@pytest.mark.parametrize("agent", AGENTS)
+@pytest.mark.parametrize("family", sorted(SOURCES))
+def test_preset_values_equal_their_source_or_are_listed_departures(agent: str, family: str) -> None:
+    preset = get_preset(agent, family).to_dict()
+    for key, expected in SOURCES[family].items():
+        actual = _value(preset, key)
+        if (family, key) in DEPARTURES:
+            assert actual != expected, f"{family}.{key} no longer departs from its source: drop it"
+        else:
+            assert actual == expected, f"{agent}/{family}: {key}={actual!r}, source says {expected!r}"
+
+
+def test_each_family_cites_its_source() -> None:
+    cited = {"atari": "ppo_lstm.yml 'atari'", "classic": "'CartPoleNoVel-v1'", "minigrid": "rl-starter-files"}
+    for family, phrase in cited.items():
+        for agent in AGENTS:
+            assert phrase in get_preset(agent, family).source
