@@ -12,8 +12,10 @@ import pytest
 from envs import Suite
 from rims_rl.app import compare
 from rims_rl.app.compare import Backend
+from rims_rl.app.curves import read_learning_curve
 from rims_rl.app.evaluation import EvalResult
-from rims_rl.app.report import read_learning_curve, summary_rows, write_report
+from rims_rl.app.report import write_report
+from rims_rl.app.summary import summary_rows
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

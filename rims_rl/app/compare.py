@@ -34,10 +34,12 @@ from agents import AGENTS, parse_overrides
 from envs import Suite, get_suite
 from rims_rl.app import rundir
 from rims_rl.app.atomic import atomic_write_json
+from rims_rl.app.curves import read_learning_curve
 from rims_rl.app.errors import UserError, user_input
 from rims_rl.app.evaluation import EvalResult, evaluate_checkpoint
-from rims_rl.app.report import ScoreRecord, read_learning_curve, score_record, write_report
+from rims_rl.app.report import write_report
 from rims_rl.app.runs import TrainingInterrupted, train_run
+from rims_rl.app.summary import ScoreRecord, score_record
 
 DEFAULT_AGENTS: tuple[str, ...] = ("rims_ppo", "lstm_ppo")
 EVAL_NAME = "compare_eval.json"
