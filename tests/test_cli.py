@@ -159,3 +159,21 @@ def test_a_bug_during_training_keeps_its_traceback_and_marks_the_run_failed(
         train.main(argv)
     status = json.loads((run / "status.json").read_text())
     assert status["state"] == "failed" and "a bug inside the core" in status["message"]
+
+
+def test_a_run_directory_in_use_is_refused(run_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Two processes on one run directory would interleave logs and checkpoints: the second is refused."""
+    from rims_rl.app import rundir
+
+    with rundir.locked(run_dir):  # another process training or resuming there
+        _fails_cleanly(["train", "--resume", str(run_dir), "--no-progress"], capsys, "in use")
+    assert train.main(["train", "--resume", str(run_dir), "--no-progress"]) == 0  # released: fine again
+
+
+def test_names_from_an_untrusted_checkpoint_never_leave_the_output_folder(tmp_path: Path) -> None:
+    from rims_rl.app.evaluation import safe_name
+
+    for hostile in ("../../../../tmp/x", "/etc/passwd", "..", "a/../../b"):
+        name = safe_name(hostile)
+        assert "/" not in name and name not in ("", ".", "..")
+        assert (tmp_path / name).resolve().parent == tmp_path.resolve()
