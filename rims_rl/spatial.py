@@ -39,6 +39,8 @@ class SpatialCNN(BaseFeaturesExtractor):
         say where they are (attention over slots is otherwise blind to position).
     """
 
+    coords: th.Tensor  # registered buffer
+
     def __init__(
         self,
         observation_space: spaces.Box,
