@@ -72,6 +72,8 @@ class StableAssembly(nn.Module):
         coupling: cap ``l`` on the coupling's ``||L||_2`` (>= 0).
     """
 
+    off_block: Tensor  # registered buffer
+
     def __init__(
         self,
         input_size: int,

@@ -58,11 +58,11 @@ def _rims_cores(policy: th.nn.Module) -> dict[str, RIMs]:
 
 def _modular_cores(policy: th.nn.Module) -> dict[str, TemporalLatentBottleneck | StableAssembly]:
     """TLB / assembly cores of a policy by TensorBoard prefix (``tlb``, ``assembly_critic``, ...)."""
-    found = {}
+    found: dict[str, TemporalLatentBottleneck | StableAssembly] = {}
     for role, suffix in (("lstm_actor", ""), ("lstm_critic", "_critic")):
         core = getattr(policy, role, None)
         prefix = _STATS_PREFIX.get(type(core))
-        if prefix is not None:
+        if prefix is not None and isinstance(core, (TemporalLatentBottleneck, StableAssembly)):
             found[prefix + suffix] = core
     return found
 

@@ -7,6 +7,8 @@ with 50 blanks and testing with 200 measures whether memory generalises to longe
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 import torch
 from torch import Tensor, nn
 
@@ -53,7 +55,8 @@ class CopyingModel(nn.Module):
                 f"core.input_size must be n_symbols + 2 = {self.n_tokens}, got {core.input_size}"
             )
         self.core = core
-        self.head = nn.Linear(core.hidden_size, n_symbols + 1)
+        # torch types an unknown Module attribute as Tensor | Module (its __getattr__); cores set an int.
+        self.head = nn.Linear(cast(int, core.hidden_size), n_symbols + 1)
 
     def forward(self, tokens: Tensor) -> Tensor:
         """tokens [T, B] (long) -> logits [T, B, n_symbols + 1]."""
@@ -62,7 +65,7 @@ class CopyingModel(nn.Module):
         return self.head(out)
 
 
-def make_core(kind: str, input_size: int, hidden_size: int, **core_kwargs: object) -> nn.Module:
+def make_core(kind: str, input_size: int, hidden_size: int, **core_kwargs: Any) -> nn.Module:
     """A core of output size ``hidden_size``: ``"rims"`` (:class:`RIMs`), ``"lstm"`` (``nn.LSTM``), ``"tlb"``
     (:class:`TemporalLatentBottleneck`) or ``"assembly"`` (:class:`StableAssembly`); ``core_kwargs`` go
     to the constructor (none for LSTM)."""

@@ -26,6 +26,8 @@ class MiniGridCNN(BaseFeaturesExtractor):
     Accepts channel-last (as MiniGrid emits) or channel-first (after SB3's ``VecTransposeImage``).
     """
 
+    scale: th.Tensor  # registered buffer
+
     def __init__(
         self,
         observation_space: spaces.Box,

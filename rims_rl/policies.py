@@ -24,7 +24,7 @@ from __future__ import annotations
 import difflib
 import inspect
 from contextlib import ExitStack
-from typing import Any
+from typing import Any, cast
 
 import torch as th
 from gymnasium import spaces
@@ -50,7 +50,7 @@ from rims_rl.tlb import TemporalLatentBottleneck
 MODULAR_CORES: dict[str, type[nn.Module]] = {"tlb": TemporalLatentBottleneck, "assembly": StableAssembly}
 CORES: tuple[str, ...] = ("rims", "lstm", "gru", *MODULAR_CORES)
 #: Cores that take ``episode_starts`` themselves (resets anywhere in a sequence, one call).
-_STARTS_AWARE = (RIMs, *MODULAR_CORES.values())
+_STARTS_AWARE: tuple[type[nn.Module], ...] = (RIMs, *MODULAR_CORES.values())
 #: Keys accepted in ``rims_kwargs``: the ``RIMs`` constructor's arguments (its sizes come from the policy)
 #: plus ``unit_size``, which sets the hidden size to ``n_units * unit_size``.
 RIMS_KWARGS: tuple[str, ...] = tuple(
@@ -214,6 +214,11 @@ class RimsActorCriticPolicy(RecurrentActorCriticPolicy):
         rollout's masks and PPO's ratio is 1 on unchanged weights. Needs ``ChunkedRecurrentPPO``.
     """
 
+    # sb3-contrib's __init__ types its cores as the nn.LSTM it builds; here they are any module with
+    # nn.LSTM's interface (``input_size``, the ``(h, c)`` call), built by ``_build_core``.
+    lstm_actor: nn.Module  # type: ignore[assignment]
+    lstm_critic: nn.Module | None  # type: ignore[assignment]
+
     def __init__(
         self,
         observation_space: spaces.Space,
@@ -308,7 +313,10 @@ class RimsActorCriticPolicy(RecurrentActorCriticPolicy):
             self.lstm_critic = self._build_core()
         if keyed_dropout:
             self._install_keyed_dropout()
-        self.optimizer = self.optimizer_class(self.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs)
+        # As in sb3: ``type[Optimizer]`` has no ``lr`` argument, every concrete optimizer class has one.
+        self.optimizer = self.optimizer_class(  # type: ignore[call-arg]
+            self.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs
+        )
 
     def _build_core(self) -> nn.Module:
         """Factory for the actor/critic cores; override to try other cores (called before the optimizer)."""
@@ -351,6 +359,7 @@ class RimsActorCriticPolicy(RecurrentActorCriticPolicy):
         [n, n, B, H] attention probabilities, once per step each; ``KeyedDropout`` checks the count.
         """
         for i, core in enumerate(c for c in (self.lstm_actor, self.lstm_critic) if c is not None):
+            assert isinstance(core, RIMs), "keyed_dropout needs core='rims' (checked in __init__)"
             core.input_dropout = KeyedDropout(core.input_dropout.p, batch_dim=1, salt=2 * i + 1)
             core.comm_dropout = KeyedDropout(core.comm_dropout.p, batch_dim=2, salt=2 * i + 2)
 
@@ -374,30 +383,36 @@ class RimsActorCriticPolicy(RecurrentActorCriticPolicy):
     ) -> tuple[th.Tensor, th.Tensor, RNNStates]:
         """Actor and critic latents (after the mlp extractor) and the new states; sb3-contrib's
         ``forward``/``evaluate_actions`` body with the shared-core detach made optional."""
-        features = self.extract_features(obs)
-        pi_features, vf_features = (features, features) if self.share_features_extractor else features
+        features = self.extract_features(obs)  # one tensor if share_features_extractor, else (pi, vf)
+        if isinstance(features, th.Tensor):
+            pi_features = vf_features = features
+        else:
+            pi_features, vf_features = features
         # A third element of the actor state holds the dropout keys of these steps (rims_rl.dropout).
         keys = lstm_states.pi[2] if self.keyed_dropout and len(lstm_states.pi) > 2 else None
         with self._keyed(self.lstm_actor, keys):
             latent_pi, states_pi = self._process_sequence(
-                pi_features, lstm_states.pi[:2], episode_starts, self.lstm_actor
+                pi_features, (lstm_states.pi[0], lstm_states.pi[1]), episode_starts, self.lstm_actor
             )
         if self.lstm_critic is not None:
             with self._keyed(self.lstm_critic, keys):
                 latent_vf, states_vf = self._process_sequence(
-                    vf_features, lstm_states.vf[:2], episode_starts, self.lstm_critic
+                    vf_features, (lstm_states.vf[0], lstm_states.vf[1]), episode_starts, self.lstm_critic
                 )
         elif self.shared_lstm:
             latent_vf = self._shared_critic_latent(latent_pi)
             states_vf = (states_pi[0].detach(), states_pi[1].detach())
         else:
+            assert self.critic is not None  # the linear critic: neither shared_lstm nor enable_critic_lstm
             latent_vf = self.critic(vf_features)
             states_vf = states_pi
         latent_pi = self.mlp_extractor.forward_actor(latent_pi)
         latent_vf = self.mlp_extractor.forward_critic(latent_vf)
         return latent_pi, latent_vf, RNNStates(states_pi, states_vf)
 
-    def forward(
+    # forward, evaluate_actions, predict_values: sb3-contrib's recurrent signatures (states and
+    # episode_starts), which override ActorCriticPolicy's incompatibly in sb3-contrib itself.
+    def forward(  # type: ignore[override]
         self, obs: th.Tensor, lstm_states: RNNStates, episode_starts: th.Tensor, deterministic: bool = False
     ) -> tuple[th.Tensor, th.Tensor, th.Tensor, RNNStates]:
         latent_pi, latent_vf, states = self._latents(obs, lstm_states, episode_starts)
@@ -410,9 +425,9 @@ class RimsActorCriticPolicy(RecurrentActorCriticPolicy):
         actions = actions.reshape((-1, *self.action_space.shape))  # type: ignore[misc]
         return actions, self.value_net(latent_vf), log_prob, states
 
-    def evaluate_actions(
+    def evaluate_actions(  # type: ignore[override]
         self, obs: th.Tensor, actions: th.Tensor, lstm_states: RNNStates, episode_starts: th.Tensor
-    ) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
+    ) -> tuple[th.Tensor, th.Tensor, th.Tensor | None]:
         if self.keyed_dropout and self.training and len(lstm_states.pi) < 3:
             raise RuntimeError(
                 "keyed_dropout=True trains on the rollout's dropout keys, which this buffer did not "
@@ -422,7 +437,9 @@ class RimsActorCriticPolicy(RecurrentActorCriticPolicy):
         distribution = self._get_action_dist_from_latent(latent_pi)
         return self.value_net(latent_vf), distribution.log_prob(actions), distribution.entropy()
 
-    def predict_values(self, obs: th.Tensor, lstm_states: State, episode_starts: th.Tensor) -> th.Tensor:
+    def predict_values(  # type: ignore[override]
+        self, obs: th.Tensor, lstm_states: State, episode_starts: th.Tensor
+    ) -> th.Tensor:
         lstm_states = lstm_states[:2]  # bootstrap values: no dropout keys
         if not self.shared_lstm:
             return super().predict_values(obs, lstm_states, episode_starts)
@@ -430,8 +447,9 @@ class RimsActorCriticPolicy(RecurrentActorCriticPolicy):
         latent_pi, _ = self._process_sequence(features, lstm_states, episode_starts, self.lstm_actor)
         return self.value_net(self.mlp_extractor.forward_critic(self._shared_critic_latent(latent_pi)))
 
+    # sb3-contrib declares ``tuple[Tensor, Tensor]`` but returns ``(output, (h, c))``, as this one does.
     @staticmethod
-    def _process_sequence(
+    def _process_sequence(  # type: ignore[override]
         features: th.Tensor, lstm_states: State, episode_starts: th.Tensor, lstm: nn.Module
     ) -> tuple[th.Tensor, State]:
         """Run the core over ``[n_seq * T]`` flattened sequences in one call where that is exact.
@@ -443,7 +461,10 @@ class RimsActorCriticPolicy(RecurrentActorCriticPolicy):
         loop.
         """
         n_seq = lstm_states[0].shape[1]
-        x = features.reshape((n_seq, -1, lstm.input_size)).swapaxes(0, 1)
+        # torch types an unknown Module attribute as Tensor | Module (its __getattr__); every core sets an
+        # int input_size in __init__.
+        input_size = cast(int, lstm.input_size)
+        x = features.reshape((n_seq, -1, input_size)).swapaxes(0, 1)
         starts = episode_starts.reshape((n_seq, -1)).swapaxes(0, 1)
         if isinstance(lstm, _STARTS_AWARE):
             out, lstm_states = lstm(x, lstm_states, episode_starts=starts)
@@ -451,7 +472,11 @@ class RimsActorCriticPolicy(RecurrentActorCriticPolicy):
             keep = (1.0 - starts[0]).view(1, n_seq, 1)
             out, lstm_states = lstm(x, (keep * lstm_states[0], keep * lstm_states[1]))
         else:
-            return RecurrentActorCriticPolicy._process_sequence(features, lstm_states, episode_starts, lstm)
+            # sb3-contrib's per-step loop: it annotates the core as nn.LSTM but uses only input_size and
+            # the (h, c) call, which GRUCore provides; it returns (output, (h, c)), not the declared pair.
+            per_step = RecurrentActorCriticPolicy._process_sequence
+            out_states = per_step(features, lstm_states, episode_starts, lstm)  # type: ignore[arg-type]
+            return cast(tuple[th.Tensor, State], out_states)
         return th.flatten(out.transpose(0, 1), start_dim=0, end_dim=1), lstm_states
 
 
@@ -462,22 +487,17 @@ class MlpRimsPolicy(RimsActorCriticPolicy):
 class CnnRimsPolicy(RimsActorCriticPolicy):
     """RIMs policy on images (``NatureCNN`` by default, as sb3-contrib's ``CnnLstmPolicy``)."""
 
-    def __init__(
-        self, *args: Any, features_extractor_class: type[BaseFeaturesExtractor] = NatureCNN, **kwargs: Any
-    ):
-        super().__init__(*args, features_extractor_class=features_extractor_class, **kwargs)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("features_extractor_class", NatureCNN)
+        super().__init__(*args, **kwargs)
 
 
 class MultiInputRimsPolicy(RimsActorCriticPolicy):
     """RIMs policy on Dict observations (``CombinedExtractor`` by default)."""
 
-    def __init__(
-        self,
-        *args: Any,
-        features_extractor_class: type[BaseFeaturesExtractor] = CombinedExtractor,
-        **kwargs: Any,
-    ):
-        super().__init__(*args, features_extractor_class=features_extractor_class, **kwargs)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("features_extractor_class", CombinedExtractor)
+        super().__init__(*args, **kwargs)
 
 
 POLICIES: dict[str, type[RimsActorCriticPolicy]] = {

@@ -18,8 +18,8 @@ see ``rims_rl.dropout``) and hands them back as a third element of the actor sta
 
 from __future__ import annotations
 
-from collections.abc import Generator
-from typing import Any, NamedTuple
+from collections.abc import Callable, Generator
+from typing import Any, Generic, NamedTuple, TypeVar
 
 import numpy as np
 import torch as th
@@ -30,6 +30,7 @@ from sb3_contrib.common.recurrent.type_aliases import (
     RecurrentRolloutBufferSamples,
     RNNStates,
 )
+from stable_baselines3.common.buffers import RolloutBuffer
 
 from rims_rl.dropout import NO_KEY
 
@@ -60,14 +61,38 @@ def check_chunk_length(chunk_length: Any) -> None:
         raise ValueError(f"chunk_length must be a positive integer, got {chunk_length!r}")
 
 
-class _ChunkSampling:
+class _ChunkFields(NamedTuple):
+    """The fields of sb3-contrib's recurrent samples after ``observations``, in their order."""
+
+    actions: th.Tensor
+    old_values: th.Tensor
+    old_log_prob: th.Tensor
+    advantages: th.Tensor
+    returns: th.Tensor
+    lstm_states: RNNStates
+    episode_starts: th.Tensor
+    mask: th.Tensor
+
+
+_SamplesT = TypeVar("_SamplesT", RecurrentRolloutBufferSamples, RecurrentDictRolloutBufferSamples)
+
+
+class _ChunkSampling(RolloutBuffer, Generic[_SamplesT]):
     """Mixin for sb3-contrib's recurrent buffers: ``get`` yields minibatches of random chunks.
 
     Must come before the buffer class in the bases; the buffer supplies storage, ``add`` and
-    ``compute_returns_and_advantage`` unchanged.
+    ``compute_returns_and_advantage`` unchanged. Its base is ``RolloutBuffer``, the common base of both
+    recurrent buffers, so the MRO of the concrete buffers is the same as with a plain mixin. The
+    observation-specific steps (flattening, the samples type) are left to the two concrete buffers.
     """
 
     chunk_length: int
+    dropout_keys: np.ndarray
+    # The stored recurrent states, created by the recurrent buffer's ``reset``.
+    hidden_states_pi: np.ndarray
+    cell_states_pi: np.ndarray
+    hidden_states_vf: np.ndarray
+    cell_states_vf: np.ndarray
 
     def __init__(self, *args: Any, chunk_length: int = 32, **kwargs: Any) -> None:
         check_chunk_length(chunk_length)
@@ -78,11 +103,15 @@ class _ChunkSampling:
         super().reset()
         self.dropout_keys = np.full((self.buffer_size, self.n_envs), NO_KEY, dtype=np.int64)
 
-    def add(self, *args: Any, lstm_states: RNNStates, **kwargs: Any) -> None:
+    # sb3-contrib's recurrent buffers' own ``add`` signature: it narrows ``RolloutBuffer.add`` with the
+    # required keyword ``lstm_states``.
+    def add(self, *args: Any, lstm_states: RNNStates, **kwargs: Any) -> None:  # type: ignore[override]
         """Store the step as sb3-contrib does, plus its dropout keys if the actor state carries them."""
         if len(lstm_states.pi) > 2:
             self.dropout_keys[self.pos] = lstm_states.pi[2].reshape(-1).cpu().numpy()
-        super().add(*args, lstm_states=lstm_states, **kwargs)
+        # At run time super() is the recurrent buffer after the mixin in the MRO, whose ``add`` takes
+        # ``lstm_states``; mypy resolves it to the static base ``RolloutBuffer``.
+        super().add(*args, lstm_states=lstm_states, **kwargs)  # type: ignore[call-arg]
 
     def _to_env_major(self) -> None:
         """``[n_steps, n_envs, ...]`` -> ``[n_envs * n_steps, ...]`` once per rollout (states too)."""
@@ -90,14 +119,17 @@ class _ChunkSampling:
             setattr(self, name, self.swap_and_flatten(getattr(self, name).swapaxes(1, 2)))
         for name in _STEP_ARRAYS:
             setattr(self, name, self.swap_and_flatten(getattr(self, name)))
-        if isinstance(self.observations, dict):
-            self.observations = {k: self.swap_and_flatten(v) for k, v in self.observations.items()}
-        else:
-            self.observations = self.swap_and_flatten(self.observations)
+        self._observations_to_env_major()
 
-    def get(
-        self, batch_size: int | None = None
-    ) -> Generator[RecurrentRolloutBufferSamples | RecurrentDictRolloutBufferSamples, None, None]:
+    def _observations_to_env_major(self) -> None:
+        raise NotImplementedError
+
+    def _samples(self, take: Callable[[np.ndarray], th.Tensor], fields: _ChunkFields) -> _SamplesT:
+        """The samples type of the buffer: its observations, through ``take``, then ``fields``."""
+        raise NotImplementedError
+
+    # sb3-contrib's recurrent buffers yield their own samples types, not ``RolloutBufferSamples``.
+    def get(self, batch_size: int | None = None) -> Generator[_SamplesT, None, None]:  # type: ignore[override]
         """Minibatches of ``batch_size // chunk_length`` chunks (all chunks if ``None``), shuffled."""
         assert self.full, "Rollout buffer must be full before sampling from it"
         if not self.generator_ready:
@@ -111,9 +143,7 @@ class _ChunkSampling:
             chosen = order[i : i + per_batch]
             yield self._chunk_samples(layout.first[chosen], layout.length[chosen])
 
-    def _chunk_samples(
-        self, first: np.ndarray, length: np.ndarray
-    ) -> RecurrentRolloutBufferSamples | RecurrentDictRolloutBufferSamples:
+    def _chunk_samples(self, first: np.ndarray, length: np.ndarray) -> _SamplesT:
         """Samples of the chunks starting at flat indices ``first``, as ``[n_seq * chunk_length, ...]``."""
         offsets = np.arange(self.chunk_length)
         real = offsets[None, :] < length[:, None]  # [n_seq, L]
@@ -131,14 +161,7 @@ class _ChunkSampling:
         pi_state: tuple[th.Tensor, ...] = (initial(self.hidden_states_pi), initial(self.cell_states_pi))
         if (self.dropout_keys >= 0).any():  # [n_seq * L, 1] -> [L, n_seq], as the core's steps
             pi_state += (take(self.dropout_keys).view(len(first), self.chunk_length).T.contiguous(),)
-        if isinstance(self.observations, dict):
-            observations: Any = {k: take(v) for k, v in self.observations.items()}
-            samples_cls: Any = RecurrentDictRolloutBufferSamples
-        else:
-            observations = take(self.observations)
-            samples_cls = RecurrentRolloutBufferSamples
-        return samples_cls(
-            observations=observations,
+        fields = _ChunkFields(
             actions=take(self.actions),
             old_values=take(self.values).flatten(),
             old_log_prob=take(self.log_probs).flatten(),
@@ -148,14 +171,35 @@ class _ChunkSampling:
             episode_starts=take(self.episode_starts).flatten(),
             mask=self.to_torch(real.astype(np.float32)),
         )
+        return self._samples(take, fields)
 
 
-class ChunkedRecurrentRolloutBuffer(_ChunkSampling, RecurrentRolloutBuffer):
+class ChunkedRecurrentRolloutBuffer(_ChunkSampling[RecurrentRolloutBufferSamples], RecurrentRolloutBuffer):
     """``RecurrentRolloutBuffer`` sampling random ``chunk_length``-step chunks from all envs."""
 
+    def _observations_to_env_major(self) -> None:
+        self.observations = self.swap_and_flatten(self.observations)
 
-class ChunkedRecurrentDictRolloutBuffer(_ChunkSampling, RecurrentDictRolloutBuffer):
+    def _samples(
+        self, take: Callable[[np.ndarray], th.Tensor], fields: _ChunkFields
+    ) -> RecurrentRolloutBufferSamples:
+        return RecurrentRolloutBufferSamples(take(self.observations), *fields)
+
+
+# sb3's DictRolloutBuffer overrides RolloutBuffer's ``add`` and ``get`` with its own signatures (under its
+# own ``type: ignore[override]``), so the mixin's (sb3-contrib's) cannot match both.
+class ChunkedRecurrentDictRolloutBuffer(  # type: ignore[misc]
+    _ChunkSampling[RecurrentDictRolloutBufferSamples], RecurrentDictRolloutBuffer
+):
     """``RecurrentDictRolloutBuffer`` sampling random ``chunk_length``-step chunks from all envs."""
+
+    def _observations_to_env_major(self) -> None:
+        self.observations = {k: self.swap_and_flatten(v) for k, v in self.observations.items()}
+
+    def _samples(
+        self, take: Callable[[np.ndarray], th.Tensor], fields: _ChunkFields
+    ) -> RecurrentDictRolloutBufferSamples:
+        return RecurrentDictRolloutBufferSamples({k: take(v) for k, v in self.observations.items()}, *fields)
 
 
 class ChunkedRecurrentPPO(RecurrentPPO):
@@ -182,6 +226,7 @@ class ChunkedRecurrentPPO(RecurrentPPO):
             )
         super()._setup_model()
         stock = self.rollout_buffer
+        assert isinstance(stock, (RecurrentRolloutBuffer, RecurrentDictRolloutBuffer))
         buffer_cls = (
             ChunkedRecurrentDictRolloutBuffer
             if isinstance(stock, RecurrentDictRolloutBuffer)

@@ -39,6 +39,8 @@ class SpatialCNN(BaseFeaturesExtractor):
         say where they are (attention over slots is otherwise blind to position).
     """
 
+    coords: th.Tensor  # registered buffer
+
     def __init__(
         self,
         observation_space: spaces.Box,
@@ -107,13 +109,9 @@ class SlotRIMs(RIMs):
 class SpatialCnnRimsPolicy(RimsActorCriticPolicy):
     """``CnnRimsPolicy`` whose RIMs core reads the CNN's positions as slots (``SpatialCNN``, ``SlotRIMs``)."""
 
-    def __init__(
-        self,
-        *args: Any,
-        features_extractor_class: type[BaseFeaturesExtractor] = SpatialCNN,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(*args, features_extractor_class=features_extractor_class, **kwargs)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("features_extractor_class", SpatialCNN)
+        super().__init__(*args, **kwargs)
 
     def _build_core(self) -> nn.Module:
         extractor = self.pi_features_extractor
