@@ -1,4 +1,4 @@
-"""End-to-end PPO training throughput: rims_ppo vs our lstm_ppo vs stock sb3-contrib LSTM-PPO.
+"""End-to-end PPO training throughput: each recurrent agent vs stock sb3-contrib LSTM-PPO.
 
 Usage:
     python benchmarks/bench_ppo.py                       # MiniGrid DoorKey-5x5, 4 rollouts each
@@ -7,9 +7,11 @@ Usage:
 
 Every agent trains with the same preset (n_envs, n_steps, epochs, batch, features extractor, hidden
 size, critic layout); only the policy class differs:
-    rims_ppo    our policy, RIMs core (sequence fast path)
-    lstm_ppo    our policy, nn.LSTM core (sequence fast path)
-    stock_lstm  sb3-contrib's own MlpLstmPolicy/CnnLstmPolicy/MultiInputLstmPolicy, unchanged
+    rims_ppo      our policy, RIMs core (sequence fast path)
+    lstm_ppo      our policy, nn.LSTM core (sequence fast path)
+    tlb_ppo       our policy, Temporal Latent Bottleneck core
+    assembly_ppo  our policy, stable-assembly core
+    stock_lstm    sb3-contrib's own MlpLstmPolicy/CnnLstmPolicy/MultiInputLstmPolicy, unchanged
 Each measurement runs in its own subprocess (so peak memory is that run's own), one after another.
 Steps/s counts environment steps including the PPO updates, after one warm-up rollout.
 """
@@ -26,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-AGENTS = ("rims_ppo", "lstm_ppo", "stock_lstm")
+AGENTS = ("rims_ppo", "lstm_ppo", "tlb_ppo", "assembly_ppo", "stock_lstm")
 ENVS = {"minigrid": "MiniGrid-DoorKey-5x5-v0", "atari": "ALE/Breakout-v5"}
 
 
@@ -88,7 +90,7 @@ def main() -> None:
     print(
         f"torch {torch.__version__}, {platform.machine()}, threads {args.threads or torch.get_num_threads()}"
     )
-    print(f"{'env':26} {'agent':11} {'policy':22} {'steps/s':>8} {'vs stock':>8} {'peak MB':>8}")
+    print(f"{'env':26} {'agent':13} {'policy':22} {'steps/s':>8} {'vs stock':>8} {'peak MB':>8}")
     for family in ["minigrid"] + (["atari"] if args.atari else []):
         rows = {}
         for agent in args.agents:
@@ -109,7 +111,7 @@ def main() -> None:
         for agent, r in rows.items():
             ratio = f"{r['steps_per_s'] / stock:8.2f}" if stock else f"{'-':>8}"
             print(
-                f"{r['env']:26} {agent:11} {r['policy']:22} {r['steps_per_s']:8.0f} {ratio} "
+                f"{r['env']:26} {agent:13} {r['policy']:22} {r['steps_per_s']:8.0f} {ratio} "
                 f"{r['peak_rss_mb']:8.0f}",
                 flush=True,
             )
