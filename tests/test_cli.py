@@ -177,3 +177,20 @@ def test_names_from_an_untrusted_checkpoint_never_leave_the_output_folder(tmp_pa
         name = safe_name(hostile)
         assert "/" not in name and name not in ("", ".", "..")
         assert (tmp_path / name).resolve().parent == tmp_path.resolve()
+
+
+def test_one_training_run_builds_each_core_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Settings are checked where they are defined, so no throwaway cores are built to validate them."""
+    from rims_rl.core import RIMs
+
+    built = []
+    original = RIMs.__init__
+
+    def counting(self: RIMs, *args: object, **kwargs: object) -> None:
+        built.append(1)
+        original(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(RIMs, "__init__", counting)
+    argv = ["train", "--env", ENV, "--timesteps", "32", "--run-dir", str(tmp_path / "r"), "--no-progress"]
+    assert train.main([*argv, *TINY]) == 0
+    assert len(built) == 1  # the MiniGrid preset shares one core between actor and critic
