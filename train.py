@@ -65,16 +65,37 @@ def cmd_train(args: argparse.Namespace) -> int:
     """``train``: one run in a run directory (or ``--resume`` one)."""
     if args.resume is None and args.env is None and args.suite is None:
         return error("give --env ID or --suite NAME (or --resume RUN_DIR); see `python train.py list`")
-    if args.resume is not None and (args.env or args.suite or args.run_dir):
-        return error("--resume takes the env, seed and budget from the run's config.json; drop --env/--suite")
+    if args.resume is not None:
+        given = [
+            flag
+            for flag, value in (
+                ("--env", args.env),
+                ("--suite", args.suite),
+                ("--run-dir", args.run_dir),
+                ("--agent", args.agent),
+                ("--timesteps", args.timesteps),
+                ("--seed", args.seed),
+                ("--n-envs", args.n_envs),
+                ("--set", args.set),
+                ("--checkpoint-every", args.checkpoint_every),
+            )
+            if value
+        ]
+        if given:
+            return error(
+                f"--resume continues the run as its config.json says; drop {', '.join(given)} "
+                "(or start a new run without --resume)"
+            )
+    if args.eval_episodes < 0:
+        return error(f"--eval-episodes must be >= 0 (0 skips the evaluation), got {args.eval_episodes}")
     start = time.time()
     try:
         run_dir = train_run(
-            args.agent,
+            args.agent or DEFAULT_AGENT,
             args.env,
             suite=args.suite,
             timesteps=args.timesteps,
-            seed=args.seed,
+            seed=args.seed or 0,
             n_envs=args.n_envs,
             device=args.device,
             overrides=args.set,
@@ -96,7 +117,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"TensorBoard   : tensorboard --logdir {run_dir / 'tb'}")
     print(f"model         : {run_dir / 'model.zip'}")
     if args.eval_episodes > 0:
-        return _evaluate_and_print(run_dir, None, args.eval_episodes, True, args.seed + 1000, run_dir)
+        return _evaluate_and_print(run_dir, None, args.eval_episodes, True, (args.seed or 0) + 1000, run_dir)
     return 0
 
 
@@ -180,6 +201,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     """``evaluate``: a checkpoint (.zip, run dir or pretrained alias) on an env or a whole suite."""
     if args.episodes < 1:
         return error(f"--episodes must be >= 1, got {args.episodes}")
+    if args.suite is not None:
+        catalog.suite(args.suite)  # a misspelt suite name lists the suites, not env ids
     target = args.suite if args.suite is not None else args.env
     return _evaluate_and_print(
         args.checkpoint,
@@ -231,7 +254,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
     """``compare``: several agents x seeds on a suite (implemented in ``rims_rl.app.compare``)."""
     options = {k: v for k, v in vars(args).items() if k not in ("func", "command")}
     result = run_compare(**options)
-    return int(result) if isinstance(result, int) else 0
+    if result.failed:
+        print(f"error: {result.failed} run(s) failed (see the report and runs.json)", file=sys.stderr)
+        return 1
+    return 0
 
 
 # ---------------------------------------------------------------------------------------- parsing
@@ -244,14 +270,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="{train,evaluate,list,compare}")
 
     p = sub.add_parser("train", help="train one agent on one env or a suite's train env")
-    p.add_argument("--agent", default="rims_ppo", help="rims_ppo | lstm_ppo | ppo (default rims_ppo)")
+    p.add_argument(
+        "--agent", help="rims_ppo | lstm_ppo | tlb_ppo | assembly_ppo | ppo (default rims_ppo; `list agents`)"
+    )
     where = p.add_mutually_exclusive_group()
     where.add_argument("--env", help="env id, e.g. MiniGrid-DoorKey-5x5-v0 or ALE/Breakout-v5")
     where.add_argument("--suite", help="train on this suite's train env (see `list suites`)")
     p.add_argument(
         "--timesteps", type=int, help="budget (default: the preset's; rounded up to whole rollouts)"
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, help="seed of envs, initialisation and sampling (default 0)")
     p.add_argument("--n-envs", type=int, help="parallel envs (default: the preset's)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument(

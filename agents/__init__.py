@@ -180,7 +180,11 @@ def _resolve_policy_kwargs(pk: Mapping[str, Any], observation_space: spaces.Spac
     out = json.loads(json.dumps(pk))  # a deep, plain copy
     fe = out.get("features_extractor_class")
     if fe in ("MiniGridCNN", "MiniGridDictExtractor"):
-        dim = (out.get("features_extractor_kwargs") or {}).get("features_dim", 64)
+        given = dict(out.get("features_extractor_kwargs") or {})
+        unknown = sorted(set(given) - {"features_dim"})
+        if unknown:  # they would be dropped below: say so instead
+            raise ValueError(f"unknown features_extractor_kwargs {unknown} for {fe}; it takes features_dim")
+        dim = given.get("features_dim", 64)
         out.update(minigrid_policy_kwargs(observation_space, features_dim=dim))
     elif isinstance(fe, str):
         out["features_extractor_class"] = getattr(torch_layers, fe)

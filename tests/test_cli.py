@@ -194,3 +194,77 @@ def test_one_training_run_builds_each_core_once(tmp_path: Path, monkeypatch: pyt
     argv = ["train", "--env", ENV, "--timesteps", "32", "--run-dir", str(tmp_path / "r"), "--no-progress"]
     assert train.main([*argv, *TINY]) == 0
     assert len(built) == 1  # the MiniGrid preset shares one core between actor and critic
+
+
+@pytest.mark.parametrize(
+    ("flags", "needles"),
+    [
+        (["--agent", "lstm_ppo"], ("drop --agent",)),
+        (["--timesteps", "999"], ("drop --timesteps",)),
+        (["--set", "ppo.n_epochs=2"], ("drop --set",)),
+        (["--seed", "3"], ("drop --seed",)),
+    ],
+)
+def test_resume_refuses_flags_it_would_ignore(
+    run_dir: Path, flags: list[str], needles: tuple[str, ...], capsys: pytest.CaptureFixture[str]
+) -> None:
+    _fails_cleanly(["train", "--resume", str(run_dir), *flags], capsys, *needles)
+
+
+def test_train_refuses_values_it_used_to_accept(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    target = tmp_path / "run"
+    base = ["train", "--env", ENV, "--run-dir", str(target), "--no-progress", *TINY]
+    _fails_cleanly([*base, "--eval-episodes", "-3"], capsys, "--eval-episodes")
+    _fails_cleanly([*base, "--set", "ppo.learning_rate=Infinity"], capsys, "learning_rate")
+    _fails_cleanly([*base, "--set", "n_envs=2.7"], capsys, "n_envs")
+    _fails_cleanly(
+        [*base, "--set", "policy_kwargs.optimizer_kwargs.eps=abc"], capsys, "invalid agent settings"
+    )
+    _fails_cleanly([*base, "--set", "policy_kwargs.features_extractor_kwargs.bogus=1"], capsys, "bogus")
+    import torch
+
+    if not torch.cuda.is_available():
+        _fails_cleanly([*base, "--device", "cuda"], capsys, "CUDA is not available")
+    assert not target.exists()
+
+
+def test_a_huge_budget_is_rounded_exactly() -> None:
+    from rims_rl.app.config import resolve_config
+
+    requested = 99999999999999999999999999
+    overrides = {"ppo.n_steps": 16, "ppo.batch_size": 16}
+    config = resolve_config("rims_ppo", ENV, timesteps=requested, n_envs=2, overrides=overrides)
+    assert config.timesteps % 32 == 0 and 0 <= config.timesteps - requested < 32
+
+
+def test_resume_with_only_unreadable_checkpoints_refuses_to_start_over(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = tmp_path / "run"
+    argv = ["train", "--env", ENV, "--timesteps", "96", "--run-dir", str(run), "--no-progress", *TINY]
+    assert train.main([*argv, "--checkpoint-every", "32"]) == 0
+    (run / "model.zip").unlink()
+    for checkpoint in (run / "checkpoints").glob("step_*.zip"):
+        checkpoint.write_bytes(checkpoint.read_bytes()[:100])
+    log = (run / "logs" / "progress.csv").read_text()
+    _fails_cleanly(
+        ["train", "--resume", str(run), "--no-progress"], capsys, "no checkpoint there can be read"
+    )
+    assert (run / "logs" / "progress.csv").read_text() == log
+
+
+def test_evaluate_with_a_misspelt_suite_lists_suites(
+    run_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    err = _fails_cleanly(["evaluate", "--checkpoint", str(run_dir), "--suite", "minigrid-doorkee"], capsys)
+    assert "Unknown suite" in err and "minigrid-doorkey" in err
+
+
+def test_written_files_follow_the_umask(run_dir: Path) -> None:
+    import os
+    import stat
+
+    mask = os.umask(0)
+    os.umask(mask)
+    for name in ("config.json", "status.json", "model.zip"):
+        assert stat.S_IMODE((run_dir / name).stat().st_mode) == 0o666 & ~mask, name

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -157,10 +158,18 @@ def _fake_backend(monkeypatch: pytest.MonkeyPatch) -> tuple[Backend, list[tuple[
     """Fake train/evaluate functions to test the driver without training; also the CLI's default."""
     calls: list[tuple[str, int]] = []
 
-    def train_run(agent: str, *, seed: int, run_dir: Path, timesteps: int, **_: object) -> Path:
+    def train_run(agent: str, *, seed: int, run_dir: Path, timesteps: int, **kw: Any) -> Path:
         calls.append((agent, seed))
         run_dir = Path(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
+        config = {  # the fields of a real config.json that compare compares
+            "seed": seed,
+            "suite": kw.get("suite"),
+            "timesteps_requested": timesteps,
+            "overrides": kw.get("overrides") or {},
+            "model": {"agent": agent, "n_envs": kw.get("n_envs")},
+        }
+        (run_dir / "config.json").write_text(json.dumps(config))
         (run_dir / "model.zip").write_bytes(b"zip")
         bonus = 0.2 if agent == "rims_ppo" else 0.0
         rows = "".join(f"{t},{bonus + t / 1000 + seed / 100}\n" for t in (32, 64, 96, 128))
@@ -214,7 +223,7 @@ def test_compare_driver_skips_finished_runs(tmp_path: Path, monkeypatch: pytest.
         progress=False,
         command_line="python train.py compare --seeds 2",
     )
-    paths = run_compare(**kw)
+    paths = run_compare(**kw).files
     assert sorted(calls) == [("lstm_ppo", 0), ("lstm_ppo", 1), ("rims_ppo", 0), ("rims_ppo", 1)]
     text = paths["report"].read_text()
     assert "| train (MiniGrid-DoorKey-5x5-v0) | rims_ppo | 2 | 0.20 [" in text
@@ -249,7 +258,16 @@ def test_cli_compare_arguments_reach_run_compare(tmp_path: Path, monkeypatch: py
     _, calls = _fake_backend(monkeypatch)
     cli = _load_train_cli()
     argv = ["compare", "--suite", "minigrid-multiroom", "--seeds", "1", "--timesteps", "64", "--n-envs", "1"]
-    argv += ["--out", str(tmp_path), "--eval-episodes", "2", "--set", "ppo.n_steps=16"]
+    argv += [
+        "--out",
+        str(tmp_path),
+        "--eval-episodes",
+        "2",
+        "--set",
+        "ppo.n_steps=16",
+        "--set",
+        "ppo.batch_size=16",
+    ]
     monkeypatch.setattr("sys.argv", ["train.py", *argv])  # the report quotes the process's command line
     assert cli.main(argv) == 0
     assert sorted(calls) == [("lstm_ppo", 0), ("rims_ppo", 0)]
@@ -257,7 +275,7 @@ def test_cli_compare_arguments_reach_run_compare(tmp_path: Path, monkeypatch: py
     command = "python train.py " + " ".join(argv)  # shlex.join leaves these arguments unquoted
     assert f"```\n{command}\n```" in text
     stored = json.loads((tmp_path / "runs" / "rims_ppo-seed0" / "compare_eval.json").read_text())
-    assert stored["job"]["overrides"] == {"ppo.n_steps": 16}
+    assert stored["job"]["overrides"] == {"ppo.n_steps": 16, "ppo.batch_size": 16}
     assert stored["job"]["deterministic"] is True
 
 
@@ -265,7 +283,7 @@ def test_cli_compare_stochastic_flag(tmp_path: Path, monkeypatch: pytest.MonkeyP
     _fake_backend(monkeypatch)
     cli = _load_train_cli()
     argv = ["compare", "--suite", "minigrid-multiroom", "--seeds", "1", "--timesteps", "64", "--n-envs", "1"]
-    argv += ["--out", str(tmp_path), "--eval-episodes", "2", "--stochastic"]
+    argv += ["--out", str(tmp_path), "--eval-episodes", "2", "--stochastic", "--set", "ppo.batch_size=64"]
     monkeypatch.setattr("sys.argv", ["train.py", *argv])
     assert cli.main(argv) == 0
     stored = json.loads((tmp_path / "runs" / "lstm_ppo-seed0" / "compare_eval.json").read_text())
@@ -294,7 +312,7 @@ def test_compare_end_to_end_tiny(tmp_path: Path, capsys: pytest.CaptureFixture[s
         reps=200,
         progress=False,
     )
-    paths = run_compare(**kw)
+    paths = run_compare(**kw).files
     assert "4 trained, 0 skipped, 0 failed" in capsys.readouterr().out
     text = paths["report"].read_text()
     for env in ("train (MiniGrid-MultiRoom-N2-S4-v0)", "N4-S5", "N6"):
@@ -313,3 +331,68 @@ def test_compare_end_to_end_tiny(tmp_path: Path, capsys: pytest.CaptureFixture[s
     run_compare(**kw)  # everything is finished: no training, no evaluation, same report
     assert "0 trained, 4 skipped, 0 failed" in capsys.readouterr().out
     assert [m.stat().st_mtime_ns for m in models] == mtimes
+
+
+def test_compare_checks_everything_before_training_anything(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from rims_rl.app.compare import run_compare
+    from rims_rl.app.errors import UserError
+
+    backend, calls = _fake_backend(monkeypatch)
+    kw = dict(
+        backend=backend, suite="minigrid-doorkey", seeds=1, workers=1, out=tmp_path / "c", progress=False
+    )
+    for bad, message in (
+        ({"set": ["ppo.lr=1"]}, "learning_rate"),
+        ({"timesteps": -5}, "timesteps"),
+        ({"eval_episodes": 0}, "eval-episodes"),
+        ({"set": ["ppo.batch_size=300"]}, "batch_size"),
+    ):
+        with pytest.raises(UserError, match=message):
+            run_compare(**{**kw, **bad})
+    assert calls == [] and not (tmp_path / "c").exists()
+
+
+def test_compare_refuses_an_out_folder_of_other_settings_and_keeps_its_report(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from rims_rl.app.compare import run_compare
+    from rims_rl.app.errors import UserError
+
+    backend, calls = _fake_backend(monkeypatch)
+    kw = dict(backend=backend, suite="minigrid-doorkey", seeds=1, timesteps=128, workers=1, out=tmp_path)
+    report = run_compare(**kw, progress=False, eval_episodes=2, reps=100).files["report"]
+    before = report.read_text()
+    calls.clear()
+    with pytest.raises(UserError, match="holds a run with other settings"):
+        run_compare(**{**kw, "timesteps": 256}, progress=False, eval_episodes=2, reps=100)
+    assert calls == [] and report.read_text() == before
+
+
+def test_cli_compare_exits_non_zero_when_a_run_failed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    backend, _ = _fake_backend(monkeypatch)
+
+    def failing_train(agent: str, **kwargs: object) -> Path:
+        if agent == "lstm_ppo":
+            raise RuntimeError("this run breaks")
+        return backend.train(agent, **kwargs)
+
+    monkeypatch.setattr(compare, "LOCAL", Backend(train=failing_train, evaluate=backend.evaluate))
+    cli = _load_train_cli()
+    argv = ["compare", "--suite", "minigrid-multiroom", "--seeds", "1", "--timesteps", "64", "--n-envs", "1"]
+    argv += [
+        "--out",
+        str(tmp_path),
+        "--eval-episodes",
+        "2",
+        "--set",
+        "ppo.n_steps=16",
+        "--set",
+        "ppo.batch_size=16",
+    ]
+    assert cli.main(argv) == 1
+    runs = json.loads((tmp_path / "runs.json").read_text())
+    assert [r["agent"] for r in runs if r["error"]] == ["lstm_ppo"]

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import agents as _agents
-from envs import list_suites, supported_env_ids
+from envs import Suite, get_suite, list_suites, supported_env_ids
+from rims_rl.app.errors import user_input
 
 
 def agents() -> tuple[str, ...]:
@@ -14,6 +15,12 @@ def agents() -> tuple[str, ...]:
 def suites() -> dict[str, str]:
     """Registered suites with what their variants change."""
     return list_suites()
+
+
+def suite(name: str) -> Suite:
+    """A registered suite by name; ``UserError`` listing the suites (closest first) otherwise."""
+    with user_input():
+        return get_suite(name)
 
 
 def env_ids() -> list[str]:

@@ -34,6 +34,7 @@ from agents import AGENTS, parse_overrides
 from envs import Suite, get_suite
 from rims_rl.app import rundir
 from rims_rl.app.atomic import atomic_write_json
+from rims_rl.app.config import resolve_config
 from rims_rl.app.curves import read_learning_curve
 from rims_rl.app.errors import UserError, user_input
 from rims_rl.app.evaluation import EvalResult, evaluate_checkpoint
@@ -50,6 +51,7 @@ __all__ = [
     "EVAL_NAME",
     "LOCAL",
     "Backend",
+    "CompareResult",
     "JobResult",
     "RunJob",
     "config_mismatch",
@@ -74,6 +76,20 @@ class Backend:
 
 
 LOCAL = Backend()
+
+
+@dataclass(frozen=True)
+class CompareResult:
+    """What a comparison wrote and how its runs went."""
+
+    files: dict[str, Path]
+    """The written files by kind (``report``, ``results_json``, ...)."""
+    trained: int
+    """Runs trained in this call."""
+    skipped: int
+    """Runs already finished and evaluated with these settings."""
+    failed: int
+    """Runs that failed (listed in the report and ``runs.json``)."""
 
 
 @dataclass(frozen=True)
@@ -337,14 +353,15 @@ def run_compare(
     command_line: str | None = None,
     backend: Backend | None = None,
     **cli_args: Any,
-) -> dict[str, Path]:
+) -> CompareResult:
     """Train ``agents`` x ``seeds`` on ``suite`` (or one ``env``) in parallel, evaluate, write the report.
 
     Accepts ``**vars(args)`` from the CLI: ``set`` is taken as ``overrides``, ``env_id`` as ``env``, and
     other parser attributes are ignored. ``out`` defaults to ``runs/compare-<suite or env>``; re-running
     skips runs already trained and evaluated there. Runs that fail are listed in the report (and
-    ``runs.json``) while the others still count. Returns the written files by kind (``report``...).
-    ``backend`` (default ``LOCAL``) holds the train and evaluate functions.
+    ``runs.json``) while the others still count. Every setting is checked, and an ``out`` folder that
+    holds runs with other settings is refused, before anything is trained or written. ``backend``
+    (default ``LOCAL``) holds the train and evaluate functions.
     """
     backend = backend or LOCAL
     if overrides is None:
@@ -361,11 +378,16 @@ def run_compare(
             get_suite(suite)  # fail fast on a bad name, before spawning anything
         seed_list = _as_seeds(seeds)
         over = _as_overrides(overrides)
+        if not isinstance(eval_episodes, int) or isinstance(eval_episodes, bool) or eval_episodes < 1:
+            raise ValueError(f"--eval-episodes must be a positive integer, got {eval_episodes!r}")
+    for agent in agent_list:  # every agent's settings, as each run will resolve them (UserError if bad)
+        resolve_config(
+            agent, env, suite=suite, timesteps=timesteps, n_envs=n_envs, device=device, overrides=over
+        )
     cpus = os.cpu_count() or 1
     n_jobs = len(agent_list) * len(seed_list)
     workers = max(1, min(workers or cpus, n_jobs))
     out_dir = Path(out) if out else default_out_dir(str(suite or env))
-    out_dir.mkdir(parents=True, exist_ok=True)
 
     jobs = [
         RunJob(
@@ -384,6 +406,11 @@ def run_compare(
         for s in seed_list
         for a in agent_list
     ]
+    for job in jobs:  # refuse before anything is touched: never replace a report with a worse one
+        mismatch = config_mismatch(job)
+        if mismatch:
+            raise UserError(mismatch)
+    out_dir.mkdir(parents=True, exist_ok=True)
     results: list[JobResult] = []
     todo = []
     for job in jobs:
@@ -453,7 +480,7 @@ def run_compare(
         f"compare: {summary['trained']} trained, {summary['skipped']} skipped, {summary['failed']} failed; "
         f"report: {paths['report']}"
     )
-    return paths
+    return CompareResult(files=paths, **summary)
 
 
 def default_out_dir(target: str) -> Path:

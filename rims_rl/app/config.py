@@ -9,10 +9,11 @@ beside the preset), so checkpoints written before this record existed still load
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
+
+import torch
 
 from agents import AgentPreset, apply_overrides, get_preset, parse_overrides
 from envs import EnvSpec, get_suite
@@ -93,7 +94,8 @@ class RunConfig:
 
     def with_device(self, device: str) -> RunConfig:
         """The same run on another device (a resumed run may move)."""
-        _check_device(device)
+        with user_input():
+            _check_device(device, here=True)
         return replace(self, device=device)
 
     def to_dict(self) -> dict[str, Any]:
@@ -162,9 +164,12 @@ class RunConfig:
         )
 
 
-def _check_device(device: Any) -> None:
+def _check_device(device: Any, here: bool = False) -> None:
+    """A valid device name; with ``here``, also one this machine has (a stored config may name another)."""
     if not isinstance(device, str) or (device not in DEVICES and not device.startswith("cuda:")):
         raise ValueError(f"device must be one of {', '.join(DEVICES)} (or cuda:N), got {device!r}")
+    if here and device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} asked for, but CUDA is not available here; use cpu or auto")
 
 
 def family_of(spec: EnvSpec) -> str:
@@ -211,16 +216,16 @@ def resolve_config(
             preset = apply_overrides(preset, given)
         if n_envs is not None:
             preset = preset.replace(n_envs=n_envs)
-        _check_device(device)
+        _check_device(device, here=True)
         if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
             raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
         requested = preset.n_timesteps if timesteps is None else timesteps
         if not isinstance(requested, int) or isinstance(requested, bool) or requested <= 0:
             raise ValueError(f"timesteps must be a positive integer, got {requested!r}")
         rollout = preset.ppo.n_steps * preset.n_envs
-        preset = preset.replace(n_timesteps=math.ceil(requested / rollout) * rollout)
+        preset = preset.replace(n_timesteps=-(-requested // rollout) * rollout)  # integer ceil: exact
         if checkpoint_every is None:
-            checkpoint_every = math.ceil(preset.n_timesteps / DEFAULT_N_CHECKPOINTS / rollout) * rollout
+            checkpoint_every = -(-preset.n_timesteps // (DEFAULT_N_CHECKPOINTS * rollout)) * rollout
         if not isinstance(checkpoint_every, int) or checkpoint_every <= 0:
             raise ValueError(f"checkpoint_every must be a positive integer, got {checkpoint_every!r}")
         config = RunConfig(

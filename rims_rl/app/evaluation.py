@@ -38,6 +38,7 @@ from rims_rl.app.checkpoint import (
     read_meta,
     resolve_checkpoint,
 )
+from rims_rl.app.config import family_of
 from rims_rl.app.errors import user_input
 
 CSV_FIELDS = (
@@ -119,8 +120,12 @@ def resolve_specs(target: Any, meta: CheckpointMeta | None = None) -> list[EnvSp
 
 
 def _with_training_env_kwargs(spec: EnvSpec, meta: CheckpointMeta | None) -> EnvSpec:
-    """Apply the preset's env kwargs (e.g. Atari frame stacking) that the policy was trained with."""
-    if meta is None:
+    """Apply the preset's env kwargs (e.g. Atari frame stacking) that the policy was trained with.
+
+    Only on envs of the family it was trained on: an Atari agent on a MiniGrid suite keeps the MiniGrid
+    spec, and the space check then names both spaces.
+    """
+    if meta is None or meta.config.model.family != family_of(spec):
         return spec
     return EnvSpec(spec.name, spec.env_id, {**meta.config.model.env, **dict(spec.kwargs)})
 

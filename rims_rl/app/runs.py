@@ -222,7 +222,12 @@ def sigint_stops(callback: RunCallback) -> Iterator[None]:
 
 
 def _make_logger(run_dir: Path, start_step: int, verbose: int) -> Logger:
+    """CSV, TensorBoard (and stdout) output; a resume writes a new CSV and never overwrites an old one."""
     suffix = "" if start_step == 0 else f"-resumed-{start_step}"
+    n = 1
+    while (run_dir / rundir.LOGS_DIR / f"progress{suffix}.csv").exists():  # e.g. a second restart from 0
+        n += 1
+        suffix = f"-resumed-{start_step}-{n}"
     formats = [
         make_output_format("csv", str(run_dir / rundir.LOGS_DIR), suffix),
         make_output_format("tensorboard", str(run_dir / rundir.TB_DIR)),
@@ -317,6 +322,11 @@ def _train(
             return run_dir
         start_checkpoint = latest_checkpoint(rundir.checkpoints_dir(run_dir))
         start_step = read_meta(start_checkpoint).num_timesteps if start_checkpoint else 0
+        if start_checkpoint is None and step_checkpoints(rundir.checkpoints_dir(run_dir)):
+            raise UserError(
+                f"{run_dir}: no checkpoint there can be read (all truncated or corrupt), so resuming would "
+                "start again from step 0; start a new run (another --run-dir) or delete the checkpoints"
+            )
     elif rundir.is_run_dir(run_dir):  # created between the check in train_run and the lock
         raise UserError(f"{run_dir} already holds a run; use --resume {run_dir} or another --run-dir")
 
