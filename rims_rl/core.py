@@ -153,6 +153,8 @@ class RIMs(nn.Module):
         self.w_comm_out = nn.Parameter(torch.empty(n_units, comm_heads * comm_value_size, unit_size))
         self.reset_parameters()
         self.last_active_mask: Tensor | None = None
+        #: Fused loop with a hand-written backward (exact; see ``forward``); False: the autograd reference.
+        self.fast_path = True
 
     def reset_parameters(self) -> None:
         """Uniform(-1/sqrt(fan_in), 1/sqrt(fan_in)) per unit, as torch does for Linear/LSTM."""
@@ -212,14 +214,29 @@ class RIMs(nn.Module):
         Returns:
             output [T, B, hidden_size] and (hT, cT). The activation mask of the call, [T, B, n_units]
             bool, is kept (detached) in ``self.last_active_mask``.
+
+        Runs the fused time loop with its hand-written backward (``_RIMsSequence``; dropout masks are
+        drawn as ``nn.Dropout`` draws them on CPU and saved) unless ``self.fast_path`` is False: then the
+        reference loop below, differentiated by autograd.
         """
         self._check_input(x, state, episode_starts)
         if x.dim() == 3:
             x = x.unsqueeze(2)
+        if state is None:
+            state = self.initial_state(x.shape[1], x.device)
+        if self.fast_path:
+            return self._forward_fused(x, state, episode_starts)
+        return self._forward_autograd(x, state, episode_starts)
+
+    def _forward_autograd(
+        self, x: Tensor, state: State, episode_starts: Tensor | None
+    ) -> tuple[Tensor, State]:
+        """The reference: one step at a time in plain torch ops, differentiated by autograd.
+
+        ``x`` is [T, B, S, input_size]. The ground truth for the fused path in the tests.
+        """
         T, B, S, _ = x.shape
         n, u = self.n_units, self.unit_size
-        if state is None:
-            state = self.initial_state(B, x.device)
         # Internally unit-major [n, B, u], so every per-unit matmul is a plain bmm over units.
         h = state[0].reshape(B, n, u).transpose(0, 1)
         c = state[1].reshape(B, n, u).transpose(0, 1)
@@ -278,6 +295,50 @@ class RIMs(nn.Module):
         c_t = c.transpose(0, 1).reshape(1, B, self.hidden_size)
         return out, (h_t, c_t)
 
+    def _forward_fused(self, x: Tensor, state: State, episode_starts: Tensor | None) -> tuple[Tensor, State]:
+        """Input-only work and weight folding under autograd, then the time loop as one ``_RIMsSequence``.
+
+        Same math as ``_forward_autograd``; without grad (rollouts) the loop runs directly, saving nothing.
+        """
+        T, B, S, _ = x.shape
+        n, u = self.n_units, self.unit_size
+        h0 = state[0].reshape(B, n, u).transpose(0, 1)
+        c0 = state[1].reshape(B, n, u).transpose(0, 1)
+        H, dk = self.input_heads, self.input_key_size
+        keys = self.input_key(x).view(T, B, S, H, dk)
+        values = self.input_value(x).view(T, B, S, H, self.input_value_size // H)
+        w_query = self.w_query
+        if S == 1:  # fold the query weights into the keys, as in _forward_autograd; unit-major [n,T,B,H,u]
+            w_q = self.w_query.view(n, u, H, dk) * (1.0 / math.sqrt(dk))
+            keys = torch.einsum("nuhd,tbhd->tnbhu", w_q, keys.squeeze(2)).transpose(0, 1).contiguous()
+            values = values.squeeze(2)
+        if self.cell == "lstm":
+            cell_w: tuple[Tensor, ...] = (
+                torch.cat([self.w_x, self.w_hh], dim=1),
+                (self.b_x + self.b_h).unsqueeze(1),
+            )
+        else:
+            cell_w = (self.w_x, self.w_hh, self.b_x.unsqueeze(1), self.b_h.unsqueeze(1))
+        w_comm = self._scaled_w_comm() if self.use_comm else self.w_comm
+        resets: list[int] = []
+        keep = None
+        if episode_starts is not None:
+            keep = (1.0 - episode_starts.to(x.dtype)).view(T, B, 1)
+            resets = [t for t, any_start in enumerate(episode_starts.bool().any(dim=1).tolist()) if any_start]
+        inputs = (keys, values, h0, c0, w_query, w_comm, self.w_comm_out, *cell_w)
+        if torch.is_grad_enabled() and any(t.requires_grad for t in inputs):
+            out, c_t, mask = _RIMsSequence.apply(self, resets, keep, *inputs)
+        else:
+            out, c_t, mask = _fused_loop(self, resets, keep, *inputs, save=False)[:3]
+        if self.cell == "gru":  # GRU units carry c untouched apart from resets (zeros in practice)
+            c_t = c0
+            for t in resets:
+                c_t = c_t * keep[t]
+        self.last_active_mask = mask.permute(1, 2, 0)
+        h_t = out[:, -1].transpose(0, 1).reshape(1, B, self.hidden_size)
+        c_t = c_t.transpose(0, 1).reshape(1, B, self.hidden_size)
+        return out.permute(1, 2, 0, 3).reshape(T, B, self.hidden_size), (h_t, c_t)
+
     def _input_attention(self, keys: Tensor, values: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
         """What each unit reads, [n,B,input_value_size], and which units win, [n,B] bool.
 
@@ -327,3 +388,372 @@ class RIMs(nn.Module):
         probs = self.comm_dropout(scores.softmax(dim=1)).unsqueeze(-1)
         attended = (probs * v.reshape(1, n, B, H, dv)).sum(1)  # [n, B, H, dv]
         return torch.bmm(attended.reshape(n, B, H * dv), self.w_comm_out)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The fused time loop and its hand-written backward.
+#
+# Per step t (unit-major: h, c are [n, B, u]; m is the step's [n, B, 1] activation mask):
+#   input attention (one slot, keys K_t [n,B,H,u] with the query weights folded in):
+#       p = sigmoid(h . K_t)  [n,B,H];  read = p * V_t  [n,B,H,dv]
+#   (several slots: scores = (h W_q) . K_t / sqrt(dk), probs = softmax over [null=0, slots], read = probs V_t)
+#   LSTM: [i f o g] = [sig sig sig tanh]([read, h] W_cell + b);  c' = f c + i g;  h' = o tanh(c')
+#   GRU:  [r z] = sig(gx_rz + gh_rz);  n = tanh(gx_n + r gh_n);  h' = n + z (h - n)  (gx, gh: read/h affine)
+#   communication on hm = where(m, h', h): [q k v] = hm W_comm;  P = softmax_units(q . k) (top-k masked);
+#       h' += (P v) W_comm_out
+#   update: h = where(m, h', h), c = where(m, c', c)
+# Backward runs the steps in reverse carrying dh, dc; every factor that does not depend on the incoming
+# gradient (sigmoid/tanh derivatives, products of saved activations) is computed for all steps at once
+# before the loop, and every weight gradient is one bmm over all T*B rows after it.
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _dropped(x: Tensor, p: float, noises: list[Tensor]) -> Tensor:
+    """``x`` with dropout, the mask drawn as ``nn.Dropout`` draws it on CPU (so the reference path gets
+    the same one from the same seed) and appended to ``noises`` (kept values scaled by 1/(1-p))."""
+    noise = torch.empty_like(x).bernoulli_(1.0 - p).div_(1.0 - p)
+    noises.append(noise)
+    return x * noise
+
+
+def _fused_loop(
+    core: RIMs,
+    resets: list[int],
+    keep: Tensor | None,
+    keys: Tensor,
+    values: Tensor,
+    h0: Tensor,
+    c0: Tensor,
+    w_query: Tensor,
+    w_comm: Tensor,
+    w_comm_out: Tensor,
+    *cell_w: Tensor,
+    save: bool,
+) -> tuple[Tensor, Tensor, Tensor, dict]:
+    """The sequence without autograd: (out [n,T,B,u], cT [n,B,u], mask [n,T,B], saved).
+
+    keys: [n,T,B,H,u] (one slot, query weights folded in) or [T,B,S,H,dk]; values: [T,B,(S,)H,dv];
+    h0, c0: [n,B,u]; keep: [T,B,1] (applied before the steps listed in ``resets``); cell_w: (W_cell,
+    b_cell) for LSTM, (W_x, W_hh, b_x, b_h) for GRU. ``saved`` holds what the backward needs (empty if
+    not ``save``); the per-step buffers are written in place with ``out=``, so saving costs no copies.
+    """
+    one_slot = values.dim() == 4
+    T, B = values.shape[:2]
+    n, u, k = core.n_units, core.unit_size, core.k
+    H, dk, Dv = core.input_heads, core.input_key_size, core.input_value_size
+    dv = Dv // H
+    lstm, comm = core.cell == "lstm", core.use_comm
+    opts = dict(dtype=h0.dtype, device=h0.device)
+    reset_set = set(resets)
+    p_drop_in = core.input_dropout.p if core.training else 0.0
+    p_drop_c = core.comm_dropout.p if core.training else 0.0
+    out = torch.empty(n, T, B, u, **opts)
+    mask = torch.zeros(n, T, B, dtype=torch.bool, device=h0.device)
+    sv: dict = {"mask": mask, "noise_in": [], "noise_c": []}
+    if lstm:
+        w_cell, b_cell = cell_w
+        xh = torch.empty(n, T, B, Dv + u, **opts)  # the cell's input [read, h], rows for dW_cell
+        reads, hs = xh[..., :Dv], xh[..., Dv:]
+        acts = torch.empty(n, T, B, 4 * u, **opts)
+        tcs = torch.empty(n, T, B, u, **opts)
+        cs = torch.empty(n, T + 1, B, u, **opts)
+        cs[:, 0] = c0
+        sv.update(xh=xh, acts=acts, tcs=tcs, cs=cs)
+    else:
+        w_x, w_hh, b_x, b_h = cell_w
+        reads = torch.empty(n, T, B, Dv, **opts)
+        hs = torch.empty(n, T, B, u, **opts)
+        rzs = torch.empty(n, T, B, 2 * u, **opts)
+        cands = torch.empty(n, T, B, u, **opts)
+        ghns: list[Tensor] = []
+        sv.update(reads=reads, rzs=rzs, cands=cands, ghns=ghns)
+    sv["hs"] = hs
+    if one_slot:
+        p_in = torch.empty(n, T, B, H, **opts)
+        sv["p_in"] = p_in
+    else:
+        queries = torch.empty(n, T, B, H * dk, **opts)
+        probs_in: list[Tensor] = []
+        sv.update(queries=queries, probs_in=probs_in)
+    if comm:
+        Hc, dkc, dvc = core.comm_heads, core.comm_key_size, core.comm_value_size
+        hms = torch.empty(n, T, B, u, **opts)
+        qkvs = torch.empty(n, T, B, Hc * (2 * dkc + dvc), **opts)
+        atts = torch.empty(n, T, B, Hc * dvc, **opts)
+        probs_c: list[Tensor] = []
+        sv.update(hms=hms, qkvs=qkvs, atts=atts, probs_c=probs_c)
+        top_k = core.comm_top_k if core.comm_top_k is not None and core.comm_top_k < n else None
+
+    h = h0
+    for t in range(T):
+        h_t = hs[:, t]
+        if t in reset_set:
+            torch.mul(h, keep[t], out=h_t)
+            if lstm:
+                cs[:, t].mul_(keep[t])
+        else:
+            h_t.copy_(h)
+        h = h_t
+        read = reads[:, t]
+        if one_slot:
+            p = torch.sigmoid(torch.linalg.vecdot(h.unsqueeze(2), keys[:, t]), out=p_in[:, t])
+            score = p.mean(dim=-1)
+            if p_drop_in > 0:
+                p = _dropped(p, p_drop_in, sv["noise_in"])
+            torch.mul(p.unsqueeze(-1), values[t], out=read.view(n, B, H, dv))
+        else:
+            q = torch.bmm(h, w_query, out=queries[:, t]).view(n, B, H, dk)
+            scores = torch.einsum("nbhd,bshd->nbhs", q, keys[t]) * (1.0 / math.sqrt(dk))
+            probs = F.pad(scores, (1, 0)).softmax(dim=-1)
+            score = 1.0 - probs[..., 0].mean(dim=-1)
+            probs_in.append(probs)
+            if p_drop_in > 0:
+                probs = _dropped(probs, p_drop_in, sv["noise_in"])
+            read.copy_(torch.einsum("nbhs,bshv->nbhv", probs[..., 1:], values[t]).reshape(n, B, Dv))
+        m_t = mask[:, t]
+        m_t.scatter_(0, torch.topk(score, k, dim=0).indices, True)
+        m = m_t.unsqueeze(-1)
+        if lstm:
+            gates = torch.baddbmm(b_cell, xh[:, t], w_cell)
+            a = acts[:, t]
+            torch.sigmoid(gates[..., : 3 * u], out=a[..., : 3 * u])
+            torch.tanh(gates[..., 3 * u :], out=a[..., 3 * u :])
+            i, f, o, g = a.split(u, dim=-1)
+            c = cs[:, t]
+            c_new = torch.addcmul(f * c, i, g)
+            h_cell = o * torch.tanh(c_new, out=tcs[:, t])
+        else:
+            gx = torch.baddbmm(b_x, read, w_x)
+            gh = torch.baddbmm(b_h, h, w_hh)
+            r, z = torch.sigmoid(gx[..., : 2 * u] + gh[..., : 2 * u], out=rzs[:, t]).chunk(2, dim=-1)
+            ghn = gh[..., 2 * u :]
+            cand = torch.tanh(torch.addcmul(gx[..., 2 * u :], r, ghn), out=cands[:, t])
+            h_cell = torch.addcmul(cand, z, h - cand)
+            ghns.append(ghn)
+        if comm:
+            hm = torch.where(m, h_cell, h, out=hms[:, t])
+            qkv = torch.bmm(hm, w_comm, out=qkvs[:, t])
+            q, kk, v = qkv.split((Hc * dkc, Hc * dkc, Hc * dvc), dim=-1)
+            scores = (q.reshape(n, 1, B, Hc, dkc) * kk.reshape(1, n, B, Hc, dkc)).sum(-1)
+            if top_k is not None:
+                kth = scores.topk(top_k, dim=1).values[:, -1:]
+                scores = scores.masked_fill(scores < kth, float("-inf"))
+            P = scores.softmax(dim=1)  # [n_query, n_key, B, Hc]
+            probs_c.append(P)
+            if p_drop_c > 0:
+                P = _dropped(P, p_drop_c, sv["noise_c"])
+            att = atts[:, t]
+            torch.sum(P.unsqueeze(-1) * v.reshape(1, n, B, Hc, dvc), dim=1, out=att.view(n, B, Hc, dvc))
+            h_cell = h_cell + torch.bmm(att, w_comm_out)
+        h = torch.where(m, h_cell, h, out=out[:, t])
+        if lstm:
+            torch.where(m, c_new, c, out=cs[:, t + 1])
+    c_t = cs[:, T].clone() if lstm else h0.new_zeros(0)
+    return out, c_t, mask, (sv if save else {})
+
+
+def _fused_backward(
+    core: RIMs,
+    resets: list[int],
+    keep: Tensor | None,
+    keys: Tensor,
+    values: Tensor,
+    w_query: Tensor,
+    w_comm: Tensor,
+    w_comm_out: Tensor,
+    cell_w: tuple[Tensor, ...],
+    sv: dict,
+    d_out: Tensor,
+    d_ct: Tensor,
+) -> tuple[Tensor | None, ...]:
+    """Gradients of ``_fused_loop`` for (keys, values, h0, c0, w_query, w_comm, w_comm_out, *cell_w).
+
+    d_out: [n,T,B,u], d_ct: [n,B,u]. Inactive units pass dh, dc straight through (``where``), so their
+    rows of every per-step gradient are zero and their weights get nothing from that step.
+    """
+    one_slot = values.dim() == 4
+    T, B = values.shape[:2]
+    n, u = core.n_units, core.unit_size
+    H, dk, Dv = core.input_heads, core.input_key_size, core.input_value_size
+    dv = Dv // H
+    lstm, comm = core.cell == "lstm", core.use_comm
+    opts = dict(dtype=d_out.dtype, device=d_out.device)
+    reset_set = set(resets)
+    mf = sv["mask"].to(d_out.dtype).unsqueeze(-1)  # [n,T,B,1]
+    hs = sv["hs"]
+
+    if lstm:
+        w_cell_t = cell_w[0].transpose(1, 2)
+        i, f, o, g = sv["acts"].split(u, dim=-1)
+        tc, c_prev = sv["tcs"], sv["cs"][:, :T]
+        k_c = o * (1.0 - tc * tc)  # dc'/dh' through h' = o tanh(c')
+        # d(pre-activation) = fac * (dc' for i, f, g; dh' for o)
+        fac = torch.cat(
+            [g * i * (1.0 - i), c_prev * f * (1.0 - f), tc * o * (1.0 - o), i * (1.0 - g * g)], -1
+        )
+        dgates = torch.empty(n, T, B, 4 * u, **opts)
+        dxh = torch.empty(n, T, B, Dv + u, **opts)
+        dreads = dxh[..., :Dv]
+        dc = d_ct
+    else:
+        w_x_t, w_hh_t = cell_w[0].transpose(1, 2), cell_w[1].transpose(1, 2)
+        r, z = sv["rzs"].chunk(2, dim=-1)
+        cand = sv["cands"]
+        ghn = torch.stack(sv["ghns"], dim=1)
+        f_n = (1.0 - z) * (1.0 - cand * cand)  # dh' -> d(gx_n)
+        f_r = ghn * r * (1.0 - r)  # d(gx_n) -> d(r pre-activation)
+        f_z = (hs - cand) * z * (1.0 - z)  # dh' -> d(z pre-activation)
+        dgx = torch.empty(n, T, B, 3 * u, **opts)
+        dgh = torch.empty(n, T, B, 3 * u, **opts)
+        dreads = torch.empty(n, T, B, Dv, **opts)
+    noise_in, noise_c = sv["noise_in"], sv["noise_c"]
+    if one_slot:
+        p_in = sv["p_in"]
+        dsig = p_in * (1.0 - p_in)
+        if noise_in:  # d(read)/d(p) passes the dropout mask; fold it into the sigmoid derivative
+            noise_all = torch.stack(noise_in, dim=1)
+            dsig = dsig * noise_all
+            p_in = p_in * noise_all
+        ds = torch.empty(n, T, B, H, **opts)
+    else:
+        S = keys.shape[2]
+        w_query_t = w_query.transpose(1, 2)
+        dscores = torch.empty(n, T, B, H, S, **opts)
+        dqueries = torch.empty(n, T, B, H * dk, **opts)
+        scale = 1.0 / math.sqrt(dk)
+    if comm:
+        Hc, dkc, dvc = core.comm_heads, core.comm_key_size, core.comm_value_size
+        w_comm_t, w_comm_out_t = w_comm.transpose(1, 2), w_comm_out.transpose(1, 2)
+        qkvs, probs_c = sv["qkvs"], sv["probs_c"]
+        dcomm = torch.empty(n, T, B, u, **opts)
+        dqkv = torch.empty(n, T, B, qkvs.shape[-1], **opts)
+        splits = (Hc * dkc, Hc * dkc, Hc * dvc)
+
+    dh = torch.zeros(n, B, u, **opts)
+    for t in reversed(range(T)):
+        m = mf[:, t]
+        dh_out = d_out[:, t] + dh
+        if comm:
+            d_att = torch.bmm(torch.mul(dh_out, m, out=dcomm[:, t]), w_comm_out_t).view(n, 1, B, Hc, dvc)
+            P = probs_c[t]
+            P_d = P * noise_c[t] if noise_c else P  # the probabilities the values were mixed with
+            q, kk, v = qkvs[:, t].split(splits, dim=-1)
+            dq, dk_, dv_ = dqkv[:, t].split(splits, dim=-1)
+            dP = (d_att * v.reshape(1, n, B, Hc, dvc)).sum(-1)
+            if noise_c:
+                dP = dP * noise_c[t]
+            torch.sum(P_d.unsqueeze(-1) * d_att, dim=0, out=dv_.view(n, B, Hc, dvc))
+            dS = P * (dP - (P * dP).sum(dim=1, keepdim=True))
+            torch.sum(dS.unsqueeze(-1) * kk.reshape(1, n, B, Hc, dkc), dim=1, out=dq.view(n, B, Hc, dkc))
+            torch.sum(dS.unsqueeze(-1) * q.reshape(n, 1, B, Hc, dkc), dim=0, out=dk_.view(n, B, Hc, dkc))
+            dh_out = dh_out + torch.bmm(dqkv[:, t], w_comm_t)
+        dh_cell = dh_out * m
+        dh = dh_out - dh_cell
+        if lstm:
+            dc_new = dc * m
+            dc_tot = torch.addcmul(dc_new, dh_cell, k_c[:, t])
+            dg = dgates[:, t].view(n, B, 4, u)
+            torch.mul(fac[:, t].view(n, B, 4, u), dc_tot.unsqueeze(2), out=dg)
+            torch.mul(fac[:, t, :, 2 * u : 3 * u], dh_cell, out=dg[:, :, 2])
+            torch.bmm(dgates[:, t], w_cell_t, out=dxh[:, t])
+            dc = torch.addcmul(dc - dc_new, dc_tot, f[:, t])
+            dh = dh + dxh[:, t, :, Dv:]
+        else:
+            dn = dh_cell * f_n[:, t]
+            dx_t, dh_t = dgx[:, t], dgh[:, t]
+            torch.mul(dn, f_r[:, t], out=dx_t[..., :u])
+            torch.mul(dh_cell, f_z[:, t], out=dx_t[..., u : 2 * u])
+            dx_t[..., 2 * u :].copy_(dn)
+            dh_t[..., : 2 * u].copy_(dx_t[..., : 2 * u])
+            torch.mul(dn, r[:, t], out=dh_t[..., 2 * u :])
+            torch.bmm(dx_t, w_x_t, out=dreads[:, t])
+            dh = torch.addcmul(dh, dh_cell, z[:, t]) + torch.bmm(dh_t, w_hh_t)
+        dread = dreads[:, t].view(n, B, H, dv)
+        if one_slot:
+            d_p = (dread * values[t]).sum(-1)
+            dsv = torch.mul(d_p, dsig[:, t], out=ds[:, t])
+            dh = dh + (dsv.unsqueeze(-1) * keys[:, t]).sum(-2)
+        else:
+            ps = sv["probs_in"][t][..., 1:]
+            dps = torch.einsum("nbhv,bshv->nbhs", dread, values[t])
+            if noise_in:
+                dps = dps * noise_in[t][..., 1:]
+            dsc = torch.mul(ps * (dps - (ps * dps).sum(-1, keepdim=True)), scale, out=dscores[:, t])
+            dqt = dqueries[:, t]
+            dqt.view(n, B, H, dk).copy_(torch.einsum("nbhs,bshd->nbhd", dsc, keys[t]))
+            dh = dh + torch.bmm(dqt, w_query_t)
+        if t in reset_set:
+            dh = dh * keep[t]
+            if lstm:
+                dc = dc * keep[t]
+
+    def rows(a: Tensor) -> Tensor:  # [n,T,B,X] -> [n,T*B,X]
+        return a.reshape(n, T * B, a.shape[-1])
+
+    def wgrad(a: Tensor, b: Tensor) -> Tensor:  # sum over all steps and samples of a^T b, per unit
+        return torch.bmm(rows(a).transpose(1, 2), rows(b))
+
+    if lstm:
+        cell_grads: tuple[Tensor, ...] = (wgrad(sv["xh"], dgates), dgates.sum(dim=(1, 2)).unsqueeze(1))
+    else:
+        cell_grads = (
+            wgrad(sv["reads"], dgx),
+            wgrad(hs, dgh),
+            dgx.sum(dim=(1, 2)).unsqueeze(1),
+            dgh.sum(dim=(1, 2)).unsqueeze(1),
+        )
+    if one_slot:
+        d_keys = ds.unsqueeze(-1) * hs.unsqueeze(-2)  # [n,T,B,H,u]
+        d_values = (p_in.unsqueeze(-1) * dreads.reshape(n, T, B, H, dv)).sum(0)
+        d_wq = None
+    else:
+        q_all = sv["queries"].view(n, T, B, H, dk)
+        d_keys = torch.einsum("ntbhs,ntbhd->tbshd", dscores, q_all)
+        ps_all = torch.stack(sv["probs_in"], dim=1)[..., 1:]
+        if noise_in:
+            ps_all = ps_all * torch.stack(noise_in, dim=1)[..., 1:]
+        d_values = torch.einsum("ntbhs,ntbhv->tbshv", ps_all, dreads.reshape(n, T, B, H, dv))
+        d_wq = wgrad(hs, dqueries)
+    if comm:
+        d_wc, d_wco = wgrad(sv["hms"], dqkv), wgrad(sv["atts"], dcomm)
+    else:
+        d_wc = d_wco = None
+    return (d_keys, d_values, dh, dc if lstm else None, d_wq, d_wc, d_wco, *cell_grads)
+
+
+class _RIMsSequence(torch.autograd.Function):
+    """The time loop as one autograd node: forward saves activations, backward is ``_fused_backward``."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx,
+        core: RIMs,
+        resets: list[int],
+        keep: Tensor | None,
+        *inputs: Tensor,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        out, c_t, mask, saved = _fused_loop(core, resets, keep, *inputs, save=True)
+        ctx.core, ctx.resets, ctx.keep, ctx.saved = core, resets, keep, saved
+        keys, values, _, _, w_query, w_comm, w_comm_out, *cell_w = inputs
+        ctx.save_for_backward(keys, values, w_query, w_comm, w_comm_out, *cell_w)
+        ctx.mark_non_differentiable(mask)
+        return out, c_t, mask
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, d_out: Tensor, d_ct: Tensor, _: Tensor) -> tuple:
+        keys, values, w_query, w_comm, w_comm_out, *cell_w = ctx.saved_tensors
+        grads = _fused_backward(
+            ctx.core,
+            ctx.resets,
+            ctx.keep,
+            keys,
+            values,
+            w_query,
+            w_comm,
+            w_comm_out,
+            tuple(cell_w),
+            ctx.saved,
+            d_out.contiguous(),
+            d_ct,
+        )
+        return (None, None, None, *grads)
