@@ -308,9 +308,9 @@ class RIMs(nn.Module):
         keys = self.input_key(x).view(T, B, S, H, dk)
         values = self.input_value(x).view(T, B, S, H, self.input_value_size // H)
         w_query = self.w_query
-        if S == 1:  # fold the query weights into the keys, as in _forward_autograd; unit-major [n,T,B,H,u]
+        if S == 1:  # fold the query weights into the keys, as in _forward_autograd: [T,n,B,H,u]
             w_q = self.w_query.view(n, u, H, dk) * (1.0 / math.sqrt(dk))
-            keys = torch.einsum("nuhd,tbhd->tnbhu", w_q, keys.squeeze(2)).transpose(0, 1).contiguous()
+            keys = torch.einsum("nuhd,tbhd->tnbhu", w_q, keys.squeeze(2)).contiguous()
             values = values.squeeze(2)
         if self.cell == "lstm":
             cell_w: tuple[Tensor, ...] = (
@@ -319,7 +319,7 @@ class RIMs(nn.Module):
             )
         else:
             cell_w = (self.w_x, self.w_hh, self.b_x.unsqueeze(1), self.b_h.unsqueeze(1))
-        w_comm = self._scaled_w_comm() if self.use_comm else self.w_comm
+        w_comm = self._scaled_w_comm()[..., self._comm_head_order()] if self.use_comm else self.w_comm
         resets: list[int] = []
         keep = None
         if episode_starts is not None:
@@ -334,10 +334,10 @@ class RIMs(nn.Module):
             c_t = c0
             for t in resets:
                 c_t = c_t * keep[t]
-        self.last_active_mask = mask.permute(1, 2, 0)
-        h_t = out[:, -1].transpose(0, 1).reshape(1, B, self.hidden_size)
+        self.last_active_mask = mask.transpose(1, 2)
+        h_t = out[-1].transpose(0, 1).reshape(1, B, self.hidden_size)
         c_t = c_t.transpose(0, 1).reshape(1, B, self.hidden_size)
-        return out.permute(1, 2, 0, 3).reshape(T, B, self.hidden_size), (h_t, c_t)
+        return out.transpose(1, 2).reshape(T, B, self.hidden_size), (h_t, c_t)
 
     def _input_attention(self, keys: Tensor, values: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
         """What each unit reads, [n,B,input_value_size], and which units win, [n,B] bool.
@@ -361,6 +361,24 @@ class RIMs(nn.Module):
         winners = torch.topk(attention_on_input, self.k, dim=0).indices
         mask = torch.zeros(n, B, dtype=torch.bool, device=h.device).scatter_(0, winners, True)
         return read.reshape(n, B, -1), mask
+
+    def _comm_head_order(self) -> Tensor:
+        """Column order of ``w_comm`` that groups each head's [query, key, value] together.
+
+        With it, a step's projection [n, B, heads * (2 dk + dv)] views as [B * heads, n, 2 dk + dv] with
+        no copy, so the communication attention runs as batched matmuls over (sample, head).
+        """
+        H, dk, dv = self.comm_heads, self.comm_key_size, self.comm_value_size
+        order = [
+            idx
+            for h in range(H)
+            for idx in (
+                *range(h * dk, (h + 1) * dk),
+                *range(H * dk + h * dk, H * dk + (h + 1) * dk),
+                *range(2 * H * dk + h * dv, 2 * H * dk + (h + 1) * dv),
+            )
+        ]
+        return torch.tensor(order, device=self.w_comm.device)
 
     def _scaled_w_comm(self) -> Tensor:
         """``w_comm`` with the query columns scaled by 1/sqrt(key size): one op per call, not per step."""
@@ -408,10 +426,21 @@ class RIMs(nn.Module):
 # ----------------------------------------------------------------------------------------------------------
 
 
+def _unit_major(T: int, n: int, B: int, X: int, **opts: object) -> Tensor:
+    """A [T, n, B, X] buffer stored unit-major: step t's slice is written in the loop, and the weight
+    gradients read all steps of a unit as [T*B, X] rows with no copy."""
+    return torch.empty(n, T, B, X, **opts).transpose(0, 1)
+
+
+def _dropout_noise(like: Tensor, p: float) -> Tensor:
+    """A dropout mask (kept entries 1/(1-p)) drawn as ``nn.Dropout`` draws it on CPU, so the reference
+    path gets the same one from the same seed."""
+    return torch.empty_like(like).bernoulli_(1.0 - p).div_(1.0 - p)
+
+
 def _dropped(x: Tensor, p: float, noises: list[Tensor]) -> Tensor:
-    """``x`` with dropout, the mask drawn as ``nn.Dropout`` draws it on CPU (so the reference path gets
-    the same one from the same seed) and appended to ``noises`` (kept values scaled by 1/(1-p))."""
-    noise = torch.empty_like(x).bernoulli_(1.0 - p).div_(1.0 - p)
+    """``x`` with dropout; the mask is appended to ``noises`` for the backward."""
+    noise = _dropout_noise(x, p)
     noises.append(noise)
     return x * noise
 
@@ -430,9 +459,9 @@ def _fused_loop(
     *cell_w: Tensor,
     save: bool,
 ) -> tuple[Tensor, Tensor, Tensor, dict]:
-    """The sequence without autograd: (out [n,T,B,u], cT [n,B,u], mask [n,T,B], saved).
+    """The sequence without autograd: (out [T,n,B,u], cT [n,B,u], mask [T,n,B], saved).
 
-    keys: [n,T,B,H,u] (one slot, query weights folded in) or [T,B,S,H,dk]; values: [T,B,(S,)H,dv];
+    keys: [T,n,B,H,u] (one slot, query weights folded in) or [T,B,S,H,dk]; values: [T,B,(S,)H,dv];
     h0, c0: [n,B,u]; keep: [T,B,1] (applied before the steps listed in ``resets``); cell_w: (W_cell,
     b_cell) for LSTM, (W_x, W_hh, b_x, b_h) for GRU. ``saved`` holds what the backward needs (empty if
     not ``save``); the per-step buffers are written in place with ``out=``, so saving costs no copies.
@@ -447,62 +476,63 @@ def _fused_loop(
     reset_set = set(resets)
     p_drop_in = core.input_dropout.p if core.training else 0.0
     p_drop_c = core.comm_dropout.p if core.training else 0.0
-    out = torch.empty(n, T, B, u, **opts)
-    mask = torch.zeros(n, T, B, dtype=torch.bool, device=h0.device)
+    out = torch.empty(T, n, B, u, **opts)
+    mask = torch.zeros(T, n, B, dtype=torch.bool, device=h0.device)
     sv: dict = {"mask": mask, "noise_in": [], "noise_c": []}
     if lstm:
         w_cell, b_cell = cell_w
-        xh = torch.empty(n, T, B, Dv + u, **opts)  # the cell's input [read, h], rows for dW_cell
+        xh = _unit_major(T, n, B, Dv + u, **opts)  # the cell's input [read, h], rows for dW_cell
         reads, hs = xh[..., :Dv], xh[..., Dv:]
-        acts = torch.empty(n, T, B, 4 * u, **opts)
-        tcs = torch.empty(n, T, B, u, **opts)
-        cs = torch.empty(n, T + 1, B, u, **opts)
-        cs[:, 0] = c0
+        acts = torch.empty(T, n, B, 4 * u, **opts)
+        tcs = torch.empty(T, n, B, u, **opts)
+        cs = torch.empty(T + 1, n, B, u, **opts)
+        cs[0] = c0
         sv.update(xh=xh, acts=acts, tcs=tcs, cs=cs)
     else:
         w_x, w_hh, b_x, b_h = cell_w
-        reads = torch.empty(n, T, B, Dv, **opts)
-        hs = torch.empty(n, T, B, u, **opts)
-        rzs = torch.empty(n, T, B, 2 * u, **opts)
-        cands = torch.empty(n, T, B, u, **opts)
+        reads = _unit_major(T, n, B, Dv, **opts)
+        hs = _unit_major(T, n, B, u, **opts)
+        rzs = torch.empty(T, n, B, 2 * u, **opts)
+        cands = torch.empty(T, n, B, u, **opts)
         ghns: list[Tensor] = []
         sv.update(reads=reads, rzs=rzs, cands=cands, ghns=ghns)
     sv["hs"] = hs
     if one_slot:
-        p_in = torch.empty(n, T, B, H, **opts)
+        p_in = torch.empty(T, n, B, H, **opts)
         sv["p_in"] = p_in
     else:
-        queries = torch.empty(n, T, B, H * dk, **opts)
+        queries = _unit_major(T, n, B, H * dk, **opts)
         probs_in: list[Tensor] = []
         sv.update(queries=queries, probs_in=probs_in)
     if comm:
         Hc, dkc, dvc = core.comm_heads, core.comm_key_size, core.comm_value_size
-        hms = torch.empty(n, T, B, u, **opts)
-        qkvs = torch.empty(n, T, B, Hc * (2 * dkc + dvc), **opts)
-        atts = torch.empty(n, T, B, Hc * dvc, **opts)
+        hms = _unit_major(T, n, B, u, **opts)
+        G = 2 * dkc + dvc  # one head's [query, key, value] columns (w_comm comes in head order)
+        qkvs = torch.empty(T, n, B, Hc * G, **opts)
+        atts = _unit_major(T, n, B, Hc * dvc, **opts)
         probs_c: list[Tensor] = []
         sv.update(hms=hms, qkvs=qkvs, atts=atts, probs_c=probs_c)
         top_k = core.comm_top_k if core.comm_top_k is not None and core.comm_top_k < n else None
 
     h = h0
     for t in range(T):
-        h_t = hs[:, t]
+        h_t = hs[t]
         if t in reset_set:
             torch.mul(h, keep[t], out=h_t)
             if lstm:
-                cs[:, t].mul_(keep[t])
+                cs[t].mul_(keep[t])
         else:
             h_t.copy_(h)
         h = h_t
-        read = reads[:, t]
+        read = reads[t]
         if one_slot:
-            p = torch.sigmoid(torch.linalg.vecdot(h.unsqueeze(2), keys[:, t]), out=p_in[:, t])
+            p = torch.sigmoid(torch.linalg.vecdot(h.unsqueeze(2), keys[t]), out=p_in[t])
             score = p.mean(dim=-1)
             if p_drop_in > 0:
                 p = _dropped(p, p_drop_in, sv["noise_in"])
             torch.mul(p.unsqueeze(-1), values[t], out=read.view(n, B, H, dv))
         else:
-            q = torch.bmm(h, w_query, out=queries[:, t]).view(n, B, H, dk)
+            q = torch.bmm(h, w_query, out=queries[t]).view(n, B, H, dk)
             scores = torch.einsum("nbhd,bshd->nbhs", q, keys[t]) * (1.0 / math.sqrt(dk))
             probs = F.pad(scores, (1, 0)).softmax(dim=-1)
             score = 1.0 - probs[..., 0].mean(dim=-1)
@@ -510,45 +540,48 @@ def _fused_loop(
             if p_drop_in > 0:
                 probs = _dropped(probs, p_drop_in, sv["noise_in"])
             read.copy_(torch.einsum("nbhs,bshv->nbhv", probs[..., 1:], values[t]).reshape(n, B, Dv))
-        m_t = mask[:, t]
+        m_t = mask[t]
         m_t.scatter_(0, torch.topk(score, k, dim=0).indices, True)
         m = m_t.unsqueeze(-1)
         if lstm:
-            gates = torch.baddbmm(b_cell, xh[:, t], w_cell)
-            a = acts[:, t]
+            gates = torch.baddbmm(b_cell, xh[t], w_cell)
+            a = acts[t]
             torch.sigmoid(gates[..., : 3 * u], out=a[..., : 3 * u])
             torch.tanh(gates[..., 3 * u :], out=a[..., 3 * u :])
             i, f, o, g = a.split(u, dim=-1)
-            c = cs[:, t]
+            c = cs[t]
             c_new = torch.addcmul(f * c, i, g)
-            h_cell = o * torch.tanh(c_new, out=tcs[:, t])
+            h_cell = o * torch.tanh(c_new, out=tcs[t])
         else:
             gx = torch.baddbmm(b_x, read, w_x)
             gh = torch.baddbmm(b_h, h, w_hh)
-            r, z = torch.sigmoid(gx[..., : 2 * u] + gh[..., : 2 * u], out=rzs[:, t]).chunk(2, dim=-1)
+            r, z = torch.sigmoid(gx[..., : 2 * u] + gh[..., : 2 * u], out=rzs[t]).chunk(2, dim=-1)
             ghn = gh[..., 2 * u :]
-            cand = torch.tanh(torch.addcmul(gx[..., 2 * u :], r, ghn), out=cands[:, t])
+            cand = torch.tanh(torch.addcmul(gx[..., 2 * u :], r, ghn), out=cands[t])
             h_cell = torch.addcmul(cand, z, h - cand)
             ghns.append(ghn)
         if comm:
-            hm = torch.where(m, h_cell, h, out=hms[:, t])
-            qkv = torch.bmm(hm, w_comm, out=qkvs[:, t])
-            q, kk, v = qkv.split((Hc * dkc, Hc * dkc, Hc * dvc), dim=-1)
-            scores = (q.reshape(n, 1, B, Hc, dkc) * kk.reshape(1, n, B, Hc, dkc)).sum(-1)
+            hm = torch.where(m, h_cell, h, out=hms[t])
+            # [B*Hc, n, G]: one small attention per (sample, head), as batched matmuls
+            qkv = torch.bmm(hm, w_comm, out=qkvs[t]).view(n, B * Hc, G).transpose(0, 1)
+            q, kk, v = qkv.split((dkc, dkc, dvc), dim=-1)
+            scores = torch.bmm(q, kk.transpose(1, 2))  # [B*Hc, n_query, n_key]
             if top_k is not None:
-                kth = scores.topk(top_k, dim=1).values[:, -1:]
+                kth = scores.topk(top_k, dim=-1).values[..., -1:]
                 scores = scores.masked_fill(scores < kth, float("-inf"))
-            P = scores.softmax(dim=1)  # [n_query, n_key, B, Hc]
+            P = scores.softmax(dim=-1)
             probs_c.append(P)
-            if p_drop_c > 0:
-                P = _dropped(P, p_drop_c, sv["noise_c"])
-            att = atts[:, t]
-            torch.sum(P.unsqueeze(-1) * v.reshape(1, n, B, Hc, dvc), dim=1, out=att.view(n, B, Hc, dvc))
+            if p_drop_c > 0:  # drawn in the reference's [n_query, n_key, B, Hc] order, for the same mask
+                noise = _dropout_noise(P.new_empty(n, n, B, Hc), p_drop_c)
+                sv["noise_c"].append(noise.permute(2, 3, 0, 1).reshape(B * Hc, n, n))
+                P = P * sv["noise_c"][-1]
+            att = atts[t]
+            att.view(n, B, Hc, dvc).copy_(torch.bmm(P, v).view(B, Hc, n, dvc).permute(2, 0, 1, 3))
             h_cell = h_cell + torch.bmm(att, w_comm_out)
-        h = torch.where(m, h_cell, h, out=out[:, t])
+        h = torch.where(m, h_cell, h, out=out[t])
         if lstm:
-            torch.where(m, c_new, c, out=cs[:, t + 1])
-    c_t = cs[:, T].clone() if lstm else h0.new_zeros(0)
+            torch.where(m, c_new, c, out=cs[t + 1])
+    c_t = cs[T].clone() if lstm else h0.new_zeros(0)
     return out, c_t, mask, (sv if save else {})
 
 
@@ -568,7 +601,7 @@ def _fused_backward(
 ) -> tuple[Tensor | None, ...]:
     """Gradients of ``_fused_loop`` for (keys, values, h0, c0, w_query, w_comm, w_comm_out, *cell_w).
 
-    d_out: [n,T,B,u], d_ct: [n,B,u]. Inactive units pass dh, dc straight through (``where``), so their
+    d_out: [T,n,B,u], d_ct: [n,B,u]. Inactive units pass dh, dc straight through (``where``), so their
     rows of every per-step gradient are zero and their weights get nothing from that step.
     """
     one_slot = values.dim() == 4
@@ -579,107 +612,110 @@ def _fused_backward(
     lstm, comm = core.cell == "lstm", core.use_comm
     opts = dict(dtype=d_out.dtype, device=d_out.device)
     reset_set = set(resets)
-    mf = sv["mask"].to(d_out.dtype).unsqueeze(-1)  # [n,T,B,1]
+    mf = sv["mask"].to(d_out.dtype).unsqueeze(-1)  # [T,n,B,1]
     hs = sv["hs"]
 
     if lstm:
         w_cell_t = cell_w[0].transpose(1, 2)
         i, f, o, g = sv["acts"].split(u, dim=-1)
-        tc, c_prev = sv["tcs"], sv["cs"][:, :T]
+        tc, c_prev = sv["tcs"], sv["cs"][:T]
         k_c = o * (1.0 - tc * tc)  # dc'/dh' through h' = o tanh(c')
         # d(pre-activation) = fac * (dc' for i, f, g; dh' for o)
         fac = torch.cat(
             [g * i * (1.0 - i), c_prev * f * (1.0 - f), tc * o * (1.0 - o), i * (1.0 - g * g)], -1
         )
-        dgates = torch.empty(n, T, B, 4 * u, **opts)
-        dxh = torch.empty(n, T, B, Dv + u, **opts)
+        dgates = _unit_major(T, n, B, 4 * u, **opts)
+        dxh = torch.empty(T, n, B, Dv + u, **opts)
         dreads = dxh[..., :Dv]
         dc = d_ct
     else:
         w_x_t, w_hh_t = cell_w[0].transpose(1, 2), cell_w[1].transpose(1, 2)
         r, z = sv["rzs"].chunk(2, dim=-1)
         cand = sv["cands"]
-        ghn = torch.stack(sv["ghns"], dim=1)
+        ghn = torch.stack(sv["ghns"])
         f_n = (1.0 - z) * (1.0 - cand * cand)  # dh' -> d(gx_n)
         f_r = ghn * r * (1.0 - r)  # d(gx_n) -> d(r pre-activation)
         f_z = (hs - cand) * z * (1.0 - z)  # dh' -> d(z pre-activation)
-        dgx = torch.empty(n, T, B, 3 * u, **opts)
-        dgh = torch.empty(n, T, B, 3 * u, **opts)
-        dreads = torch.empty(n, T, B, Dv, **opts)
+        dgx = _unit_major(T, n, B, 3 * u, **opts)
+        dgh = _unit_major(T, n, B, 3 * u, **opts)
+        dreads = torch.empty(T, n, B, Dv, **opts)
     noise_in, noise_c = sv["noise_in"], sv["noise_c"]
     if one_slot:
         p_in = sv["p_in"]
         dsig = p_in * (1.0 - p_in)
         if noise_in:  # d(read)/d(p) passes the dropout mask; fold it into the sigmoid derivative
-            noise_all = torch.stack(noise_in, dim=1)
+            noise_all = torch.stack(noise_in)
             dsig = dsig * noise_all
             p_in = p_in * noise_all
-        ds = torch.empty(n, T, B, H, **opts)
+        ds = torch.empty(T, n, B, H, **opts)
     else:
         S = keys.shape[2]
         w_query_t = w_query.transpose(1, 2)
-        dscores = torch.empty(n, T, B, H, S, **opts)
-        dqueries = torch.empty(n, T, B, H * dk, **opts)
+        dscores = torch.empty(T, n, B, H, S, **opts)
+        dqueries = _unit_major(T, n, B, H * dk, **opts)
         scale = 1.0 / math.sqrt(dk)
     if comm:
         Hc, dkc, dvc = core.comm_heads, core.comm_key_size, core.comm_value_size
         w_comm_t, w_comm_out_t = w_comm.transpose(1, 2), w_comm_out.transpose(1, 2)
         qkvs, probs_c = sv["qkvs"], sv["probs_c"]
-        dcomm = torch.empty(n, T, B, u, **opts)
-        dqkv = torch.empty(n, T, B, qkvs.shape[-1], **opts)
-        splits = (Hc * dkc, Hc * dkc, Hc * dvc)
+        dcomm = _unit_major(T, n, B, u, **opts)
+        dqkv = _unit_major(T, n, B, qkvs.shape[-1], **opts)
+        G = 2 * dkc + dvc
 
     dh = torch.zeros(n, B, u, **opts)
     for t in reversed(range(T)):
-        m = mf[:, t]
-        dh_out = d_out[:, t] + dh
+        m = mf[t]
+        dh_out = d_out[t] + dh
         if comm:
-            d_att = torch.bmm(torch.mul(dh_out, m, out=dcomm[:, t]), w_comm_out_t).view(n, 1, B, Hc, dvc)
+            d_att = torch.bmm(torch.mul(dh_out, m, out=dcomm[t]), w_comm_out_t)
+            d_att = d_att.view(n, B * Hc, dvc).transpose(0, 1)  # [B*Hc, n, dv]
+            q, kk, v = qkvs[t].view(n, B * Hc, G).transpose(0, 1).split((dkc, dkc, dvc), dim=-1)
             P = probs_c[t]
             P_d = P * noise_c[t] if noise_c else P  # the probabilities the values were mixed with
-            q, kk, v = qkvs[:, t].split(splits, dim=-1)
-            dq, dk_, dv_ = dqkv[:, t].split(splits, dim=-1)
-            dP = (d_att * v.reshape(1, n, B, Hc, dvc)).sum(-1)
+            dP = torch.bmm(d_att, v.transpose(1, 2))
             if noise_c:
                 dP = dP * noise_c[t]
-            torch.sum(P_d.unsqueeze(-1) * d_att, dim=0, out=dv_.view(n, B, Hc, dvc))
-            dS = P * (dP - (P * dP).sum(dim=1, keepdim=True))
-            torch.sum(dS.unsqueeze(-1) * kk.reshape(1, n, B, Hc, dkc), dim=1, out=dq.view(n, B, Hc, dkc))
-            torch.sum(dS.unsqueeze(-1) * q.reshape(n, 1, B, Hc, dkc), dim=0, out=dk_.view(n, B, Hc, dkc))
-            dh_out = dh_out + torch.bmm(dqkv[:, t], w_comm_t)
+            dS = P * (dP - (P * dP).sum(dim=-1, keepdim=True))
+            # bmm's out= into a strided view is a slow path: one cat, then one copy into the unit-major rows
+            d_heads = torch.cat(
+                [torch.bmm(dS, kk), torch.bmm(dS.transpose(1, 2), q), torch.bmm(P_d.transpose(1, 2), d_att)],
+                -1,
+            )
+            dqkv[t].view(n, B * Hc, G).transpose(0, 1).copy_(d_heads)
+            dh_out = dh_out + torch.bmm(dqkv[t], w_comm_t)
         dh_cell = dh_out * m
         dh = dh_out - dh_cell
         if lstm:
             dc_new = dc * m
-            dc_tot = torch.addcmul(dc_new, dh_cell, k_c[:, t])
-            dg = dgates[:, t].view(n, B, 4, u)
-            torch.mul(fac[:, t].view(n, B, 4, u), dc_tot.unsqueeze(2), out=dg)
-            torch.mul(fac[:, t, :, 2 * u : 3 * u], dh_cell, out=dg[:, :, 2])
-            torch.bmm(dgates[:, t], w_cell_t, out=dxh[:, t])
-            dc = torch.addcmul(dc - dc_new, dc_tot, f[:, t])
-            dh = dh + dxh[:, t, :, Dv:]
+            dc_tot = torch.addcmul(dc_new, dh_cell, k_c[t])
+            dg = dgates[t].view(n, B, 4, u)
+            torch.mul(fac[t].view(n, B, 4, u), dc_tot.unsqueeze(2), out=dg)
+            torch.mul(fac[t, :, :, 2 * u : 3 * u], dh_cell, out=dg[:, :, 2])
+            torch.bmm(dgates[t], w_cell_t, out=dxh[t])
+            dc = torch.addcmul(dc - dc_new, dc_tot, f[t])
+            dh = dh + dxh[t, :, :, Dv:]
         else:
-            dn = dh_cell * f_n[:, t]
-            dx_t, dh_t = dgx[:, t], dgh[:, t]
-            torch.mul(dn, f_r[:, t], out=dx_t[..., :u])
-            torch.mul(dh_cell, f_z[:, t], out=dx_t[..., u : 2 * u])
+            dn = dh_cell * f_n[t]
+            dx_t, dh_t = dgx[t], dgh[t]
+            torch.mul(dn, f_r[t], out=dx_t[..., :u])
+            torch.mul(dh_cell, f_z[t], out=dx_t[..., u : 2 * u])
             dx_t[..., 2 * u :].copy_(dn)
             dh_t[..., : 2 * u].copy_(dx_t[..., : 2 * u])
-            torch.mul(dn, r[:, t], out=dh_t[..., 2 * u :])
-            torch.bmm(dx_t, w_x_t, out=dreads[:, t])
-            dh = torch.addcmul(dh, dh_cell, z[:, t]) + torch.bmm(dh_t, w_hh_t)
-        dread = dreads[:, t].view(n, B, H, dv)
+            torch.mul(dn, r[t], out=dh_t[..., 2 * u :])
+            torch.bmm(dx_t, w_x_t, out=dreads[t])
+            dh = torch.addcmul(dh, dh_cell, z[t]) + torch.bmm(dh_t, w_hh_t)
+        dread = dreads[t].view(n, B, H, dv)
         if one_slot:
             d_p = (dread * values[t]).sum(-1)
-            dsv = torch.mul(d_p, dsig[:, t], out=ds[:, t])
-            dh = dh + (dsv.unsqueeze(-1) * keys[:, t]).sum(-2)
+            dsv = torch.mul(d_p, dsig[t], out=ds[t])
+            dh = dh + (dsv.unsqueeze(-1) * keys[t]).sum(-2)
         else:
             ps = sv["probs_in"][t][..., 1:]
             dps = torch.einsum("nbhv,bshv->nbhs", dread, values[t])
             if noise_in:
                 dps = dps * noise_in[t][..., 1:]
-            dsc = torch.mul(ps * (dps - (ps * dps).sum(-1, keepdim=True)), scale, out=dscores[:, t])
-            dqt = dqueries[:, t]
+            dsc = torch.mul(ps * (dps - (ps * dps).sum(-1, keepdim=True)), scale, out=dscores[t])
+            dqt = dqueries[t]
             dqt.view(n, B, H, dk).copy_(torch.einsum("nbhs,bshd->nbhd", dsc, keys[t]))
             dh = dh + torch.bmm(dqt, w_query_t)
         if t in reset_set:
@@ -687,32 +723,32 @@ def _fused_backward(
             if lstm:
                 dc = dc * keep[t]
 
-    def rows(a: Tensor) -> Tensor:  # [n,T,B,X] -> [n,T*B,X]
-        return a.reshape(n, T * B, a.shape[-1])
+    def rows(a: Tensor) -> Tensor:  # [T,n,B,X] -> [n,T*B,X] (a view for _unit_major buffers)
+        return a.transpose(0, 1).reshape(n, T * B, a.shape[-1])
 
     def wgrad(a: Tensor, b: Tensor) -> Tensor:  # sum over all steps and samples of a^T b, per unit
         return torch.bmm(rows(a).transpose(1, 2), rows(b))
 
     if lstm:
-        cell_grads: tuple[Tensor, ...] = (wgrad(sv["xh"], dgates), dgates.sum(dim=(1, 2)).unsqueeze(1))
+        cell_grads: tuple[Tensor, ...] = (wgrad(sv["xh"], dgates), dgates.sum(dim=(0, 2)).unsqueeze(1))
     else:
         cell_grads = (
             wgrad(sv["reads"], dgx),
             wgrad(hs, dgh),
-            dgx.sum(dim=(1, 2)).unsqueeze(1),
-            dgh.sum(dim=(1, 2)).unsqueeze(1),
+            dgx.sum(dim=(0, 2)).unsqueeze(1),
+            dgh.sum(dim=(0, 2)).unsqueeze(1),
         )
     if one_slot:
-        d_keys = ds.unsqueeze(-1) * hs.unsqueeze(-2)  # [n,T,B,H,u]
-        d_values = (p_in.unsqueeze(-1) * dreads.reshape(n, T, B, H, dv)).sum(0)
+        d_keys = ds.unsqueeze(-1) * hs.unsqueeze(-2)  # [T,n,B,H,u]
+        d_values = (p_in.unsqueeze(-1) * dreads.reshape(T, n, B, H, dv)).sum(1)
         d_wq = None
     else:
-        q_all = sv["queries"].view(n, T, B, H, dk)
-        d_keys = torch.einsum("ntbhs,ntbhd->tbshd", dscores, q_all)
-        ps_all = torch.stack(sv["probs_in"], dim=1)[..., 1:]
+        q_all = sv["queries"].view(T, n, B, H, dk)
+        d_keys = torch.einsum("tnbhs,tnbhd->tbshd", dscores, q_all)
+        ps_all = torch.stack(sv["probs_in"])[..., 1:]
         if noise_in:
-            ps_all = ps_all * torch.stack(noise_in, dim=1)[..., 1:]
-        d_values = torch.einsum("ntbhs,ntbhv->tbshv", ps_all, dreads.reshape(n, T, B, H, dv))
+            ps_all = ps_all * torch.stack(noise_in)[..., 1:]
+        d_values = torch.einsum("tnbhs,tnbhv->tbshv", ps_all, dreads.reshape(T, n, B, H, dv))
         d_wq = wgrad(hs, dqueries)
     if comm:
         d_wc, d_wco = wgrad(sv["hms"], dqkv), wgrad(sv["atts"], dcomm)
