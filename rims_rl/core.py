@@ -312,14 +312,7 @@ class RIMs(nn.Module):
             w_q = self.w_query.view(n, u, H, dk) * (1.0 / math.sqrt(dk))
             keys = torch.einsum("nuhd,tbhd->tnbhu", w_q, keys.squeeze(2)).contiguous()
             values = values.squeeze(2)
-        if self.cell == "lstm":
-            cell_w: tuple[Tensor, ...] = (
-                torch.cat([self.w_x, self.w_hh], dim=1),
-                (self.b_x + self.b_h).unsqueeze(1),
-            )
-        else:
-            cell_w = (self.w_x, self.w_hh, self.b_x.unsqueeze(1), self.b_h.unsqueeze(1))
-        w_comm = self._scaled_w_comm()[..., self._comm_head_order()] if self.use_comm else self.w_comm
+        cell_w, w_comm = self._fused_weights()
         resets: list[int] = []
         keep = None
         if episode_starts is not None:
@@ -362,23 +355,38 @@ class RIMs(nn.Module):
         mask = torch.zeros(n, B, dtype=torch.bool, device=h.device).scatter_(0, winners, True)
         return read.reshape(n, B, -1), mask
 
-    def _comm_head_order(self) -> Tensor:
-        """Column order of ``w_comm`` that groups each head's [query, key, value] together.
+    def _fused_weights(self) -> tuple[tuple[Tensor, ...], Tensor]:
+        """The weights in the fused loop's layout: ``(cell weights, w_comm)``.
 
-        With it, a step's projection [n, B, heads * (2 dk + dv)] views as [B * heads, n, 2 dk + dv] with
-        no copy, so the communication attention runs as batched matmuls over (sample, head).
+        LSTM: ``W_cell = [W_x; W_hh]`` and ``b_x + b_h`` (one matmul per step on [read, h]); GRU: the
+        four as they are. ``w_comm`` gets the query scale and its columns grouped per head as [query,
+        key, value], so a step's projection [n, B, heads * (2 dk + dv)] views as [B * heads, n, 2 dk + dv]
+        with no copy and the communication attention runs as batched matmuls over (sample, head).
+        Without grad (rollouts: one call per env step) the result is cached until a weight changes
+        (in-place updates bump ``_version``; moves and casts change ``data_ptr``).
         """
-        H, dk, dv = self.comm_heads, self.comm_key_size, self.comm_value_size
-        order = [
-            idx
-            for h in range(H)
-            for idx in (
-                *range(h * dk, (h + 1) * dk),
-                *range(H * dk + h * dk, H * dk + (h + 1) * dk),
-                *range(2 * H * dk + h * dv, 2 * H * dk + (h + 1) * dv),
+        sources = (self.w_x, self.w_hh, self.b_x, self.b_h, self.w_comm)
+        key = tuple((w.data_ptr(), w._version, w.dtype, w.device) for w in sources)
+        cache = None if torch.is_grad_enabled() else self.__dict__.get("_fused_weight_cache")
+        if cache is not None and cache[0] == key:
+            return cache[1]
+        if self.cell == "lstm":
+            cell_w: tuple[Tensor, ...] = (
+                torch.cat([self.w_x, self.w_hh], dim=1),
+                (self.b_x + self.b_h).unsqueeze(1),
             )
-        ]
-        return torch.tensor(order, device=self.w_comm.device)
+        else:
+            cell_w = (self.w_x, self.w_hh, self.b_x.unsqueeze(1), self.b_h.unsqueeze(1))
+        w_comm = self.w_comm
+        if self.use_comm:
+            n, u = self.n_units, self.unit_size
+            H, dk, dv = self.comm_heads, self.comm_key_size, self.comm_value_size
+            q, k, v = self.w_comm.split((H * dk, H * dk, H * dv), dim=-1)
+            heads = (q.view(n, u, H, dk) * (1.0 / math.sqrt(dk)), k.view(n, u, H, dk), v.view(n, u, H, dv))
+            w_comm = torch.cat(heads, dim=-1).view(n, u, H * (2 * dk + dv))
+        if not torch.is_grad_enabled():
+            self.__dict__["_fused_weight_cache"] = (key, (cell_w, w_comm))
+        return cell_w, w_comm
 
     def _scaled_w_comm(self) -> Tensor:
         """``w_comm`` with the query columns scaled by 1/sqrt(key size): one op per call, not per step."""
