@@ -172,3 +172,20 @@ def test_no_grad_call_equals_grad_call_and_builds_no_graph() -> None:
     assert out_ng.grad_fn is None
     for a, b in ((out, out_ng), (h, h_ng), (c, c_ng)):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_no_grad_weight_cache_follows_in_place_updates(cell: str) -> None:
+    """Rollouts reuse the derived weights between calls; an optimizer step must invalidate them."""
+    torch.manual_seed(0)
+    core = RIMs(5, 24, cell=cell, **SMALL).eval()
+    x = torch.randn(1, 3, 5)
+    with torch.no_grad():
+        before = core(x)[0]
+        for w in (core.w_x, core.w_hh, core.b_x, core.b_h, core.w_comm):
+            w.add_(0.1)  # in place, as optimizers do
+            core.fast_path = True
+            fused = core(x)[0]
+            core.fast_path = False
+            torch.testing.assert_close(fused, core(x)[0], rtol=1e-6, atol=1e-6)
+    assert not torch.allclose(before, fused)
