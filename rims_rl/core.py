@@ -621,6 +621,19 @@ def _fused_backward(
     opts = dict(dtype=d_out.dtype, device=d_out.device)
     reset_set = set(resets)
     mf = sv["mask"].to(d_out.dtype).unsqueeze(-1)  # [T,n,B,1]
+    # Scratch buffers live only inside this call, so they are kept on the module and reused (grown to the
+    # largest size seen; PPO minibatches vary in sequence count): fresh buffers of this size come from
+    # mmap, and their first-touch page faults were ~15% of the backward at B=64.
+    pool: dict = core.__dict__.setdefault("_backward_workspace", {})
+
+    def ws(name: str, unit_major: bool, T: int, n: int, B: int, X: int) -> Tensor:
+        flat = pool.get((name, d_out.dtype, d_out.device))
+        if flat is None or flat.numel() < T * n * B * X:
+            flat = pool[(name, d_out.dtype, d_out.device)] = torch.empty(T * n * B * X, **opts)
+        if unit_major:
+            return flat[: T * n * B * X].view(n, T, B, X).transpose(0, 1)
+        return flat[: T * n * B * X].view(T, n, B, X)
+
     hs = sv["hs"]
 
     if lstm:
@@ -629,11 +642,11 @@ def _fused_backward(
         tc, c_prev = sv["tcs"], sv["cs"][:T]
         k_c = o * (1.0 - tc * tc)  # dc'/dh' through h' = o tanh(c')
         # d(pre-activation) = fac * (dc' for i, f, g; dh' for o)
-        fac = torch.cat(
-            [g * i * (1.0 - i), c_prev * f * (1.0 - f), tc * o * (1.0 - o), i * (1.0 - g * g)], -1
-        )
-        dgates = _unit_major(T, n, B, 4 * u, **opts)
-        dxh = torch.empty(T, n, B, Dv + u, **opts)
+        fac = ws("fac", False, T, n, B, 4 * u)
+        parts = [g * i * (1.0 - i), c_prev * f * (1.0 - f), tc * o * (1.0 - o), i * (1.0 - g * g)]
+        torch.cat(parts, dim=-1, out=fac)
+        dgates = ws("dgates", True, T, n, B, 4 * u)
+        dxh = ws("dxh", False, T, n, B, Dv + u)
         dreads = dxh[..., :Dv]
         dc = d_ct
     else:
@@ -644,9 +657,9 @@ def _fused_backward(
         f_n = (1.0 - z) * (1.0 - cand * cand)  # dh' -> d(gx_n)
         f_r = ghn * r * (1.0 - r)  # d(gx_n) -> d(r pre-activation)
         f_z = (hs - cand) * z * (1.0 - z)  # dh' -> d(z pre-activation)
-        dgx = _unit_major(T, n, B, 3 * u, **opts)
-        dgh = _unit_major(T, n, B, 3 * u, **opts)
-        dreads = torch.empty(T, n, B, Dv, **opts)
+        dgx = ws("dgx", True, T, n, B, 3 * u)
+        dgh = ws("dgh", True, T, n, B, 3 * u)
+        dreads = ws("dreads", False, T, n, B, Dv)
     noise_in, noise_c = sv["noise_in"], sv["noise_c"]
     if one_slot:
         p_in = sv["p_in"]
@@ -655,19 +668,19 @@ def _fused_backward(
             noise_all = torch.stack(noise_in)
             dsig = dsig * noise_all
             p_in = p_in * noise_all
-        ds = torch.empty(T, n, B, H, **opts)
+        ds = ws("ds", False, T, n, B, H)
     else:
         S = keys.shape[2]
         w_query_t = w_query.transpose(1, 2)
-        dscores = torch.empty(T, n, B, H, S, **opts)
-        dqueries = _unit_major(T, n, B, H * dk, **opts)
+        dscores = ws("dscores", False, T, n, B, H * S).view(T, n, B, H, S)
+        dqueries = ws("dqueries", True, T, n, B, H * dk)
         scale = 1.0 / math.sqrt(dk)
     if comm:
         Hc, dkc, dvc = core.comm_heads, core.comm_key_size, core.comm_value_size
         w_comm_t, w_comm_out_t = w_comm.transpose(1, 2), w_comm_out.transpose(1, 2)
         qkvs, probs_c = sv["qkvs"], sv["probs_c"]
-        dcomm = _unit_major(T, n, B, u, **opts)
-        dqkv = _unit_major(T, n, B, qkvs.shape[-1], **opts)
+        dcomm = ws("dcomm", True, T, n, B, u)
+        dqkv = ws("dqkv", True, T, n, B, qkvs.shape[-1])
         G = 2 * dkc + dvc
 
     dh = torch.zeros(n, B, u, **opts)

@@ -189,3 +189,18 @@ def test_no_grad_weight_cache_follows_in_place_updates(cell: str) -> None:
             core.fast_path = False
             torch.testing.assert_close(fused, core(x)[0], rtol=1e-6, atol=1e-6)
     assert not torch.allclose(before, fused)
+
+
+def test_backward_workspace_reused_across_shapes() -> None:
+    """The backward's scratch buffers are kept on the module; calls of other sizes must not mix them up."""
+    torch.manual_seed(0)
+    core = RIMs(5, 24, **SMALL).double()
+    for T, B in ((6, 3), (4, 2), (7, 3), (4, 2)):
+        x = torch.randn(T, B, 1, 5, dtype=torch.float64, requires_grad=True)
+        h0 = torch.randn(1, B, 24, dtype=torch.float64, requires_grad=True)
+        c0 = torch.randn(1, B, 24, dtype=torch.float64, requires_grad=True)
+        weights = torch.randn(T, B, 24, dtype=torch.float64)
+        _, _, fused = run(core, True, x, h0, c0, None, weights)
+        _, _, ref = run(core, False, x, h0, c0, None, weights)
+        for a, b in zip(fused, ref, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)
