@@ -573,18 +573,21 @@ def _fused_loop(
             # [B*Hc, n, G]: one small attention per (sample, head), as batched matmuls
             qkv = torch.bmm(hm, w_comm, out=qkvs[t]).view(n, B * Hc, G).transpose(0, 1)
             q, kk, v = qkv.split((dkc, dkc, dvc), dim=-1)
-            scores = torch.bmm(q, kk.transpose(1, 2))  # [B*Hc, n_query, n_key]
+            # Transposed, [B*Hc, n_key, n_query]: softmax over a middle dim of size n is ~3x faster on CPU
+            # than over a last dim of size n.
+            scores = torch.bmm(kk, q.transpose(1, 2))
             if top_k is not None:
-                kth = scores.topk(top_k, dim=-1).values[..., -1:]
+                kth = scores.topk(top_k, dim=1).values[:, -1:]
                 scores = scores.masked_fill(scores < kth, float("-inf"))
-            P = scores.softmax(dim=-1)
+            P = scores.softmax(dim=1)
             probs_c.append(P)
             if p_drop_c > 0:  # drawn in the reference's [n_query, n_key, B, Hc] order, for the same mask
                 noise = _dropout_noise(P.new_empty(n, n, B, Hc), p_drop_c)
-                sv["noise_c"].append(noise.permute(2, 3, 0, 1).reshape(B * Hc, n, n))
+                sv["noise_c"].append(noise.permute(2, 3, 1, 0).reshape(B * Hc, n, n))
                 P = P * sv["noise_c"][-1]
             att = atts[t]
-            att.view(n, B, Hc, dvc).copy_(torch.bmm(P, v).view(B, Hc, n, dvc).permute(2, 0, 1, 3))
+            att_heads = torch.bmm(P.transpose(1, 2), v).view(B, Hc, n, dvc)
+            att.view(n, B, Hc, dvc).copy_(att_heads.permute(2, 0, 1, 3))
             h_cell = h_cell + torch.bmm(att, w_comm_out)
         h = torch.where(m, h_cell, h, out=out[t])
         if lstm:
@@ -693,14 +696,13 @@ def _fused_backward(
             q, kk, v = qkvs[t].view(n, B * Hc, G).transpose(0, 1).split((dkc, dkc, dvc), dim=-1)
             P = probs_c[t]
             P_d = P * noise_c[t] if noise_c else P  # the probabilities the values were mixed with
-            dP = torch.bmm(d_att, v.transpose(1, 2))
+            dP = torch.bmm(v, d_att.transpose(1, 2))  # all [B*Hc, n_key, n_query], as in the forward
             if noise_c:
                 dP = dP * noise_c[t]
-            dS = P * (dP - (P * dP).sum(dim=-1, keepdim=True))
+            dS = P * (dP - (P * dP).sum(dim=1, keepdim=True))
             # bmm's out= into a strided view is a slow path: one cat, then one copy into the unit-major rows
             d_heads = torch.cat(
-                [torch.bmm(dS, kk), torch.bmm(dS.transpose(1, 2), q), torch.bmm(P_d.transpose(1, 2), d_att)],
-                -1,
+                [torch.bmm(dS.transpose(1, 2), kk), torch.bmm(dS, q), torch.bmm(P_d, d_att)], -1
             )
             dqkv[t].view(n, B * Hc, G).transpose(0, 1).copy_(d_heads)
             dh_out = dh_out + torch.bmm(dqkv[t], w_comm_t)
