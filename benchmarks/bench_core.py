@@ -1,13 +1,15 @@
 """Forward+backward time of the RIMs core vs ``nn.LSTM`` of the same hidden size, side by side.
 
 Usage: python benchmarks/bench_core.py [--T 128] [--B 64] [--hidden 600 120] [--input 64] [--repeats 5]
-    [--rollout]
+    [--rollout] [--ppo]
 
 Prints one line per device, hidden size and RIMs cell: ``nn.LSTM`` ms, RIMs ms on the fused path (the
 default: one autograd node with a hand-written backward), RIMs ms on the autograd reference path
 (``fast_path = False``), and the ratios, all measured in the same process. The three are timed
 interleaved (one repeat of each in turn), so load from other jobs hits them alike. ``--rollout`` adds the
-no-grad single-step call that sb3 makes while collecting rollouts (T=1, B=16, 200 steps).
+no-grad single-step call that sb3 makes while collecting rollouts (T=1, B=16, 200 steps). ``--ppo``
+adds end-to-end PPO (``bench_ppo.py``'s rims_ppo MiniGrid model): steps/s of one rollout + update with
+the fused core vs the reference core, alternating in one process (so CPU load hits both alike).
 """
 
 from __future__ import annotations
@@ -69,6 +71,31 @@ def _rollout(module: RIMs, x: torch.Tensor, fast: bool) -> Callable[[], None]:
     return once
 
 
+def _ppo_ab(repeats: int) -> None:
+    """rims_ppo steps/s (rollout + update) with the fused vs the reference core, alternating."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_ppo import build
+
+    model = build("rims_ppo", "MiniGrid-DoorKey-5x5-v0")
+    cores = [m for m in model.policy.modules() if isinstance(m, RIMs)]
+    per_rollout = model.n_steps * model.n_envs
+    model.learn(per_rollout)  # warm-up
+    times: dict[bool, list[float]] = {True: [], False: []}
+    for _ in range(repeats):
+        for fast in (True, False):
+            for core in cores:
+                core.fast_path = fast
+            t0 = time.perf_counter()
+            model.learn(per_rollout, reset_num_timesteps=False)
+            times[fast].append(time.perf_counter() - t0)
+    med = {fast: sorted(ts)[len(ts) // 2] for fast, ts in times.items()}
+    print(
+        f"rims_ppo MiniGrid-DoorKey-5x5 (rollout + update) steps/s: fused {per_rollout / med[True]:.0f}, "
+        f"reference {per_rollout / med[False]:.0f}, speed-up {med[False] / med[True]:.2f}",
+        flush=True,
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -80,6 +107,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--cells", nargs="+", default=["lstm", "gru"], choices=["lstm", "gru"])
     parser.add_argument("--rollout", action="store_true", help="also time no-grad T=1 rollout steps")
+    parser.add_argument("--ppo", action="store_true", help="also A/B the core inside rims_ppo training")
     args = parser.parse_args()
 
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -123,6 +151,8 @@ def main() -> None:
                     f"speed-up {t['autograd'] / t['fused']:.2f}",
                     flush=True,
                 )
+    if args.ppo:
+        _ppo_ab(args.repeats)
 
 
 if __name__ == "__main__":
