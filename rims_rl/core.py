@@ -706,65 +706,91 @@ def _fused_backward(
         dqkv = ws("dqkv", True, T, n, B, qkvs.shape[-1])
         G = 2 * dkc + dvc
 
+    # Per-step views cut once (see _fused_loop).
+    mf_s, d_out_s, reads4_s = mf.unbind(0), d_out.unbind(0), dreads.view(T, n, B, H, dv).unbind(0)
+    keys_s, values_s = keys.unbind(0), values.unbind(0)
+    keep_s = keep.unbind(0) if keep is not None else ()
+    if comm:
+        dcomm_s, dqkv_s = dcomm.unbind(0), dqkv.unbind(0)
+        heads = qkvs.view(T, n, B * Hc, G).transpose(1, 2)  # [T, B*Hc, n, G]
+        q_s, k_s, v_s = (a.unbind(0) for a in heads.split((dkc, dkc, dvc), dim=-1))
+        d_heads_s = dqkv.view(T, n, B * Hc, G).transpose(1, 2).unbind(0)
+    if lstm:
+        k_c_s, fac4_s, fac_o_s = (
+            k_c.unbind(0),
+            fac.view(T, n, B, 4, u).unbind(0),
+            fac[..., 2 * u : 3 * u].unbind(0),
+        )
+        dgates_s, dg4_s = dgates.unbind(0), dgates.view(T, n, B, 4, u).unbind(0)
+        dg_o_s, f_s = dgates[..., 2 * u : 3 * u].unbind(0), f.unbind(0)
+        dxh_s, dxh_h_s = dxh.unbind(0), dxh[..., Dv:].unbind(0)
+    else:
+        f_n_s, f_r_s, f_z_s, r_s, z_s = (a.unbind(0) for a in (f_n, f_r, f_z, r, z))
+        dgx_s, dgh_s, dreads_s = dgx.unbind(0), dgh.unbind(0), dreads.unbind(0)
+        dgx_r_s, dgx_z_s, dgx_n_s = (a.unbind(0) for a in dgx.split(u, dim=-1))
+        dgx_rz_s, dgh_rz_s, dgh_n_s = (
+            dgx[..., : 2 * u].unbind(0),
+            *(a.unbind(0) for a in dgh.split((2 * u, u), -1)),
+        )
+    if one_slot:
+        dsig_s, ds_s = dsig.unbind(0), ds.unbind(0)
+    else:
+        dscores_s, dqueries_s = dscores.unbind(0), dqueries.unbind(0)
+        dq4_s = dqueries.view(T, n, B, H, dk).unbind(0)
     dh = torch.zeros(n, B, u, **opts)
     for t in reversed(range(T)):
-        m = mf[t]
-        dh_out = d_out[t] + dh
+        m = mf_s[t]
+        dh_out = d_out_s[t] + dh
         if comm:
-            d_att = torch.bmm(torch.mul(dh_out, m, out=dcomm[t]), w_comm_out_t)
+            d_att = torch.bmm(torch.mul(dh_out, m, out=dcomm_s[t]), w_comm_out_t)
             d_att = d_att.view(n, B * Hc, dvc).transpose(0, 1)  # [B*Hc, n, dv]
-            q, kk, v = qkvs[t].view(n, B * Hc, G).transpose(0, 1).split((dkc, dkc, dvc), dim=-1)
             P = probs_c[t]
             P_d = P * noise_c[t] if noise_c else P  # the probabilities the values were mixed with
-            dP = torch.bmm(v, d_att.transpose(1, 2))  # all [B*Hc, n_key, n_query], as in the forward
+            dP = torch.bmm(v_s[t], d_att.transpose(1, 2))  # all [B*Hc, n_key, n_query], as in the forward
             if noise_c:
                 dP = dP * noise_c[t]
             dS = P * (dP - (P * dP).sum(dim=1, keepdim=True))
             # bmm's out= into a strided view is a slow path: one cat, then one copy into the unit-major rows
             d_heads = torch.cat(
-                [torch.bmm(dS.transpose(1, 2), kk), torch.bmm(dS, q), torch.bmm(P_d, d_att)], -1
+                [torch.bmm(dS.transpose(1, 2), k_s[t]), torch.bmm(dS, q_s[t]), torch.bmm(P_d, d_att)], -1
             )
-            dqkv[t].view(n, B * Hc, G).transpose(0, 1).copy_(d_heads)
-            dh_out = dh_out + torch.bmm(dqkv[t], w_comm_t)
+            d_heads_s[t].copy_(d_heads)
+            dh_out = dh_out + torch.bmm(dqkv_s[t], w_comm_t)
         dh_cell = dh_out * m
         dh = dh_out - dh_cell
         if lstm:
             dc_new = dc * m
-            dc_tot = torch.addcmul(dc_new, dh_cell, k_c[t])
-            dg = dgates[t].view(n, B, 4, u)
-            torch.mul(fac[t].view(n, B, 4, u), dc_tot.unsqueeze(2), out=dg)
-            torch.mul(fac[t, :, :, 2 * u : 3 * u], dh_cell, out=dg[:, :, 2])
-            torch.bmm(dgates[t], w_cell_t, out=dxh[t])
-            dc = torch.addcmul(dc - dc_new, dc_tot, f[t])
-            dh = dh + dxh[t, :, :, Dv:]
+            dc_tot = torch.addcmul(dc_new, dh_cell, k_c_s[t])
+            torch.mul(fac4_s[t], dc_tot.unsqueeze(2), out=dg4_s[t])
+            torch.mul(fac_o_s[t], dh_cell, out=dg_o_s[t])
+            torch.bmm(dgates_s[t], w_cell_t, out=dxh_s[t])
+            dc = torch.addcmul(dc - dc_new, dc_tot, f_s[t])
+            dh = dh + dxh_h_s[t]
         else:
-            dn = dh_cell * f_n[t]
-            dx_t, dh_t = dgx[t], dgh[t]
-            torch.mul(dn, f_r[t], out=dx_t[..., :u])
-            torch.mul(dh_cell, f_z[t], out=dx_t[..., u : 2 * u])
-            dx_t[..., 2 * u :].copy_(dn)
-            dh_t[..., : 2 * u].copy_(dx_t[..., : 2 * u])
-            torch.mul(dn, r[t], out=dh_t[..., 2 * u :])
-            torch.bmm(dx_t, w_x_t, out=dreads[t])
-            dh = torch.addcmul(dh, dh_cell, z[t]) + torch.bmm(dh_t, w_hh_t)
-        dread = dreads[t].view(n, B, H, dv)
+            dn = torch.mul(dh_cell, f_n_s[t], out=dgx_n_s[t])
+            torch.mul(dn, f_r_s[t], out=dgx_r_s[t])
+            torch.mul(dh_cell, f_z_s[t], out=dgx_z_s[t])
+            dgh_rz_s[t].copy_(dgx_rz_s[t])
+            torch.mul(dn, r_s[t], out=dgh_n_s[t])
+            torch.bmm(dgx_s[t], w_x_t, out=dreads_s[t])
+            dh = torch.addcmul(dh, dh_cell, z_s[t]) + torch.bmm(dgh_s[t], w_hh_t)
+        dread = reads4_s[t]
         if one_slot:
-            d_p = (dread * values[t]).sum(-1)
-            dsv = torch.mul(d_p, dsig[t], out=ds[t])
-            dh = dh + (dsv.unsqueeze(-1) * keys[t]).sum(-2)
+            d_p = (dread * values_s[t]).sum(-1)
+            dsv = torch.mul(d_p, dsig_s[t], out=ds_s[t])
+            dh = dh + (dsv.unsqueeze(-1) * keys_s[t]).sum(-2)
         else:
             ps = sv["probs_in"][t][..., 1:]
-            dps = torch.einsum("nbhv,bshv->nbhs", dread, values[t])
+            dps = torch.einsum("nbhv,bshv->nbhs", dread, values_s[t])
             if noise_in:
                 dps = dps * noise_in[t][..., 1:]
-            dsc = torch.mul(ps * (dps - (ps * dps).sum(-1, keepdim=True)), scale, out=dscores[t])
-            dqt = dqueries[t]
-            dqt.view(n, B, H, dk).copy_(torch.einsum("nbhs,bshd->nbhd", dsc, keys[t]))
-            dh = dh + torch.bmm(dqt, w_query_t)
+            dsc = torch.mul(ps * (dps - (ps * dps).sum(-1, keepdim=True)), scale, out=dscores_s[t])
+            dq4_s[t].copy_(torch.einsum("nbhs,bshd->nbhd", dsc, keys_s[t]))
+            dh = dh + torch.bmm(dqueries_s[t], w_query_t)
         if t in reset_set:
-            dh = dh * keep[t]
+            dh = dh * keep_s[t]
             if lstm:
-                dc = dc * keep[t]
+                dc = dc * keep_s[t]
 
     def rows(a: Tensor) -> Tensor:  # [T,n,B,X] -> [n,T*B,X] (a view for _unit_major buffers)
         return a.transpose(0, 1).reshape(n, T * B, a.shape[-1])
