@@ -434,6 +434,49 @@ class RIMs(nn.Module):
 # ----------------------------------------------------------------------------------------------------------
 
 
+class _Workspace:
+    """The flat buffers of one ``_fused_loop`` call, taken from and given back to a module's pool.
+
+    Buffers grow to the largest size asked for and are handed out as views. They go back to the pool by
+    ``release()`` (no-grad calls) or when this holder dies with the autograd graph that saved it, never
+    while a backward may still read them. The pool keeps at most ``keep`` sets per module (training
+    holds two at once: the previous graph is freed after the next forward).
+    """
+
+    keep = 2
+
+    def __init__(self, pool: list, opts: dict, flat: dict) -> None:
+        self.pool, self.opts, self.flat, self.released = pool, opts, flat, False
+
+    @classmethod
+    def acquire(cls, core: RIMs, opts: dict) -> _Workspace:
+        pool: list = core.__dict__.setdefault("_forward_pool", [])
+        for i, (pool_opts, flat) in enumerate(pool):
+            if pool_opts == opts:
+                del pool[i]
+                return cls(pool, opts, flat)
+        return cls(pool, opts, {})
+
+    def get(self, name: str, unit_major: bool, T: int, n: int, B: int, X: int) -> Tensor:
+        """A [T, n, B, X] buffer (stored unit-major if asked, see ``_unit_major``); contents undefined."""
+        size = T * n * B * X
+        flat = self.flat.get(name)
+        if flat is None or flat.numel() < size:
+            flat = self.flat[name] = torch.empty(size, **self.opts)
+        if unit_major:
+            return flat[:size].view(n, T, B, X).transpose(0, 1)
+        return flat[:size].view(T, n, B, X)
+
+    def release(self) -> None:
+        if not self.released:
+            self.released = True
+            if len(self.pool) < self.keep:
+                self.pool.append((self.opts, self.flat))
+
+    def __del__(self) -> None:
+        self.release()
+
+
 def _unit_major(T: int, n: int, B: int, X: int, **opts: object) -> Tensor:
     """A [T, n, B, X] buffer stored unit-major: step t's slice is written in the loop, and the weight
     gradients read all steps of a unit as [T*B, X] rows with no copy."""
@@ -486,38 +529,43 @@ def _fused_loop(
     p_drop_c = core.comm_dropout.p if core.training else 0.0
     out = torch.empty(T, n, B, u, **opts)
     mask = torch.zeros(T, n, B, dtype=torch.bool, device=h0.device)
-    sv: dict = {"mask": mask, "noise_in": [], "noise_c": []}
+    # The saved activations come from the module's pool and go back when the graph that saved them is
+    # freed (or at the end of a no-grad call): fresh buffers this size come from mmap, and first-touch
+    # page faults cost more than the loop's arithmetic at large batches. ``out`` and ``mask`` escape, so
+    # they are always fresh.
+    ws = _Workspace.acquire(core, opts)
+    sv: dict = {"mask": mask, "noise_in": [], "noise_c": [], "workspace": ws}
     if lstm:
         w_cell, b_cell = cell_w
-        xh = _unit_major(T, n, B, Dv + u, **opts)  # the cell's input [read, h], rows for dW_cell
+        xh = ws.get("xh", True, T, n, B, Dv + u)  # the cell's input [read, h], rows for dW_cell
         reads, hs = xh[..., :Dv], xh[..., Dv:]
-        acts = torch.empty(T, n, B, 4 * u, **opts)
-        tcs = torch.empty(T, n, B, u, **opts)
-        cs = torch.empty(T + 1, n, B, u, **opts)
+        acts = ws.get("acts", False, T, n, B, 4 * u)
+        tcs = ws.get("tcs", False, T, n, B, u)
+        cs = ws.get("cs", False, T + 1, n, B, u)
         cs[0] = c0
         sv.update(xh=xh, acts=acts, tcs=tcs, cs=cs)
     else:
         w_x, w_hh, b_x, b_h = cell_w
-        reads = _unit_major(T, n, B, Dv, **opts)
-        hs = _unit_major(T, n, B, u, **opts)
-        rzs = torch.empty(T, n, B, 2 * u, **opts)
-        cands = torch.empty(T, n, B, u, **opts)
+        reads = ws.get("reads", True, T, n, B, Dv)
+        hs = ws.get("hs", True, T, n, B, u)
+        rzs = ws.get("rzs", False, T, n, B, 2 * u)
+        cands = ws.get("cands", False, T, n, B, u)
         ghns: list[Tensor] = []
         sv.update(reads=reads, rzs=rzs, cands=cands, ghns=ghns)
     sv["hs"] = hs
     if one_slot:
-        p_in = torch.empty(T, n, B, H, **opts)
+        p_in = ws.get("p_in", False, T, n, B, H)
         sv["p_in"] = p_in
     else:
-        queries = _unit_major(T, n, B, H * dk, **opts)
+        queries = ws.get("queries", True, T, n, B, H * dk)
         probs_in: list[Tensor] = []
         sv.update(queries=queries, probs_in=probs_in)
     if comm:
         Hc, dkc, dvc = core.comm_heads, core.comm_key_size, core.comm_value_size
-        hms = _unit_major(T, n, B, u, **opts)
+        hms = ws.get("hms", True, T, n, B, u)
         G = 2 * dkc + dvc  # one head's [query, key, value] columns (w_comm comes in head order)
-        qkvs = torch.empty(T, n, B, Hc * G, **opts)
-        atts = _unit_major(T, n, B, Hc * dvc, **opts)
+        qkvs = ws.get("qkvs", False, T, n, B, Hc * G)
+        atts = ws.get("atts", True, T, n, B, Hc * dvc)
         probs_c: list[Tensor] = []
         sv.update(hms=hms, qkvs=qkvs, atts=atts, probs_c=probs_c)
         top_k = core.comm_top_k if core.comm_top_k is not None and core.comm_top_k < n else None
@@ -613,6 +661,8 @@ def _fused_loop(
         if lstm:
             torch.where(m, c_new, c, out=cs_s[t + 1])
     c_t = cs[T].clone() if lstm else h0.new_zeros(0)
+    if not save:
+        ws.release()
     return out, c_t, mask, (sv if save else {})
 
 

@@ -204,3 +204,34 @@ def test_backward_workspace_reused_across_shapes() -> None:
         _, _, ref = run(core, False, x, h0, c0, None, weights)
         for a, b in zip(fused, ref, strict=True):
             torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)
+
+
+def test_pooled_forward_buffers_are_not_shared_by_live_graphs() -> None:
+    """Saved activations come from a pool; a graph still alive must keep its own, whatever runs between."""
+    torch.manual_seed(0)
+    core = RIMs(5, 24, **SMALL).double().eval()
+    xs = [torch.randn(5, 3, 5, dtype=torch.float64, requires_grad=True) for _ in range(4)]
+
+    def reference_grad(x: torch.Tensor) -> torch.Tensor:
+        core.fast_path = False
+        (g,) = torch.autograd.grad(core(x)[0].pow(2).sum(), x)
+        core.fast_path = True
+        return g
+
+    expected = [reference_grad(x) for x in xs]
+    for _ in range(2):  # the second round runs on buffers given back by the first
+        losses = [core(x)[0].pow(2).sum() for x in xs[:2]]  # two graphs alive at once
+        with torch.no_grad():
+            core(xs[2])  # a no-grad call in between takes and gives back its own set
+        loss_3 = core(xs[3])[0].pow(2).sum()
+        for x, loss, want in zip(
+            [xs[1], xs[0], xs[3]],
+            [losses[1], losses[0], loss_3],
+            [expected[1], expected[0], expected[3]],
+            strict=True,
+        ):
+            (g,) = torch.autograd.grad(loss, x, retain_graph=True)
+            torch.testing.assert_close(g, want, rtol=1e-9, atol=1e-10)
+            (g_again,) = torch.autograd.grad(loss, x)  # a second backward of the same graph
+            torch.testing.assert_close(g_again, want, rtol=1e-9, atol=1e-10)
+        del losses, loss_3
