@@ -235,3 +235,16 @@ def test_pooled_forward_buffers_are_not_shared_by_live_graphs() -> None:
             (g_again,) = torch.autograd.grad(loss, x)  # a second backward of the same graph
             torch.testing.assert_close(g_again, want, rtol=1e-9, atol=1e-10)
         del losses, loss_3
+
+
+def test_release_buffers_then_run_again() -> None:
+    core = RIMs(5, 24, **SMALL)
+    x = torch.randn(4, 2, 5)
+    out, _ = core(x)
+    out.sum().backward()
+    assert "_backward_workspace" in core.__dict__
+    core.release_buffers()
+    assert not {"_forward_pool", "_backward_workspace", "_fused_weight_cache"} & set(core.__dict__)
+    core.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(core(x)[0], core(x)[0])
