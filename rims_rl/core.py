@@ -21,6 +21,7 @@ Shapes (time-major, like ``nn.LSTM`` with ``batch_first=False``):
 from __future__ import annotations
 
 import math
+import weakref
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +30,8 @@ from torch import Tensor, nn
 State = tuple[Tensor, Tensor]
 
 _CELLS = ("lstm", "gru")
+#: Attributes the fused path keeps on the module between calls (see ``RIMs.release_buffers``).
+_POOLED = ("_forward_pool", "_backward_workspace", "_fused_weight_cache")
 
 
 def _check_positive(name: str, value: int) -> None:
@@ -181,11 +184,18 @@ class RIMs(nn.Module):
             f"k={self.k}, cell={self.cell!r}, input_heads={self.input_heads}, comm_heads={self.comm_heads}"
         )
 
+    def __getstate__(self) -> dict:
+        """Pickle/deepcopy without the fused path's pooled buffers and weight cache (weakrefs)."""
+        state = dict(super().__getstate__())
+        for key in _POOLED:
+            state.pop(key, None)
+        return state
+
     def release_buffers(self) -> None:
         """Free the fused path's pooled buffers (saved activations of up to two calls, backward scratch,
         derived weights); they are re-created on the next call. They hold about the memory of one
         training forward+backward: ~1 GB at hidden 600, B=64, T=128; a few MB for the PPO presets."""
-        for key in ("_forward_pool", "_backward_workspace", "_fused_weight_cache"):
+        for key in _POOLED:
             self.__dict__.pop(key, None)
 
     def initial_state(self, batch_size: int, device: torch.device | None = None) -> State:
@@ -383,8 +393,13 @@ class RIMs(nn.Module):
         sources = (self.w_x, self.w_hh, self.b_x, self.b_h, self.w_comm)
         key = tuple((w.data_ptr(), w._version, w.dtype, w.device) for w in sources)
         cache = None if torch.is_grad_enabled() else self.__dict__.get("_fused_weight_cache")
-        if cache is not None and cache[0] == key:
-            return cache[1]
+        # weakrefs: a replaced parameter is another object even if its memory lands at the old address
+        if (
+            cache is not None
+            and cache[1] == key
+            and all(r() is w for r, w in zip(cache[0], sources, strict=True))
+        ):
+            return cache[2]
         if self.cell == "lstm":
             cell_w: tuple[Tensor, ...] = (
                 torch.cat([self.w_x, self.w_hh], dim=1),
@@ -400,7 +415,8 @@ class RIMs(nn.Module):
             heads = (q.view(n, u, H, dk) * (1.0 / math.sqrt(dk)), k.view(n, u, H, dk), v.view(n, u, H, dv))
             w_comm = torch.cat(heads, dim=-1).view(n, u, H * (2 * dk + dv))
         if not torch.is_grad_enabled():
-            self.__dict__["_fused_weight_cache"] = (key, (cell_w, w_comm))
+            refs = tuple(weakref.ref(w) for w in sources)
+            self.__dict__["_fused_weight_cache"] = (refs, key, (cell_w, w_comm))
         return cell_w, w_comm
 
     def _scaled_w_comm(self) -> Tensor:

@@ -14,6 +14,7 @@ import itertools
 
 import pytest
 import torch
+from torch import nn
 from torch.func import functional_call
 
 from rims_rl.core import RIMs
@@ -248,3 +249,26 @@ def test_release_buffers_then_run_again() -> None:
     core.eval()
     with torch.no_grad():
         torch.testing.assert_close(core(x)[0], core(x)[0])
+
+
+def test_replaced_parameter_and_pickling_with_cached_state() -> None:
+    """A new parameter object invalidates the no-grad weight cache; pickling drops the pools."""
+    import io
+
+    torch.manual_seed(0)
+    core = RIMs(5, 24, **SMALL).eval()
+    x = torch.randn(1, 3, 5)
+    with torch.no_grad():
+        core(x)
+        core.w_comm = nn.Parameter(torch.randn_like(core.w_comm))
+        fused = core(x)[0]
+        core.fast_path = False
+        torch.testing.assert_close(fused, core(x)[0], rtol=1e-6, atol=1e-6)
+        core.fast_path = True
+    buf = io.BytesIO()
+    torch.save(core, buf)
+    buf.seek(0)
+    loaded = torch.load(buf, weights_only=False)
+    assert "_fused_weight_cache" not in loaded.__dict__
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x)[0], fused)
