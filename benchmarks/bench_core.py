@@ -1,39 +1,99 @@
 """Forward+backward time of the RIMs core vs ``nn.LSTM`` of the same hidden size, side by side.
 
-Usage: python benchmarks/bench_core.py [--T 128] [--B 64] [--hidden 600] [--input 64] [--repeats 5]
-Prints one line per device and configuration with the ratio RIMs / LSTM measured in the same run.
+Usage: python benchmarks/bench_core.py [--T 128] [--B 64] [--hidden 600 120] [--input 64] [--repeats 5]
+    [--rollout] [--ppo]
+
+Prints one line per device, hidden size and RIMs cell: ``nn.LSTM`` ms, RIMs ms on the fused path (the
+default: one autograd node with a hand-written backward), RIMs ms on the autograd reference path
+(``fast_path = False``), and the ratios, all measured in the same process. The three are timed
+interleaved (one repeat of each in turn), so load from other jobs hits them alike. ``--rollout`` adds the
+no-grad single-step call that sb3 makes while collecting rollouts (T=1, B=16, 200 steps). ``--ppo``
+adds end-to-end PPO (``bench_ppo.py``'s rims_ppo MiniGrid model): steps/s of one rollout + update with
+the fused core vs the reference core, alternating in one process (so CPU load hits both alike).
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from torch import nn
 
-from rims_rl.core import RIMs
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's rims_rl, not an installed one
+from rims_rl.core import RIMs  # noqa: E402
 
 
-def _time_fwd_bwd(module: nn.Module, x: torch.Tensor, repeats: int) -> float:
-    """Median seconds of one forward+backward over the whole sequence."""
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
 
+
+def _interleaved(fns: dict[str, Callable[[], None]], repeats: int, device: str) -> dict[str, float]:
+    """Median seconds of each function, timed in turn so that machine load affects all alike."""
+    for fn in fns.values():  # warm-up: allocations, first-call overheads
+        fn()
+        fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            _sync(device)
+            t0 = time.perf_counter()
+            fn()
+            _sync(device)
+            times[name].append(time.perf_counter() - t0)
+    return {name: sorted(ts)[len(ts) // 2] for name, ts in times.items()}
+
+
+def _fwd_bwd(module: nn.Module, x: torch.Tensor, fast: bool | None = None) -> Callable[[], None]:
     def once() -> None:
+        if fast is not None:
+            module.fast_path = fast
         out, _ = module(x)
         out.sum().backward()
 
-    for _ in range(2):
-        once()
-    times = []
+    return once
+
+
+def _rollout(module: RIMs, x: torch.Tensor, fast: bool) -> Callable[[], None]:
+    """T=1 no-grad calls with a carried state, as sb3's predict does per env step."""
+
+    def once() -> None:
+        module.fast_path = fast
+        state = module.initial_state(x.shape[1], x.device)
+        with torch.no_grad():
+            for t in range(x.shape[0]):
+                _, state = module(x[t : t + 1], state)
+
+    return once
+
+
+def _ppo_ab(repeats: int) -> None:
+    """rims_ppo steps/s (rollout + update) with the fused vs the reference core, alternating."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_ppo import build
+
+    model = build("rims_ppo", "MiniGrid-DoorKey-5x5-v0")
+    cores = [m for m in model.policy.modules() if isinstance(m, RIMs)]
+    per_rollout = model.n_steps * model.n_envs
+    model.learn(per_rollout)  # warm-up
+    times: dict[bool, list[float]] = {True: [], False: []}
     for _ in range(repeats):
-        if x.is_cuda:
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        once()
-        if x.is_cuda:
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    return sorted(times)[len(times) // 2]
+        for fast in (True, False):
+            for core in cores:
+                core.fast_path = fast
+            t0 = time.perf_counter()
+            model.learn(per_rollout, reset_num_timesteps=False)
+            times[fast].append(time.perf_counter() - t0)
+    med = {fast: sorted(ts)[len(ts) // 2] for fast, ts in times.items()}
+    print(
+        f"rims_ppo MiniGrid-DoorKey-5x5 (rollout + update) steps/s: fused {per_rollout / med[True]:.0f}, "
+        f"reference {per_rollout / med[False]:.0f}, speed-up {med[False] / med[True]:.2f}",
+        flush=True,
+    )
 
 
 def main() -> None:
@@ -45,24 +105,54 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, nargs="+", default=[600, 120])
     parser.add_argument("--input", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--cells", nargs="+", default=["lstm", "gru"], choices=["lstm", "gru"])
+    parser.add_argument("--rollout", action="store_true", help="also time no-grad T=1 rollout steps")
+    parser.add_argument("--ppo", action="store_true", help="also A/B the core inside rims_ppo training")
     args = parser.parse_args()
 
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     print(f"torch {torch.__version__}, CPU threads {torch.get_num_threads()}, T={args.T}, B={args.B}")
-    print(f"{'device':6} {'hidden':>6} {'cell':>5} {'lstm ms':>9} {'rims ms':>9} {'ratio':>6}")
+    print(
+        f"{'device':6} {'hidden':>6} {'cell':>5} {'lstm ms':>9} {'fused ms':>9} {'autograd ms':>11} "
+        f"{'fused/lstm':>10} {'autograd/lstm':>13} {'speed-up':>8}"
+    )
     for device in devices:
         for hidden in args.hidden:
             x = torch.randn(args.T, args.B, args.input, device=device)
             lstm = nn.LSTM(args.input, hidden).to(device)
-            t_lstm = _time_fwd_bwd(lstm, x, args.repeats)
-            for cell in ("lstm", "gru"):
+            for cell in args.cells:
                 rims = RIMs(args.input, hidden, n_units=6, k=4, cell=cell).to(device)
-                t_rims = _time_fwd_bwd(rims, x, args.repeats)
+                t = _interleaved(
+                    {
+                        "lstm": _fwd_bwd(lstm, x),
+                        "fused": _fwd_bwd(rims, x, fast=True),
+                        "autograd": _fwd_bwd(rims, x, fast=False),
+                    },
+                    args.repeats,
+                    device,
+                )
                 print(
-                    f"{device:6} {hidden:>6} {cell:>5} {t_lstm * 1e3:9.1f} {t_rims * 1e3:9.1f} "
-                    f"{t_rims / t_lstm:6.2f}",
+                    f"{device:6} {hidden:>6} {cell:>5} {t['lstm'] * 1e3:9.1f} {t['fused'] * 1e3:9.1f} "
+                    f"{t['autograd'] * 1e3:11.1f} {t['fused'] / t['lstm']:10.2f} "
+                    f"{t['autograd'] / t['lstm']:13.2f} {t['autograd'] / t['fused']:8.2f}",
                     flush=True,
                 )
+            if args.rollout:
+                rims = RIMs(args.input, hidden, n_units=6, k=4).to(device).eval()
+                xr = torch.randn(200, 16, args.input, device=device)
+                t = _interleaved(
+                    {"fused": _rollout(rims, xr, True), "autograd": _rollout(rims, xr, False)},
+                    args.repeats,
+                    device,
+                )
+                print(
+                    f"{device:6} {hidden:>6} rollout (no grad, T=1, B=16, per step): fused "
+                    f"{t['fused'] / 200 * 1e6:.0f} us, reference {t['autograd'] / 200 * 1e6:.0f} us, "
+                    f"speed-up {t['autograd'] / t['fused']:.2f}",
+                    flush=True,
+                )
+    if args.ppo:
+        _ppo_ab(args.repeats)
 
 
 if __name__ == "__main__":
