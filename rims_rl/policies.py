@@ -356,10 +356,13 @@ class RimsActorCriticPolicy(RecurrentActorCriticPolicy):
         """Swap the RIMs cores' attention dropout for ``KeyedDropout`` (no parameters: optimizer unaffected).
 
         Relies on ``RIMs`` applying ``input_dropout`` to [n, B, ...] and ``comm_dropout`` to
-        [n, n, B, H] attention probabilities, once per step each; ``KeyedDropout`` checks the count.
+        [n, n, B, H] attention probabilities, once per step each; ``KeyedDropout`` checks the count. Only
+        the core's autograd loop calls these modules (its fused path draws its own masks), so keyed
+        dropout switches the fused path off.
         """
         for i, core in enumerate(c for c in (self.lstm_actor, self.lstm_critic) if c is not None):
             assert isinstance(core, RIMs), "keyed_dropout needs core='rims' (checked in __init__)"
+            core.fast_path = False
             core.input_dropout = KeyedDropout(core.input_dropout.p, batch_dim=1, salt=2 * i + 1)
             core.comm_dropout = KeyedDropout(core.comm_dropout.p, batch_dim=2, salt=2 * i + 2)
 
