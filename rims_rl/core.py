@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import weakref
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -282,7 +283,7 @@ class RIMs(nn.Module):
         w_comm = self._scaled_w_comm() if self.use_comm else None
         keep = None if episode_starts is None else (1.0 - episode_starts.to(x.dtype)).view(T, 1, B, 1)
         # Training sequences start episodes only at their first step: then no per-step reset is needed.
-        first_only = keep is not None and T > 1 and not bool(episode_starts[1:].any())
+        first_only = episode_starts is not None and T > 1 and not bool(episode_starts[1:].any())
 
         # unbind, not keys[t]: indexing would make every step's backward write a zero tensor of all T steps.
         keys_t, values_t = keys.unbind(0), values.unbind(0)
@@ -350,7 +351,8 @@ class RIMs(nn.Module):
             out, c_t, mask = _fused_loop(self, resets, keep, *inputs, save=False)[:3]
         if self.cell == "gru":  # GRU units carry c untouched apart from resets (zeros in practice)
             c_t = c0
-            for t in resets:
+            for t in resets:  # resets are only listed where episode starts were given
+                assert keep is not None
                 c_t = c_t * keep[t]
         self.last_active_mask = mask.transpose(1, 2)
         h_t = out[-1].transpose(0, 1).reshape(1, B, self.hidden_size)
@@ -407,7 +409,7 @@ class RIMs(nn.Module):
             )
         else:
             cell_w = (self.w_x, self.w_hh, self.b_x.unsqueeze(1), self.b_h.unsqueeze(1))
-        w_comm = self.w_comm
+        w_comm: Tensor = self.w_comm
         if self.use_comm:
             n, u = self.n_units, self.unit_size
             H, dk, dv = self.comm_heads, self.comm_key_size, self.comm_value_size
@@ -508,7 +510,7 @@ class _Workspace:
         self.release()
 
 
-def _unit_major(T: int, n: int, B: int, X: int, **opts: object) -> Tensor:
+def _unit_major(T: int, n: int, B: int, X: int, **opts: Any) -> Tensor:
     """A [T, n, B, X] buffer stored unit-major: step t's slice is written in the loop, and the weight
     gradients read all steps of a unit as [T*B, X] rows with no copy."""
     return torch.empty(n, T, B, X, **opts).transpose(0, 1)
@@ -554,7 +556,7 @@ def _fused_loop(
     H, dk, Dv = core.input_heads, core.input_key_size, core.input_value_size
     dv = Dv // H
     lstm, comm = core.cell == "lstm", core.use_comm
-    opts = dict(dtype=h0.dtype, device=h0.device)
+    opts: dict[str, Any] = dict(dtype=h0.dtype, device=h0.device)
     reset_set = set(resets)
     p_drop_in = core.input_dropout.p if core.training else 0.0
     p_drop_c = core.comm_dropout.p if core.training else 0.0
@@ -722,7 +724,7 @@ def _fused_backward(
     H, dk, Dv = core.input_heads, core.input_key_size, core.input_value_size
     dv = Dv // H
     lstm, comm = core.cell == "lstm", core.use_comm
-    opts = dict(dtype=d_out.dtype, device=d_out.device)
+    opts: dict[str, Any] = dict(dtype=d_out.dtype, device=d_out.device)
     reset_set = set(resets)
     mf = sv["mask"].to(d_out.dtype).unsqueeze(-1)  # [T,n,B,1]
     # Scratch buffers live only inside this call, so they are kept on the module and reused (grown to the
@@ -900,10 +902,10 @@ def _fused_backward(
             ps_all = ps_all * torch.stack(noise_in)[..., 1:]
         d_values = torch.einsum("tnbhs,tnbhv->tbshv", ps_all, dreads.reshape(T, n, B, H, dv))
         d_wq = wgrad(hs, dqueries)
+    d_wc: Tensor | None = None  # no communication: those weights get no gradient
+    d_wco: Tensor | None = None
     if comm:
         d_wc, d_wco = wgrad(sv["hms"], dqkv), wgrad(sv["atts"], dcomm)
-    else:
-        d_wc = d_wco = None
     return (d_keys, d_values, dh, dc if lstm else None, d_wq, d_wc, d_wco, *cell_grads)
 
 
@@ -911,8 +913,8 @@ class _RIMsSequence(torch.autograd.Function):
     """The time loop as one autograd node: forward saves activations, backward is ``_fused_backward``."""
 
     @staticmethod
-    def forward(  # type: ignore[override]
-        ctx: torch.autograd.function.FunctionCtx,
+    def forward(
+        ctx: Any,  # FunctionCtx: attributes are set on it (torch's stubs do not declare them)
         core: RIMs,
         resets: list[int],
         keep: Tensor | None,
@@ -926,7 +928,7 @@ class _RIMsSequence(torch.autograd.Function):
         return out, c_t, mask
 
     @staticmethod
-    def backward(ctx: torch.autograd.function.FunctionCtx, d_out: Tensor, d_ct: Tensor, _: Tensor) -> tuple:
+    def backward(ctx: Any, d_out: Tensor, d_ct: Tensor, _: Tensor) -> tuple:
         keys, values, w_query, w_comm, w_comm_out, *cell_w = ctx.saved_tensors
         grads = _fused_backward(
             ctx.core,
