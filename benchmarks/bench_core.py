@@ -1,7 +1,7 @@
 """Forward+backward time of the RIMs core vs ``nn.LSTM`` of the same hidden size, side by side.
 
 Usage: python benchmarks/bench_core.py [--T 128] [--B 64] [--hidden 600 120] [--input 64] [--repeats 5]
-    [--rollout] [--ppo]
+    [--rollout] [--ppo] [--modular]
 
 Prints one line per device, hidden size and RIMs cell: ``nn.LSTM`` ms, RIMs ms on the fused path (the
 default: one autograd node with a hand-written backward), RIMs ms on the autograd reference path
@@ -10,6 +10,9 @@ interleaved (one repeat of each in turn), so load from other jobs hits them alik
 no-grad single-step call that sb3 makes while collecting rollouts (T=1, B=16, 200 steps). ``--ppo``
 adds end-to-end PPO (``bench_ppo.py``'s rims_ppo MiniGrid model): steps/s of one rollout + update with
 the fused core vs the reference core, alternating in one process (so CPU load hits both alike).
+``--modular`` adds the other modular cores at each hidden size, timed interleaved with ``nn.LSTM``: the
+Temporal Latent Bottleneck (``rims_rl.tlb``) and the stable assembly (``rims_rl.assembly``), both with
+their defaults (no targets for them yet; reported).
 """
 
 from __future__ import annotations
@@ -24,7 +27,9 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's rims_rl, not an installed one
+from rims_rl.assembly import StableAssembly  # noqa: E402
 from rims_rl.core import RIMs  # noqa: E402
+from rims_rl.tlb import TemporalLatentBottleneck  # noqa: E402
 
 
 def _sync(device: str) -> None:
@@ -108,6 +113,7 @@ def main() -> None:
     parser.add_argument("--cells", nargs="+", default=["lstm", "gru"], choices=["lstm", "gru"])
     parser.add_argument("--rollout", action="store_true", help="also time no-grad T=1 rollout steps")
     parser.add_argument("--ppo", action="store_true", help="also A/B the core inside rims_ppo training")
+    parser.add_argument("--modular", action="store_true", help="also time the TLB and assembly cores")
     args = parser.parse_args()
 
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -135,6 +141,20 @@ def main() -> None:
                     f"{device:6} {hidden:>6} {cell:>5} {t['lstm'] * 1e3:9.1f} {t['fused'] * 1e3:9.1f} "
                     f"{t['autograd'] * 1e3:11.1f} {t['fused'] / t['lstm']:10.2f} "
                     f"{t['autograd'] / t['lstm']:13.2f} {t['autograd'] / t['fused']:8.2f}",
+                    flush=True,
+                )
+            if args.modular:
+                tlb = TemporalLatentBottleneck(args.input, hidden).to(device)
+                assembly = StableAssembly(args.input, hidden).to(device)
+                t = _interleaved(
+                    {"lstm": _fwd_bwd(lstm, x), "tlb": _fwd_bwd(tlb, x), "assembly": _fwd_bwd(assembly, x)},
+                    args.repeats,
+                    device,
+                )
+                print(
+                    f"{device:6} {hidden:>6} modular cores: nn.LSTM {t['lstm'] * 1e3:.1f} ms, TLB (d_model "
+                    f"{tlb.d_model}) {t['tlb'] * 1e3:.1f} ms = {t['tlb'] / t['lstm']:.2f}x, assembly "
+                    f"{t['assembly'] * 1e3:.1f} ms = {t['assembly'] / t['lstm']:.2f}x",
                     flush=True,
                 )
             if args.rollout:
