@@ -32,26 +32,29 @@ AGENTS = ("rims_ppo", "lstm_ppo", "tlb_ppo", "assembly_ppo", "stock_lstm")
 ENVS = {"minigrid": "MiniGrid-DoorKey-5x5-v0", "atari": "ALE/Breakout-v5"}
 
 
-def build(agent: str, env_id: str, seed: int = 0) -> Any:
+def build(agent: str, env_id: str, seed: int = 0, overrides: list[str] | None = None) -> Any:
     """The model for one benchmark row; stock_lstm is lstm_ppo's config on sb3-contrib's own policy."""
     sys.path.insert(0, str(ROOT))
     from agents import build_model, sb3_policy_name
     from rims_rl.app.config import resolve_config
     from rims_rl.app.runs import make_train_env
 
-    config = resolve_config("lstm_ppo" if agent == "stock_lstm" else agent, env_id, seed=seed)
+    name = "lstm_ppo" if agent == "stock_lstm" else agent
+    config = resolve_config(name, env_id, seed=seed, overrides=overrides or None)
     env = make_train_env(config, seed)  # in-process for MiniGrid, subprocesses for Atari
     policy = sb3_policy_name(env.observation_space, recurrent=True) if agent == "stock_lstm" else None
     return build_model(config.model, env, seed=seed, device="cpu", policy=policy)
 
 
-def worker(agent: str, env_id: str, rollouts: int, threads: int | None) -> dict[str, Any]:
+def worker(
+    agent: str, env_id: str, rollouts: int, threads: int | None, overrides: list[str] | None = None
+) -> dict[str, Any]:
     """Train one model for ``rollouts`` rollouts after a warm-up one; return steps/s and peak memory."""
     import torch
 
     if threads:
         torch.set_num_threads(threads)
-    model = build(agent, env_id)
+    model = build(agent, env_id, overrides=overrides)
     per_rollout = model.n_steps * model.n_envs
     model.learn(per_rollout)  # warm-up: allocations, first-call overheads
     start = time.perf_counter()
@@ -77,10 +80,17 @@ def main() -> None:
     parser.add_argument("--rollouts", type=int, default=4, help="timed rollouts (+1 warm-up) per agent")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--agents", nargs="+", default=list(AGENTS), choices=AGENTS)
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="preset override for every agent, e.g. ppo.chunk_length=32 (repeatable)",
+    )
     parser.add_argument("--worker", nargs=2, metavar=("AGENT", "ENV"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        print(json.dumps(worker(args.worker[0], args.worker[1], args.rollouts, args.threads)))
+        print(json.dumps(worker(args.worker[0], args.worker[1], args.rollouts, args.threads, args.set)))
         return
 
     import platform
@@ -105,6 +115,8 @@ def main() -> None:
             ]
             if args.threads:
                 cmd += ["--threads", str(args.threads)]
+            for item in args.set:
+                cmd += ["--set", item]
             out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT).stdout
             rows[agent] = json.loads(out.strip().splitlines()[-1])
         stock = rows.get("stock_lstm", {}).get("steps_per_s")
