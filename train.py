@@ -51,7 +51,6 @@ DEFAULT_EVAL_EPISODES = 50
 
 EXIT_USAGE = 2  # user errors (argparse uses 2 too)
 EXIT_DIVERGED = 1
-EXIT_INTERRUPTED = 130  # 128 + SIGINT, the shell convention
 
 
 def error(message: str) -> int:
@@ -106,7 +105,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         )
     except TrainingInterrupted as err:
         print(f"\n{err}", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return 128 + err.signum  # 130 for Ctrl-C, 143 for SIGTERM (the shell convention)
     except TrainingDiverged as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_DIVERGED

@@ -280,6 +280,19 @@ def test_sigint_saves_checkpoint_and_says_how_to_resume(tmp_path: Path) -> None:
     assert meta.num_timesteps % 32 == 0 and meta.num_timesteps >= 32  # a whole number of rollouts
 
 
+def test_sigterm_saves_a_checkpoint_like_ctrl_c(tmp_path: Path) -> None:
+    """Pre-emption sends SIGTERM: the run stops at the next step, saves, says how to resume, exits 143."""
+    run = tmp_path / "run"
+    proc = _start_training(run, timesteps=100_000)
+    _wait_for_checkpoint(proc, run)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    assert f"python train.py train --resume {run}" in err and "Traceback" not in err
+    status = json.loads((run / "status.json").read_text())
+    assert status["state"] == "interrupted" and read_meta(status["checkpoint"]).num_timesteps >= 32
+
+
 def test_sigkill_then_resume_reaches_the_budget_from_the_last_checkpoint(tmp_path: Path) -> None:
     run, budget = tmp_path / "run", 160
     proc = _start_training(run, timesteps=budget)
@@ -307,3 +320,72 @@ def test_loading_rejects_missing_run_dir_for_resume(
     assert code == 2 and "not a run directory" in capsys.readouterr().err
     with pytest.raises(CheckpointError):
         read_meta(tmp_path / "nope.zip")
+
+
+def test_a_zip_bomb_or_giant_entry_is_refused_without_reading_it(
+    run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """20 MiB of spaces deflate to ~20 KiB: the reader stops at its limit instead of inflating them."""
+    bomb = tmp_path / "bomb.zip"
+    with (
+        zipfile.ZipFile(run_dir / "model.zip") as src,
+        zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as zf,
+    ):
+        for name in src.namelist():
+            data = src.read(name)
+            zf.writestr(name, data if name != "rims_config.json" else data + b" " * (20 * 2**20))
+    assert bomb.stat().st_size < (run_dir / "model.zip").stat().st_size + 2**20  # tiny on disk
+    _evaluate_fails(bomb, capsys, "larger than 16 MiB")
+
+
+@pytest.mark.parametrize(
+    ("path", "change", "needle"),
+    [
+        (("config", "model", "ppo"), "fast", "ppo must be a mapping"),
+        (("config", "model", "policy_kwargs", "optimizer_class"), "Adam", "its config is invalid"),
+        (("config", "model", "policy_kwargs", "no_such_kwarg"), 1, "its config is invalid"),
+        (("config", "model", "algo"), "os.system", "algo must be one of"),
+    ],
+)
+def test_crafted_metadata_gives_one_line(
+    run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], path: tuple, change: Any, needle: str
+) -> None:
+    crafted = tmp_path / "crafted.zip"
+    with zipfile.ZipFile(run_dir / "model.zip") as src, zipfile.ZipFile(crafted, "w") as zf:
+        for name in src.namelist():
+            data = src.read(name)
+            if name == "rims_config.json":
+                meta = json.loads(data)
+                node = meta
+                for key in path[:-1]:
+                    node = node[key]
+                node[path[-1]] = change
+                data = json.dumps(meta).encode()
+            zf.writestr(name, data)
+    _evaluate_fails(crafted, capsys, needle)
+
+
+def test_an_untrusted_env_name_cannot_move_the_videos(run_dir: Path, tmp_path: Path) -> None:
+    crafted, out = tmp_path / "crafted.zip", tmp_path / "videos"
+    with zipfile.ZipFile(run_dir / "model.zip") as src, zipfile.ZipFile(crafted, "w") as zf:
+        for name in src.namelist():
+            data = src.read(name)
+            if name == "rims_config.json":
+                meta = json.loads(data)
+                meta["config"]["env"]["name"] = "../../../escaped"
+                data = json.dumps(meta).encode()
+            zf.writestr(name, data)
+    argv = ["evaluate", "--checkpoint", str(crafted), "--episodes", "1", "--out", str(tmp_path / "e")]
+    assert train.main([*argv, "--video", str(out)]) == 0
+    written = [p for p in tmp_path.rglob("*.gif")]
+    assert written and all(out in p.parents for p in written)
+    assert not (tmp_path.parent / "escaped").exists()
+
+
+def test_a_run_dir_that_is_a_file_gives_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    argv = ["train", "--env", ENV, "--timesteps", "32", "--run-dir", str(blocker / "run"), "--no-progress"]
+    code = train.main([*argv, *TINY_FLAGS])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: cannot use") and "Traceback" not in err

@@ -43,6 +43,8 @@ ALGOS: dict[str, type[BaseAlgorithm]] = {
     "PPO": PPO,
 }
 META_NAME = "rims_config.json"
+MAX_META_BYTES = 16 * 2**20  # our JSON entry is a few KiB
+MAX_TENSOR_BYTES = 2 * 2**30  # policy/optimizer tensors; the paper's Atari RIMs policy is ~10 MiB
 META_FORMAT = "rims-rl-checkpoint"
 META_VERSION = 1
 LATEST_NAME = "latest"
@@ -236,9 +238,17 @@ def _open_zip(path: Path) -> zipfile.ZipFile:
     return zf
 
 
-def _read_member(zf: zipfile.ZipFile, name: str, path: Path) -> bytes:
+def _read_member(zf: zipfile.ZipFile, name: str, path: Path, limit: int) -> bytes:
+    """One entry, at most ``limit`` bytes decompressed: a zip bomb or a giant tensor is refused, not read."""
     try:
-        return zf.read(name)
+        with zf.open(name) as f:
+            data = f.read(limit + 1)
+        if len(data) > limit:
+            raise CheckpointError(
+                f"checkpoint {str(path)!r}: entry {name!r} is larger than {limit // 2**20} MiB uncompressed; "
+                "refused (a damaged or hostile file, or a model far beyond this project's sizes)"
+            )
+        return data
     except KeyError as err:
         raise CheckpointError(
             f"checkpoint {str(path)!r} has no {name!r} entry: not an SB3/rims-rl checkpoint"
@@ -260,7 +270,7 @@ def read_meta(path: str | Path) -> CheckpointMeta:
                 f"checkpoint {str(path)!r} is {what} (no {META_NAME!r}); loading it would unpickle code "
                 "from the file: if you trust its source, pass --trust-checkpoint (trust=True)"
             )
-        raw = _read_member(zf, META_NAME, path)
+        raw = _read_member(zf, META_NAME, path, MAX_META_BYTES)
     try:
         meta = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
@@ -276,7 +286,7 @@ def read_meta(path: str | Path) -> CheckpointMeta:
 
 
 def _load_tensors(zf: zipfile.ZipFile, name: str, path: Path, device: th.device | str) -> Any:
-    raw = _read_member(zf, name, path)
+    raw = _read_member(zf, name, path, MAX_TENSOR_BYTES)
     try:
         return th.load(io.BytesIO(raw), map_location=device, weights_only=True)
     except Exception as err:  # pickle.UnpicklingError, RuntimeError for bad archives, ...

@@ -115,8 +115,11 @@ def locked(run_dir: str | Path) -> Iterator[None]:
     crashed run never leaves a stale lock behind.
     """
     path = Path(run_dir) / LOCK_NAME
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as err:  # a file in the way, a name too long, a read-only or full disk
+        raise UserError(f"cannot use {str(run_dir)!r} as a run directory: {err.strerror or err}") from err
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -59,12 +59,14 @@ DEFAULT_RUNS_ROOT = Path("runs")
 
 
 class TrainingInterrupted(RuntimeError):
-    """Training stopped on Ctrl-C after saving a checkpoint; the message says how to resume."""
+    """Training stopped on Ctrl-C or SIGTERM after saving a checkpoint; the message says how to resume."""
 
-    def __init__(self, message: str, run_dir: Path, checkpoint: Path) -> None:
+    def __init__(self, message: str, run_dir: Path, checkpoint: Path, signum: int = signal.SIGINT) -> None:
         super().__init__(message)
         self.run_dir = run_dir
         self.checkpoint = checkpoint
+        self.signum = signum
+        """The signal that stopped it (the shell's exit status is 128 + signum)."""
 
 
 class TrainingDiverged(RuntimeError):
@@ -131,6 +133,7 @@ class RunCallback(BaseCallback):
         self.every = every
         self.keep = keep
         self.stop_requested = False
+        self.stop_signal: int = signal.SIGINT
         self.trained_timesteps = 0
         self.last_saved_step = -1
         self.last_checkpoint: Path | None = None
@@ -199,7 +202,8 @@ def diverged(run_dir: Path, step: int, what: str) -> TrainingDiverged:
 
 @contextlib.contextmanager
 def sigint_stops(callback: RunCallback) -> Iterator[None]:
-    """First Ctrl-C asks ``callback`` to stop at the next step; a second one interrupts at once."""
+    """Ctrl-C (SIGINT) or pre-emption (SIGTERM) asks ``callback`` to stop at the next step and save a
+    checkpoint; a second signal interrupts at once."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -208,17 +212,20 @@ def sigint_stops(callback: RunCallback) -> Iterator[None]:
         if callback.stop_requested:
             raise KeyboardInterrupt
         callback.stop_requested = True
+        callback.stop_signal = signum
+        name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
         print(
-            "\nCtrl-C: stopping at the next step and saving a checkpoint (Ctrl-C again to abort)",
+            f"\n{name}: stopping at the next step and saving a checkpoint (again to abort)",
             file=sys.stderr,
             flush=True,
         )
 
-    previous = signal.signal(signal.SIGINT, handler)
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 def _make_logger(run_dir: Path, start_step: int, verbose: int) -> Logger:
@@ -401,6 +408,7 @@ def _train(
             f"{path}. Resume with: python train.py train --resume {run_dir}",
             run_dir,
             path,
+            run_cb.stop_signal,
         )
 
     # Done: the final model next to its config.
