@@ -148,6 +148,11 @@ def cmd_default(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------------------- evaluate
+def _label(target: str) -> str:
+    """A file-name label for an env id, a suite name or a suite file (its stem)."""
+    return safe_name(Path(target).stem if target.endswith((".yml", ".yaml")) else target)
+
+
 def _evaluate_and_print(
     checkpoint: Any,
     target: Any,
@@ -164,7 +169,7 @@ def _evaluate_and_print(
     results = evaluate_checkpoint(path, target, episodes, deterministic, seed, trust=trust)
     print(format_table(results))
     out_dir = Path(out) if out is not None else path.parent
-    stem = "eval" if target is None else f"eval-{str(target).replace('/', '_')}"
+    stem = "eval" if target is None else f"eval-{_label(str(target))}"
     json_path = write_results_json(results, out_dir / f"{stem}.json")
     csv_path = write_results_csv(results, out_dir / f"{stem}.csv")
     print(f"results: {json_path}, {csv_path}")
@@ -274,13 +279,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     where = p.add_mutually_exclusive_group()
     where.add_argument("--env", help="env id, e.g. MiniGrid-DoorKey-5x5-v0 or ALE/Breakout-v5")
-    where.add_argument("--suite", help="train on this suite's train env (see `list suites`)")
+    where.add_argument(
+        "--suite", help="train on this suite's train env: a name (`list suites`) or a YAML file"
+    )
     p.add_argument(
         "--timesteps", type=int, help="budget (default: the preset's; rounded up to whole rollouts)"
     )
     p.add_argument("--seed", type=int, help="seed of envs, initialisation and sampling (default 0)")
     p.add_argument("--n-envs", type=int, help="parallel envs (default: the preset's)")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument(
+        "--device", default="auto", choices=("auto", "cpu", "cuda"), help="torch device (default auto)"
+    )
     p.add_argument(
         "--set",
         action="append",
@@ -300,8 +309,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, help="a .zip, a run directory or a pretrained alias")
     where = p.add_mutually_exclusive_group()
     where.add_argument("--env", help="env id (default: the env the checkpoint was trained on)")
-    where.add_argument("--suite", help="suite name: the train env and every OOD variant")
-    p.add_argument("--episodes", type=int, default=20)
+    where.add_argument("--suite", help="a suite name or YAML file: the train env and every OOD variant")
+    p.add_argument("--episodes", type=int, default=20, help="episodes per env (default 20)")
     det = p.add_mutually_exclusive_group()
     det.add_argument(
         "--deterministic",
@@ -311,7 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="greedy actions (default)",
     )
     det.add_argument("--stochastic", dest="deterministic", action="store_false", help="sample actions")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the evaluation episodes (default 0)")
     p.add_argument("--out", help="directory for eval*.json / eval*.csv (default: next to the checkpoint)")
     p.add_argument("--video", metavar="DIR", help="also record 2 episodes per env as GIFs into DIR")
     p.add_argument(
@@ -329,23 +338,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_list)
 
     p = sub.add_parser("compare", help="agents x seeds on a suite, with statistics and a report")
-    p.add_argument("--agents", nargs="+", default=["rims_ppo", "lstm_ppo"])
+    p.add_argument(
+        "--agents",
+        nargs="+",
+        default=["rims_ppo", "lstm_ppo"],
+        help="agents to compare (default rims_ppo lstm_ppo)",
+    )
     where = p.add_mutually_exclusive_group()
-    where.add_argument("--suite")
-    where.add_argument("--env")
+    where.add_argument("--suite", help="suite name or suite YAML file: train env + OOD variants")
+    where.add_argument("--env", help="a single env id instead of a suite")
     p.add_argument("--seeds", type=int, default=3, help="number of seeds (0..N-1)")
-    p.add_argument("--timesteps", type=int)
-    p.add_argument("--n-envs", type=int)
+    p.add_argument("--timesteps", type=int, help="budget per run (default: the preset's)")
+    p.add_argument("--n-envs", type=int, help="parallel envs per run (default: the preset's)")
     p.add_argument("--workers", type=int, default=1, help="runs in parallel")
     p.add_argument("--out", help="output directory")
-    p.add_argument("--eval-episodes", type=int, default=20)
+    p.add_argument("--eval-episodes", type=int, default=20, help="evaluation episodes per env (default 20)")
     p.add_argument(
         "--stochastic",
         dest="deterministic",
         action="store_false",
         help="evaluate with sampled actions (torch-ac's default) instead of greedy ones",
     )
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a hyperparameter for every agent, e.g. ppo.learning_rate=3e-4 (repeatable)",
+    )
     p.set_defaults(func=cmd_compare)
     return parser
 

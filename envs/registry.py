@@ -66,7 +66,10 @@ def validate_env_id(env_id: str) -> None:
     if env_id in supported:
         return None
     if env_id in gym.registry:
-        kind = "env id (registered, but not an ALE/...-v5 Atari or MiniGrid env, so unsupported here)"
+        kind = (
+            "env id (registered, but not an ALE/...-v5 Atari or MiniGrid env: the CLI builds only those "
+            "two families' wrappers; the 'classic' presets are for the Python API, agents.get_preset)"
+        )
     else:
         kind = "env id"
     raise unknown_choice_error(kind, env_id, supported)

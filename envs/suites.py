@@ -93,9 +93,14 @@ def make_suite(
 
 
 def get_suite(name: str) -> Suite:
-    """A registered suite by name; ``atari-modes-<game>`` is built on demand for any ALE game."""
+    """A registered suite by name, or a suite YAML file by path (``*.yml``/``*.yaml``, read each time,
+    so a path works in any process); ``atari-modes-<game>`` is built on demand for any ALE game."""
     if name in _SUITES:
         return _SUITES[name]
+    if name.endswith((".yml", ".yaml")):
+        if not Path(name).is_file():
+            raise ValueError(f"suite file {name!r} does not exist")
+        return load_suite_file(name, register=False)
     if name.startswith(ATARI_SUITE_PREFIX):
         games = _atari_games()
         game = name[len(ATARI_SUITE_PREFIX) :]

@@ -268,3 +268,55 @@ def test_written_files_follow_the_umask(run_dir: Path) -> None:
     os.umask(mask)
     for name in ("config.json", "status.json", "model.zip"):
         assert stat.S_IMODE((run_dir / name).stat().st_mode) == 0o666 & ~mask, name
+
+
+def test_every_flag_has_help_text() -> None:
+    import argparse
+
+    parser = train.build_parser()
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for name, sub in subparsers.choices.items():
+        for action in sub._actions:
+            if action.option_strings and action.dest != "help":
+                assert action.help, f"{name} {action.option_strings} has no help text"
+
+
+SUITE_YAML = """
+name: my-empty
+description: Empty rooms of other sizes
+train: {id: MiniGrid-Empty-5x5-v0}
+variants:
+  - {name: 6x6, id: MiniGrid-Empty-6x6-v0}
+"""
+
+
+def test_a_suite_file_works_from_the_cli_and_in_a_fresh_process(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--suite my_suite.yaml`` in train and evaluate; a new process (a compare worker) resolves it too."""
+    import subprocess
+
+    suite = tmp_path / "my_suite.yaml"
+    suite.write_text(SUITE_YAML)
+    run = tmp_path / "run"
+    argv = ["train", "--suite", str(suite), "--timesteps", "32", "--run-dir", str(run), "--no-progress"]
+    assert train.main([*argv, *TINY]) == 0, capsys.readouterr().err
+    assert json.loads((run / "config.json").read_text())["suite"] == str(suite)
+    argv = [
+        "evaluate",
+        "--checkpoint",
+        str(run),
+        "--suite",
+        str(suite),
+        "--episodes",
+        "1",
+        "--out",
+        str(tmp_path),
+    ]
+    assert train.main(argv) == 0, capsys.readouterr().err
+    code = f"from envs import get_suite; print([s.name for s in get_suite({str(suite)!r}).specs()])"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "['train', '6x6']"
+    _fails_cleanly(
+        ["evaluate", "--checkpoint", str(run), "--suite", str(tmp_path / "nope.yaml")], capsys, "nope"
+    )

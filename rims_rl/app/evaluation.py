@@ -111,7 +111,12 @@ def resolve_specs(target: Any, meta: CheckpointMeta | None = None) -> list[EnvSp
     if isinstance(target, Suite):
         return list(target.specs())
     with user_input():
-        if isinstance(target, str) and (target in list_suites() or target.startswith(ATARI_SUITE_PREFIX)):
+        is_suite = isinstance(target, str) and (
+            target in list_suites()
+            or target.startswith(ATARI_SUITE_PREFIX)
+            or target.endswith((".yml", ".yaml"))
+        )
+        if is_suite:
             return list(get_suite(target).specs())
         spec = target if isinstance(target, EnvSpec) else as_spec(target)
         check_spec_kwargs(spec)
