@@ -47,12 +47,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-State = tuple[Tensor, Tensor]
-
-
-def _check_positive(name: str, value: object) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+from rims_rl.recurrent import RecurrentCore, State, check_positive
 
 
 def contraction_bound(alpha: float, gain: float, coupling: float) -> float:
@@ -60,7 +55,7 @@ def contraction_bound(alpha: float, gain: float, coupling: float) -> float:
     return math.sqrt((1.0 - alpha) ** 2 + (alpha * coupling) ** 2) + alpha * gain
 
 
-class StableAssembly(nn.Module):
+class StableAssembly(RecurrentCore):
     """A contracting assembly of CT-RNN modules with the interface of a one-layer, time-major ``nn.LSTM``.
 
     Args:
@@ -83,13 +78,8 @@ class StableAssembly(nn.Module):
         gain: float = 0.9,
         coupling: float = 0.5,
     ) -> None:
-        super().__init__()
-        for name, value in (
-            ("input_size", input_size),
-            ("hidden_size", hidden_size),
-            ("n_modules", n_modules),
-        ):
-            _check_positive(name, value)
+        super().__init__(input_size, hidden_size)  # checks both, sets nn.LSTM's attributes
+        check_positive("n_modules", n_modules)
         if hidden_size % n_modules != 0:
             raise ValueError(
                 f"hidden_size={hidden_size} must be divisible by n_modules={n_modules} "
@@ -107,12 +97,6 @@ class StableAssembly(nn.Module):
                 f"alpha={alpha}, gain={gain}, coupling={coupling} give a contraction bound "
                 f"sqrt((1-a)^2 + a^2 l^2) + a g = {rho_max:.4f} >= 1; lower coupling, gain or alpha"
             )
-        self.input_size = input_size
-        self.hidden_size = hidden_size
-        self.num_layers = 1
-        self.batch_first = False
-        self.bidirectional = False
-
         self.n_modules = n_modules
         self.module_size = m = hidden_size // n_modules
         self.alpha = float(alpha)
@@ -165,29 +149,6 @@ class StableAssembly(nn.Module):
     def stats(self) -> dict[str, float]:
         """TensorBoard scalars."""
         return {"contraction_margin": self.contraction_margin()}
-
-    def initial_state(self, batch_size: int, device: torch.device | None = None) -> State:
-        """Zero state, shaped like ``nn.LSTM``'s (h0, c0)."""
-        z = torch.zeros(1, batch_size, self.hidden_size, device=device, dtype=self.v.dtype)
-        return z, z.clone()
-
-    def _check_input(self, x: Tensor, state: State | None, episode_starts: Tensor | None) -> None:
-        if x.dim() != 3 or x.shape[-1] != self.input_size:
-            raise ValueError(f"x must have shape [T, B, input_size={self.input_size}], got {tuple(x.shape)}")
-        T, B = x.shape[:2]
-        if state is not None:
-            if len(state) != 2:
-                raise ValueError(f"state must be a pair (h0, c0), got {len(state)} tensors")
-            for name, s in zip(("h0", "c0"), state, strict=True):
-                if tuple(s.shape) != (1, B, self.hidden_size):
-                    raise ValueError(
-                        f"{name} must have shape [1, B={B}, hidden_size={self.hidden_size}], "
-                        f"got {tuple(s.shape)}"
-                    )
-        if episode_starts is not None and tuple(episode_starts.shape) != (T, B):
-            raise ValueError(
-                f"episode_starts must have shape [T={T}, B={B}], got {tuple(episode_starts.shape)}"
-            )
 
     def step(self, x: Tensor, u: Tensor, w: Tensor | None = None, lt: Tensor | None = None) -> Tensor:
         """One Euler step ``x [B, n*m] -> x'`` given the input drive ``u = U x_t + b`` [B, n*m]."""

@@ -28,16 +28,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-State = tuple[Tensor, Tensor]
+from rims_rl.recurrent import RecurrentCore, State, check_positive
 
 _CELLS = ("lstm", "gru")
 #: Attributes the fused path keeps on the module between calls (see ``RIMs.release_buffers``).
 _POOLED = ("_forward_pool", "_backward_workspace", "_fused_weight_cache")
-
-
-def _check_positive(name: str, value: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
 def _check_divides(name: str, value: int, by_name: str, by: int) -> None:
@@ -48,7 +43,7 @@ def _check_divides(name: str, value: int, by_name: str, by: int) -> None:
         )
 
 
-class RIMs(nn.Module):
+class RIMs(RecurrentCore):
     """A RIMs recurrent core with the interface of a one-layer, time-major ``nn.LSTM``.
 
     Each step: (1) every unit queries the input slots plus a null slot (zeros) with its own weights;
@@ -76,6 +71,8 @@ class RIMs(nn.Module):
         use_comm: turn communication off for ablations.
     """
 
+    accepts_slots = True  # x may also be [T, B, n_slots, input_size]
+
     def __init__(
         self,
         input_size: int,
@@ -94,10 +91,8 @@ class RIMs(nn.Module):
         comm_top_k: int | None = None,
         use_comm: bool = True,
     ) -> None:
-        super().__init__()
+        super().__init__(input_size, hidden_size)  # checks both, sets nn.LSTM's attributes
         for name, value in (
-            ("input_size", input_size),
-            ("hidden_size", hidden_size),
             ("n_units", n_units),
             ("input_key_size", input_key_size),
             ("input_heads", input_heads),
@@ -105,7 +100,7 @@ class RIMs(nn.Module):
             ("comm_value_size", comm_value_size),
             ("comm_heads", comm_heads),
         ):
-            _check_positive(name, value)
+            check_positive(name, value)
         if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= n_units:
             raise ValueError(f"k must be an integer in [1, n_units={n_units}], got {k!r}")
         if cell not in _CELLS:
@@ -114,7 +109,7 @@ class RIMs(nn.Module):
         unit_size = hidden_size // n_units
         if input_value_size is None:
             input_value_size = unit_size * 4
-        _check_positive("input_value_size", input_value_size)
+        check_positive("input_value_size", input_value_size)
         _check_divides("input_value_size", input_value_size, "input_heads", input_heads)
         for name, p in (("input_dropout", input_dropout), ("comm_dropout", comm_dropout)):
             if not 0.0 <= p < 1.0:
@@ -124,12 +119,6 @@ class RIMs(nn.Module):
                 f"comm_top_k must be None or an integer in [1, n_units={n_units}], got {comm_top_k!r}"
             )
 
-        # nn.LSTM-compatible attributes (sb3-contrib sizes its buffers from these).
-        self.input_size = input_size
-        self.hidden_size = hidden_size
-        self.num_layers = 1
-        self.batch_first = False
-        self.bidirectional = False
 
         self.n_units = n_units
         self.unit_size = unit_size
@@ -198,33 +187,6 @@ class RIMs(nn.Module):
         training forward+backward: ~1 GB at hidden 600, B=64, T=128; a few MB for the PPO presets."""
         for key in _POOLED:
             self.__dict__.pop(key, None)
-
-    def initial_state(self, batch_size: int, device: torch.device | None = None) -> State:
-        """Zero state, shaped like ``nn.LSTM``'s (h0, c0)."""
-        z = torch.zeros(1, batch_size, self.hidden_size, device=device, dtype=self.w_hh.dtype)
-        return z, z.clone()
-
-    def _check_input(self, x: Tensor, state: State | None, episode_starts: Tensor | None) -> None:
-        if x.dim() not in (3, 4) or x.shape[-1] != self.input_size:
-            raise ValueError(
-                f"x must have shape [T, B, input_size={self.input_size}] or "
-                f"[T, B, n_inputs, input_size={self.input_size}], got {tuple(x.shape)}"
-            )
-        T, B = x.shape[0], x.shape[1]
-        if state is not None:
-            if len(state) != 2:
-                raise ValueError(f"state must be a pair (h0, c0), got {len(state)} tensors")
-            expected = (1, B, self.hidden_size)
-            for name, s in zip(("h0", "c0"), state, strict=True):
-                if tuple(s.shape) != expected:
-                    raise ValueError(
-                        f"{name} must have shape [1, B={B}, hidden_size={self.hidden_size}], "
-                        f"got {tuple(s.shape)}"
-                    )
-        if episode_starts is not None and tuple(episode_starts.shape) != (T, B):
-            raise ValueError(
-                f"episode_starts must have shape [T={T}, B={B}], got {tuple(episode_starts.shape)}"
-            )
 
     def forward(
         self, x: Tensor, state: State | None = None, episode_starts: Tensor | None = None

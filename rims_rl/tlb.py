@@ -53,12 +53,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-State = tuple[Tensor, Tensor]
-
-
-def _check_positive(name: str, value: object) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+from rims_rl.recurrent import RecurrentCore, State, check_positive
 
 
 class _Attention(nn.Module):
@@ -111,7 +106,7 @@ class _FastLayer(nn.Module):
         return b + self.ffn_cross(b)
 
 
-class TemporalLatentBottleneck(nn.Module):
+class TemporalLatentBottleneck(RecurrentCore):
     """A TLB recurrent core with the interface of a one-layer, time-major ``nn.LSTM`` (see module doc).
 
     Args:
@@ -137,17 +132,15 @@ class TemporalLatentBottleneck(nn.Module):
         d_model: int | None = None,
         ffn_mult: int = 2,
     ) -> None:
-        super().__init__()
+        super().__init__(input_size, hidden_size)  # checks both, sets nn.LSTM's attributes
         for name, value in (
-            ("input_size", input_size),
-            ("hidden_size", hidden_size),
             ("n_latents", n_latents),
             ("chunk_size", chunk_size),
             ("n_layers", n_layers),
             ("n_heads", n_heads),
             ("ffn_mult", ffn_mult),
         ):
-            _check_positive(name, value)
+            check_positive(name, value)
         slots = n_latents + (n_layers + 1) * (chunk_size - 1)  # d-sized vectors in the state
         if d_model is None:
             d_model = (2 * hidden_size - 1) // slots // n_heads * n_heads
@@ -158,7 +151,7 @@ class TemporalLatentBottleneck(nn.Module):
                     f"features plus a position into 2*hidden_size; raise hidden_size to at least "
                     f"{(slots * n_heads + 2) // 2} or shrink chunk_size / n_latents / n_heads"
                 )
-        _check_positive("d_model", d_model)
+        check_positive("d_model", d_model)
         if d_model % n_heads != 0:
             raise ValueError(f"d_model={d_model} must be divisible by n_heads={n_heads}")
         if slots * d_model + 1 > 2 * hidden_size:
@@ -168,12 +161,6 @@ class TemporalLatentBottleneck(nn.Module):
                 f"lower d_model (max {(2 * hidden_size - 1) // slots}) or raise hidden_size"
             )
 
-        # nn.LSTM-compatible attributes (sb3-contrib sizes its buffers from these).
-        self.input_size = input_size
-        self.hidden_size = hidden_size
-        self.num_layers = 1
-        self.batch_first = False
-        self.bidirectional = False
 
         self.n_latents = n_latents
         self.chunk_size = chunk_size
@@ -217,11 +204,6 @@ class TemporalLatentBottleneck(nn.Module):
             f"d_model={self.d_model}"
         )
 
-    def initial_state(self, batch_size: int, device: torch.device | None = None) -> State:
-        """Zero state (chunk start, learned initial latents), shaped like ``nn.LSTM``'s (h0, c0)."""
-        z = torch.zeros(1, batch_size, self.hidden_size, device=device, dtype=self.embed.weight.dtype)
-        return z, z.clone()
-
     def unpack_state(self, state: State) -> tuple[Tensor, Tensor, Tensor]:
         """(slow latents [B, N, d], chunk memory [B, L+1, K-1, d], next position [B] long) of a state.
 
@@ -246,24 +228,6 @@ class TemporalLatentBottleneck(nn.Module):
         s = F.pad(s, (0, 2 * self.hidden_size - s.shape[-1]))
         h, c = s.unsqueeze(0).split(self.hidden_size, dim=-1)
         return h, c
-
-    def _check_input(self, x: Tensor, state: State | None, episode_starts: Tensor | None) -> None:
-        if x.dim() != 3 or x.shape[-1] != self.input_size:
-            raise ValueError(f"x must have shape [T, B, input_size={self.input_size}], got {tuple(x.shape)}")
-        T, B = x.shape[:2]
-        if state is not None:
-            if len(state) != 2:
-                raise ValueError(f"state must be a pair (h0, c0), got {len(state)} tensors")
-            for name, s in zip(("h0", "c0"), state, strict=True):
-                if tuple(s.shape) != (1, B, self.hidden_size):
-                    raise ValueError(
-                        f"{name} must have shape [1, B={B}, hidden_size={self.hidden_size}], "
-                        f"got {tuple(s.shape)}"
-                    )
-        if episode_starts is not None and tuple(episode_starts.shape) != (T, B):
-            raise ValueError(
-                f"episode_starts must have shape [T={T}, B={B}], got {tuple(episode_starts.shape)}"
-            )
 
     def forward(
         self, x: Tensor, state: State | None = None, episode_starts: Tensor | None = None
