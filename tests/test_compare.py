@@ -365,7 +365,7 @@ def test_compare_refuses_an_out_folder_of_other_settings_and_keeps_its_report(
     report = run_compare(**kw, progress=False, eval_episodes=2, reps=100).files["report"]
     before = report.read_text()
     calls.clear()
-    with pytest.raises(UserError, match="holds a run with other settings"):
+    with pytest.raises(UserError, match="a run with other settings"):
         run_compare(**{**kw, "timesteps": 256}, progress=False, eval_episodes=2, reps=100)
     assert calls == [] and report.read_text() == before
 
@@ -396,3 +396,37 @@ def test_cli_compare_exits_non_zero_when_a_run_failed(
     assert cli.main(argv) == 1
     runs = json.loads((tmp_path / "runs.json").read_text())
     assert [r["agent"] for r in runs if r["error"]] == ["lstm_ppo"]
+
+
+def test_compare_continues_from_committed_records_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A later session on a new machine has only the committed records: finished runs are not redone."""
+    import shutil
+
+    from rims_rl.app.compare import run_compare
+
+    backend, calls = _fake_backend(monkeypatch)
+    kw = dict(backend=backend, suite="minigrid-doorkey", seeds=2, timesteps=128, workers=1, out=tmp_path)
+    kw.update(eval_episodes=2, reps=100, progress=False)
+    first = run_compare(**kw).files["report"].read_text()
+    records = sorted((tmp_path / "records").glob("*.json"))
+    assert [r.name for r in records] == [
+        f"{a}-seed{s}.json" for a in ("lstm_ppo", "rims_ppo") for s in (0, 1)
+    ]
+    stored = json.loads(records[0].read_text())
+    assert (
+        stored["curve"]["steps"] and len(stored["records"]) == 4
+    )  # scores per env and the curve, no weights
+    shutil.rmtree(tmp_path / "runs")  # what a fresh clone has: the records, not the run directories
+    calls.clear()
+    again = run_compare(**kw).files["report"].read_text()
+    assert calls == []
+    assert again.split("## Final evaluation")[1] == first.split("## Final evaluation")[1]
+    calls.clear()
+    run_compare(**{**kw, "seeds": 3})  # one more seed: only it trains
+    assert sorted(calls) == [("lstm_ppo", 2), ("rims_ppo", 2)]
+    from rims_rl.app.errors import UserError
+
+    with pytest.raises(UserError, match="records a run with other settings"):
+        run_compare(**{**kw, "timesteps": 256})

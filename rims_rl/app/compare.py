@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -35,7 +36,7 @@ from envs import Suite, get_suite
 from rims_rl.app import rundir
 from rims_rl.app.atomic import atomic_write_json
 from rims_rl.app.config import resolve_config
-from rims_rl.app.curves import read_learning_curve
+from rims_rl.app.curves import Curve, read_learning_curve
 from rims_rl.app.errors import UserError, user_input
 from rims_rl.app.evaluation import EvalResult, evaluate_checkpoint
 from rims_rl.app.report import write_report
@@ -44,6 +45,7 @@ from rims_rl.app.summary import ScoreRecord, score_record
 
 DEFAULT_AGENTS: tuple[str, ...] = ("rims_ppo", "lstm_ppo")
 EVAL_NAME = "compare_eval.json"
+RECORDS_DIR = "records"
 EVAL_SEED = 10_000  # shared by every run: all agents are scored on the same episodes
 
 __all__ = [
@@ -158,6 +160,20 @@ def config_mismatch(job: RunJob) -> str | None:
     Compared: agent, seed, env/suite, requested timesteps, n_envs and overrides, i.e. what ``compare``
     chooses; a mismatch means ``--out`` is being reused for other settings.
     """
+    record = _load_json(record_path(job.run_dir))
+    if record is not None:  # a committed record: the run may exist only as this file
+        stored = record.get("job") or {}
+        keys = ("agent", "seed", "suite", "env_id", "timesteps", "n_envs", "overrides")
+        diffs = [
+            f"{k}: record has {stored.get(k)!r}, asked {getattr(job, k)!r}"
+            for k in keys
+            if stored.get(k) != getattr(job, k)
+        ]
+        if diffs:
+            return (
+                f"{record_path(job.run_dir)} records a run with other settings ({'; '.join(diffs)}); "
+                "use another --out or delete that record"
+            )
     config = _load_json(rundir.config_path(job.run_dir))
     if config is None:
         return None
@@ -184,8 +200,30 @@ def config_mismatch(job: RunJob) -> str | None:
     )
 
 
+def record_path(run_dir: str | Path) -> Path:
+    """``<out>/records/<agent>-seed<k>.json`` for ``<out>/runs/<agent>-seed<k>``: the run's compact record
+    (no weights), small enough to commit, so a later session on a new machine can skip the run."""
+    run_dir = Path(run_dir)
+    return run_dir.parent.parent / RECORDS_DIR / f"{run_dir.name}.json"
+
+
+def _record_matches(job: RunJob, record: dict[str, Any] | None) -> bool:
+    """A stored record of the same experiment (what ``compare`` chooses) and evaluation settings."""
+    if record is None or record.get("settings") != job.eval_settings():
+        return False
+    stored = record.get("job") or {}
+    keys = ("agent", "seed", "suite", "env_id", "timesteps", "n_envs", "overrides")
+    return all(stored.get(k) == getattr(job, k) for k in keys)
+
+
 def is_finished(job: RunJob) -> bool:
-    """True when the run is trained and evaluated with ``job``'s settings (nothing to do)."""
+    """True when the run is trained and evaluated with ``job``'s settings (nothing to do).
+
+    Either its compact record (``record_path``) says so, which is all a later session on a new machine
+    has, or its run directory holds the final model and an evaluation with these settings.
+    """
+    if _record_matches(job, _load_json(record_path(job.run_dir))):
+        return True
     run_dir = Path(job.run_dir)
     stored = _load_json(run_dir / EVAL_NAME)
     return (
@@ -193,6 +231,29 @@ def is_finished(job: RunJob) -> bool:
         and stored is not None
         and stored.get("settings") == job.eval_settings()
         and config_mismatch(job) is None
+    )
+
+
+def write_record(job: RunJob, records: Sequence[ScoreRecord]) -> Path:
+    """The run's compact record: settings, scores per env and the learning curve (a few KiB)."""
+    curve = read_learning_curve(job.run_dir)
+    payload = {
+        "settings": job.eval_settings(),
+        "job": {k: v for k, v in asdict(job).items() if k not in ("device", "torch_threads")},
+        "records": [dict(r) for r in records],
+        "curve": None if curve is None else {"steps": curve[0].tolist(), "values": curve[1].tolist()},
+    }
+    return atomic_write_json(record_path(job.run_dir), payload)
+
+
+def read_record_curve(run_dir: str | Path) -> Curve | None:
+    """The learning curve kept in the run's record, if any."""
+    record = _load_json(record_path(run_dir)) or {}
+    curve = record.get("curve")
+    if not isinstance(curve, dict):
+        return None
+    return np.asarray(curve.get("steps", []), dtype=np.float64), np.asarray(
+        curve.get("values", []), dtype=np.float64
     )
 
 
@@ -238,8 +299,11 @@ def run_job(job: RunJob, backend: Backend = LOCAL) -> JobResult:
     run_dir = Path(job.run_dir)
     try:
         if is_finished(job):
-            stored = _load_json(run_dir / EVAL_NAME) or {}
-            out.records = [score_record(r) for r in stored.get("records", [])]
+            record = _load_json(record_path(job.run_dir))
+            stored = record if _record_matches(job, record) else _load_json(run_dir / EVAL_NAME)
+            out.records = [score_record(r) for r in (stored or {}).get("records", [])]
+            if not _record_matches(job, record):  # finished before records existed: keep one now
+                write_record(job, out.records)
             out.skipped = True
             return out
         mismatch = config_mismatch(job)
@@ -282,6 +346,7 @@ def run_job(job: RunJob, backend: Backend = LOCAL) -> JobResult:
             "records": [dict(r) for r in out.records],
         }
         atomic_write_json(run_dir / EVAL_NAME, payload)  # the eval JSON marks the run finished
+        write_record(job, out.records)
     except TrainingInterrupted:
         raise
     except Exception as exc:  # noqa: BLE001 - one failed run must not lose the others
@@ -329,7 +394,7 @@ def _collect_curves(results: Sequence[JobResult], agents: Sequence[str]) -> dict
     for res in results:
         if res.error:
             continue
-        curve = read_learning_curve(res.run_dir)
+        curve = read_learning_curve(res.run_dir) or read_record_curve(res.run_dir)
         if curve is not None:
             curves.setdefault(res.agent, []).append(curve)
     return {a: c for a, c in curves.items() if c}
