@@ -28,6 +28,7 @@ from rims_rl.app.checkpoint import list_pretrained, read_meta, resolve_checkpoin
 from rims_rl.app.compare import run_compare
 from rims_rl.app.errors import UserError
 from rims_rl.app.evaluation import (
+    env_overrides,
     evaluate_checkpoint,
     format_table,
     load_for_eval,
@@ -162,11 +163,14 @@ def _evaluate_and_print(
     out: Path | None,
     trust: bool = False,
     video: Path | None = None,
+    env_kwargs: dict[str, Any] | None = None,
 ) -> int:
     path = resolve_checkpoint(checkpoint)
     mode = "deterministic" if deterministic else "stochastic"
     print(f"\nevaluating {path} ({episodes} episodes per env, {mode} actions, seed {seed})")
-    results = evaluate_checkpoint(path, target, episodes, deterministic, seed, trust=trust)
+    results = evaluate_checkpoint(
+        path, target, episodes, deterministic, seed, trust=trust, env_kwargs=env_kwargs
+    )
     print(format_table(results))
     out_dir = Path(out) if out is not None else path.parent
     stem = "eval" if target is None else f"eval-{_label(str(target))}"
@@ -217,6 +221,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         Path(args.out) if args.out else None,
         trust=args.trust_checkpoint,
         video=Path(args.video) if args.video else None,
+        env_kwargs=env_overrides(args.set),
     )
 
 
@@ -323,6 +328,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the evaluation episodes (default 0)")
     p.add_argument("--out", help="directory for eval*.json / eval*.csv (default: next to the checkpoint)")
     p.add_argument("--video", metavar="DIR", help="also record 2 episodes per env as GIFs into DIR")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="env.KEY=VALUE",
+        help="env wrapper setting for every evaluated env, e.g. env.frame_stack=4 (repeatable)",
+    )
     p.add_argument(
         "--trust-checkpoint",
         action="store_true",

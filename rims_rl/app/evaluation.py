@@ -14,7 +14,7 @@ import io
 import json
 import math
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image
 from stable_baselines3.common.base_class import BaseAlgorithm
 
-from agents import build_model
+from agents import build_model, parse_overrides
 from envs import EnvSpec, Suite, get_suite, list_suites, make_env, make_vec_env_for
 from envs.make import as_spec, check_spec_kwargs
 from envs.registry import env_family
@@ -40,6 +40,7 @@ from rims_rl.app.checkpoint import (
 )
 from rims_rl.app.config import family_of
 from rims_rl.app.errors import user_input
+from rims_rl.app.foreign import ForeignCheckpoint, is_foreign, load_foreign, read_foreign
 
 CSV_FIELDS = (
     "env",
@@ -249,17 +250,35 @@ def evaluate_checkpoint(
     seed: int = 0,
     trust: bool = False,
     device: str = "cpu",
+    env_kwargs: Mapping[str, Any] | None = None,
 ) -> list[EvalResult]:
     """One ``EvalResult`` per env spec (a suite gives train + every variant), in suite order.
 
-    ``checkpoint``: a ``.zip``, a run directory or a pretrained alias.
+    ``checkpoint``: a ``.zip``, a run directory or a pretrained alias; ours, or another project's SB3 /
+    sb3-contrib checkpoint (read safely, ``rims_rl.app.foreign``). ``env_kwargs`` (``--set env.KEY=VALUE``)
+    go to every env, e.g. the wrappers a foreign checkpoint was trained with.
     """
     if not isinstance(n_episodes, int) or isinstance(n_episodes, bool) or n_episodes < 1:
         raise CheckpointError(f"the number of episodes must be a positive integer, got {n_episodes!r}")
     path = resolve_checkpoint(checkpoint)
-    meta = None if trust else read_meta(path)
-    specs = resolve_specs(env_or_suite, meta)
-    model, meta = load_for_eval(path, specs[0], trust=trust, device=device)
+    extra = dict(env_kwargs or {})
+    foreign = None if trust or not is_foreign(path) else read_foreign(path)
+    if foreign is not None:
+        if env_or_suite is None:
+            raise CheckpointError(
+                f"checkpoint {str(path)!r} is not one of ours and does not say its env: give --env or --suite"
+            )
+        specs = [_with_foreign_wrappers(s, foreign, extra) for s in resolve_specs(env_or_suite, None)]
+        env = make_vec_env_for(specs[0], n_envs=1, seed=0, training=False, vec_cls="dummy")
+        try:
+            model = load_foreign(path, foreign, env, device)
+        finally:
+            env.close()
+        meta = None
+    else:
+        meta = None if trust else read_meta(path)
+        specs = [_with_kwargs(s, extra) for s in resolve_specs(env_or_suite, meta)]
+        model, meta = load_for_eval(path, specs[0], trust=trust, device=device)
     results = []
     for spec in specs:
         spec = _with_training_env_kwargs(spec, meta)
@@ -281,6 +300,29 @@ def evaluate_checkpoint(
             )
         )
     return results
+
+
+def env_overrides(items: Sequence[str]) -> dict[str, Any]:
+    """``["env.frame_stack=4"]`` -> ``{"frame_stack": 4}``; only ``env.*`` keys apply to an evaluation."""
+    with user_input():
+        parsed = parse_overrides(items)
+        bad = [k for k in parsed if not k.startswith("env.") or k.count(".") != 1]
+        if bad:
+            raise ValueError(f"evaluate --set takes env.KEY=VALUE (the env's wrappers), got {bad[0]!r}")
+    return {k.split(".", 1)[1]: v for k, v in parsed.items()}
+
+
+def _with_kwargs(spec: EnvSpec, extra: Mapping[str, Any]) -> EnvSpec:
+    return EnvSpec(spec.name, spec.env_id, {**dict(spec.kwargs), **extra}) if extra else spec
+
+
+def _with_foreign_wrappers(spec: EnvSpec, foreign: ForeignCheckpoint, extra: Mapping[str, Any]) -> EnvSpec:
+    """The frame stack a foreign Atari agent was trained with (from its saved shape), unless given."""
+    stack = foreign.frame_stack()
+    kwargs = dict(spec.kwargs)
+    if stack is not None and spec.family == "atari" and "frame_stack" not in extra:
+        kwargs["frame_stack"] = stack
+    return EnvSpec(spec.name, spec.env_id, {**kwargs, **extra})
 
 
 def write_results_json(results: Sequence[EvalResult], path: str | Path) -> Path:

@@ -1,0 +1,164 @@
+"""Other people's SB3 / sb3-contrib checkpoints, loaded without unpickling anything.
+
+An SB3 zip's ``data`` entry is JSON; each field that SB3 could not write as JSON holds a cloudpickle blob
+(``:serialized:``) *beside* readable attributes. We read only the readable parts: the policy class name
+(from the qualified name of its ``__init__``), the spaces' shape and dtype, plain-JSON ``policy_kwargs``,
+the step count. The policy is rebuilt from a known class and the tensors are read with
+``torch.load(weights_only=True)`` (``checkpoint.load_weights``). What cannot be read this way is refused
+with a pointer to ``--trust-checkpoint``.
+
+Evaluation wrappers: an Atari agent trained on SB3's ``make_atari_env`` + ``VecFrameStack(n)`` saved an
+observation space of ``(n, 84, 84)`` uint8 (after SB3's channel transpose); the frame stack ``n`` is read
+from it unless the user gives ``env.frame_stack``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import zipfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sb3_contrib import RecurrentPPO
+from sb3_contrib.common.recurrent.policies import (
+    RecurrentActorCriticCnnPolicy,
+    RecurrentActorCriticPolicy,
+    RecurrentMultiInputActorCriticPolicy,
+)
+from stable_baselines3 import A2C, PPO
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.policies import (
+    ActorCriticCnnPolicy,
+    ActorCriticPolicy,
+    MultiInputActorCriticPolicy,
+)
+from stable_baselines3.common.vec_env import VecEnv
+
+from rims_rl.app.checkpoint import META_NAME, CheckpointError, load_weights
+
+#: Policy classes a foreign checkpoint may name (by class name; nothing is imported from the file).
+POLICIES: dict[str, type] = {
+    cls.__name__: cls
+    for cls in (
+        RecurrentActorCriticPolicy,
+        RecurrentActorCriticCnnPolicy,
+        RecurrentMultiInputActorCriticPolicy,
+        ActorCriticPolicy,
+        ActorCriticCnnPolicy,
+        MultiInputActorCriticPolicy,
+    )
+}
+MAX_DATA_BYTES = 16 * 2**20
+_INIT_RE = re.compile(r"<function (\w+)\.__init__ at ")
+
+
+@dataclass(frozen=True)
+class ForeignCheckpoint:
+    """What a foreign SB3 checkpoint's JSON says, read without unpickling."""
+
+    algo: str
+    """``RecurrentPPO``, ``PPO`` or ``A2C``."""
+    policy: str
+    """The policy class name (a key of ``POLICIES``)."""
+    policy_kwargs: Mapping[str, Any]
+    """Plain-JSON keyword arguments of the policy."""
+    observation_shape: tuple[int, ...]
+    """The saved observation shape (images channel-first, as SB3 transposes them)."""
+    num_timesteps: int
+    """Environment steps trained."""
+
+    def frame_stack(self) -> int | None:
+        """Frames stacked by the training env, for an Atari-shaped (n, 84, 84) image; None otherwise."""
+        shape = self.observation_shape
+        if len(shape) == 3 and shape[1:] == (84, 84) and 1 <= shape[0] <= 16:
+            return shape[0]
+        return None
+
+
+def is_foreign(path: str | Path) -> bool:
+    """An SB3 zip with a ``data`` entry and without our ``rims_config.json``."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = set(zf.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
+    return "data" in names and META_NAME not in names
+
+
+def read_foreign(path: str | Path) -> ForeignCheckpoint:
+    """The readable parts of an SB3 checkpoint's ``data``; ``CheckpointError`` for anything else."""
+    where = f"checkpoint {str(path)!r}"
+    with zipfile.ZipFile(path) as zf:
+        with zf.open("data") as f:
+            raw = f.read(MAX_DATA_BYTES + 1)
+    if len(raw) > MAX_DATA_BYTES:
+        raise CheckpointError(f"{where}: its 'data' entry is larger than {MAX_DATA_BYTES // 2**20} MiB")
+    try:
+        data = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{where}: 'data' is not JSON: {err}") from err
+    policy_class = data.get("policy_class") if isinstance(data, dict) else None
+    match = (
+        _INIT_RE.match(str((policy_class or {}).get("__init__", "")))
+        if isinstance(policy_class, dict)
+        else None
+    )
+    if match is None or match.group(1) not in POLICIES:
+        raise CheckpointError(
+            f"{where}: its policy class is not one this loader can rebuild without unpickling "
+            f"({', '.join(POLICIES)}); if you trust the file, pass --trust-checkpoint"
+        )
+    policy = match.group(1)
+    recurrent = policy.startswith("Recurrent")
+    algo = "RecurrentPPO" if recurrent else ("PPO" if "clip_range" in data else "A2C")
+    kwargs = data.get("policy_kwargs") or {}
+    if (
+        not isinstance(kwargs, dict)
+        or ":serialized:" in kwargs
+        or any(isinstance(v, dict) and ":serialized:" in v for v in kwargs.values())
+    ):
+        raise CheckpointError(
+            f"{where}: its policy_kwargs hold pickled objects (classes or functions) that cannot be read "
+            "safely; if you trust the file, pass --trust-checkpoint"
+        )
+    obs = data.get("observation_space")
+    shape = obs.get("_shape") if isinstance(obs, dict) else None
+    if not isinstance(shape, list) or not all(isinstance(n, int) for n in shape):
+        raise CheckpointError(f"{where}: its observation space has no readable shape")
+    steps = data.get("num_timesteps", 0)
+    return ForeignCheckpoint(
+        algo=algo,
+        policy=policy,
+        policy_kwargs=kwargs,
+        observation_shape=tuple(shape),
+        num_timesteps=steps if isinstance(steps, int) and steps >= 0 else 0,
+    )
+
+
+def load_foreign(
+    path: str | Path, foreign: ForeignCheckpoint, env: VecEnv, device: str = "cpu"
+) -> BaseAlgorithm:
+    """The foreign policy rebuilt on ``env`` from its class and kwargs, with its tensors loaded safely."""
+    algos: dict[str, type[BaseAlgorithm]] = {"RecurrentPPO": RecurrentPPO, "PPO": PPO, "A2C": A2C}
+    algo = algos[foreign.algo]
+    extra: dict[str, Any] = {"n_steps": 2}
+    if foreign.algo != "A2C":
+        extra["batch_size"] = 2
+    try:
+        model = algo(
+            POLICIES[foreign.policy], env, policy_kwargs=dict(foreign.policy_kwargs), device=device, **extra
+        )
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"checkpoint {str(path)!r}: its policy cannot be rebuilt: {err}") from err
+    here = model.observation_space.shape
+    if here != foreign.observation_shape:
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} was trained on observations of shape {foreign.observation_shape}, "
+            f"this environment gives {here}: set its wrappers (e.g. --set env.frame_stack=4)"
+        )
+    load_weights(model, path)
+    model.num_timesteps = foreign.num_timesteps
+    return model
