@@ -362,7 +362,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, default=3, help="number of seeds (0..N-1)")
     p.add_argument("--timesteps", type=int, help="budget per run (default: the preset's)")
     p.add_argument("--n-envs", type=int, help="parallel envs per run (default: the preset's)")
-    p.add_argument("--workers", type=int, default=1, help="runs in parallel")
+    p.add_argument("--workers", type=int, default=1, help="runs in parallel (local backend)")
+    p.add_argument(
+        "--backend",
+        dest="executor",
+        choices=("local", "ray"),
+        default="local",
+        help="local process pool (default) or Ray tasks (needs rims-rl[ray]; RAY_ADDRESS or --ray-address "
+        "for a cluster)",
+    )
+    p.add_argument("--ray-address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
     p.add_argument("--out", help="output directory")
     p.add_argument("--eval-episodes", type=int, default=20, help="evaluation episodes per env (default 20)")
     p.add_argument(

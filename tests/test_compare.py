@@ -430,3 +430,27 @@ def test_compare_continues_from_committed_records_alone(
 
     with pytest.raises(UserError, match="records a run with other settings"):
         run_compare(**{**kw, "timesteps": 256})
+
+
+def test_compare_on_a_local_ray_instance_gives_the_local_pools_report(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--backend ray``: every (agent, seed) a Ray task; same records and report as the local pool."""
+    pytest.importorskip("ray")
+    from rims_rl.app.compare import run_compare
+
+    backend, _ = _fake_backend(monkeypatch)
+    kw = dict(backend=backend, suite="minigrid-doorkey", seeds=2, timesteps=128, eval_episodes=2, reps=100)
+    local = run_compare(**kw, out=tmp_path / "local", workers=1, progress=False)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    on_ray = run_compare(**kw, out=tmp_path / "ray", executor="ray", progress=False)
+    assert on_ray.trained == 4 and on_ray.failed == 0
+    table = "## Final evaluation"
+    text = {
+        k: r.files["report"].read_text().split(table)[1].split("## ")[0]
+        for k, r in (("l", local), ("r", on_ray))
+    }
+    assert text["l"] == text["r"]
+    assert sorted(p.name for p in (tmp_path / "ray" / "records").glob("*.json")) == sorted(
+        p.name for p in (tmp_path / "local" / "records").glob("*.json")
+    )

@@ -417,6 +417,8 @@ def run_compare(
     progress: bool = True,
     command_line: str | None = None,
     backend: Backend | None = None,
+    executor: str = "local",
+    ray_address: str | None = None,
     **cli_args: Any,
 ) -> CompareResult:
     """Train ``agents`` x ``seeds`` on ``suite`` (or one ``env``) in parallel, evaluate, write the report.
@@ -426,8 +428,12 @@ def run_compare(
     skips runs already trained and evaluated there. Runs that fail are listed in the report (and
     ``runs.json``) while the others still count. Every setting is checked, and an ``out`` folder that
     holds runs with other settings is refused, before anything is trained or written. ``backend``
-    (default ``LOCAL``) holds the train and evaluate functions.
+    (default ``LOCAL``) holds the train and evaluate functions. ``executor="ray"`` runs each (agent, seed)
+    as a Ray task (1 CPU, 1 GPU with a CUDA device) on the cluster at ``ray_address`` or ``RAY_ADDRESS``,
+    else on a local Ray instance; results, records and report are the same as the local pool's.
     """
+    if executor not in ("local", "ray"):
+        raise UserError(f"--backend must be local or ray, got {executor!r}")
     backend = backend or LOCAL
     if overrides is None:
         overrides = cli_args.pop("set", None) or cli_args.pop("overrides_list", None)
@@ -487,7 +493,9 @@ def run_compare(
     if results:
         bar.write(f"skipping {len(results)} finished run(s) in {out_dir / 'runs'}")
     try:
-        if workers == 1:
+        if executor == "ray" and todo:
+            results += _run_on_ray(todo, backend, bar, ray_address, device)
+        elif workers == 1:
             for job in todo:
                 results.append(_report_progress(bar, run_job(job, backend)))
         elif todo:
@@ -551,6 +559,46 @@ def run_compare(
 def default_out_dir(target: str) -> Path:
     """``runs/compare-<suite or env>``: stable (no timestamp), so re-running a command resumes it."""
     return Path("runs") / ("compare-" + re.sub(r"[^A-Za-z0-9._-]+", "_", target))
+
+
+def _run_job_single_thread(job: RunJob, backend: Backend) -> JobResult:
+    """``run_job`` with one torch thread, as each Ray task gets one CPU."""
+    torch.set_num_threads(1)
+    return run_job(job, backend)
+
+
+def _run_on_ray(
+    jobs: Sequence[RunJob], backend: Backend, bar: tqdm, address: str | None, device: str
+) -> list[JobResult]:
+    """Each job a Ray task; results come back as tasks finish (Ctrl-C cancels the rest)."""
+    try:
+        import ray  # the optional extra: pip install -e '.[ray]'
+    except ImportError as err:
+        raise UserError("--backend ray needs Ray: pip install -e '.[ray]' (rims-rl[ray])") from err
+    started = not ray.is_initialized()
+    if started:
+        ray.init(
+            address=address or os.environ.get("RAY_ADDRESS"),
+            include_dashboard=False,
+            log_to_driver=False,
+        )
+    task = ray.remote(num_cpus=1, num_gpus=1 if device.startswith("cuda") else 0)(_run_job_single_thread)
+    pending = {task.remote(job, backend): job for job in jobs}
+    results: list[JobResult] = []
+    try:
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            for ref in done:
+                pending.pop(ref)
+                results.append(_report_progress(bar, ray.get(ref)))
+    except KeyboardInterrupt:
+        for ref in pending:
+            ray.cancel(ref)
+        raise
+    finally:
+        if started:
+            ray.shutdown()
+    return results
 
 
 def _report_progress(bar: tqdm, res: JobResult) -> JobResult:
