@@ -19,7 +19,6 @@ from sb3_contrib import RecurrentPPO
 from stable_baselines3 import PPO
 from stable_baselines3.common import torch_layers
 from stable_baselines3.common.base_class import BaseAlgorithm
-from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.preprocessing import is_image_space
 from stable_baselines3.common.vec_env import VecEnv
 from torch import nn
@@ -28,6 +27,7 @@ from agents.config import (
     AgentPreset,
     PPOSettings,
     hint,
+    policy_parameters,
     resolve_schedule,
 )
 from agents.presets import AGENTS, FAMILIES, shipped_presets
@@ -64,7 +64,6 @@ _FREE_DICTS = {
     "policy_kwargs.lstm_kwargs",
     "policy_kwargs.core_kwargs",  # checked by the core's constructor (rims_rl.policies.MODULAR_CORES)
 }
-_POLICY_SKIP = {"self", "observation_space", "action_space", "lr_schedule"}
 
 
 def get_preset(agent: str, family: str) -> AgentPreset:
@@ -76,13 +75,6 @@ def get_preset(agent: str, family: str) -> AgentPreset:
     return shipped_presets()[(agent, family)]
 
 
-def _params(cls: type) -> tuple[str, ...]:
-    import inspect
-
-    names = inspect.signature(cls.__init__).parameters  # type: ignore[misc]
-    return tuple(p for p in names if p not in _POLICY_SKIP and p not in ("args", "kwargs"))
-
-
 def _valid_keys(node: Mapping[str, Any], section: str, recurrent: bool) -> tuple[str, ...]:
     """Keys allowed under a dotted ``section`` (the schema, not only what the preset holds)."""
     if section == "":
@@ -90,7 +82,7 @@ def _valid_keys(node: Mapping[str, Any], section: str, recurrent: bool) -> tuple
     if section == "ppo":
         return tuple(PPOSettings.__dataclass_fields__)
     if section == "policy_kwargs":
-        return _params(RimsActorCriticPolicy if recurrent else ActorCriticPolicy)
+        return policy_parameters(recurrent)
     if section == "policy_kwargs.rims_kwargs":
         return RIMS_KWARGS
     return tuple(node)

@@ -12,13 +12,18 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
+import inspect
 import math
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.utils import LinearSchedule
+
+from rims_rl.policies import RimsActorCriticPolicy
 
 _SCHEDULE_RE = re.compile(r"^lin_([0-9.eE+-]+)$")
 ALGOS: tuple[str, ...] = ("RecurrentPPO", "PPO")
@@ -235,18 +240,22 @@ class AgentPreset:
             raise ValueError(
                 f"ppo.batch_size={self.ppo.batch_size} exceeds the rollout size n_steps*n_envs={buffer}"
             )
-        if buffer % self.ppo.batch_size:
-            raise ValueError(
-                f"ppo.batch_size={self.ppo.batch_size} must divide the rollout size n_steps*n_envs={buffer} "
-                f"(else each epoch ends with a minibatch of {buffer % self.ppo.batch_size} samples)"
-            )
         if self.ppo.chunk_length is not None and not recurrent:
             raise ValueError("ppo.chunk_length applies to recurrent agents (algo RecurrentPPO)")
         self._check_policy_kwargs(recurrent)
 
     def _check_policy_kwargs(self, recurrent: bool) -> None:
-        """Types of the names we resolve ourselves; the policy constructor checks the rest."""
+        """Names against the policy constructor, and the types of what we resolve or pass through; the
+        constructor checks the values (a config may come from an untrusted file)."""
         pk = self.policy_kwargs
+        allowed = policy_parameters(recurrent)
+        for key in pk:
+            if key not in allowed and not (not recurrent and key in RECURRENT_KWARGS):
+                raise ValueError(f"unknown policy_kwargs key {key!r}{hint(key, allowed)}")
+        if "optimizer_class" in pk:
+            raise ValueError(
+                "policy_kwargs.optimizer_class cannot be set from a config (Adam, as SB3's default)"
+            )
         if not recurrent:
             bad = sorted(set(RECURRENT_KWARGS) & set(pk))
             if bad:
@@ -279,6 +288,12 @@ class AgentPreset:
         for name in (*bools, "keyed_dropout"):
             if name in pk and not isinstance(pk[name], bool):
                 raise ValueError(f"policy_kwargs.{name} must be true or false, got {pk[name]!r}")
+        for key, value in (pk.get("optimizer_kwargs") or {}).items():
+            numbers = value if isinstance(value, list | tuple) else [value]
+            if not all(isinstance(v, int | float) for v in numbers):  # bool is an int: amsgrad=true is fine
+                raise ValueError(
+                    f"policy_kwargs.optimizer_kwargs.{key} must be a number (or numbers), got {value!r}"
+                )
         arch = pk.get("net_arch")
         if arch is not None and not _is_net_arch(arch):
             raise ValueError(
@@ -317,9 +332,27 @@ class AgentPreset:
             "source": self.source,
         }
 
+    def check_minibatches(self) -> None:
+        """``ValueError`` unless ``batch_size`` divides the rollout (checked for new runs only: older runs
+        were allowed a truncated last minibatch, and their stored configs must still load)."""
+        buffer = self.ppo.n_steps * self.n_envs
+        if buffer % self.ppo.batch_size:
+            raise ValueError(
+                f"ppo.batch_size={self.ppo.batch_size} must divide the rollout size n_steps*n_envs={buffer} "
+                f"(else each epoch ends with a minibatch of {buffer % self.ppo.batch_size} samples)"
+            )
+
     def replace(self, **changes: Any) -> AgentPreset:
         """A copy with fields changed, validated again."""
         return dataclasses.replace(self, **changes)
+
+
+@functools.cache
+def policy_parameters(recurrent: bool) -> tuple[str, ...]:
+    """Keyword arguments of the policy constructor (ours for RecurrentPPO, SB3's for PPO)."""
+    cls = RimsActorCriticPolicy if recurrent else ActorCriticPolicy
+    skip = {"self", "observation_space", "action_space", "lr_schedule", "args", "kwargs"}
+    return tuple(p for p in inspect.signature(cls.__init__).parameters if p not in skip)
 
 
 def _is_net_arch(arch: Any) -> bool:

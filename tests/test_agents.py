@@ -158,7 +158,6 @@ def test_resolve_schedule() -> None:
         ({"ppo.n_epochs": 0}, "n_epochs"),
         ({"ppo.gamma": 1.5}, "gamma"),
         ({"ppo.batch_size": 4096}, "exceeds"),
-        ({"ppo.batch_size": 100}, "must divide"),
         ({"ppo.clip_range": "lin_-0.1"}, "clip_range"),
         ({"policy": "MlpLstmPolicy"}, "policy"),
         ({"n_envs": 2.7}, "n_envs"),
@@ -184,6 +183,14 @@ def test_core_settings_are_checked_by_the_core_when_built(overrides: dict, messa
     env = make_vec_env(lambda: CueMemoryEnv(3), n_envs=8, seed=0)
     with pytest.raises(ValueError, match=message):
         build_model(preset, env)
+
+
+def test_truncated_minibatches_are_refused_for_new_runs_only() -> None:
+    """A stored config of an older run with a truncated last minibatch still loads; new runs refuse it."""
+    preset = apply_overrides(get_preset("lstm_ppo", "classic"), {"ppo.batch_size": 100})
+    assert AgentPreset.from_dict(preset.to_dict()) == preset
+    with pytest.raises(ValueError, match="must divide"):
+        preset.check_minibatches()
 
 
 def test_recurrent_kwargs_are_refused_for_ppo() -> None:

@@ -218,7 +218,7 @@ def test_train_refuses_values_it_used_to_accept(tmp_path: Path, capsys: pytest.C
     _fails_cleanly([*base, "--set", "ppo.learning_rate=Infinity"], capsys, "learning_rate")
     _fails_cleanly([*base, "--set", "n_envs=2.7"], capsys, "n_envs")
     _fails_cleanly(
-        [*base, "--set", "policy_kwargs.optimizer_kwargs.eps=abc"], capsys, "invalid agent settings"
+        [*base, "--set", "policy_kwargs.optimizer_kwargs.eps=abc"], capsys, "eps must be a number"
     )
     _fails_cleanly([*base, "--set", "policy_kwargs.features_extractor_kwargs.bogus=1"], capsys, "bogus")
     import torch

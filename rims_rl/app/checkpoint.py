@@ -13,12 +13,15 @@ the previous file (and the ``latest`` pointer) as they were.
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import io
 import json
 import re
+import sys
 import zipfile
 import zlib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -88,6 +91,13 @@ def _structure(desc: Mapping[str, Any]) -> Any:
     return out
 
 
+def _structure_or_error(desc: Any, where: str) -> Any:
+    try:
+        return _structure(desc)
+    except (AttributeError, TypeError) as err:
+        raise CheckpointError(f"checkpoint space description{where} is invalid: {err}") from err
+
+
 def check_spaces(
     meta: CheckpointMeta, observation_space: spaces.Space, action_space: spaces.Space, where: str = ""
 ) -> None:
@@ -97,7 +107,7 @@ def check_spaces(
         if saved is None:
             continue
         here = describe_space(space)
-        if _structure(saved) != _structure(here):
+        if _structure_or_error(saved, where) != _structure(here):
             raise CheckpointError(
                 f"checkpoint {kind} space does not match the environment{where}: checkpoint has "
                 f"{saved.get('repr', saved)}, environment has {here['repr']}"
@@ -204,9 +214,13 @@ def latest_checkpoint(checkpoint_dir: str | Path) -> Path | None:
     directory = Path(checkpoint_dir)
     pointer = directory / LATEST_NAME
     if pointer.is_file():
-        target = directory / pointer.read_text().strip()
-        if _readable(target):
-            return target
+        try:
+            name = pointer.read_text().strip()
+        except (OSError, UnicodeDecodeError):
+            name = ""
+        # Only a step file in this directory: a pointer naming another path is ignored, not followed.
+        if _STEP_RE.match(name) and _readable(directory / name):
+            return directory / name
     for _, path in reversed(step_checkpoints(directory)):
         if _readable(path):
             return path
@@ -340,11 +354,29 @@ def load_trusted(path: str | Path, env: VecEnv | None, device: str = "auto") -> 
     if cls is None:
         raise CheckpointError(f"checkpoint {str(path)!r}: cannot tell its algorithm (no 'data' entry)")
     try:
-        return cls.load(path, env=env, device=device)
+        with _legacy_module_names():
+            return cls.load(path, env=env, device=device)
     except ValueError as err:  # SB3's space checks
         raise CheckpointError(f"checkpoint {str(path)!r}: {err}") from err
-    except (KeyError, EOFError, zipfile.BadZipFile, RuntimeError) as err:
+    except (KeyError, EOFError, zipfile.BadZipFile, RuntimeError, ModuleNotFoundError, AttributeError) as err:
         raise CheckpointError(f"checkpoint {str(path)!r} could not be loaded by SB3: {err}") from err
+
+
+#: Modules that moved, by the name pickles made before the move refer to them.
+LEGACY_MODULES = {"envs.minigrid_features": "rims_rl.extractors"}
+
+
+@contextlib.contextmanager
+def _legacy_module_names() -> Iterator[None]:
+    """Let a trusted checkpoint saved before a module moved unpickle its classes from the new place."""
+    added = [old for old in LEGACY_MODULES if old not in sys.modules]
+    for old in added:
+        sys.modules[old] = importlib.import_module(LEGACY_MODULES[old])
+    try:
+        yield
+    finally:
+        for old in added:
+            sys.modules.pop(old, None)
 
 
 def resolve_checkpoint(name: str | Path) -> Path:

@@ -216,6 +216,7 @@ def resolve_config(
             preset = apply_overrides(preset, given)
         if n_envs is not None:
             preset = preset.replace(n_envs=n_envs)
+        preset.check_minibatches()
         _check_device(device, here=True)
         if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
             raise ValueError(f"seed must be a non-negative integer, got {seed!r}")

@@ -18,14 +18,18 @@ class UserError(Exception):
 
 
 @contextlib.contextmanager
-def user_input(what: str = "") -> Iterator[None]:
-    """Turn ``ValueError``/``TypeError`` raised while checking the user's input into ``UserError``.
+def user_input(
+    what: str = "", errors: tuple[type[Exception], ...] = (ValueError, TypeError)
+) -> Iterator[None]:
+    """Turn ``errors`` raised while checking the user's input into ``UserError``.
 
-    ``what`` prefixes the message (e.g. ``"invalid policy settings"``).
+    ``what`` prefixes the message (e.g. ``"invalid agent settings"``). Around code that also runs more
+    than checks (building a model), pass ``errors=(ValueError,)``: constructors report bad values with
+    ``ValueError``, while a ``TypeError`` there is more likely a bug and keeps its traceback.
     """
     try:
         yield
     except UserError:
         raise
-    except (ValueError, TypeError) as err:
+    except errors as err:
         raise UserError(f"{what}: {err}" if what else str(err)) from err

@@ -164,7 +164,7 @@ def load_for_eval(
         preset = preset.replace(n_envs=1, ppo=replace(preset.ppo, n_steps=2, batch_size=2, chunk_length=None))
         try:
             model = build_model(preset, env, seed=0, device=device)
-        except (ValueError, TypeError) as err:
+        except ValueError as err:
             raise CheckpointError(f"checkpoint {str(path)!r}: its config is invalid: {err}") from err
         load_weights(model, path)
         model.num_timesteps = meta.num_timesteps

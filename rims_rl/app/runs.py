@@ -342,7 +342,7 @@ def _train(
     run_seed = config.seed + start_step
     env = make_train_env(config, run_seed, vec_cls)
     try:
-        with user_input("invalid agent settings"):
+        with user_input("invalid agent settings", errors=(ValueError,)):
             model = build_model(config.model, env, seed=run_seed, device=config.device)
     except BaseException:
         env.close()
