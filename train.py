@@ -76,10 +76,10 @@ def cmd_train(args: argparse.Namespace) -> int:
                 ("--timesteps", args.timesteps),
                 ("--seed", args.seed),
                 ("--n-envs", args.n_envs),
-                ("--set", args.set),
+                ("--set", args.set or None),
                 ("--checkpoint-every", args.checkpoint_every),
             )
-            if value
+            if value is not None
         ]
         if given:
             return error(

@@ -118,7 +118,10 @@ def list_suites() -> dict[str, str]:
 def load_suite_file(path: str | Path, register: bool = True, overwrite: bool = False) -> Suite:
     """Read a YAML suite (``train: {id, kwargs}``, ``variants: [{name, id, kwargs}]``), validating ids."""
     path = Path(path)
-    data = yaml.safe_load(path.read_text())
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        raise ValueError(f"suite file {str(path)!r} cannot be read as YAML: {err}") from err
     if not isinstance(data, Mapping) or "train" not in data or "variants" not in data:
         raise ValueError(f"{path}: a suite file needs top-level 'train' and 'variants' keys")
     allowed = ("name", "description", "train", "variants")

@@ -203,6 +203,7 @@ def test_one_training_run_builds_each_core_once(tmp_path: Path, monkeypatch: pyt
         (["--timesteps", "999"], ("drop --timesteps",)),
         (["--set", "ppo.n_epochs=2"], ("drop --set",)),
         (["--seed", "3"], ("drop --seed",)),
+        (["--seed", "0", "--timesteps", "0"], ("drop --timesteps, --seed",)),  # falsy values count too
     ],
 )
 def test_resume_refuses_flags_it_would_ignore(
@@ -217,9 +218,7 @@ def test_train_refuses_values_it_used_to_accept(tmp_path: Path, capsys: pytest.C
     _fails_cleanly([*base, "--eval-episodes", "-3"], capsys, "--eval-episodes")
     _fails_cleanly([*base, "--set", "ppo.learning_rate=Infinity"], capsys, "learning_rate")
     _fails_cleanly([*base, "--set", "n_envs=2.7"], capsys, "n_envs")
-    _fails_cleanly(
-        [*base, "--set", "policy_kwargs.optimizer_kwargs.eps=abc"], capsys, "eps must be a number"
-    )
+    _fails_cleanly([*base, "--set", "policy_kwargs.optimizer_kwargs.eps=abc"], capsys, "eps must be a number")
     _fails_cleanly([*base, "--set", "policy_kwargs.features_extractor_kwargs.bogus=1"], capsys, "bogus")
     import torch
 
@@ -320,3 +319,32 @@ def test_a_suite_file_works_from_the_cli_and_in_a_fresh_process(
     _fails_cleanly(
         ["evaluate", "--checkpoint", str(run), "--suite", str(tmp_path / "nope.yaml")], capsys, "nope"
     )
+
+
+def test_unusable_output_paths_and_missing_targets_give_one_line(
+    run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("in the way")
+    base = ["evaluate", "--checkpoint", str(run_dir), "--env", ENV, "--episodes", "1"]
+    _fails_cleanly([*base, "--out", str(blocker / "sub")], capsys, "cannot write to")
+    _fails_cleanly(
+        [*base, "--out", str(tmp_path / "ok"), "--video", str(blocker / "v")], capsys, "cannot write"
+    )
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [unclosed")
+    _fails_cleanly(
+        ["evaluate", "--checkpoint", str(run_dir), "--suite", str(bad)], capsys, "cannot be read as YAML"
+    )
+    argv = ["compare", "--suite", "minigrid-multiroom", "--seeds", "1", "--out", str(blocker / "c")]
+    _fails_cleanly(
+        [*argv, "--set", "ppo.n_steps=16", "--set", "ppo.batch_size=16"], capsys, "cannot write to"
+    )
+
+
+def test_trusted_loading_still_reads_the_shipped_pretrained_models(tmp_path: Path) -> None:
+    """Saved before MiniGridCNN moved to rims_rl.extractors: SB3's own loader must still find it."""
+    argv = ["evaluate", "--checkpoint", "doorkey-5x5-lstm_ppo", "--episodes", "1", "--trust-checkpoint"]
+    assert train.main([*argv, "--out", str(tmp_path)]) == 0  # its own env, read from our metadata
+    (result,) = json.loads((tmp_path / "eval.json").read_text())
+    assert result["env_id"] == "MiniGrid-DoorKey-5x5-v0" and result["episodes"] == 1

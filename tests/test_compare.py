@@ -454,3 +454,28 @@ def test_compare_on_a_local_ray_instance_gives_the_local_pools_report(
     assert sorted(p.name for p in (tmp_path / "ray" / "records").glob("*.json")) == sorted(
         p.name for p in (tmp_path / "local" / "records").glob("*.json")
     )
+
+
+def test_an_out_folder_from_before_run_configs_is_not_mistaken_for_other_settings(tmp_path: Path) -> None:
+    """Older config.json files kept the run's n_envs at the top level and the preset's under model."""
+    from rims_rl.app.compare import RunJob, config_mismatch
+
+    run = tmp_path / "runs" / "rims_ppo-seed0"
+    run.mkdir(parents=True)
+    legacy = {
+        "agent": "rims_ppo",
+        "env": {"name": "train", "env_id": "MiniGrid-MultiRoom-N2-S4-v0", "kwargs": {}},
+        "suite": "minigrid-multiroom",
+        "seed": 0,
+        "timesteps": 64,
+        "timesteps_requested": 64,
+        "n_envs": 2,
+        "overrides": {},
+        "model": {"agent": "rims_ppo", "n_envs": 16},
+    }
+    (run / "config.json").write_text(json.dumps(legacy))
+    job = RunJob(
+        agent="rims_ppo", seed=0, run_dir=str(run), timesteps=64, suite="minigrid-multiroom", n_envs=2
+    )
+    assert config_mismatch(job) is None
+    assert "n_envs" in (config_mismatch(RunJob(**{**job.__dict__, "n_envs": 4})) or "")

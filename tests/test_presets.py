@@ -75,13 +75,18 @@ DEPARTURES: dict[tuple[str, str], str] = {
 }
 
 
+#: What a value left unset in a preset means (the library's default it falls back to).
+EFFECTIVE_DEFAULTS: dict[str, Any] = {"policy_kwargs.optimizer_kwargs.eps": 1e-5}  # SB3 policies' Adam eps
+
+
 def _value(preset: dict[str, Any], key: str) -> Any:
-    """A preset value by the source's name: PPO keys under ``ppo``, dotted keys as paths."""
+    """A preset value by the source's name: PPO keys under ``ppo``, dotted keys as paths; unset values
+    are their effective defaults, so a departure is a real difference, not a missing key."""
     if "." in key:
         node: Any = preset
         for part in key.split("."):
             node = node.get(part) if isinstance(node, dict) else None
-        return node
+        return EFFECTIVE_DEFAULTS.get(key) if node is None else node
     return preset[key] if key in preset else preset["ppo"][key]
 
 

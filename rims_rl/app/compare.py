@@ -37,7 +37,7 @@ from rims_rl.app import rundir
 from rims_rl.app.atomic import atomic_write_json
 from rims_rl.app.config import resolve_config
 from rims_rl.app.curves import Curve, read_learning_curve
-from rims_rl.app.errors import UserError, user_input
+from rims_rl.app.errors import UserError, output_path, user_input
 from rims_rl.app.evaluation import EvalResult, evaluate_checkpoint
 from rims_rl.app.report import write_report
 from rims_rl.app.runs import TrainingInterrupted, train_run
@@ -162,7 +162,7 @@ def config_mismatch(job: RunJob) -> str | None:
     """
     record = _load_json(record_path(job.run_dir))
     if record is not None:  # a committed record: the run may exist only as this file
-        stored = record.get("job") or {}
+        stored = _record_job(record, job)
         keys = ("agent", "seed", "suite", "env_id", "timesteps", "n_envs", "overrides")
         diffs = [
             f"{k}: record has {stored.get(k)!r}, asked {getattr(job, k)!r}"
@@ -177,8 +177,8 @@ def config_mismatch(job: RunJob) -> str | None:
     config = _load_json(rundir.config_path(job.run_dir))
     if config is None:
         return None
-    env = config.get("env", {})
-    model = config.get("model", {})
+    env: dict[str, Any] = config["env"] if isinstance(config.get("env"), dict) else {}
+    model: dict[str, Any] = config["model"] if isinstance(config.get("model"), dict) else {}
     checks = {
         "agent": (model.get("agent"), job.agent),
         "seed": (config.get("seed"), job.seed),
@@ -189,8 +189,8 @@ def config_mismatch(job: RunJob) -> str | None:
         checks["env"] = (env.get("env_id"), job.env_id)
     if job.timesteps is not None:
         checks["timesteps"] = (config.get("timesteps_requested"), job.timesteps)
-    if job.n_envs is not None:
-        checks["n_envs"] = (model.get("n_envs"), job.n_envs)
+    if job.n_envs is not None:  # runs made before RunConfig kept the run's value at the top level
+        checks["n_envs"] = (config.get("n_envs", model.get("n_envs")), job.n_envs)
     diffs = [f"{k}: run has {have!r}, asked {want!r}" for k, (have, want) in checks.items() if have != want]
     if not diffs:
         return None
@@ -207,11 +207,19 @@ def record_path(run_dir: str | Path) -> Path:
     return run_dir.parent.parent / RECORDS_DIR / f"{run_dir.name}.json"
 
 
+def _record_job(record: dict[str, Any], job: RunJob) -> dict[str, Any]:
+    """The ``job`` part of a record read back from a (committed, so untrusted) file, checked."""
+    stored = record.get("job")
+    if not isinstance(stored, dict) or not isinstance(record.get("records", []), list):
+        raise UserError(f"{record_path(job.run_dir)} is not a valid run record; delete it to redo that run")
+    return stored
+
+
 def _record_matches(job: RunJob, record: dict[str, Any] | None) -> bool:
     """A stored record of the same experiment (what ``compare`` chooses) and evaluation settings."""
     if record is None or record.get("settings") != job.eval_settings():
         return False
-    stored = record.get("job") or {}
+    stored = _record_job(record, job)
     keys = ("agent", "seed", "suite", "env_id", "timesteps", "n_envs", "overrides")
     return all(stored.get(k) == getattr(job, k) for k in keys)
 
@@ -252,9 +260,12 @@ def read_record_curve(run_dir: str | Path) -> Curve | None:
     curve = record.get("curve")
     if not isinstance(curve, dict):
         return None
-    return np.asarray(curve.get("steps", []), dtype=np.float64), np.asarray(
-        curve.get("values", []), dtype=np.float64
-    )
+    try:
+        steps = np.asarray(curve.get("steps", []), dtype=np.float64)
+        values = np.asarray(curve.get("values", []), dtype=np.float64)
+    except (TypeError, ValueError):  # a damaged record: the report is drawn without this curve
+        return None
+    return (steps, values) if steps.shape == values.shape and steps.ndim == 1 else None
 
 
 # -------------------------------------------------------------------------------------------- worker
@@ -481,7 +492,8 @@ def run_compare(
         mismatch = config_mismatch(job)
         if mismatch:
             raise UserError(mismatch)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    with output_path(out_dir):
+        out_dir.mkdir(parents=True, exist_ok=True)
     results: list[JobResult] = []
     todo = []
     for job in jobs:

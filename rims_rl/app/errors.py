@@ -18,6 +18,16 @@ class UserError(Exception):
 
 
 @contextlib.contextmanager
+def output_path(path: object) -> Iterator[None]:
+    """Writing where the user said: an unusable path (missing parent, a file in the way, read-only, full)
+    is one line naming it, not a traceback."""
+    try:
+        yield
+    except OSError as err:
+        raise UserError(f"cannot write to {str(path)!r}: {err.strerror or err}") from err
+
+
+@contextlib.contextmanager
 def user_input(
     what: str = "", errors: tuple[type[Exception], ...] = (ValueError, TypeError)
 ) -> Iterator[None]:

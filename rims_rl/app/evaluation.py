@@ -39,7 +39,7 @@ from rims_rl.app.checkpoint import (
     resolve_checkpoint,
 )
 from rims_rl.app.config import family_of
-from rims_rl.app.errors import user_input
+from rims_rl.app.errors import UserError, output_path, user_input
 from rims_rl.app.foreign import ForeignCheckpoint, is_foreign, load_foreign, read_foreign
 
 CSV_FIELDS = (
@@ -107,7 +107,7 @@ def resolve_specs(target: Any, meta: CheckpointMeta | None = None) -> list[EnvSp
     """
     if target is None:
         if meta is None:
-            raise ValueError("give an env or a suite to evaluate on")
+            raise UserError("give --env or --suite to evaluate on (this checkpoint does not say its env)")
         return [meta.config.env_spec()]
     if isinstance(target, Suite):
         return list(target.specs())
@@ -263,6 +263,12 @@ def evaluate_checkpoint(
     path = resolve_checkpoint(checkpoint)
     extra = dict(env_kwargs or {})
     foreign = None if trust or not is_foreign(path) else read_foreign(path)
+    trusted_meta = None
+    if trust:  # our metadata, where the trusted file has it, still names the env it was trained on
+        try:
+            trusted_meta = read_meta(path)
+        except CheckpointError:
+            trusted_meta = None
     if foreign is not None:
         if env_or_suite is None:
             raise CheckpointError(
@@ -276,7 +282,7 @@ def evaluate_checkpoint(
             env.close()
         meta = None
     else:
-        meta = None if trust else read_meta(path)
+        meta = trusted_meta if trust else read_meta(path)
         specs = [_with_kwargs(s, extra) for s in resolve_specs(env_or_suite, meta)]
         model, meta = load_for_eval(path, specs[0], trust=trust, device=device)
     results = []
@@ -327,7 +333,10 @@ def _with_foreign_wrappers(spec: EnvSpec, foreign: ForeignCheckpoint, extra: Map
 
 def write_results_json(results: Sequence[EvalResult], path: str | Path) -> Path:
     """All results, including per-episode returns, as JSON (atomic write)."""
-    return atomic_write_bytes(path, (json.dumps([r.to_dict() for r in results], indent=2) + "\n").encode())
+    with output_path(path):
+        return atomic_write_bytes(
+            path, (json.dumps([r.to_dict() for r in results], indent=2) + "\n").encode()
+        )
 
 
 def write_results_csv(results: Sequence[EvalResult], path: str | Path) -> Path:
@@ -338,7 +347,8 @@ def write_results_csv(results: Sequence[EvalResult], path: str | Path) -> Path:
     for result in results:
         row = result.to_dict()
         writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in CSV_FIELDS})
-    return atomic_write_bytes(path, buf.getvalue().encode())
+    with output_path(path):
+        return atomic_write_bytes(path, buf.getvalue().encode())
 
 
 def format_table(results: Sequence[EvalResult]) -> str:
@@ -405,7 +415,8 @@ def record_gif(
     render_spec = EnvSpec(spec.name, spec.env_id, {**dict(spec.kwargs), "render_mode": "rgb_array"})
     env = make_env(render_spec, seed=seed, training=False)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    with output_path(out):
+        out.mkdir(parents=True, exist_ok=True)
     paths = []
     try:
         for ep in range(n_episodes):
