@@ -1,6 +1,13 @@
-"""rims-rl: Recurrent Independent Mechanisms as a drop-in recurrent core for RL."""
+"""rims-rl: Recurrent Independent Mechanisms (and other modular recurrent cores) as drop-in recurrent
+cores for RL.
+
+Importing the package registers the policy names ``MlpRimsPolicy``, ``CnnRimsPolicy`` and
+``MultiInputRimsPolicy`` with sb3-contrib's ``RecurrentPPO`` (so RL Zoo's ``--gym-packages rims_rl``
+finds them).
+"""
 
 from rims_rl.core import RIMs
+from rims_rl.policies import CnnRimsPolicy, MlpRimsPolicy, MultiInputRimsPolicy
 
-__all__ = ["RIMs"]
+__all__ = ["CnnRimsPolicy", "MlpRimsPolicy", "MultiInputRimsPolicy", "RIMs"]
 __version__ = "0.1.0"

@@ -28,6 +28,7 @@ from typing import Any, cast
 
 import torch as th
 from gymnasium import spaces
+from sb3_contrib import RecurrentPPO
 from sb3_contrib.common.recurrent.policies import RecurrentActorCriticPolicy
 from sb3_contrib.common.recurrent.type_aliases import RNNStates
 from stable_baselines3.common.policies import ActorCriticPolicy, BaseModel
@@ -508,3 +509,8 @@ POLICIES: dict[str, type[RimsActorCriticPolicy]] = {
     "CnnRimsPolicy": CnnRimsPolicy,
     "MultiInputRimsPolicy": MultiInputRimsPolicy,
 }
+
+# RL Zoo and SB3 resolve policy names through the algorithm's aliases: importing rims_rl makes
+# ``RecurrentPPO("MlpRimsPolicy", env)`` and ``policy: MlpRimsPolicy`` in a zoo file work (ChunkedRecurrentPPO
+# shares RecurrentPPO's aliases).
+RecurrentPPO.policy_aliases.update(POLICIES)
