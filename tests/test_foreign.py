@@ -12,7 +12,7 @@ import cloudpickle
 import numpy as np
 import pytest
 from sb3_contrib import RecurrentPPO
-from stable_baselines3 import PPO
+from stable_baselines3 import A2C, PPO
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -39,7 +39,8 @@ def _stock_checkpoint(tmp_path: Path, algo: type = RecurrentPPO) -> Path:
     env = make_vec_env_for(ENV, n_envs=1, seed=0, vec_cls="dummy")
     policy = "MlpLstmPolicy" if algo is RecurrentPPO else "MlpPolicy"
     kwargs = {"lstm_hidden_size": 16} if algo is RecurrentPPO else {"net_arch": [16]}
-    model = algo(policy, env, n_steps=8, batch_size=8, policy_kwargs=kwargs, seed=0)
+    extra = {} if algo is A2C else {"batch_size": 8}
+    model = algo(policy, env, n_steps=8, policy_kwargs=kwargs, seed=0, **extra)
     model.learn(16)
     path = tmp_path / f"stock-{algo.__name__}.zip"
     model.save(path)
@@ -64,7 +65,7 @@ def _plant(path: Path, marker: Path) -> Path:
     return planted
 
 
-@pytest.mark.parametrize("algo", [RecurrentPPO, PPO])
+@pytest.mark.parametrize("algo", [RecurrentPPO, PPO, A2C])
 def test_a_stock_checkpoint_evaluates_on_a_suite_without_unpickling(tmp_path: Path, algo: type) -> None:
     marker = tmp_path / "payload-ran"
     planted = _plant(_stock_checkpoint(tmp_path, algo), marker)
@@ -121,11 +122,13 @@ def test_the_cli_evaluates_a_foreign_checkpoint_and_refuses_what_it_cannot_read(
     env = make_vec_env_for(ENV, n_envs=1, seed=0, vec_cls="dummy")
     from torch import nn
 
-    custom = RecurrentPPO(
-        "MlpLstmPolicy", env, n_steps=8, batch_size=8, policy_kwargs={"activation_fn": nn.ReLU}
-    )
-    custom.save(tmp_path / "custom.zip")
-    code = train.main(
-        ["evaluate", "--checkpoint", str(tmp_path / "custom.zip"), "--env", ENV, "--episodes", "1"]
-    )
-    assert code == 2 and "--trust-checkpoint" in capsys.readouterr().err
+    for activation, readable in ((nn.ReLU, True), (nn.Hardswish, False)):  # a known class, an unknown one
+        custom = RecurrentPPO(
+            "MlpLstmPolicy", env, n_steps=8, batch_size=8, policy_kwargs={"activation_fn": activation}
+        )
+        custom.save(tmp_path / "custom.zip")
+        code = train.main(
+            ["evaluate", "--checkpoint", str(tmp_path / "custom.zip"), "--env", ENV, "--episodes", "1"]
+        )
+        err = capsys.readouterr().err
+        assert (code, "--trust-checkpoint" in err) == ((0, False) if readable else (2, True)), err

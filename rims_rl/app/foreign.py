@@ -14,6 +14,7 @@ from it unless the user gives ``env.frame_stack``.
 
 from __future__ import annotations
 
+import ast
 import json
 import re
 import zipfile
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch as th
 from sb3_contrib import RecurrentPPO
 from sb3_contrib.common.recurrent.policies import (
     RecurrentActorCriticCnnPolicy,
@@ -36,6 +38,7 @@ from stable_baselines3.common.policies import (
     MultiInputActorCriticPolicy,
 )
 from stable_baselines3.common.vec_env import VecEnv
+from torch import nn
 
 from rims_rl.app.checkpoint import META_NAME, CheckpointError, load_weights
 
@@ -49,6 +52,22 @@ POLICIES: dict[str, type] = {
         ActorCriticPolicy,
         ActorCriticCnnPolicy,
         MultiInputActorCriticPolicy,
+    )
+}
+#: Classes that SB3 policies take as arguments, by the ``repr`` SB3 writes beside their pickle.
+KNOWN_CLASSES: dict[str, type] = {
+    f"<class '{cls.__module__}.{cls.__qualname__}'>": cls
+    for cls in (
+        th.optim.Adam,
+        th.optim.AdamW,
+        th.optim.RMSprop,
+        th.optim.SGD,
+        nn.ReLU,
+        nn.Tanh,
+        nn.ELU,
+        nn.GELU,
+        nn.LeakyReLU,
+        nn.SiLU,
     )
 }
 MAX_DATA_BYTES = 16 * 2**20
@@ -114,16 +133,7 @@ def read_foreign(path: str | Path) -> ForeignCheckpoint:
     policy = match.group(1)
     recurrent = policy.startswith("Recurrent")
     algo = "RecurrentPPO" if recurrent else ("PPO" if "clip_range" in data else "A2C")
-    kwargs = data.get("policy_kwargs") or {}
-    if (
-        not isinstance(kwargs, dict)
-        or ":serialized:" in kwargs
-        or any(isinstance(v, dict) and ":serialized:" in v for v in kwargs.values())
-    ):
-        raise CheckpointError(
-            f"{where}: its policy_kwargs hold pickled objects (classes or functions) that cannot be read "
-            "safely; if you trust the file, pass --trust-checkpoint"
-        )
+    kwargs = _readable_kwargs(data.get("policy_kwargs") or {}, where)
     obs = data.get("observation_space")
     shape = obs.get("_shape") if isinstance(obs, dict) else None
     if not isinstance(shape, list) or not all(isinstance(n, int) for n in shape):
@@ -136,6 +146,38 @@ def read_foreign(path: str | Path) -> ForeignCheckpoint:
         observation_shape=tuple(shape),
         num_timesteps=steps if isinstance(steps, int) and steps >= 0 else 0,
     )
+
+
+def _readable_kwargs(value: Any, where: str) -> dict[str, Any]:
+    """``policy_kwargs`` from their readable form: plain JSON, or (beside SB3's pickle) each value's
+    ``repr``, which must be a literal (``ast.literal_eval``) or one of ``KNOWN_CLASSES``."""
+    refuse = CheckpointError(
+        f"{where}: its policy_kwargs hold objects (custom classes or functions) that cannot be read safely; "
+        "if you trust the file, pass --trust-checkpoint"
+    )
+    if not isinstance(value, dict):
+        raise refuse
+    if ":serialized:" not in value:
+        if any(isinstance(v, dict) and ":serialized:" in v for v in value.values()):
+            raise refuse
+        return dict(value)
+    out: dict[str, Any] = {}
+    for key, text in value.items():
+        if key in (":type:", ":serialized:"):
+            continue
+        if not isinstance(text, str):  # SB3 writes JSON-able values as they are
+            if isinstance(text, dict) and ":serialized:" in text:
+                raise refuse
+            out[key] = text
+            continue
+        if text in KNOWN_CLASSES:
+            out[key] = KNOWN_CLASSES[text]
+            continue
+        try:
+            out[key] = ast.literal_eval(text)
+        except (ValueError, SyntaxError, MemoryError, RecursionError) as err:
+            raise refuse from err
+    return out
 
 
 def load_foreign(

@@ -6,10 +6,10 @@ over tasks), reported with a 95% *stratified* bootstrap confidence interval: run
 replacement within each task, so every task keeps its own number of runs in every replicate. A score
 is one number per run and task (e.g. the mean evaluation return of that run's final policy).
 
-Only numpy is needed (rliable/scipy are not dependencies); ``tests/test_rliable.py`` checks the point
-estimates against rliable's to 1e-6 and the intervals within Monte-Carlo error. Statistics given by name (``"iqm"``,
-``"mean"``, ``"median"``, ``"optimality_gap"``) are bootstrapped vectorised; any callable taking a
-1-D array also works (looped, slower).
+Only numpy is needed (rliable/scipy are not dependencies); ``tests/test_rliable.py`` checks the
+point estimates against rliable's to 1e-6 and the intervals within Monte-Carlo error. Statistics given
+by name (``"iqm"``, ``"mean"``, ``"median"``, ``"optimality_gap"``) are bootstrapped vectorised; any
+callable taking a 1-D array also works (looped, slower).
 """
 
 from __future__ import annotations
