@@ -39,6 +39,7 @@ from rims_rl.app.evaluation import (
     write_results_json,
 )
 from rims_rl.app.runs import TrainingDiverged, TrainingInterrupted, train_run
+from rims_rl.app.tune import run_tune
 
 # The embedded default (``python train.py`` / ``make run``): rims_ppo with its MiniGrid preset on
 # Empty-5x5, which it solves (return 0.95, 100% greedy success) in under 50k steps, a few minutes on 2
@@ -269,6 +270,26 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------------------- tune
+def cmd_tune(args: argparse.Namespace) -> int:
+    """``tune``: the same grid for every agent on a suite's training env; writes tune.json / tune.md."""
+    chosen = run_tune(
+        args.suite,
+        args.grid,
+        agents=args.agents,
+        seeds=args.seeds,
+        timesteps=args.timesteps,
+        out=args.out,
+        eval_episodes=args.eval_episodes,
+        workers=args.workers,
+    )
+    for agent, settings in chosen.items():
+        print(f"{agent}: {' '.join(f'{k}={v}' for k, v in settings.items()) or 'preset'}")
+    out = Path(args.out)
+    print(f"tuning report: {out / 'tune.md'}; use the choices with: compare --tuned {out / 'tune.json'}")
+    return 0
+
+
 # ---------------------------------------------------------------------------------------- parsing
 def build_parser() -> argparse.ArgumentParser:
     """The argparse tree; ``python train.py <command> --help`` shows each command's flags."""
@@ -276,7 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="train.py",
         description="Train and evaluate RIMs-PPO / LSTM-PPO / PPO. No arguments: a short default run.",
     )
-    sub = parser.add_subparsers(dest="command", metavar="{train,evaluate,list,compare}")
+    sub = parser.add_subparsers(dest="command", metavar="{train,evaluate,list,compare,tune}")
 
     p = sub.add_parser("train", help="train one agent on one env or a suite's train env")
     p.add_argument(
@@ -372,6 +393,7 @@ def build_parser() -> argparse.ArgumentParser:
         "for a cluster)",
     )
     p.add_argument("--ray-address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
+    p.add_argument("--tuned", metavar="TUNE_JSON", help="each agent's settings chosen by `tune` (tune.json)")
     p.add_argument("--out", help="output directory")
     p.add_argument("--eval-episodes", type=int, default=20, help="evaluation episodes per env (default 20)")
     p.add_argument(
@@ -388,6 +410,30 @@ def build_parser() -> argparse.ArgumentParser:
         help="override a hyperparameter for every agent, e.g. ppo.learning_rate=3e-4 (repeatable)",
     )
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("tune", help="tune every agent with the same grid on a suite's training env only")
+    p.add_argument("--suite", required=True, help="suite name or YAML file; only its training env is used")
+    p.add_argument(
+        "--grid",
+        action="append",
+        default=[],
+        metavar="KEY=V1,V2,...",
+        help="values to try for a --set key, e.g. ppo.learning_rate=1e-4,3e-4,1e-3 (repeatable: product)",
+    )
+    p.add_argument(
+        "--agents",
+        nargs="+",
+        default=["rims_ppo", "lstm_ppo"],
+        help="agents to tune (default rims_ppo lstm_ppo)",
+    )
+    p.add_argument(
+        "--seeds", type=int, default=2, help="tuning seeds per configuration (from 1000, default 2)"
+    )
+    p.add_argument("--timesteps", type=int, help="budget per run (default: the preset's)")
+    p.add_argument("--out", default="runs/tune", help="output directory (default runs/tune)")
+    p.add_argument("--eval-episodes", type=int, default=10, help="evaluation episodes per run (default 10)")
+    p.add_argument("--workers", type=int, default=1, help="runs in parallel")
+    p.set_defaults(func=cmd_tune)
     return parser
 
 

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import csv
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
-from envs import Suite
+from envs import Suite, get_suite
 from rims_rl.app import compare
 from rims_rl.app.compare import Backend
 from rims_rl.app.curves import read_learning_curve
@@ -479,3 +480,46 @@ def test_an_out_folder_from_before_run_configs_is_not_mistaken_for_other_setting
     )
     assert config_mismatch(job) is None
     assert "n_envs" in (config_mismatch(RunJob(**{**job.__dict__, "n_envs": 4})) or "")
+
+
+def test_tune_gives_every_agent_the_same_budget_and_selects_on_the_training_env_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Scores here rise with ppo.n_epochs on the training env; the OOD variants are never evaluated."""
+    from rims_rl.app.compare import run_compare
+    from rims_rl.app.tune import TUNE_SEED0, run_tune
+
+    backend, calls = _fake_backend(monkeypatch)
+    evaluated: list[str] = []
+
+    def evaluate(checkpoint: Path, target: object, n_episodes: int, **kw: Any) -> list[EvalResult]:
+        evaluated.append(str(target))
+        config = json.loads((Path(checkpoint).parent / "config.json").read_text())
+        epochs = config["overrides"].get("ppo.n_epochs", 1)
+        (result,) = backend.evaluate(checkpoint, get_suite("minigrid-doorkey"), n_episodes)[:1]
+        return [replace(result, mean_return=float(epochs) / 10, returns=[float(epochs) / 10] * n_episodes)]
+
+    tuning = Backend(train=backend.train, evaluate=evaluate)
+    grid = ["ppo.n_epochs=2,4,3"]
+    chosen = run_tune("minigrid-doorkey", grid, seeds=2, timesteps=128, out=tmp_path / "t", backend=tuning)
+    assert chosen == {"rims_ppo": {"ppo.n_epochs": 4}, "lstm_ppo": {"ppo.n_epochs": 4}}
+    assert set(evaluated) == {"MiniGrid-DoorKey-5x5-v0"}  # the training env only, never a variant
+    assert {s for _, s in calls} == {TUNE_SEED0, TUNE_SEED0 + 1}  # disjoint from compare's 0, 1, ...
+    tune = json.loads((tmp_path / "t" / "tune.json").read_text())
+    assert [len(tune["agents"][a]["tried"]) for a in ("rims_ppo", "lstm_ppo")] == [3, 3]
+    assert "| rims_ppo | ppo.n_epochs=4 | 0.400 |" in (tmp_path / "t" / "tune.md").read_text()
+    calls.clear()
+    result = run_compare(
+        backend=backend,
+        suite="minigrid-doorkey",
+        seeds=1,
+        timesteps=128,
+        workers=1,
+        out=tmp_path / "c",
+        eval_episodes=2,
+        reps=100,
+        progress=False,
+        tuned=tmp_path / "t" / "tune.json",
+    )
+    stored = json.loads((tmp_path / "c" / "runs" / "rims_ppo-seed0" / "config.json").read_text())
+    assert stored["overrides"] == {"ppo.n_epochs": 4} and "tuned=" in result.files["report"].read_text()

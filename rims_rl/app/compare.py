@@ -430,6 +430,7 @@ def run_compare(
     backend: Backend | None = None,
     executor: str = "local",
     ray_address: str | None = None,
+    tuned: str | Path | Mapping[str, Mapping[str, Any]] | None = None,
     **cli_args: Any,
 ) -> CompareResult:
     """Train ``agents`` x ``seeds`` on ``suite`` (or one ``env``) in parallel, evaluate, write the report.
@@ -462,9 +463,17 @@ def run_compare(
         over = _as_overrides(overrides)
         if not isinstance(eval_episodes, int) or isinstance(eval_episodes, bool) or eval_episodes < 1:
             raise ValueError(f"--eval-episodes must be a positive integer, got {eval_episodes!r}")
+    per_agent = read_tuned(tuned, agent_list) if tuned is not None else {}
+    settings = {a: {**per_agent.get(a, {}), **over} for a in agent_list}  # --set wins over tuned values
     for agent in agent_list:  # every agent's settings, as each run will resolve them (UserError if bad)
         resolve_config(
-            agent, env, suite=suite, timesteps=timesteps, n_envs=n_envs, device=device, overrides=over
+            agent,
+            env,
+            suite=suite,
+            timesteps=timesteps,
+            n_envs=n_envs,
+            device=device,
+            overrides=settings[agent],
         )
     cpus = os.cpu_count() or 1
     n_jobs = len(agent_list) * len(seed_list)
@@ -480,7 +489,7 @@ def run_compare(
             suite=suite,
             env_id=env,
             n_envs=n_envs,
-            overrides=over,
+            overrides=settings[a],
             eval_episodes=eval_episodes,
             deterministic=deterministic,
             device=device,
@@ -547,6 +556,11 @@ def run_compare(
         "deterministic_eval": deterministic,
         "eval_seed": EVAL_SEED,
         "overrides": " ".join(f"{k}={v}" for k, v in over.items()) or "none",
+        **(
+            {"tuned": "; ".join(f"{a}: {_fmt(per_agent.get(a, {}))}" for a in agent_list)}
+            if per_agent
+            else {}
+        ),
         "bootstrap_reps": reps,
         **{f"runs_{k}": v for k, v in summary.items()},
     }
@@ -611,6 +625,33 @@ def _run_on_ray(
         if started:
             ray.shutdown()
     return results
+
+
+def _fmt(overrides: Mapping[str, Any]) -> str:
+    return " ".join(f"{k}={v}" for k, v in overrides.items()) or "preset"
+
+
+def read_tuned(tuned: str | Path | Mapping[str, Mapping[str, Any]], agents: Sequence[str]) -> dict[str, dict]:
+    """Each agent's chosen settings from ``tune``'s ``tune.json`` (or a mapping), checked."""
+    data: Any = tuned
+    if not isinstance(tuned, Mapping):
+        with output_path(tuned):
+            text = Path(tuned).read_text()
+        with user_input(f"{tuned}"):
+            data = {a: r["chosen"] for a, r in json.loads(text)["agents"].items()}
+    missing = [a for a in agents if a not in data]
+    if missing:
+        raise UserError(
+            f"the tuning results hold no settings for {missing}; tune them with the same budget first"
+        )
+    out: dict[str, dict] = {}
+    for agent in agents:
+        if not isinstance(data[agent], Mapping):
+            raise UserError(
+                f"tuned settings for {agent} must be a mapping of --set keys, got {data[agent]!r}"
+            )
+        out[agent] = dict(data[agent])
+    return out
 
 
 def _report_progress(bar: tqdm, res: JobResult) -> JobResult:

@@ -1,0 +1,163 @@
+"""``train.py tune``: the same tuning budget for every agent, chosen on the training env only.
+
+Every agent tries every configuration of one grid (``--grid KEY=V1,V2,...``, the product of all keys),
+each on the same tuning seeds, which are disjoint from the comparison's seeds (those start at 0; tuning
+seeds start at ``TUNE_SEED0``). Each configuration is a ``compare`` on the suite's *training env alone*,
+so no OOD variant is ever trained or scored during tuning; the score of a configuration is the IQM over
+its seeds of the final evaluation return on that env. ``tune.json`` and ``tune.md`` list every
+configuration tried with its score and the one chosen per agent; ``compare --tuned tune.json`` then runs
+each agent with its choice.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from agents import parse_value
+from envs import get_suite
+from rims_rl.app.atomic import atomic_write_bytes, atomic_write_json
+from rims_rl.app.compare import DEFAULT_AGENTS, Backend, run_compare
+from rims_rl.app.errors import UserError, output_path, user_input
+from rims_rl.app.stats import iqm
+
+TUNE_SEED0 = 1000  # tuning seeds: 1000, 1001, ...; comparisons use 0, 1, ...
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One configuration of one agent, scored on the training env."""
+
+    agent: str
+    """The agent tuned."""
+    overrides: dict[str, Any]
+    """The configuration (``--set`` keys)."""
+    score: float
+    """IQM over the tuning seeds of the final evaluation return on the training env."""
+    returns: list[float]
+    """Each tuning seed's mean evaluation return."""
+
+
+def parse_grid(items: Sequence[str]) -> dict[str, list[Any]]:
+    """``["ppo.learning_rate=1e-4,3e-4"]`` -> ``{"ppo.learning_rate": [1e-4, 3e-4]}``."""
+    grid: dict[str, list[Any]] = {}
+    for item in items:
+        key, sep, values = item.partition("=")
+        if not sep or not key.strip() or not values.strip():
+            raise UserError(f"--grid {item!r} must look like KEY=VALUE1,VALUE2,...")
+        grid[key.strip()] = [parse_value(v) for v in values.split(",")]
+    return grid
+
+
+def configurations(grid: Mapping[str, Sequence[Any]]) -> list[dict[str, Any]]:
+    """Every combination of the grid's values (one empty configuration for an empty grid)."""
+    keys = list(grid)
+    return [dict(zip(keys, values, strict=True)) for values in itertools.product(*(grid[k] for k in keys))]
+
+
+def run_tune(
+    suite: str,
+    grid: Mapping[str, Sequence[Any]] | Sequence[str],
+    agents: Sequence[str] = DEFAULT_AGENTS,
+    seeds: int = 2,
+    timesteps: int | None = None,
+    out: str | Path = "runs/tune",
+    eval_episodes: int = 10,
+    workers: int = 1,
+    device: str = "auto",
+    deterministic: bool = True,
+    backend: Backend | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Tune every agent on ``suite``'s training env with the same grid and seeds; return the choices."""
+    if not isinstance(grid, Mapping):
+        grid = parse_grid(grid)
+    configs = configurations(grid)
+    with user_input():
+        train = get_suite(suite).train
+        if train.kwargs:
+            raise ValueError(
+                f"suite {suite!r} trains on {train.env_id} with kwargs {dict(train.kwargs)}: "
+                "tuning takes a suite whose training env is a plain id"
+            )
+        if not isinstance(seeds, int) or seeds < 1:
+            raise ValueError(f"--seeds must be a positive integer, got {seeds!r}")
+    seed_list = list(range(TUNE_SEED0, TUNE_SEED0 + seeds))
+    out_dir = Path(out)
+    trials: list[Trial] = []
+    for agent in agents:
+        for i, config in enumerate(configs):
+            result = run_compare(
+                agents=[agent],
+                env=train.env_id,
+                seeds=seed_list,
+                timesteps=timesteps,
+                workers=workers,
+                out=out_dir / agent / f"config{i}",
+                eval_episodes=eval_episodes,
+                overrides=config,
+                deterministic=deterministic,
+                device=device,
+                progress=False,
+                backend=backend,
+            )
+            records = json.loads(result.files["results_json"].read_text())["records"]
+            returns = [float(r["mean_return"]) for r in records if r["is_train"]]
+            trials.append(Trial(agent, config, iqm(returns) if returns else float("nan"), returns))
+    chosen = {a: _best([t for t in trials if t.agent == a]) for a in agents}
+    write_tune_report(out_dir, suite, train.env_id, grid, seed_list, trials, chosen, timesteps)
+    return chosen
+
+
+def _best(trials: Sequence[Trial]) -> dict[str, Any]:
+    scored = [t for t in trials if t.score == t.score]  # NaN: no episode finished
+    if not scored:
+        return {}
+    return max(scored, key=lambda t: t.score).overrides  # the first of equal scores (grid order)
+
+
+def write_tune_report(
+    out_dir: Path,
+    suite: str,
+    env_id: str,
+    grid: Mapping[str, Sequence[Any]],
+    seeds: Sequence[int],
+    trials: Sequence[Trial],
+    chosen: Mapping[str, Mapping[str, Any]],
+    timesteps: int | None,
+) -> None:
+    """``tune.json`` (read by ``compare --tuned``) and ``tune.md``: every trial and each agent's choice."""
+    agents = list(chosen)
+    data = {
+        "suite": suite,
+        "selected_on": env_id,
+        "grid": {k: list(v) for k, v in grid.items()},
+        "seeds": list(seeds),
+        "timesteps": timesteps,
+        "agents": {
+            a: {"chosen": chosen[a], "tried": [asdict(t) for t in trials if t.agent == a]} for a in agents
+        },
+    }
+    lines = [
+        f"# Tuning on {suite}: chosen on its training env {env_id} only",
+        "",
+        f"Same budget for every agent: {len(trials) // max(1, len(agents))} configurations x {len(seeds)} "
+        f"seeds ({', '.join(map(str, seeds))}; comparisons use seeds from 0), timesteps "
+        f"{timesteps if timesteps is not None else 'preset'}. Score: IQM over seeds of the final evaluation "
+        "return on the training env.",
+        "",
+        "| agent | configuration | score | returns per seed | chosen |",
+        "|---|---|---:|---|:---:|",
+    ]
+    for t in trials:
+        mark = "yes" if t.overrides == chosen.get(t.agent) else ""
+        config = " ".join(f"{k}={v}" for k, v in t.overrides.items()) or "preset"
+        lines.append(
+            f"| {t.agent} | {config} | {t.score:.3f} | {', '.join(f'{r:.3f}' for r in t.returns)} | {mark} |"
+        )
+    with output_path(out_dir):
+        atomic_write_json(out_dir / "tune.json", data)
+        atomic_write_bytes(out_dir / "tune.md", ("\n".join(lines) + "\n").encode())
