@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch as th
 from gymnasium import spaces
+from rollout_check import assert_training_reproduces_rollouts
 from sb3_contrib import RecurrentPPO
 from sb3_contrib.common.recurrent.policies import RecurrentActorCriticPolicy
 from sb3_contrib.common.recurrent.type_aliases import RNNStates
 from sb3_contrib.ppo_recurrent.policies import MlpLstmPolicy
-from stable_baselines3.common.callbacks import CallbackList
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.logger import configure
 
@@ -179,23 +179,7 @@ def test_training_forward_reproduces_the_rollout(core: str, critic: str) -> None
     env = make_vec_env(lambda: CueMemoryEnv(5), n_envs=4, seed=0)
     policy_kwargs = {"core": core, **core_kwargs, **critic_kwargs}
     model = RecurrentPPO(MlpRimsPolicy, env, n_steps=40, batch_size=64, policy_kwargs=policy_kwargs)
-    model._setup_learn(160, callback=None)
-    callback = CallbackList([])
-    callback.init_callback(model)
-    model.collect_rollouts(model.env, callback, model.rollout_buffer, n_rollout_steps=model.n_steps)
-    model.collect_rollouts(model.env, callback, model.rollout_buffer, n_rollout_steps=model.n_steps)
-    policy = model.policy.eval()
-    checked = 0
-    for batch in model.rollout_buffer.get(64):
-        with th.no_grad():
-            values, log_prob, _ = policy.evaluate_actions(
-                batch.observations, batch.actions.long().flatten(), batch.lstm_states, batch.episode_starts
-            )
-        real = batch.mask > 1e-8
-        th.testing.assert_close(log_prob[real], batch.old_log_prob[real], rtol=0, atol=1e-5)
-        th.testing.assert_close(values.flatten()[real], batch.old_values[real], rtol=0, atol=1e-5)
-        checked += int(real.sum())
-    assert checked == 160
+    assert assert_training_reproduces_rollouts(model) == 160
 
 
 @pytest.mark.parametrize("core", ["rims", "lstm", "gru"])
