@@ -390,3 +390,29 @@ def test_a_run_dir_that_is_a_file_gives_one_line(tmp_path: Path, capsys: pytest.
     code = train.main([*argv, *TINY_FLAGS])
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("error: cannot use") and "Traceback" not in err
+
+
+def test_an_atari_checkpoint_on_a_minigrid_suite_names_both_spaces(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Its Atari wrapper settings (frame_stack) are not applied to MiniGrid envs; the space check speaks."""
+    run = tmp_path / "atari"
+    argv = ["train", "--env", "ALE/Pong-v5", "--timesteps", "16", "--n-envs", "1", "--run-dir", str(run)]
+    argv += [
+        "--set",
+        "ppo.n_steps=16",
+        "--set",
+        "ppo.batch_size=16",
+        "--set",
+        "ppo.n_epochs=1",
+        "--no-progress",
+    ]
+    argv += ["--set", "policy_kwargs.rims_kwargs.unit_size=4", "--set", "policy_kwargs.lstm_hidden_size=24"]
+    assert train.main(argv) == 0, capsys.readouterr().err
+    capsys.readouterr()
+    code = train.main(
+        ["evaluate", "--checkpoint", str(run), "--suite", "minigrid-doorkey", "--episodes", "1"]
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and "observation space does not match" in err and "frame_stack" not in err, err
+    assert "84" in err and "7" in err  # both spaces named
