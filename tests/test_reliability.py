@@ -416,3 +416,18 @@ def test_an_atari_checkpoint_on_a_minigrid_suite_names_both_spaces(
     err = capsys.readouterr().err
     assert code == 2 and "observation space does not match" in err and "frame_stack" not in err, err
     assert "84" in err and "7" in err  # both spaces named
+
+
+def test_resume_takes_the_newest_good_checkpoint_even_when_the_pointer_lags(
+    run_dir: Path, tmp_path: Path
+) -> None:
+    """Killed between writing step_64.zip and moving ``latest``: nothing trained is lost."""
+    import shutil
+
+    ckpts = tmp_path / "checkpoints"
+    shutil.copytree(run_dir / "checkpoints", ckpts)
+    shutil.copy(run_dir / "model.zip", ckpts / "step_64.zip")
+    write_latest(ckpts, ckpts / "step_32.zip")
+    assert latest_checkpoint(ckpts) == ckpts / "step_64.zip"
+    (ckpts / "step_64.zip").write_bytes(b"truncated")
+    assert latest_checkpoint(ckpts) == ckpts / "step_32.zip"

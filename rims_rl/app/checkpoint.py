@@ -210,18 +210,12 @@ def step_checkpoints(checkpoint_dir: str | Path) -> list[tuple[int, Path]]:
 
 
 def latest_checkpoint(checkpoint_dir: str | Path) -> Path | None:
-    """The newest readable checkpoint: ``latest`` if valid, else the newest good ``step_*.zip``."""
-    directory = Path(checkpoint_dir)
-    pointer = directory / LATEST_NAME
-    if pointer.is_file():
-        try:
-            name = pointer.read_text().strip()
-        except (OSError, UnicodeDecodeError):
-            name = ""
-        # Only a step file in this directory: a pointer naming another path is ignored, not followed.
-        if _STEP_RE.match(name) and _readable(directory / name):
-            return directory / name
-    for _, path in reversed(step_checkpoints(directory)):
+    """The newest readable ``step_*.zip``.
+
+    Not the ``latest`` pointer: a kill between writing a checkpoint and moving the pointer would leave
+    the pointer one interval behind a good, newer checkpoint. The pointer stays for people and tools.
+    """
+    for _, path in reversed(step_checkpoints(checkpoint_dir)):
         if _readable(path):
             return path
     return None
