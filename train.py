@@ -25,7 +25,7 @@ from typing import Any
 
 from rims_rl.app import catalog
 from rims_rl.app.checkpoint import list_pretrained, read_meta, resolve_checkpoint
-from rims_rl.app.compare import run_compare
+from rims_rl.app.compare import CompareInterrupted, run_compare
 from rims_rl.app.errors import UserError
 from rims_rl.app.evaluation import (
     env_overrides,
@@ -263,7 +263,11 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     """``compare``: several agents x seeds on a suite (implemented in ``rims_rl.app.compare``)."""
     options = {k: v for k, v in vars(args).items() if k not in ("func", "command")}
-    result = run_compare(**options)
+    try:
+        result = run_compare(**options)
+    except CompareInterrupted as err:
+        print(f"\n{err}", file=sys.stderr)
+        return 130
     if result.failed:
         print(f"error: {result.failed} run(s) failed (see the report and runs.json)", file=sys.stderr)
         return 1

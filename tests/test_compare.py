@@ -523,3 +523,36 @@ def test_tune_gives_every_agent_the_same_budget_and_selects_on_the_training_env_
     )
     stored = json.loads((tmp_path / "c" / "runs" / "rims_ppo-seed0" / "config.json").read_text())
     assert stored["overrides"] == {"ppo.n_epochs": 4} and "tuned=" in result.files["report"].read_text()
+
+
+def test_ctrl_c_in_compare_writes_the_partial_report_and_says_how_to_continue(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from rims_rl.app.runs import TrainingInterrupted
+
+    backend, _ = _fake_backend(monkeypatch)
+
+    def interrupted_train(agent: str, **kwargs: Any) -> Path:
+        if agent == "lstm_ppo":  # Ctrl-C during the second run: it saved a checkpoint and stopped
+            raise TrainingInterrupted("interrupted", Path(kwargs["run_dir"]), Path(kwargs["run_dir"]))
+        return backend.train(agent, **kwargs)
+
+    monkeypatch.setattr(compare, "LOCAL", Backend(train=interrupted_train, evaluate=backend.evaluate))
+    cli = _load_train_cli()
+    argv = ["compare", "--suite", "minigrid-multiroom", "--seeds", "1", "--timesteps", "64", "--n-envs", "1"]
+    argv += [
+        "--out",
+        str(tmp_path),
+        "--eval-episodes",
+        "2",
+        "--set",
+        "ppo.n_steps=16",
+        "--set",
+        "ppo.batch_size=16",
+    ]
+    monkeypatch.setattr("sys.argv", ["train.py", *argv])
+    assert cli.main(argv) == 130
+    err = capsys.readouterr().err
+    assert "Continue with the same command: python train.py compare" in err and "Traceback" not in err
+    records = json.loads((tmp_path / "results.json").read_text())["records"]
+    assert {r["agent"] for r in records} == {"rims_ppo"}  # the finished run is in the partial report

@@ -53,6 +53,7 @@ __all__ = [
     "EVAL_NAME",
     "LOCAL",
     "Backend",
+    "CompareInterrupted",
     "CompareResult",
     "JobResult",
     "RunJob",
@@ -78,6 +79,14 @@ class Backend:
 
 
 LOCAL = Backend()
+
+
+class CompareInterrupted(RuntimeError):
+    """Ctrl-C during ``compare``: the partial report is written; the message says how to continue."""
+
+    def __init__(self, message: str, files: dict[str, Path]) -> None:
+        super().__init__(message)
+        self.files = files
 
 
 @dataclass(frozen=True)
@@ -513,6 +522,7 @@ def run_compare(
     bar = tqdm(total=len(jobs), desc="compare runs", unit="run", disable=not progress, initial=len(results))
     if results:
         bar.write(f"skipping {len(results)} finished run(s) in {out_dir / 'runs'}")
+    interrupted = False
     try:
         if executor == "ray" and todo:
             results += _run_on_ray(todo, backend, bar, ray_address, device)
@@ -528,8 +538,16 @@ def run_compare(
                 initargs=(threads,),
             ) as pool:
                 futures: dict[Future[JobResult], RunJob] = {pool.submit(run_job, j, backend): j for j in todo}
-                for fut in as_completed(futures):
-                    results.append(_report_progress(bar, fut.result()))
+                try:
+                    for fut in as_completed(futures):
+                        results.append(_report_progress(bar, fut.result()))
+                except (KeyboardInterrupt, TrainingInterrupted):
+                    # Ctrl-C reached every worker too (one process group): each saves a checkpoint and
+                    # stops; queued runs are cancelled. Finished runs still count below.
+                    pool.shutdown(wait=True, cancel_futures=True)
+                    raise
+    except (KeyboardInterrupt, TrainingInterrupted):
+        interrupted = True
     finally:
         bar.close()
 
@@ -579,6 +597,12 @@ def run_compare(
         f"compare: {summary['trained']} trained, {summary['skipped']} skipped, {summary['failed']} failed; "
         f"report: {paths['report']}"
     )
+    if interrupted:
+        raise CompareInterrupted(
+            f"interrupted: the report holds the {len(results)} finished run(s); unfinished runs saved a "
+            f"checkpoint. Continue with the same command: {command_line or _command_line()}",
+            paths,
+        )
     return CompareResult(files=paths, **summary)
 
 
