@@ -100,6 +100,9 @@ def test_missing_truncated_corrupt_and_foreign_checkpoints_fail_cleanly(
     with zipfile.ZipFile(tmp_path / "other.zip", "w") as zf:
         zf.writestr("hello.txt", "not a model")
     _evaluate_fails(tmp_path / "other.zip", capsys, "not an SB3 checkpoint")
+    (tmp_path / "tail-cut.zip").write_bytes(good[:-100])  # the zip directory's end is gone
+    err = _evaluate_fails(tmp_path / "tail-cut.zip", capsys, "truncated")
+    assert "--trust-checkpoint" not in err  # never suggest trusting a damaged file
     # Valid metadata but the weights entry is not a tensor file (a pickle that weights_only refuses).
     with zipfile.ZipFile(run_dir / "model.zip") as src, zipfile.ZipFile(tmp_path / "badw.zip", "w") as dst:
         for item in src.namelist():

@@ -270,13 +270,15 @@ def read_meta(path: str | Path) -> CheckpointMeta:
     path = Path(path)
     with _open_zip(path) as zf:
         if META_NAME not in zf.namelist():
-            names = set(zf.namelist())
-            what = (
-                "an SB3 checkpoint without rims-rl metadata" if "data" in names else "not an SB3 checkpoint"
-            )
+            if "data" not in zf.namelist():  # never suggest trusting a damaged file
+                raise CheckpointError(
+                    f"checkpoint {str(path)!r} is truncated, corrupt or not an SB3 checkpoint: its zip holds "
+                    f"neither {META_NAME!r} nor SB3's 'data' entry"
+                )
             raise CheckpointError(
-                f"checkpoint {str(path)!r} is {what} (no {META_NAME!r}); loading it would unpickle code "
-                "from the file: if you trust its source, pass --trust-checkpoint (trust=True)"
+                f"checkpoint {str(path)!r} is an SB3 checkpoint without rims-rl metadata (no {META_NAME!r}); "
+                "loading it would unpickle code from the file: if you trust its source, pass "
+                "--trust-checkpoint (trust=True)"
             )
         raw = _read_member(zf, META_NAME, path, MAX_META_BYTES)
     try:
