@@ -242,6 +242,13 @@ def test_compare_driver_skips_finished_runs(tmp_path: Path, monkeypatch: pytest.
     assert calls == []
 
 
+def _cli_compare_argv(out: Path, *extra: str) -> list[str]:
+    """A tiny ``compare`` command line on MultiRoom (one seed, 64 steps) into ``out``."""
+    argv = ["compare", "--suite", "minigrid-multiroom", "--seeds", "1", "--timesteps", "64", "--n-envs", "1"]
+    sets = ["--set", "ppo.n_steps=16", "--set", "ppo.batch_size=16"]
+    return [*argv, "--out", str(out), "--eval-episodes", "2", *sets, *extra]
+
+
 def _load_train_cli() -> object:
     import importlib.util
     import sys
@@ -258,17 +265,7 @@ def _load_train_cli() -> object:
 def test_cli_compare_arguments_reach_run_compare(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     _, calls = _fake_backend(monkeypatch)
     cli = _load_train_cli()
-    argv = ["compare", "--suite", "minigrid-multiroom", "--seeds", "1", "--timesteps", "64", "--n-envs", "1"]
-    argv += [
-        "--out",
-        str(tmp_path),
-        "--eval-episodes",
-        "2",
-        "--set",
-        "ppo.n_steps=16",
-        "--set",
-        "ppo.batch_size=16",
-    ]
+    argv = _cli_compare_argv(tmp_path)
     monkeypatch.setattr("sys.argv", ["train.py", *argv])  # the report quotes the process's command line
     assert cli.main(argv) == 0
     assert sorted(calls) == [("lstm_ppo", 0), ("rims_ppo", 0)]
@@ -283,8 +280,7 @@ def test_cli_compare_arguments_reach_run_compare(tmp_path: Path, monkeypatch: py
 def test_cli_compare_stochastic_flag(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     _fake_backend(monkeypatch)
     cli = _load_train_cli()
-    argv = ["compare", "--suite", "minigrid-multiroom", "--seeds", "1", "--timesteps", "64", "--n-envs", "1"]
-    argv += ["--out", str(tmp_path), "--eval-episodes", "2", "--stochastic", "--set", "ppo.batch_size=64"]
+    argv = _cli_compare_argv(tmp_path, "--stochastic")
     monkeypatch.setattr("sys.argv", ["train.py", *argv])
     assert cli.main(argv) == 0
     stored = json.loads((tmp_path / "runs" / "lstm_ppo-seed0" / "compare_eval.json").read_text())
@@ -383,17 +379,7 @@ def test_cli_compare_exits_non_zero_when_a_run_failed(
 
     monkeypatch.setattr(compare, "LOCAL", Backend(train=failing_train, evaluate=backend.evaluate))
     cli = _load_train_cli()
-    argv = ["compare", "--suite", "minigrid-multiroom", "--seeds", "1", "--timesteps", "64", "--n-envs", "1"]
-    argv += [
-        "--out",
-        str(tmp_path),
-        "--eval-episodes",
-        "2",
-        "--set",
-        "ppo.n_steps=16",
-        "--set",
-        "ppo.batch_size=16",
-    ]
+    argv = _cli_compare_argv(tmp_path)
     assert cli.main(argv) == 1
     runs = json.loads((tmp_path / "runs.json").read_text())
     assert [r["agent"] for r in runs if r["error"]] == ["lstm_ppo"]
@@ -539,17 +525,7 @@ def test_ctrl_c_in_compare_writes_the_partial_report_and_says_how_to_continue(
 
     monkeypatch.setattr(compare, "LOCAL", Backend(train=interrupted_train, evaluate=backend.evaluate))
     cli = _load_train_cli()
-    argv = ["compare", "--suite", "minigrid-multiroom", "--seeds", "1", "--timesteps", "64", "--n-envs", "1"]
-    argv += [
-        "--out",
-        str(tmp_path),
-        "--eval-episodes",
-        "2",
-        "--set",
-        "ppo.n_steps=16",
-        "--set",
-        "ppo.batch_size=16",
-    ]
+    argv = _cli_compare_argv(tmp_path)
     monkeypatch.setattr("sys.argv", ["train.py", *argv])
     assert cli.main(argv) == 130
     err = capsys.readouterr().err
