@@ -269,31 +269,22 @@ def _wait_for_checkpoint(proc: subprocess.Popen[str], run: Path, timeout: float 
         time.sleep(0.1)
 
 
-def test_sigint_saves_checkpoint_and_says_how_to_resume(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_ctrl_c_and_sigterm_save_a_checkpoint_and_say_how_to_resume(
+    tmp_path: Path, signum: int, code: int
+) -> None:
+    """Ctrl-C, or SIGTERM from pre-emption: stop at the next step, save, say how to resume, 128 + signum."""
     run = tmp_path / "run"
     proc = _start_training(run, timesteps=100_000)
     _wait_for_checkpoint(proc, run)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signum)
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err
+    assert proc.returncode == code, err
     assert f"python train.py train --resume {run}" in err and "Traceback" not in err
     status = json.loads((run / "status.json").read_text())
     assert status["state"] == "interrupted"
     meta = read_meta(status["checkpoint"])
     assert meta.num_timesteps % 32 == 0 and meta.num_timesteps >= 32  # a whole number of rollouts
-
-
-def test_sigterm_saves_a_checkpoint_like_ctrl_c(tmp_path: Path) -> None:
-    """Pre-emption sends SIGTERM: the run stops at the next step, saves, says how to resume, exits 143."""
-    run = tmp_path / "run"
-    proc = _start_training(run, timesteps=100_000)
-    _wait_for_checkpoint(proc, run)
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 143, err
-    assert f"python train.py train --resume {run}" in err and "Traceback" not in err
-    status = json.loads((run / "status.json").read_text())
-    assert status["state"] == "interrupted" and read_meta(status["checkpoint"]).num_timesteps >= 32
 
 
 def test_sigkill_then_resume_reaches_the_budget_from_the_last_checkpoint(tmp_path: Path) -> None:
