@@ -7,9 +7,8 @@ import numpy as np
 import pytest
 import torch as th
 from gymnasium import spaces
-from rollout_check import assert_training_reproduces_rollouts
+from rollout_check import assert_sequence_call_matches_step_loop, assert_training_reproduces_rollouts
 from sb3_contrib import RecurrentPPO
-from sb3_contrib.common.recurrent.policies import RecurrentActorCriticPolicy
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.logger import configure
 
@@ -113,14 +112,7 @@ def test_process_sequence_with_starts_inside_sequences(core: str) -> None:
         )
     feats = th.randn(n_seq * T, 5, generator=gen)
     starts = (th.rand(n_seq * T, generator=gen) < 0.3).float()
-    with th.no_grad():
-        out_fast, (h_fast, c_fast) = policy._process_sequence(feats, states, starts, policy.lstm_actor)
-        out_slow, (h_slow, c_slow) = RecurrentActorCriticPolicy._process_sequence(
-            feats, states, starts, policy.lstm_actor
-        )
-    th.testing.assert_close(out_fast, out_slow, rtol=1e-5, atol=1e-6)
-    th.testing.assert_close(h_fast, h_slow, rtol=1e-5, atol=1e-6)
-    th.testing.assert_close(c_fast, c_slow, rtol=1e-5, atol=1e-6)
+    assert_sequence_call_matches_step_loop(policy, feats, states, starts)
 
 
 @pytest.mark.parametrize("core", ["tlb", "assembly"])

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch as th
 from gymnasium import spaces
+from rollout_check import check_buffer
 from sb3_contrib import RecurrentPPO
 from sb3_contrib.common.recurrent.buffers import RecurrentRolloutBuffer
 from sb3_contrib.common.recurrent.type_aliases import RNNStates
@@ -211,18 +212,8 @@ def test_chunked_training_forward_reproduces_the_rollout(policy: str, chunk_leng
     model = collected_model(
         ChunkedRecurrentPPO, policy_cls, policy_kwargs, chunk_length=chunk_length, batch_size=2 * chunk_length
     )
-    policy_net = model.policy.eval()
-    checked, inner_starts = 0, 0
-    for batch in model.rollout_buffer.get(model.batch_size):
-        with th.no_grad():
-            values, log_prob, _ = policy_net.evaluate_actions(
-                batch.observations, batch.actions.long().flatten(), batch.lstm_states, batch.episode_starts
-            )
-        real = batch.mask > 1e-8
-        th.testing.assert_close(log_prob[real], batch.old_log_prob[real], rtol=0, atol=1e-5)
-        th.testing.assert_close(values.flatten()[real], batch.old_values[real], rtol=0, atol=1e-5)
-        checked += int(real.sum())
-        inner_starts += int(batch.episode_starts.view(-1, chunk_length)[:, 1:].sum())
+    checked, batches = check_buffer(model, model.batch_size)
+    inner_starts = sum(int(b.episode_starts.view(-1, chunk_length)[:, 1:].sum()) for b in batches)
     assert checked == 160 and inner_starts > 0
 
 
