@@ -73,12 +73,7 @@ def plot_learning_curves(
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, ax, path)
 
 
 def plot_ood_bars(
@@ -114,9 +109,14 @@ def plot_ood_bars(
     ax.set_title(title)
     ax.axhline(0.0, color="black", linewidth=0.6)
     ax.grid(axis="y", alpha=0.3)
+    return _save(fig, ax, path)
+
+
+def _save(fig: Any, ax: Any, path: str | Path) -> Path:
+    """Legend, tight layout, PNG at 110 dpi, figure closed (so many reports do not leak figures)."""
     ax.legend()
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _plt().close(fig)
     return path
