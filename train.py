@@ -267,7 +267,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         result = run_compare(**options)
     except CompareInterrupted as err:
         print(f"\n{err}", file=sys.stderr)
-        return 130
+        return 128 + err.signum
     if result.failed:
         print(f"error: {result.failed} run(s) failed (see the report and runs.json)", file=sys.stderr)
         return 1

@@ -532,3 +532,74 @@ def test_ctrl_c_in_compare_writes_the_partial_report_and_says_how_to_continue(
     assert "Continue with the same command: python train.py compare" in err and "Traceback" not in err
     records = json.loads((tmp_path / "results.json").read_text())["records"]
     assert {r["agent"] for r in records} == {"rims_ppo"}  # the finished run is in the partial report
+
+
+@pytest.mark.parametrize(
+    ("how", "code"),
+    [("ctrl-c", 130), ("sigterm", 143), ("parent-killed", None)],
+)
+def test_a_signal_stops_every_worker_of_a_parallel_compare(tmp_path: Path, how: str, code: int | None) -> None:
+    """``--workers 2``: Ctrl-C (SIGINT to the process group, as a terminal sends it) or SIGTERM to the
+    parent: both runs save a checkpoint, the partial report is written, the command to continue is
+    printed, 128 + signum. SIGKILL of the parent: the orphaned workers save a checkpoint and stop."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from rims_rl.app.rundir import locked
+
+    root = Path(__file__).resolve().parents[1]
+    argv = _cli_compare_argv(tmp_path / "c", "--workers", "2", "--agents", "rims_ppo", "lstm_ppo")
+    argv[argv.index("--timesteps") + 1] = "1000000"  # never finishes: the signal must stop it
+    proc = subprocess.Popen(
+        [sys.executable, str(root / "train.py"), *argv],
+        cwd=root,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        start_new_session=True,  # its own process group, which the test signals like a terminal would
+    )
+    runs = [tmp_path / "c" / "runs" / f"{agent}-seed0" for agent in ("rims_ppo", "lstm_ppo")]
+
+    def trained(run: Path) -> bool:  # a rollout was trained: the run's CSV log has a row
+        logs = list((run / "logs").glob("progress*.csv")) if (run / "logs").is_dir() else []
+        return any(len(p.read_text().splitlines()) > 1 for p in logs)
+
+    def state(run: Path) -> dict[str, Any]:
+        return json.loads((run / "status.json").read_text())
+
+    deadline = time.time() + 240
+    while not all(trained(r) for r in runs):
+        assert proc.poll() is None, proc.communicate()
+        assert time.time() < deadline, "the workers did not start training"
+        time.sleep(0.2)
+    if how == "ctrl-c":
+        os.killpg(proc.pid, signal.SIGINT)
+    else:
+        proc.send_signal(signal.SIGTERM if how == "sigterm" else signal.SIGKILL)
+    _, err = proc.communicate(timeout=180)
+    if code is None:  # the workers outlive their parent only long enough to save
+        deadline = time.time() + 120
+        while any(state(r)["state"] == "running" for r in runs):
+            assert time.time() < deadline, [state(r) for r in runs]
+            time.sleep(0.2)
+    else:
+        assert proc.returncode == code, err
+        assert "Traceback" not in err, err
+        assert "Continue with the same command: python " in err and "train.py compare" in err
+        assert (tmp_path / "c" / "report.md").is_file()
+    for run in runs:
+        status = state(run)
+        assert status["state"] == "interrupted" and status["num_timesteps"] > 0, status
+        assert Path(status["checkpoint"]).is_file()
+        deadline = time.time() + 60
+        while True:  # the worker exits and its lock is free
+            try:
+                with locked(run):
+                    break
+            except Exception:
+                assert time.time() < deadline, f"{run} stays locked"
+                time.sleep(0.2)

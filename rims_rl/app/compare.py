@@ -13,16 +13,19 @@ seeds, so differences between agents are not differences in the episodes they we
 
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing as mp
 import os
 import re
 import shlex
+import signal
 import sys
+import threading
 import time
 import traceback
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor, as_completed
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -84,9 +87,11 @@ LOCAL = Backend()
 class CompareInterrupted(RuntimeError):
     """Ctrl-C during ``compare``: the partial report is written; the message says how to continue."""
 
-    def __init__(self, message: str, files: dict[str, Path]) -> None:
+    def __init__(self, message: str, files: dict[str, Path], signum: int = signal.SIGINT) -> None:
         super().__init__(message)
         self.files = files
+        self.signum = signum
+        """The signal that stopped it (the shell's exit status is 128 + signum)."""
 
 
 @dataclass(frozen=True)
@@ -142,6 +147,8 @@ class JobResult:
     trained: bool = False
     evaluated: bool = False
     skipped: bool = False
+    interrupted: bool = False
+    """Stopped by Ctrl-C/SIGTERM (after saving a checkpoint) or never started because of one."""
     error: str | None = None
     traceback: str | None = None
     train_s: float = 0.0
@@ -280,9 +287,82 @@ def read_record_curve(run_dir: str | Path) -> Curve | None:
 # -------------------------------------------------------------------------------------------- worker
 
 
-def _init_worker(threads: int) -> None:
-    """Cap torch's intra-op threads so ``workers`` processes do not oversubscribe the CPU."""
+# Stopping parallel workers. A worker runs in its own process group, so a terminal's Ctrl-C reaches only
+# the parent; the parent sets ``stop`` (``abort`` on a second signal) and each worker's watcher thread
+# turns that into SIGINT to itself while a job runs, which ``train_run`` handles as a Ctrl-C (save a
+# checkpoint and stop; a second one aborts at once). A worker whose parent died stops the same way, then
+# exits.
+# Idle workers ignore SIGINT, so a signal between jobs cannot kill the pool.
+_worker_job_running = False
+_worker_stop: Any = None  # the parent's ``stop`` event, in a worker process
+
+
+def _worker_sigint(signum: int, frame: Any) -> None:
+    if _worker_job_running:
+        raise KeyboardInterrupt
+
+
+def _init_worker(threads: int, stop: Any = None, abort: Any = None) -> None:
+    """Cap torch's intra-op threads so ``workers`` processes do not oversubscribe the CPU; wire the stop
+    events (``multiprocessing.Event``) described above."""
     torch.set_num_threads(max(1, threads))
+    if stop is None or abort is None:
+        return
+    global _worker_stop
+    _worker_stop = stop
+    os.setpgrp()
+    signal.signal(signal.SIGINT, _worker_sigint)
+    parent = os.getppid()
+
+    def watch() -> None:
+        sent = 0
+        while True:
+            time.sleep(0.2)
+            orphaned = os.getppid() != parent
+            if orphaned and not _worker_job_running:
+                os._exit(1)  # no one is left to take a result or send a job
+            wanted = 2 if abort.is_set() else 1 if stop.is_set() or orphaned else 0
+            if _worker_job_running and sent < wanted:
+                sent += 1
+                os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=watch, name="compare-stop-watcher", daemon=True).start()
+
+
+def _run_job_in_worker(job: RunJob, backend: Backend) -> JobResult:
+    """``run_job`` in a pool worker: an interruption comes back as a result, not an exception."""
+    global _worker_job_running
+    if _worker_stop is not None and _worker_stop.is_set():  # queued before the Ctrl-C: never start it
+        return JobResult(agent=job.agent, seed=job.seed, run_dir=job.run_dir, interrupted=True)
+    _worker_job_running = True
+    try:
+        return run_job(job, backend)
+    except (KeyboardInterrupt, TrainingInterrupted):
+        return JobResult(agent=job.agent, seed=job.seed, run_dir=job.run_dir, interrupted=True)
+    finally:
+        _worker_job_running = False
+
+
+@contextlib.contextmanager
+def _signals_set(stop: Any, abort: Any) -> Iterator[list[int]]:
+    """In the parent: Ctrl-C/SIGTERM set ``stop`` (a second one ``abort``); yields the signals seen."""
+    seen: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield seen
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        seen.append(signum)
+        (abort if stop.is_set() else stop).set()
+        what = "aborting every run at once" if abort.is_set() else "every run saves a checkpoint and stops"
+        print(f"\n{signal.Signals(signum).name}: {what} (again to abort)", file=sys.stderr, flush=True)
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield seen
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 def _target(job: RunJob) -> Suite | str:
@@ -522,7 +602,7 @@ def run_compare(
     bar = tqdm(total=len(jobs), desc="compare runs", unit="run", disable=not progress, initial=len(results))
     if results:
         bar.write(f"skipping {len(results)} finished run(s) in {out_dir / 'runs'}")
-    interrupted = False
+    interrupted, signum = False, int(signal.SIGINT)
     try:
         if executor == "ray" and todo:
             results += _run_on_ray(todo, backend, bar, ray_address, device)
@@ -531,22 +611,29 @@ def run_compare(
                 results.append(_report_progress(bar, run_job(job, backend)))
         elif todo:
             threads = max(1, cpus // min(workers, len(todo)))
-            with ProcessPoolExecutor(
-                max_workers=min(workers, len(todo)),
-                mp_context=mp.get_context("spawn"),
-                initializer=_init_worker,
-                initargs=(threads,),
-            ) as pool:
-                futures: dict[Future[JobResult], RunJob] = {pool.submit(run_job, j, backend): j for j in todo}
-                try:
-                    for fut in as_completed(futures):
-                        results.append(_report_progress(bar, fut.result()))
-                except (KeyboardInterrupt, TrainingInterrupted):
-                    # Ctrl-C reached every worker too (one process group): each saves a checkpoint and
-                    # stops; queued runs are cancelled. Finished runs still count below.
-                    pool.shutdown(wait=True, cancel_futures=True)
-                    raise
-    except (KeyboardInterrupt, TrainingInterrupted):
+            ctx = mp.get_context("spawn")
+            stop, abort = ctx.Event(), ctx.Event()
+            with (
+                _signals_set(stop, abort) as seen,
+                ProcessPoolExecutor(
+                    max_workers=min(workers, len(todo)),
+                    mp_context=ctx,
+                    initializer=_init_worker,
+                    initargs=(threads, stop, abort),
+                ) as pool,
+            ):
+                futures = [pool.submit(_run_job_in_worker, j, backend) for j in todo]
+                for fut in as_completed(futures):
+                    result = fut.result()
+                    if result.interrupted:
+                        interrupted = True
+                    else:
+                        results.append(_report_progress(bar, result))
+            if seen:
+                interrupted, signum = True, seen[0]
+    except TrainingInterrupted as err:
+        interrupted, signum = True, err.signum
+    except KeyboardInterrupt:
         interrupted = True
     finally:
         bar.close()
@@ -602,6 +689,7 @@ def run_compare(
             f"interrupted: the report holds the {len(results)} finished run(s); unfinished runs saved a "
             f"checkpoint. Continue with the same command: {command_line or _command_line()}",
             paths,
+            signum,
         )
     return CompareResult(files=paths, **summary)
 
