@@ -30,10 +30,11 @@ from agents.config import (
     policy_parameters,
     resolve_schedule,
 )
-from agents.presets import AGENTS, FAMILIES, shipped_presets
+from agents.presets import AGENTS, FAMILIES, families_of, shipped_presets
 from rims_rl.extractors import minigrid_policy_kwargs
 from rims_rl.policies import POLICIES, RIMS_KWARGS, RimsActorCriticPolicy
 from rims_rl.ppo import ChunkedRecurrentPPO
+from rims_rl.spatial import SpatialCNN
 
 __all__ = [
     "AGENTS",
@@ -72,6 +73,11 @@ def get_preset(agent: str, family: str) -> AgentPreset:
         raise ValueError(f"unknown agent {agent!r}{hint(agent, AGENTS)}; agents: {AGENTS}")
     if family not in FAMILIES:
         raise ValueError(f"unknown family {family!r}{hint(family, FAMILIES)}; families: {FAMILIES}")
+    if family not in families_of(agent):
+        raise ValueError(
+            f"agent {agent!r} has no preset for {family} envs (it reads image observations); it has "
+            f"presets for: {', '.join(families_of(agent))}"
+        )
     return shipped_presets()[(agent, family)]
 
 
@@ -178,6 +184,15 @@ def _resolve_policy_kwargs(pk: Mapping[str, Any], observation_space: spaces.Spac
             raise ValueError(f"unknown features_extractor_kwargs {unknown} for {fe}; it takes features_dim")
         dim = given.get("features_dim", 64)
         out.update(minigrid_policy_kwargs(observation_space, features_dim=dim))
+    elif fe == "SpatialCNN":
+        given = dict(out.get("features_extractor_kwargs") or {})
+        unknown = sorted(set(given) - {"slot_size", "convs", "coordinates", "channel_max"})
+        if unknown:  # a TypeError deep inside the policy constructor otherwise
+            raise ValueError(
+                f"unknown features_extractor_kwargs {unknown} for SpatialCNN; it takes slot_size, convs, "
+                "coordinates, channel_max"
+            )
+        out["features_extractor_class"] = SpatialCNN
     elif isinstance(fe, str):
         out["features_extractor_class"] = getattr(torch_layers, fe)
     act = out.get("activation_fn")

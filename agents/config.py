@@ -28,13 +28,19 @@ from rims_rl.policies import RimsActorCriticPolicy
 _SCHEDULE_RE = re.compile(r"^lin_([0-9.eE+-]+)$")
 ALGOS: tuple[str, ...] = ("RecurrentPPO", "PPO")
 FF_POLICIES: tuple[str, ...] = ("MlpPolicy", "CnnPolicy", "MultiInputPolicy")
-RECURRENT_POLICIES: tuple[str, ...] = ("MlpRimsPolicy", "CnnRimsPolicy", "MultiInputRimsPolicy")
+RECURRENT_POLICIES: tuple[str, ...] = (
+    "MlpRimsPolicy",
+    "CnnRimsPolicy",
+    "MultiInputRimsPolicy",
+    "SpatialCnnRimsPolicy",
+)
 EXTRACTORS: tuple[str, ...] = (
     "FlattenExtractor",
     "NatureCNN",
     "CombinedExtractor",
     "MiniGridCNN",
     "MiniGridDictExtractor",
+    "SpatialCNN",
 )
 ACTIVATIONS: tuple[str, ...] = ("tanh", "relu", "elu", "gelu", "leaky_relu")
 VEC_ENVS: tuple[str, ...] = ("dummy", "subproc", "ale")

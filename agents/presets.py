@@ -15,8 +15,15 @@ import yaml
 from agents.config import AgentPreset
 
 PRESETS_FILE = Path(__file__).with_name("presets.yml")
-AGENTS: tuple[str, ...] = ("rims_ppo", "lstm_ppo", "ppo", "tlb_ppo", "assembly_ppo")
+AGENTS: tuple[str, ...] = ("rims_ppo", "lstm_ppo", "ppo", "tlb_ppo", "assembly_ppo", "rims_spatial_ppo")
 FAMILIES: tuple[str, ...] = ("atari", "minigrid", "classic")
+#: Agents that exist for some families only (every other agent has a block for every family).
+AGENT_FAMILIES: dict[str, tuple[str, ...]] = {"rims_spatial_ppo": ("atari", "minigrid")}  # image input
+
+
+def families_of(agent: str) -> tuple[str, ...]:
+    """The environment families ``agent`` has a preset for."""
+    return AGENT_FAMILIES.get(agent, FAMILIES)
 
 
 @functools.cache
@@ -32,7 +39,7 @@ def shipped_presets() -> dict[tuple[str, str], AgentPreset]:
             presets[(agent, family)] = AgentPreset.from_dict({"agent": agent, "family": family, **block})
         except ValueError as err:
             raise ValueError(f"{PRESETS_FILE.name} block {key!r}: {err}") from err
-    missing = [(a, f) for a in AGENTS for f in FAMILIES if (a, f) not in presets]
+    missing = [(a, f) for a in AGENTS for f in families_of(a) if (a, f) not in presets]
     if missing:
         raise ValueError(f"{PRESETS_FILE.name} lacks blocks for {missing}")
     return presets

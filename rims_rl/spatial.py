@@ -23,8 +23,10 @@ from gymnasium import spaces
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from torch import nn
 
+from sb3_contrib import RecurrentPPO
+
 from rims_rl.core import RIMs, State
-from rims_rl.policies import RimsActorCriticPolicy
+from rims_rl.policies import POLICIES, RimsActorCriticPolicy
 
 #: NatureCNN's convolutions, as (out_channels, kernel, stride).
 NATURE_CONVS: tuple[tuple[int, int, int], ...] = ((32, 8, 4), (64, 4, 2), (64, 3, 1))
@@ -37,9 +39,12 @@ class SpatialCNN(BaseFeaturesExtractor):
     :param slot_size: size of each position's feature after the shared per-position projection.
     :param coordinates: append each position's (x, y) in [-1, 1] before the projection, so slots
         say where they are (attention over slots is otherwise blind to position).
+    :param channel_max: divide each input channel by this maximum first, for inputs that are codes
+        rather than 0-255 pixels (MiniGrid: ``MINIGRID_CHANNEL_MAX`` with ``normalize_images=False``).
     """
 
-    coords: th.Tensor  # registered buffer
+    coords: th.Tensor  # registered buffers
+    scale: th.Tensor
 
     def __init__(
         self,
@@ -47,9 +52,21 @@ class SpatialCNN(BaseFeaturesExtractor):
         slot_size: int = 64,
         convs: tuple[tuple[int, int, int], ...] | list[list[int]] = NATURE_CONVS,
         coordinates: bool = True,
+        channel_max: tuple[float, ...] | list[float] | None = None,
     ) -> None:
+        shape = getattr(observation_space, "shape", None)
+        if not isinstance(observation_space, spaces.Box) or shape is None or len(shape) != 3:
+            raise ValueError(
+                f"SpatialCNN reads one image (C, H, W), got {observation_space}; for Dict observations "
+                "(e.g. MiniGrid with the mission) use a CNN extractor that takes them (MiniGridDictExtractor)"
+            )
         layers: list[nn.Module] = []
         channels = observation_space.shape[0]
+        if channel_max is not None and len(channel_max) != channels:
+            raise ValueError(
+                f"channel_max has {len(channel_max)} values for {channels} input channels "
+                f"(channel-first observations of shape {observation_space.shape})"
+            )
         for out, kernel, stride in convs:
             layers += [nn.Conv2d(channels, out, kernel, stride), nn.ReLU()]
             channels = out
@@ -64,9 +81,11 @@ class SpatialCNN(BaseFeaturesExtractor):
         ys, xs = th.meshgrid(th.linspace(-1, 1, height), th.linspace(-1, 1, width), indexing="ij")
         self.register_buffer("coords", th.stack([xs, ys], dim=-1).view(1, self.n_slots, 2), persistent=False)
         self.project = nn.Sequential(nn.Linear(channels + (2 if coordinates else 0), slot_size), nn.ReLU())
+        scale = th.ones(observation_space.shape[0]) if channel_max is None else 1.0 / th.tensor(channel_max)
+        self.register_buffer("scale", scale.float().view(1, -1, 1, 1), persistent=False)
 
     def forward(self, observations: th.Tensor) -> th.Tensor:
-        maps = self.cnn(observations)  # [B, C, H, W]
+        maps = self.cnn(observations.float() * self.scale)  # [B, C, H, W]
         slots = maps.flatten(2).transpose(1, 2)  # [B, H*W, C], row-major positions
         if self.coordinates:
             slots = th.cat([slots, self.coords.expand(slots.shape[0], -1, -1)], dim=-1)
@@ -118,3 +137,7 @@ class SpatialCnnRimsPolicy(RimsActorCriticPolicy):
         if self.core != "rims" or not isinstance(extractor, SpatialCNN):
             return super()._build_core()
         return SlotRIMs(extractor.n_slots, extractor.slot_size, self.lstm_output_dim, **self._core_kwargs)
+
+
+POLICIES["SpatialCnnRimsPolicy"] = SpatialCnnRimsPolicy
+RecurrentPPO.policy_aliases["SpatialCnnRimsPolicy"] = SpatialCnnRimsPolicy

@@ -18,6 +18,7 @@ from agents import (
     FAMILIES,
     apply_overrides,
     build_model,
+    families_of,
     get_preset,
     parse_overrides,
     resolve_schedule,
@@ -41,7 +42,7 @@ TINY = {
 def tiny(agent: str, family: str = "classic") -> AgentPreset:
     preset = get_preset(agent, family)
     over = {k: v for k, v in TINY.items() if agent != "ppo" or k.startswith("ppo.")}
-    if agent != "rims_ppo":
+    if agent not in ("rims_ppo", "rims_spatial_ppo"):
         over.pop("policy_kwargs.rims_kwargs.unit_size", None)
     else:
         over["policy_kwargs.lstm_hidden_size"] = None  # the RIMs size follows n_units * unit_size
@@ -49,13 +50,16 @@ def tiny(agent: str, family: str = "classic") -> AgentPreset:
 
 
 def test_agents_and_families() -> None:
-    assert AGENTS == ("rims_ppo", "lstm_ppo", "ppo", "tlb_ppo", "assembly_ppo")
+    assert AGENTS == ("rims_ppo", "lstm_ppo", "ppo", "tlb_ppo", "assembly_ppo", "rims_spatial_ppo")
     assert FAMILIES == ("atari", "minigrid", "classic")
+    assert families_of("rims_spatial_ppo") == ("atari", "minigrid") and families_of("rims_ppo") == FAMILIES
+    with pytest.raises(ValueError, match="no preset for classic envs .* presets for: atari, minigrid"):
+        get_preset("rims_spatial_ppo", "classic")
 
 
 @pytest.mark.parametrize("family", ["atari", "minigrid", "classic"])
 def test_presets_are_complete_json_and_equal_sized(family: str) -> None:
-    presets = {agent: get_preset(agent, family).to_dict() for agent in AGENTS}
+    presets = {agent: get_preset(agent, family).to_dict() for agent in AGENTS if family in families_of(agent)}
     for agent, preset in presets.items():
         assert json.loads(json.dumps(preset)) == preset
         assert AgentPreset.from_dict(preset) == get_preset(agent, family)
@@ -80,6 +84,13 @@ def test_presets_are_complete_json_and_equal_sized(family: str) -> None:
     assert {k: v for k, v in rims_pk.items() if k not in ("core", "rims_kwargs")} == {
         k: v for k, v in lstm_pk.items() if k != "core"
     }
+    # RIMs with spatial input: the same PPO block, hidden size, RIMs settings and critic layout.
+    if "rims_spatial_ppo" in presets:
+        spatial = presets["rims_spatial_ppo"]
+        assert spatial["ppo"] == presets["rims_ppo"]["ppo"] and spatial["n_envs"] == presets["rims_ppo"]["n_envs"]
+        assert spatial["policy_kwargs"]["features_extractor_class"] == "SpatialCNN"
+        same = ("lstm_hidden_size", "rims_kwargs", "core", "shared_lstm", "enable_critic_lstm")
+        assert {k: spatial["policy_kwargs"][k] for k in same} == {k: rims_pk[k] for k in same}
     # The other modular cores: same PPO block, same policy layout and state size, another core.
     for agent, core in (("tlb_ppo", "tlb"), ("assembly_ppo", "assembly")):
         pk = presets[agent]["policy_kwargs"]
@@ -202,7 +213,7 @@ def test_recurrent_kwargs_are_refused_for_ppo() -> None:
         AgentPreset.from_dict(data)
 
 
-@pytest.mark.parametrize("agent", AGENTS)
+@pytest.mark.parametrize("agent", [a for a in AGENTS if "classic" in families_of(a)])
 def test_build_model_classic(agent: str) -> None:
     env = make_vec_env(lambda: CueMemoryEnv(3), n_envs=2, seed=0)
     model = build_model(tiny(agent), env, seed=0)
@@ -261,6 +272,27 @@ def test_build_model_minigrid_auto_policy(with_mission: bool) -> None:
     assert model.policy.normalize_images is False
     ff = build_model(tiny("ppo", "minigrid"), env, seed=0)
     assert type(ff.policy.features_extractor).__name__ == type(model.policy.features_extractor).__name__
+
+
+def test_spatial_agent_reads_the_minigrid_view_as_slots() -> None:
+    """rims_spatial_ppo: 16 positions of the 7x7 view (three 2x2 convolutions) are the core's input slots."""
+    from rims_rl.spatial import SlotRIMs, SpatialCNN, SpatialCnnRimsPolicy
+
+    env = make_vec_env(lambda: _FakeMiniGrid(False), n_envs=2, seed=0)
+    model = build_model(tiny("rims_spatial_ppo", "minigrid"), env, seed=0)
+    assert type(model.policy) is SpatialCnnRimsPolicy and model.policy.normalize_images is False
+    extractor, core = model.policy.features_extractor, model.policy.lstm_actor
+    assert isinstance(extractor, SpatialCNN) and isinstance(core, SlotRIMs)
+    assert (extractor.n_slots, extractor.slot_size) == (core.n_slots, core.slot_size) == (16, 32)
+    assert th.allclose(extractor.scale.flatten(), 1 / th.tensor([10.0, 5.0, 2.0]))
+    model.learn(64)
+    with pytest.raises(ValueError, match="SpatialCNN reads one image"):
+        build_model(tiny("rims_spatial_ppo", "minigrid"), make_vec_env(lambda: _FakeMiniGrid(True), n_envs=2))
+    bad = apply_overrides(
+        get_preset("rims_spatial_ppo", "minigrid"), {"policy_kwargs.features_extractor_kwargs.bogus": 1}
+    )
+    with pytest.raises(ValueError, match="unknown features_extractor_kwargs .'bogus'. for SpatialCNN"):
+        build_model(bad, env)
 
 
 @pytest.mark.parametrize("agent", ["rims_ppo", "lstm_ppo"])
