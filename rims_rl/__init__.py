@@ -2,8 +2,8 @@
 cores for RL.
 
 Importing the package registers the policy names ``MlpRimsPolicy``, ``CnnRimsPolicy``,
-``MultiInputRimsPolicy`` and ``SpatialCnnRimsPolicy`` with sb3-contrib's ``RecurrentPPO`` (so RL Zoo's ``--gym-packages rims_rl``
-finds them).
+``MultiInputRimsPolicy`` and ``SpatialCnnRimsPolicy`` with sb3-contrib's ``RecurrentPPO`` (so RL Zoo's
+``--gym-packages rims_rl`` finds them).
 """
 
 from rims_rl.core import RIMs

@@ -20,10 +20,9 @@ from typing import Any
 
 import torch as th
 from gymnasium import spaces
+from sb3_contrib import RecurrentPPO
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from torch import nn
-
-from sb3_contrib import RecurrentPPO
 
 from rims_rl.core import RIMs, State
 from rims_rl.policies import POLICIES, RimsActorCriticPolicy

@@ -87,7 +87,8 @@ def test_presets_are_complete_json_and_equal_sized(family: str) -> None:
     # RIMs with spatial input: the same PPO block, hidden size, RIMs settings and critic layout.
     if "rims_spatial_ppo" in presets:
         spatial = presets["rims_spatial_ppo"]
-        assert spatial["ppo"] == presets["rims_ppo"]["ppo"] and spatial["n_envs"] == presets["rims_ppo"]["n_envs"]
+        assert spatial["ppo"] == presets["rims_ppo"]["ppo"]
+        assert spatial["n_envs"] == presets["rims_ppo"]["n_envs"]
         assert spatial["policy_kwargs"]["features_extractor_class"] == "SpatialCNN"
         same = ("lstm_hidden_size", "rims_kwargs", "core", "shared_lstm", "enable_critic_lstm")
         assert {k: spatial["policy_kwargs"][k] for k in same} == {k: rims_pk[k] for k in same}

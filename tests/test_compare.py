@@ -538,7 +538,9 @@ def test_ctrl_c_in_compare_writes_the_partial_report_and_says_how_to_continue(
     ("how", "code"),
     [("ctrl-c", 130), ("sigterm", 143), ("parent-killed", None)],
 )
-def test_a_signal_stops_every_worker_of_a_parallel_compare(tmp_path: Path, how: str, code: int | None) -> None:
+def test_a_signal_stops_every_worker_of_a_parallel_compare(
+    tmp_path: Path, how: str, code: int | None
+) -> None:
     """``--workers 2``: Ctrl-C (SIGINT to the process group, as a terminal sends it) or SIGTERM to the
     parent: both runs save a checkpoint, the partial report is written, the command to continue is
     printed, 128 + signum. SIGKILL of the parent: the orphaned workers save a checkpoint and stop."""
