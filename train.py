@@ -18,6 +18,7 @@ other error is a bug or a system failure and keeps its traceback (the run is mar
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -277,16 +278,25 @@ def cmd_compare(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------------------- tune
 def cmd_tune(args: argparse.Namespace) -> int:
     """``tune``: the same grid for every agent on a suite's training env; writes tune.json / tune.md."""
-    chosen = run_tune(
-        args.suite,
-        args.grid,
-        agents=args.agents,
-        seeds=args.seeds,
-        timesteps=args.timesteps,
-        out=args.out,
-        eval_episodes=args.eval_episodes,
-        workers=args.workers,
-    )
+    try:
+        chosen = run_tune(
+            args.suite,
+            args.grid,
+            agents=args.agents,
+            seeds=args.seeds,
+            timesteps=args.timesteps,
+            out=args.out,
+            eval_episodes=args.eval_episodes,
+            workers=args.workers,
+            deterministic=not args.stochastic,
+        )
+    except CompareInterrupted as err:
+        print(
+            f"\ninterrupted: finished runs keep their records under {args.out}; continue with the same "
+            f"command: python {shlex.join(sys.argv)}",
+            file=sys.stderr,
+        )
+        return 128 + err.signum
     for agent, settings in chosen.items():
         print(f"{agent}: {' '.join(f'{k}={v}' for k, v in settings.items()) or 'preset'}")
     out = Path(args.out)
@@ -436,6 +446,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timesteps", type=int, help="budget per run (default: the preset's)")
     p.add_argument("--out", default="runs/tune", help="output directory (default runs/tune)")
     p.add_argument("--eval-episodes", type=int, default=10, help="evaluation episodes per run (default 10)")
+    p.add_argument(
+        "--stochastic", action="store_true", help="score with sampled actions (default: greedy), as compare"
+    )
     p.add_argument("--workers", type=int, default=1, help="runs in parallel")
     p.set_defaults(func=cmd_tune)
     return parser

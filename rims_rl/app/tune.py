@@ -88,8 +88,9 @@ def run_tune(
     seed_list = list(range(TUNE_SEED0, TUNE_SEED0 + seeds))
     out_dir = Path(out)
     trials: list[Trial] = []
-    for agent in agents:
-        for i, config in enumerate(configs):
+    # Configuration-major order: a tuning that outlasts a session has tried every agent about equally.
+    for i, config in enumerate(configs):
+        for agent in agents:
             result = run_compare(
                 agents=[agent],
                 env=train.env_id,
@@ -152,7 +153,7 @@ def write_tune_report(
         "| agent | configuration | score | returns per seed | chosen |",
         "|---|---|---:|---|:---:|",
     ]
-    for t in trials:
+    for t in sorted(trials, key=lambda t: agents.index(t.agent)):  # stable: grid order per agent
         mark = "yes" if t.overrides == chosen.get(t.agent) else ""
         config = " ".join(f"{k}={v}" for k, v in t.overrides.items()) or "preset"
         lines.append(
