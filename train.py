@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import signal
 import sys
 import time
 from pathlib import Path
@@ -471,4 +472,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    status = main()
+    if status in (128 + signal.SIGINT, 128 + signal.SIGTERM):
+        # Stopped and saved: the process only exits now, so another Ctrl-C has nothing left to abort
+        # (and would only print a traceback from an exit handler).
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
+    sys.exit(status)

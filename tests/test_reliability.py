@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import csv
+import errno
 import io
 import json
 import os
@@ -425,3 +426,103 @@ def test_resume_takes_the_newest_good_checkpoint_even_when_the_pointer_lags(
     assert latest_checkpoint(ckpts) == ckpts / "step_64.zip"
     (ckpts / "step_64.zip").write_bytes(b"truncated")
     assert latest_checkpoint(ckpts) == ckpts / "step_32.zip"
+
+
+# ------------------------------------------------------------------------- a failing disk, a second Ctrl-C
+def _train_argv(run: Path, timesteps: int = 128) -> list[str]:
+    argv = ["train", "--env", ENV, "--timesteps", str(timesteps), "--run-dir", str(run), "--no-progress"]
+    return [*argv, "--checkpoint-every", "32", "--device", "cpu", *TINY_FLAGS]
+
+
+@pytest.mark.parametrize(
+    ("code", "also_status"),
+    [(errno.ENOSPC, False), (errno.ENOSPC, True), (errno.EROFS, False)],
+    ids=["disk-full", "disk-full-even-for-status", "read-only"],
+)
+def test_a_disk_that_fills_up_or_turns_read_only_during_training_gives_one_line(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    code: int,
+    also_status: bool,
+) -> None:
+    """The second checkpoint cannot be written: one line naming the cause and the last good checkpoint,
+    status ``failed`` (written in place when even a temp file does not fit), and the run resumes."""
+    from rims_rl.app import rundir as rundir_module
+    from rims_rl.app import runs as runs_module
+
+    real_save, real_atomic = runs_module.save_checkpoint, rundir_module.atomic_write_json
+    calls = {"n": 0}
+    disk_broken = {"now": False}
+
+    def failing_save(model: Any, path: Path, *args: Any, **kwargs: Any) -> Path:
+        calls["n"] += 1
+        if calls["n"] >= 2:
+            disk_broken["now"] = True
+            raise OSError(code, os.strerror(code), str(path))
+        return real_save(model, path, *args, **kwargs)
+
+    def failing_atomic(path: Any, data: Any) -> Path:
+        if disk_broken["now"] and also_status:
+            raise OSError(code, os.strerror(code), str(path))
+        return real_atomic(path, data)
+
+    monkeypatch.setattr(runs_module, "save_checkpoint", failing_save)
+    monkeypatch.setattr(rundir_module, "atomic_write_json", failing_atomic)
+    run = tmp_path / "run"
+    assert train.main(_train_argv(run)) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: cannot write to ") and "Traceback" not in err
+    assert os.strerror(code) in err and "step_32.zip (step 32)" in err
+    assert f"python train.py train --resume {run}" in err
+    status = json.loads((run / "status.json").read_text())
+    assert status["state"] == "failed" and status["num_timesteps"] == 32, status
+    assert status["checkpoint"].endswith("step_32.zip")
+
+    monkeypatch.undo()  # space again: the run continues from step 32 to its budget
+    assert train.main(["train", "--resume", str(run), "--no-progress"]) == 0
+    assert read_meta(run / "model.zip").num_timesteps == 128
+
+
+def test_a_second_ctrl_c_aborts_at_once_and_keeps_the_last_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The second signal raises KeyboardInterrupt wherever training is (here: a step after the checkpoint at
+    64): one message, exit 130, status ``interrupted`` at the last checkpoint, and the run resumes."""
+    from rims_rl.app.runs import RunCallback
+
+    real_on_step = RunCallback._on_step
+
+    def on_step(self: RunCallback) -> bool:
+        if self.model.num_timesteps > 80:
+            raise KeyboardInterrupt
+        return real_on_step(self)
+
+    monkeypatch.setattr(RunCallback, "_on_step", on_step)
+    run = tmp_path / "run"
+    assert train.main(_train_argv(run)) == 130
+    err = capsys.readouterr().err
+    assert "aborted at step" in err and "step_64.zip (step 64)" in err and "Traceback" not in err
+    assert f"python train.py train --resume {run}" in err
+    status = json.loads((run / "status.json").read_text())
+    assert status["state"] == "interrupted" and status["num_timesteps"] == 64, status
+
+    monkeypatch.undo()
+    assert train.main(["train", "--resume", str(run), "--no-progress"]) == 0
+    assert read_meta(run / "model.zip").num_timesteps == 128
+
+
+def test_two_quick_ctrl_c_in_a_real_run_never_give_a_traceback(tmp_path: Path) -> None:
+    """Real signals: the second may land while training, while saving the stop's checkpoint, or after;
+    every case exits 130 with a resumable run."""
+    run = tmp_path / "run"
+    proc = _start_training(run, timesteps=100_000)
+    _wait_for_checkpoint(proc, run)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and f"python train.py train --resume {run}" in err
+    status = json.loads((run / "status.json").read_text())
+    assert status["state"] == "interrupted" and Path(status["checkpoint"]).is_file()

@@ -75,9 +75,15 @@ def is_run_dir(path: str | Path) -> bool:
 
 
 def write_status(
-    run_dir: str | Path, state: State, num_timesteps: int, checkpoint: Path | None, message: str = ""
+    run_dir: str | Path,
+    state: State,
+    num_timesteps: int,
+    checkpoint: Path | None,
+    message: str = "",
+    atomic: bool = True,
 ) -> RunStatus:
-    """Record the run's state atomically in ``status.json``."""
+    """Record the run's state in ``status.json``: atomically, or with ``atomic=False`` in place (on a
+    full disk, where a temp file may not fit but rewriting a few hundred bytes still does)."""
     status = RunStatus(
         state=state,
         num_timesteps=int(num_timesteps),
@@ -85,7 +91,11 @@ def write_status(
         message=message,
         time=_dt.datetime.now().isoformat(timespec="seconds"),
     )
-    atomic_write_json(Path(run_dir) / STATUS_NAME, asdict(status))
+    path = Path(run_dir) / STATUS_NAME
+    if atomic:
+        atomic_write_json(path, asdict(status))
+    else:
+        path.write_text(json.dumps(asdict(status), indent=2) + "\n")
     return status
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import errno
 import json
 import math
 import platform
@@ -59,9 +60,12 @@ DEFAULT_RUNS_ROOT = Path("runs")
 
 
 class TrainingInterrupted(RuntimeError):
-    """Training stopped on Ctrl-C or SIGTERM after saving a checkpoint; the message says how to resume."""
+    """Training stopped on Ctrl-C or SIGTERM after saving a checkpoint (or, on a second signal, at once,
+    keeping the last one); the message says how to resume."""
 
-    def __init__(self, message: str, run_dir: Path, checkpoint: Path, signum: int = signal.SIGINT) -> None:
+    def __init__(
+        self, message: str, run_dir: Path, checkpoint: Path | None, signum: int = signal.SIGINT
+    ) -> None:
         super().__init__(message)
         self.run_dir = run_dir
         self.checkpoint = checkpoint
@@ -371,8 +375,9 @@ def _train(
     cbs: list[BaseCallback] = [run_cb, RimsStatsCallback(), *callbacks]
     write_status(run_dir, "running", start_step, start_checkpoint)
     remaining = config.timesteps - model.num_timesteps
+    resume_hint = f"python train.py train --resume {run_dir}"
     try:
-        with sigint_stops(run_cb):
+        with sigint_stops(run_cb):  # also around the stop's checkpoint: a second signal aborts it
             model.learn(
                 remaining,
                 callback=CallbackList(cbs),
@@ -380,41 +385,72 @@ def _train(
                 progress_bar=progress_bar,
                 tb_log_name="train",
             )
-        run_cb.check_finite()
+            run_cb.check_finite()
+            # Stopped by Ctrl-C: keep the trained part (the partial rollout was not trained on).
+            stopped_at = run_cb.save(run_cb.trained_timesteps) if run_cb.stop_requested else None
+            if stopped_at is not None:
+                write_status(run_dir, "interrupted", run_cb.trained_timesteps, stopped_at)
+            else:  # done: the final model next to its config
+                final = save_checkpoint(model, rundir.final_model(run_dir), config, run_dir=str(run_dir))
     except TrainingDiverged:
         raise
     except BaseException as err:
         # A NaN usually surfaces inside the update as an invalid-distribution error, not in our check.
         if isinstance(err, Exception) and not params_finite(model):
             raise diverged(run_dir, model.num_timesteps, f"a policy parameter is NaN/inf ({err})") from err
-        state: rundir.State = "interrupted" if isinstance(err, KeyboardInterrupt) else "failed"
-        write_status(
-            run_dir,
-            state,
-            run_cb.trained_timesteps,
-            run_cb.last_checkpoint or start_checkpoint,
-            f"{type(err).__name__}: {err}",
+        last = run_cb.last_checkpoint or start_checkpoint
+        step = run_cb.last_saved_step if last is not None else 0
+        keep = (
+            f"the last checkpoint is {last} (step {step}). Resume with: {resume_hint}"
+            if last is not None
+            else f"no checkpoint had been written; start again after removing {run_dir}"
         )
+        if isinstance(err, KeyboardInterrupt):  # a second Ctrl-C: stopped at once, nothing saved now
+            _note_status(run_dir, "interrupted", step, last, "aborted by a second signal")
+            raise TrainingInterrupted(
+                f"aborted at step {model.num_timesteps} of {config.timesteps} without saving; {keep}",
+                run_dir,
+                last,
+                run_cb.stop_signal,
+            ) from None
+        noted = _note_status(run_dir, "failed", step, last, f"{type(err).__name__}: {err}")
+        if isinstance(err, OSError) and err.errno in STORAGE_ERRNOS:  # not a bug: one line
+            raise UserError(
+                f"cannot write to {err.filename or run_dir}: {err.strerror or err}. Training stopped at step "
+                f"{model.num_timesteps}; {keep} once there is space (or the disk is writable) again"
+                + ("" if noted else f" ({rundir.STATUS_NAME} could not be updated either)")
+            ) from err
         raise
     finally:
         env.close()
 
-    # Stopped by Ctrl-C: keep the trained part (the partial rollout was not trained on).
-    if run_cb.stop_requested:
-        path = run_cb.save(run_cb.trained_timesteps)
-        write_status(run_dir, "interrupted", run_cb.trained_timesteps, path)
+    if stopped_at is not None:
         raise TrainingInterrupted(
             f"interrupted at step {run_cb.trained_timesteps} of {config.timesteps}; checkpoint saved to "
-            f"{path}. Resume with: python train.py train --resume {run_dir}",
+            f"{stopped_at}. Resume with: {resume_hint}",
             run_dir,
-            path,
+            stopped_at,
             run_cb.stop_signal,
         )
-
-    # Done: the final model next to its config.
-    final = save_checkpoint(model, rundir.final_model(run_dir), config, run_dir=str(run_dir))
     write_status(run_dir, "finished", model.num_timesteps, final)
     return run_dir
+
+
+#: Errors of the disk rather than of the code: full, over quota, read-only.
+STORAGE_ERRNOS: frozenset[int] = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
+
+
+def _note_status(
+    run_dir: Path, state: rundir.State, step: int, checkpoint: Path | None, message: str
+) -> bool:
+    """``status.json`` on a failing disk: atomically if possible, else in place; False if neither worked."""
+    for atomic in (True, False):
+        try:
+            write_status(run_dir, state, step, checkpoint, message, atomic=atomic)
+            return True
+        except OSError:
+            continue
+    return False
 
 
 def _versions() -> dict[str, str]:
