@@ -526,3 +526,29 @@ def test_two_quick_ctrl_c_in_a_real_run_never_give_a_traceback(tmp_path: Path) -
     assert "Traceback" not in err and f"python train.py train --resume {run}" in err
     status = json.loads((run / "status.json").read_text())
     assert status["state"] == "interrupted" and Path(status["checkpoint"]).is_file()
+
+
+def test_a_read_only_disk_for_new_runs_resume_and_evaluation_gives_one_line(
+    run_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """EROFS (simulated: as root, chmod does not stop writes) where the run directory or the results go;
+    evaluation prints its table before the error, so the episodes it ran are not lost."""
+    from rims_rl.app import evaluation, rundir
+
+    def read_only(*args: Any, **kwargs: Any) -> Any:
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(args[0]) if args else None)
+
+    with monkeypatch.context() as m:
+        m.setattr(rundir.os, "open", read_only)
+        for argv in (_train_argv(tmp_path / "new"), ["train", "--resume", str(run_dir), "--no-progress"]):
+            assert train.main(argv) == 2
+            err = capsys.readouterr().err
+            assert err.startswith("error: cannot use") and "Read-only file system" in err, err
+            assert "Traceback" not in err and err.count("\n") == 1
+    with monkeypatch.context() as m:
+        m.setattr(evaluation, "atomic_write_bytes", read_only)
+        argv = ["evaluate", "--checkpoint", str(run_dir), "--episodes", "2", "--out", str(tmp_path / "e")]
+        assert train.main(argv) == 2
+        out, err = capsys.readouterr()
+        assert "mean return" in out and ENV in out  # the table came first
+        assert err.startswith("error: cannot write to") and "Read-only file system" in err, err
