@@ -378,13 +378,19 @@ def test_an_untrusted_env_name_cannot_move_the_videos(run_dir: Path, tmp_path: P
     assert not [p for p in tmp_path.rglob("*escaped*") if out not in p.parents]
 
 
-def test_a_run_dir_that_is_a_file_gives_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize("case", ["a file in the way", "a name too long"])
+def test_a_run_dir_that_cannot_be_a_directory_gives_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], case: str
+) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
-    argv = ["train", "--env", ENV, "--timesteps", "32", "--run-dir", str(blocker / "run"), "--no-progress"]
+    run = blocker / "run" if case == "a file in the way" else tmp_path / ("r" * 300)
+    argv = ["train", "--env", ENV, "--timesteps", "32", "--run-dir", str(run), "--no-progress"]
     code = train.main([*argv, *TINY_FLAGS])
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("error: cannot use") and "Traceback" not in err
+    reason = "Not a directory" if case == "a file in the way" else "File name too long"
+    assert reason in err and err.count("\n") == 1
 
 
 def test_an_atari_checkpoint_on_a_minigrid_suite_names_both_spaces(

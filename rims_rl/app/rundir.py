@@ -70,8 +70,12 @@ def checkpoints_dir(run_dir: str | Path) -> Path:
 
 
 def is_run_dir(path: str | Path) -> bool:
-    """True when ``path`` holds a run's ``config.json``."""
-    return config_path(path).is_file()
+    """True when ``path`` holds a run's ``config.json`` (False for a path that cannot be one, e.g. a name
+    too long, which ``Path.is_file`` raises for)."""
+    try:
+        return config_path(path).is_file()
+    except OSError:
+        return False
 
 
 def write_status(

@@ -300,7 +300,10 @@ def train_run(
         if rundir.is_run_dir(run_dir):
             raise UserError(f"{run_dir} already holds a run; use --resume {run_dir} or another --run-dir")
     run_dir = Path(run_dir)
-    created = not run_dir.exists()
+    try:
+        created = not run_dir.exists()
+    except OSError:  # e.g. a name too long: locked() below says so in one line
+        created = False
     try:
         with rundir.locked(run_dir):
             return _train(
