@@ -1,6 +1,10 @@
 """Copy a finished compare run into ``pretrained/<alias>/`` with a model card (card.json + MODEL_CARD.md).
 
     python experiments/package_pretrained.py runs/compare-doorkey rims_ppo 1 doorkey-5x5-rims_ppo
+    python experiments/package_pretrained.py runs/compare-doorkey rims_ppo median doorkey-5x5-rims_ppo
+
+``median`` picks the seed whose training-env return is the median of the agent's seeds (the lower
+median for an even count): a typical run, not the luckiest one.
 
 The card's numbers are the compare's own evaluation of that run (``results.csv``; greedy or sampled
 actions as the compare was run), plus a sampled one when ``<compare>/stochastic/<agent>-seed<k>/``
@@ -18,6 +22,18 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def median_seed(compare_dir: Path, agent: str) -> int:
+    """The seed of ``agent`` whose final training-env return is the (lower) median over its seeds."""
+    returns = sorted(
+        (float(r["mean_return"]), int(r["seed"]))
+        for r in csv.DictReader((compare_dir / "results.csv").open())
+        if r["agent"] == agent and r["is_train"] == "True"
+    )
+    if not returns:
+        raise SystemExit(f"no training-env results of {agent} in {compare_dir / 'results.csv'}")
+    return returns[(len(returns) - 1) // 2][1]
 
 
 def package(compare_dir: Path, agent: str, seed: int, alias: str) -> Path:
@@ -107,4 +123,6 @@ def package(compare_dir: Path, agent: str, seed: int, alias: str) -> Path:
 if __name__ == "__main__":
     if len(sys.argv) != 5:
         raise SystemExit(__doc__)
-    print(package(Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4]))
+    compare, agent_name, which, name = Path(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+    chosen = median_seed(compare, agent_name) if which == "median" else int(which)
+    print(package(compare, agent_name, chosen, name))

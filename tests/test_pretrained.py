@@ -74,3 +74,24 @@ def test_video_of_a_shipped_agent_has_one_frame_per_step_plus_the_last(tmp_path:
             image.seek(index)
             durations.append(image.info["duration"])
         assert sum(durations) == 600, durations
+
+
+def test_median_seed_picks_the_typical_run_not_the_best(tmp_path: Path) -> None:
+    import csv
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "experiments" / "package_pretrained.py"
+    spec = importlib.util.spec_from_file_location("package_pretrained", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    fields = ["agent", "seed", "is_train", "mean_return"]
+    with (tmp_path / "results.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        for seed, ret in enumerate([0.9, 0.1, 0.5, 0.7]):  # sorted: 0.1 (s1), 0.5 (s2), 0.7 (s3), 0.9 (s0)
+            writer.writerow({"agent": "a", "seed": seed, "is_train": "True", "mean_return": ret})
+            writer.writerow({"agent": "a", "seed": seed, "is_train": "False", "mean_return": 1 - ret})
+        writer.writerow({"agent": "b", "seed": 0, "is_train": "True", "mean_return": 0.3})
+    assert module.median_seed(tmp_path, "a") == 2  # the lower median of four
+    assert module.median_seed(tmp_path, "b") == 0
