@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Callable, Sequence
 from typing import Literal
 
@@ -34,8 +35,28 @@ def build_vec_env(
     """Vectorise env factories; env ``i`` gets ``seed + i`` at its first reset (SB3 convention)."""
     if len(thunks) < 1:
         raise ValueError(f"n_envs must be >= 1, got {len(thunks)}")
-    vec_env = resolve_vec_cls(vec_cls, len(thunks))(list(thunks))
+    cls = resolve_vec_cls(vec_cls, len(thunks))
+    if issubclass(cls, SubprocVecEnv):
+        thunks = [_ignoring_stop_signals(thunk) for thunk in thunks]
+    vec_env = cls(list(thunks))
     if seed is not None:
         vec_env.seed(seed)
         vec_env.action_space.seed(seed)
     return vec_env
+
+
+def _ignoring_stop_signals(thunk: Callable[[], gym.Env]) -> Callable[[], gym.Env]:
+    """The env factory, run in a subprocess worker, first makes that worker ignore SIGINT and SIGTERM.
+
+    A terminal's Ctrl-C goes to the whole process group, and pre-emption often sends SIGTERM to every
+    process: only the trainer must see them (it stops at the next step and saves a checkpoint); a worker
+    killed by them would break the pipe mid-step instead. Workers still exit when the trainer closes
+    them or dies (their pipe ends).
+    """
+
+    def make() -> gym.Env:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        return thunk()
+
+    return make

@@ -536,14 +536,22 @@ def test_ctrl_c_in_compare_writes_the_partial_report_and_says_how_to_continue(
 
 @pytest.mark.parametrize(
     ("how", "code"),
-    [("ctrl-c", 130), ("sigterm", 143), ("parent-killed", None)],
+    [
+        ("ctrl-c", 130),
+        ("ctrl-c-while-workers-start", 130),
+        ("sigterm", 143),
+        ("sigterm-to-every-process", 143),
+        ("parent-killed", None),
+    ],
 )
 def test_a_signal_stops_every_worker_of_a_parallel_compare(
     tmp_path: Path, how: str, code: int | None
 ) -> None:
-    """``--workers 2``: Ctrl-C (SIGINT to the process group, as a terminal sends it) or SIGTERM to the
-    parent: both runs save a checkpoint, the partial report is written, the command to continue is
-    printed, 128 + signum. SIGKILL of the parent: the orphaned workers save a checkpoint and stop."""
+    """``--workers 2`` with a third run queued. Ctrl-C (SIGINT to the process group, as a terminal sends
+    it, also while the workers are still starting), SIGTERM to the parent, or SIGTERM to every process
+    (systemd, Slurm): each running run saves one checkpoint (a graceful stop, not an abort), the queued run
+    never starts, the partial report is written, the command to continue is printed, 128 + signum.
+    SIGKILL of the parent: the orphaned workers save a checkpoint, start nothing more, and exit."""
     import os
     import signal
     import subprocess
@@ -553,18 +561,21 @@ def test_a_signal_stops_every_worker_of_a_parallel_compare(
     from rims_rl.app.rundir import locked
 
     root = Path(__file__).resolve().parents[1]
-    argv = _cli_compare_argv(tmp_path / "c", "--workers", "2", "--agents", "rims_ppo", "lstm_ppo")
+    agents = ["rims_ppo", "lstm_ppo", "ppo"]
+    argv = _cli_compare_argv(tmp_path / "c", "--workers", "2", "--agents", *agents)
     argv[argv.index("--timesteps") + 1] = "1000000"  # never finishes: the signal must stop it
-    proc = subprocess.Popen(
-        [sys.executable, str(root / "train.py"), *argv],
-        cwd=root,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-        start_new_session=True,  # its own process group, which the test signals like a terminal would
-    )
-    runs = [tmp_path / "c" / "runs" / f"{agent}-seed0" for agent in ("rims_ppo", "lstm_ppo")]
+    stderr_path = tmp_path / "stderr.txt"
+    with stderr_path.open("w") as stderr:
+        proc = subprocess.Popen(
+            [sys.executable, str(root / "train.py"), *argv],
+            cwd=root,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            text=True,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+            start_new_session=True,  # its own process group, which the test signals like a terminal would
+        )
+    runs = [tmp_path / "c" / "runs" / f"{agent}-seed0" for agent in agents]
 
     def trained(run: Path) -> bool:  # a rollout was trained: the run's CSV log has a row
         logs = list((run / "logs").glob("progress*.csv")) if (run / "logs").is_dir() else []
@@ -574,29 +585,43 @@ def test_a_signal_stops_every_worker_of_a_parallel_compare(
         return json.loads((run / "status.json").read_text())
 
     deadline = time.time() + 240
-    while not all(trained(r) for r in runs):
-        assert proc.poll() is None, proc.communicate()
+    ready = (
+        (lambda: "compare runs" in stderr_path.read_text())
+        if how == "ctrl-c-while-workers-start"
+        else (lambda: all(trained(r) for r in runs[:2]))
+    )
+    while not ready():
+        assert proc.poll() is None, stderr_path.read_text()
         assert time.time() < deadline, "the workers did not start training"
-        time.sleep(0.2)
-    if how == "ctrl-c":
+        time.sleep(0.05)
+    if how.startswith("ctrl-c"):
         os.killpg(proc.pid, signal.SIGINT)
+    elif how == "sigterm-to-every-process":
+        for pid in [proc.pid, *_children(proc.pid)]:
+            os.kill(pid, signal.SIGTERM)
     else:
         proc.send_signal(signal.SIGTERM if how == "sigterm" else signal.SIGKILL)
-    _, err = proc.communicate(timeout=180)
+    proc.wait(timeout=180)
+    err = stderr_path.read_text()
+    started = runs[:2] if how != "ctrl-c-while-workers-start" else []
     if code is None:  # the workers outlive their parent only long enough to save
         deadline = time.time() + 120
-        while any(state(r)["state"] == "running" for r in runs):
-            assert time.time() < deadline, [state(r) for r in runs]
+        while any(state(r)["state"] == "running" for r in started):
+            assert time.time() < deadline, [state(r) for r in started]
             time.sleep(0.2)
     else:
         assert proc.returncode == code, err
         assert "Traceback" not in err, err
         assert "Continue with the same command: python " in err and "train.py compare" in err
         assert (tmp_path / "c" / "report.md").is_file()
-    for run in runs:
+    for run in started:
         status = state(run)
         assert status["state"] == "interrupted" and status["num_timesteps"] > 0, status
-        assert Path(status["checkpoint"]).is_file()
+        assert "aborted" not in status["message"] and Path(status["checkpoint"]).is_file(), status
+    time.sleep(1.0)  # a worker that wrongly took the queued job would have written its status by now
+    for run in runs[len(started) :]:
+        assert not (run / "status.json").exists(), f"{run.name} started after the signal"
+    for run in started:
         deadline = time.time() + 60
         while True:  # the worker exits and its lock is free
             try:
@@ -605,3 +630,18 @@ def test_a_signal_stops_every_worker_of_a_parallel_compare(
             except Exception:
                 assert time.time() < deadline, f"{run} stays locked"
                 time.sleep(0.2)
+
+
+def _children(pid: int) -> list[int]:
+    """Every descendant of ``pid`` (Linux /proc), as a tree-wide kill reaches them."""
+    found: list[int] = []
+    todo = [pid]
+    while todo:
+        parent = todo.pop()
+        for task in Path(f"/proc/{parent}/task").glob("*"):
+            children = task / "children"
+            if children.is_file():
+                kids = [int(k) for k in children.read_text().split()]
+                found += kids
+                todo += kids
+    return found

@@ -430,3 +430,47 @@ def test_errors_name_bad_value_and_closest_choice(call, bad: str, closest: str |
     assert re.search(re.escape(bad), message), message
     if closest is not None:
         assert first_choice(message) == closest, message
+
+
+_SIGNAL_SCRIPT = """
+import os, signal, sys
+sys.path.insert(0, sys.argv[1])
+import gymnasium as gym
+
+def make():
+    return gym.make("CartPole-v1")
+
+if __name__ == "__main__":
+    from envs.vec import build_vec_env
+    env = build_vec_env([make] * 2, 0, "subproc")
+    env.reset()
+    signal.signal(signal.SIGINT, lambda *a: None)  # the trainer's own handler
+    signal.signal(signal.SIGTERM, lambda *a: None)
+    os.killpg(os.getpgrp(), signal.SIGINT)  # a terminal's Ctrl-C reaches the whole group
+    os.killpg(os.getpgrp(), signal.SIGTERM)  # and pre-emption often signals every process
+    import time; time.sleep(0.5)
+    for _ in range(20):
+        env.step_async([0, 0]); env.step_wait()
+    env.close()
+    print("stepped after the signals")
+"""
+
+
+def test_subprocess_env_workers_survive_a_signal_to_the_whole_process_group(tmp_path) -> None:
+    """Only the trainer decides to stop on Ctrl-C/SIGTERM (and saves first); an env worker killed by the
+    group's signal would break the pipe mid-step instead."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = tmp_path / "signal_group.py"
+    script.write_text(_SIGNAL_SCRIPT)
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run(
+        [sys.executable, str(script), str(root)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        start_new_session=True,
+    )
+    assert out.returncode == 0 and "stepped after the signals" in out.stdout, out.stderr[-2000:]

@@ -259,7 +259,15 @@ def _start_training(run: Path, timesteps: int) -> subprocess.Popen[str]:
         *TINY_FLAGS,
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    return subprocess.Popen(
+        cmd,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        start_new_session=True,  # its own process group, signalled as a terminal or a pre-emption would
+    )
 
 
 def _wait_for_checkpoint(proc: subprocess.Popen[str], run: Path, timeout: float = 120) -> None:
@@ -274,11 +282,14 @@ def _wait_for_checkpoint(proc: subprocess.Popen[str], run: Path, timeout: float 
 def test_ctrl_c_and_sigterm_save_a_checkpoint_and_say_how_to_resume(
     tmp_path: Path, signum: int, code: int
 ) -> None:
-    """Ctrl-C, or SIGTERM from pre-emption: stop at the next step, save, say how to resume, 128 + signum."""
+    """Ctrl-C, or SIGTERM from pre-emption: stop at the next step, save, say how to resume, 128 + signum.
+
+    The signal goes to the whole process group, as a terminal's Ctrl-C does, so the env subprocesses
+    (2 envs: SubprocVecEnv) get it too and must not die of it."""
     run = tmp_path / "run"
     proc = _start_training(run, timesteps=100_000)
     _wait_for_checkpoint(proc, run)
-    proc.send_signal(signum)
+    os.killpg(proc.pid, signum)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == code, err
     assert f"python train.py train --resume {run}" in err and "Traceback" not in err
@@ -524,9 +535,9 @@ def test_two_quick_ctrl_c_in_a_real_run_never_give_a_traceback(tmp_path: Path) -
     run = tmp_path / "run"
     proc = _start_training(run, timesteps=100_000)
     _wait_for_checkpoint(proc, run)
-    proc.send_signal(signal.SIGINT)
+    os.killpg(proc.pid, signal.SIGINT)
     time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
+    os.killpg(proc.pid, signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     assert "Traceback" not in err and f"python train.py train --resume {run}" in err
@@ -558,3 +569,22 @@ def test_a_read_only_disk_for_new_runs_resume_and_evaluation_gives_one_line(
         out, err = capsys.readouterr()
         assert "mean return" in out and ENV in out  # the table came first
         assert err.startswith("error: cannot write to") and "Read-only file system" in err, err
+
+
+def test_a_stop_during_the_last_update_still_finishes_the_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Ctrl-C after the last rollout was collected: the last update runs and the budget is reached, so the
+    run is finished (model.zip, exit 0), not an "interrupted" one whose checkpoint holds more than it says."""
+    from rims_rl.app.runs import RunCallback
+
+    def on_rollout_end(self: RunCallback) -> None:
+        if self.model.num_timesteps >= 128:
+            self.stop_requested = True  # as the signal handler does
+
+    monkeypatch.setattr(RunCallback, "_on_rollout_end", on_rollout_end, raising=False)
+    run = tmp_path / "run"
+    assert train.main(_train_argv(run)) == 0, capsys.readouterr().err
+    status = json.loads((run / "status.json").read_text())
+    assert status["state"] == "finished" and status["num_timesteps"] == 128
+    assert read_meta(run / "model.zip").num_timesteps == 128

@@ -43,7 +43,7 @@ from rims_rl.app.curves import Curve, read_learning_curve
 from rims_rl.app.errors import UserError, output_path, user_input
 from rims_rl.app.evaluation import EvalResult, evaluate_checkpoint
 from rims_rl.app.report import write_report
-from rims_rl.app.runs import TrainingInterrupted, train_run
+from rims_rl.app.runs import TrainingInterrupted, set_stop_signals, train_run
 from rims_rl.app.summary import ScoreRecord, score_record
 
 DEFAULT_AGENTS: tuple[str, ...] = ("rims_ppo", "lstm_ppo")
@@ -287,14 +287,17 @@ def read_record_curve(run_dir: str | Path) -> Curve | None:
 # -------------------------------------------------------------------------------------------- worker
 
 
-# Stopping parallel workers. A worker runs in its own process group, so a terminal's Ctrl-C reaches only
-# the parent; the parent sets ``stop`` (``abort`` on a second signal) and each worker's watcher thread
-# turns that into SIGINT to itself while a job runs, which ``train_run`` handles as a Ctrl-C (save a
-# checkpoint and stop; a second one aborts at once). A worker whose parent died stops the same way, then
-# exits.
-# Idle workers ignore SIGINT, so a signal between jobs cannot kill the pool.
+# Stopping parallel workers. A worker runs in its own process group and ignores SIGTERM, so a terminal's
+# Ctrl-C or a tree-wide SIGTERM reaches only the parent; the parent sets ``stop`` (``abort`` on a second
+# signal) and each worker's watcher thread turns that into SIGINT to itself while a job runs, which
+# ``train_run`` handles as a Ctrl-C (save a checkpoint and stop; a second one aborts at once). A worker
+# whose parent died stops the same way, starts no further job, and exits. Workers are spawned with SIGINT
+# and SIGTERM blocked (the mask survives exec), so a signal while they start up cannot kill them; idle
+# workers ignore SIGINT.
+_worker_jobs = 0  # jobs started in this worker; the watcher signals each job at most as often as asked
 _worker_job_running = False
 _worker_stop: Any = None  # the parent's ``stop`` event, in a worker process
+_worker_parent = 0
 
 
 def _worker_sigint(signum: int, frame: Any) -> None:
@@ -308,19 +311,24 @@ def _init_worker(threads: int, stop: Any = None, abort: Any = None) -> None:
     torch.set_num_threads(max(1, threads))
     if stop is None or abort is None:
         return
-    global _worker_stop
-    _worker_stop = stop
+    global _worker_stop, _worker_parent
+    _worker_stop, _worker_parent = stop, os.getppid()
     os.setpgrp()
+    set_stop_signals((signal.SIGINT,))  # training stops on the watcher's SIGINT only
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, _worker_sigint)
-    parent = os.getppid()
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})  # see _signals_blocked
+    parent = _worker_parent
 
     def watch() -> None:
-        sent = 0
+        job, sent = 0, 0
         while True:
             time.sleep(0.2)
             orphaned = os.getppid() != parent
             if orphaned and not _worker_job_running:
                 os._exit(1)  # no one is left to take a result or send a job
+            if job != _worker_jobs:
+                job, sent = _worker_jobs, 0
             wanted = 2 if abort.is_set() else 1 if stop.is_set() or orphaned else 0
             if _worker_job_running and sent < wanted:
                 sent += 1
@@ -331,9 +339,11 @@ def _init_worker(threads: int, stop: Any = None, abort: Any = None) -> None:
 
 def _run_job_in_worker(job: RunJob, backend: Backend) -> JobResult:
     """``run_job`` in a pool worker: an interruption comes back as a result, not an exception."""
-    global _worker_job_running
-    if _worker_stop is not None and _worker_stop.is_set():  # queued before the Ctrl-C: never start it
+    global _worker_job_running, _worker_jobs
+    if _worker_stop is not None and (_worker_stop.is_set() or os.getppid() != _worker_parent):
+        # queued before the Ctrl-C, or the parent is gone: never start it
         return JobResult(agent=job.agent, seed=job.seed, run_dir=job.run_dir, interrupted=True)
+    _worker_jobs += 1
     _worker_job_running = True
     try:
         return run_job(job, backend)
@@ -341,6 +351,37 @@ def _run_job_in_worker(job: RunJob, backend: Backend) -> JobResult:
         return JobResult(agent=job.agent, seed=job.seed, run_dir=job.run_dir, interrupted=True)
     finally:
         _worker_job_running = False
+
+
+@contextlib.contextmanager
+def _signals_blocked() -> Iterator[None]:
+    """SIGINT/SIGTERM held back (delivered after, not lost) while workers are spawned: they inherit the
+    blocked mask and unblock it in ``_init_worker`` once their own handlers are in place."""
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[list[int]]:
+    """SIGTERM raises ``KeyboardInterrupt`` like Ctrl-C (in-process and Ray paths; training inside
+    handles both itself); yields the signals seen."""
+    seen: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield seen
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        seen.append(signum)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield seen
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @contextlib.contextmanager
@@ -603,12 +644,15 @@ def run_compare(
     if results:
         bar.write(f"skipping {len(results)} finished run(s) in {out_dir / 'runs'}")
     interrupted, signum = False, int(signal.SIGINT)
+    seen: list[int] = []
     try:
         if executor == "ray" and todo:
-            results += _run_on_ray(todo, backend, bar, ray_address, device)
+            with _sigterm_interrupts() as seen:
+                results += _run_on_ray(todo, backend, bar, ray_address, device)
         elif workers == 1:
-            for job in todo:
-                results.append(_report_progress(bar, run_job(job, backend)))
+            with _sigterm_interrupts() as seen:
+                for job in todo:
+                    results.append(_report_progress(bar, run_job(job, backend)))
         elif todo:
             threads = max(1, cpus // min(workers, len(todo)))
             ctx = mp.get_context("spawn")
@@ -622,21 +666,22 @@ def run_compare(
                     initargs=(threads, stop, abort),
                 ) as pool,
             ):
-                futures = [pool.submit(_run_job_in_worker, j, backend) for j in todo]
+                with _signals_blocked():  # the workers are spawned here
+                    futures = [pool.submit(_run_job_in_worker, j, backend) for j in todo]
                 for fut in as_completed(futures):
                     result = fut.result()
                     if result.interrupted:
                         interrupted = True
                     else:
                         results.append(_report_progress(bar, result))
-            if seen:
-                interrupted, signum = True, seen[0]
     except TrainingInterrupted as err:
         interrupted, signum = True, err.signum
     except KeyboardInterrupt:
         interrupted = True
     finally:
         bar.close()
+    if seen and len(results) < len(jobs):  # a signal after every run finished changes nothing
+        interrupted, signum = True, seen[0]
 
     order = {(j.agent, j.seed): i for i, j in enumerate(jobs)}
     results.sort(key=lambda r: order[(r.agent, r.seed)])

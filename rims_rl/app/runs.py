@@ -137,6 +137,7 @@ class RunCallback(BaseCallback):
         self.every = every
         self.keep = keep
         self.stop_requested = False
+        self.stopped_early = False
         self.stop_signal: int = signal.SIGINT
         self.trained_timesteps = 0
         self.last_saved_step = -1
@@ -158,6 +159,8 @@ class RunCallback(BaseCallback):
             self.save()
 
     def _on_step(self) -> bool:
+        if self.stop_requested:
+            self.stopped_early = True  # learn() ends before its budget
         return not self.stop_requested
 
     def check_finite(self) -> None:
@@ -204,6 +207,17 @@ def diverged(run_dir: Path, step: int, what: str) -> TrainingDiverged:
     )
 
 
+#: The signals that stop training (``sigint_stops``); a compare worker narrows them to SIGINT, which its
+#: parent relays, and ignores SIGTERM, so one pre-emption is never counted twice.
+_stop_signals: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM)
+
+
+def set_stop_signals(signals: Sequence[int]) -> None:
+    """Choose the signals that stop training in this process (default SIGINT and SIGTERM)."""
+    global _stop_signals
+    _stop_signals = tuple(signals)
+
+
 @contextlib.contextmanager
 def sigint_stops(callback: RunCallback) -> Iterator[None]:
     """Ctrl-C (SIGINT) or pre-emption (SIGTERM) asks ``callback`` to stop at the next step and save a
@@ -224,7 +238,21 @@ def sigint_stops(callback: RunCallback) -> Iterator[None]:
             flush=True,
         )
 
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous = {sig: signal.signal(sig, handler) for sig in _stop_signals}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+@contextlib.contextmanager
+def _signals_ignored() -> Iterator[None]:
+    """While recording an abort: a third Ctrl-C must not turn it into a traceback."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in _stop_signals}
     try:
         yield
     finally:
@@ -389,12 +417,14 @@ def _train(
                 tb_log_name="train",
             )
             run_cb.check_finite()
-            # Stopped by Ctrl-C: keep the trained part (the partial rollout was not trained on).
-            stopped_at = run_cb.save(run_cb.trained_timesteps) if run_cb.stop_requested else None
+            # Stopped by Ctrl-C: keep the trained part (the partial rollout was not trained on). A stop
+            # asked for during the last update comes too late to cut the budget: the run is finished.
+            stopped_at = run_cb.save(run_cb.trained_timesteps) if run_cb.stopped_early else None
             if stopped_at is not None:
                 write_status(run_dir, "interrupted", run_cb.trained_timesteps, stopped_at)
             else:  # done: the final model next to its config
                 final = save_checkpoint(model, rundir.final_model(run_dir), config, run_dir=str(run_dir))
+                write_status(run_dir, "finished", model.num_timesteps, final)
     except TrainingDiverged:
         raise
     except BaseException as err:
@@ -409,7 +439,8 @@ def _train(
             else f"no checkpoint had been written; start again after removing {run_dir}"
         )
         if isinstance(err, KeyboardInterrupt):  # a second Ctrl-C: stopped at once, nothing saved now
-            _note_status(run_dir, "interrupted", step, last, "aborted by a second signal")
+            with _signals_ignored():
+                _note_status(run_dir, "interrupted", step, last, "aborted by a second signal")
             raise TrainingInterrupted(
                 f"aborted at step {model.num_timesteps} of {config.timesteps} without saving; {keep}",
                 run_dir,
@@ -435,7 +466,6 @@ def _train(
             stopped_at,
             run_cb.stop_signal,
         )
-    write_status(run_dir, "finished", model.num_timesteps, final)
     return run_dir
 
 
