@@ -166,6 +166,7 @@ def _fake_backend(monkeypatch: pytest.MonkeyPatch) -> tuple[Backend, list[tuple[
         config = {  # the fields of a real config.json that compare compares
             "seed": seed,
             "suite": kw.get("suite"),
+            "env": {"env_id": kw.get("env_id")} if kw.get("env_id") else None,
             "timesteps_requested": timesteps,
             "overrides": kw.get("overrides") or {},
             "model": {"agent": agent, "n_envs": kw.get("n_envs")},
@@ -645,3 +646,37 @@ def _children(pid: int) -> list[int]:
                 found += kids
                 todo += kids
     return found
+
+
+def test_ctrl_c_in_tune_keeps_the_finished_trials_and_says_how_to_continue(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A tuning outlasts a session: Ctrl-C stops it with the command that continues it (exit 130), and
+    running that command again trains only what has no record yet."""
+    from rims_rl.app.runs import TrainingInterrupted
+
+    backend, calls = _fake_backend(monkeypatch)
+    stop_at = {"agent": "lstm_ppo"}
+
+    def train(agent: str, **kwargs: Any) -> Path:
+        if agent == stop_at["agent"]:
+            raise TrainingInterrupted("interrupted", Path(kwargs["run_dir"]), None)
+        return backend.train(agent, **kwargs)
+
+    def evaluate(checkpoint: Path, target: object, n_episodes: int, **kw: Any) -> list[EvalResult]:
+        return backend.evaluate(checkpoint, get_suite("minigrid-doorkey"), n_episodes)[:1]  # train env
+
+    monkeypatch.setattr(compare, "LOCAL", Backend(train=train, evaluate=evaluate))
+    cli = _load_train_cli()
+    argv = ["tune", "--suite", "minigrid-doorkey", "--grid", "ppo.n_epochs=1,2", "--seeds", "1"]
+    argv += ["--timesteps", "128", "--eval-episodes", "2", "--out", str(tmp_path / "t")]
+    monkeypatch.setattr("sys.argv", ["train.py", *argv])
+    assert cli.main(argv) == 130
+    err = capsys.readouterr().err
+    assert "continue with the same command: python train.py tune" in err and "Traceback" not in err
+    assert calls == [("rims_ppo", 1000)]  # config 0 of rims_ppo finished before lstm_ppo was stopped
+    calls.clear()
+    stop_at["agent"] = ""
+    assert cli.main(argv) == 0
+    assert ("rims_ppo", 1000) in calls and calls.count(("rims_ppo", 1000)) == 1  # config 1 only
+    assert len(calls) == 3 and (tmp_path / "t" / "tune.json").is_file()
