@@ -118,6 +118,28 @@ def test_write_report_from_synthetic_results(tmp_path: Path) -> None:
     assert len(rows) == 24 and float(rows[0]["mean_return"]) == pytest.approx(0.1)
 
 
+def test_every_agent_is_compared_with_the_lstm_baseline(tmp_path: Path) -> None:
+    """Three agents: P(x > lstm_ppo) for each other agent, whatever the order; without lstm_ppo, the
+    first two agents."""
+    spatial = [
+        {**r, "agent": "rims_spatial_ppo", "mean_return": 1.0} for r in _records() if r["agent"] == "rims_ppo"
+    ]
+    recs = [*spatial, *_records()]  # lstm_ppo is neither first nor second
+    text = write_report(tmp_path / "a", recs, reps=200, machine={})["report"].read_text()
+    assert "P(rims_spatial_ppo > lstm_ppo)" in text and "P(rims_ppo > lstm_ppo)" in text
+    assert "P(rims_spatial_ppo > rims_ppo)" not in text
+    spatial_section = text.split("P(rims_spatial_ppo > lstm_ppo)")[1].split("## ")[0]
+    assert "| 6x6 | 1.00 [1.00, 1.00] |" in spatial_section  # 1.0 beats every lstm run
+    data = json.loads((tmp_path / "a" / "results.json").read_text())
+    assert {(r["x"], r["y"]) for r in data["probability_of_improvement"]} == {
+        ("rims_spatial_ppo", "lstm_ppo"),
+        ("rims_ppo", "lstm_ppo"),
+    }
+    no_lstm = [r for r in recs if r["agent"] != "lstm_ppo"]
+    text = write_report(tmp_path / "b", no_lstm, reps=200, machine={})["report"].read_text()
+    assert text.count("## Probability of improvement") == 1 and "P(rims_spatial_ppo > rims_ppo)" in text
+
+
 def test_report_without_curves_or_second_agent(tmp_path: Path) -> None:
     recs = [r for r in _records() if r["agent"] == "rims_ppo"]
     paths = write_report(tmp_path, recs, curves=None, reps=200, machine={})

@@ -112,8 +112,7 @@ def markdown_report(
             f"{_ci(row, 'mean', digits)} | {median} | {_ci(row, 'success', digits)} |"
         )
     lines.append("")
-    if improvement:
-        x, y = improvement[0]["x"], improvement[0]["y"]
+    for x, y in dict.fromkeys((r["x"], r["y"]) for r in improvement):  # one section per pair, in order
         lines += [
             f"## Probability of improvement P({x} > {y})",
             "",
@@ -123,7 +122,11 @@ def markdown_report(
             "| Env | P [95% CI] |",
             "|---|---|",
         ]
-        lines += [f"| {_md_escape(r.get('label', r['env']))} | {_ci(r, 'p', digits)} |" for r in improvement]
+        lines += [
+            f"| {_md_escape(r.get('label', r['env']))} | {_ci(r, 'p', digits)} |"
+            for r in improvement
+            if (r["x"], r["y"]) == (x, y)
+        ]
         lines.append("")
     if failures:
         lines += ["## Failed runs", ""]
@@ -197,6 +200,18 @@ def _jsonable(obj: Any) -> Any:
     return obj
 
 
+BASELINE_AGENT = "lstm_ppo"
+
+
+def default_pairs(agents: Sequence[str]) -> list[tuple[str, str]]:
+    """(agent, lstm_ppo) for every other agent when lstm_ppo takes part, else the first two agents."""
+    if len(agents) < 2:
+        return []
+    if BASELINE_AGENT in agents:
+        return [(a, BASELINE_AGENT) for a in agents if a != BASELINE_AGENT]
+    return [(agents[0], agents[1])]
+
+
 def write_report(
     out_dir: str | Path,
     records: Sequence[Mapping[str, Any]],
@@ -208,12 +223,13 @@ def write_report(
     seed: int = 0,
     title: str = "Agent comparison",
     machine: Mapping[str, Any] | None = None,
-    baseline_pair: tuple[str, str] | None = None,
+    pairs: Sequence[tuple[str, str]] | None = None,
 ) -> dict[str, Path]:
     """Write ``report.md``, ``results.json``, ``results.csv`` and the PNGs into ``out_dir``; return paths.
 
-    ``baseline_pair`` (x, y) adds P(x > y) per env; by default the first two agents when there are two
-    or more (``rims_ppo`` vs ``lstm_ppo`` with the default agent order).
+    Each pair (x, y) of ``pairs`` adds P(x > y) per env; by default every other agent against
+    ``lstm_ppo`` when it takes part (the baseline the project's question is about), else the first two
+    agents.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -221,9 +237,9 @@ def write_report(
     machine = dict(machine) if machine is not None else machine_info()
     rows = summary_rows(records, reps=reps, seed=seed)
     agents = agents_in(records)
-    if baseline_pair is None and len(agents) >= 2:
-        baseline_pair = (agents[0], agents[1])
-    improvement = improvement_rows(records, *baseline_pair, reps=reps, seed=seed) if baseline_pair else []
+    if pairs is None:
+        pairs = default_pairs(agents)
+    improvement = [row for x, y in pairs for row in improvement_rows(records, x, y, reps=reps, seed=seed)]
 
     paths: dict[str, Path] = {}
     figures: dict[str, str] = {}
