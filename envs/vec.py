@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
+import os
 import signal
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Literal
 
@@ -36,16 +39,25 @@ def build_vec_env(
     if len(thunks) < 1:
         raise ValueError(f"n_envs must be >= 1, got {len(thunks)}")
     cls = resolve_vec_cls(vec_cls, len(thunks))
-    if issubclass(cls, SubprocVecEnv):
-        thunks = [_ignoring_stop_signals(thunk) for thunk in thunks]
+    subproc = isinstance(cls, type) and issubclass(cls, SubprocVecEnv)
+    if subproc:
+        thunks = [_ignoring_stop_signals(thunk, os.getpid()) for thunk in thunks]
     vec_env = cls(list(thunks))
+    if subproc:  # workers that ignore SIGTERM outlive multiprocessing's exit-time terminate(): close first
+        atexit.register(_close_if_open, weakref.ref(vec_env))
     if seed is not None:
         vec_env.seed(seed)
         vec_env.action_space.seed(seed)
     return vec_env
 
 
-def _ignoring_stop_signals(thunk: Callable[[], gym.Env]) -> Callable[[], gym.Env]:
+def _close_if_open(ref: weakref.ref[VecEnv]) -> None:
+    vec_env = ref()
+    if vec_env is not None and not getattr(vec_env, "closed", True):
+        vec_env.close()
+
+
+def _ignoring_stop_signals(thunk: Callable[[], gym.Env], trainer_pid: int) -> Callable[[], gym.Env]:
     """The env factory, run in a subprocess worker, first makes that worker ignore SIGINT and SIGTERM.
 
     A terminal's Ctrl-C goes to the whole process group, and pre-emption often sends SIGTERM to every
@@ -55,8 +67,9 @@ def _ignoring_stop_signals(thunk: Callable[[], gym.Env]) -> Callable[[], gym.Env
     """
 
     def make() -> gym.Env:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        if os.getpid() != trainer_pid:  # only ever in the worker, even if a VecEnv called it in place
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
         return thunk()
 
     return make

@@ -702,3 +702,67 @@ def test_ctrl_c_in_tune_keeps_the_finished_trials_and_says_how_to_continue(
     assert cli.main(argv) == 0
     assert ("rims_ppo", 1000) in calls and calls.count(("rims_ppo", 1000)) == 1  # config 1 only
     assert len(calls) == 3 and (tmp_path / "t" / "tune.json").is_file()
+
+
+def test_a_stop_during_a_runs_last_update_starts_no_further_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--workers 1``: Ctrl-C lands while the first run does its last update. That run is finished, and
+    the second run must not start (the stop would otherwise be lost)."""
+    from rims_rl.app.runs import RunCallback
+
+    def on_rollout_end(self: RunCallback) -> None:
+        if self.model.num_timesteps >= 64:
+            self.stop_requested = True  # as the signal handler does
+
+    monkeypatch.setattr(RunCallback, "_on_rollout_end", on_rollout_end, raising=False)
+    cli = _load_train_cli()
+    argv = _cli_compare_argv(tmp_path, "--agents", "rims_ppo", "lstm_ppo")
+    monkeypatch.setattr("sys.argv", ["train.py", *argv])
+    assert cli.main(argv) == 130
+    assert "Continue with the same command" in capsys.readouterr().err
+    assert (
+        json.loads((tmp_path / "runs" / "rims_ppo-seed0" / "status.json").read_text())["state"] == "finished"
+    )
+    assert not (tmp_path / "runs" / "lstm_ppo-seed0").exists()
+
+
+def test_a_worker_that_dies_stops_the_others_and_the_report_is_still_written(tmp_path: Path) -> None:
+    """The OOM killer takes one of two workers: the other saves a checkpoint and stops (its result cannot
+    come back through a broken pool), the report is written, exit 1, and no traceback."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    root = Path(__file__).resolve().parents[1]
+    agents = ["rims_ppo", "lstm_ppo"]
+    argv = _cli_compare_argv(tmp_path / "c", "--workers", "2", "--agents", *agents)
+    argv[argv.index("--timesteps") + 1] = "1000000"
+    proc = subprocess.Popen(
+        [sys.executable, str(root / "train.py"), *argv],
+        cwd=root,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        start_new_session=True,
+    )
+    runs = [tmp_path / "c" / "runs" / f"{agent}-seed0" for agent in agents]
+    deadline = time.time() + 240
+    while not all((r / "checkpoints").is_dir() or (r / "logs").is_dir() for r in runs):
+        assert proc.poll() is None and time.time() < deadline
+        time.sleep(0.2)
+    time.sleep(2.0)
+    workers = [
+        pid for pid in _children(proc.pid) if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    ]
+    assert len(workers) == 2, workers
+    os.kill(workers[0], signal.SIGKILL)
+    _, err = proc.communicate(timeout=180)
+    assert proc.returncode == 1, err
+    assert "a compare worker process died" in err and "Traceback" not in err, err
+    assert (tmp_path / "c" / "report.md").is_file()
+    states = sorted(json.loads((r / "status.json").read_text())["state"] for r in runs)
+    assert states == ["interrupted", "running"], states  # the killed one could not write its status

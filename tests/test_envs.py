@@ -456,6 +456,36 @@ if __name__ == "__main__":
 """
 
 
+_UNCLOSED_SCRIPT = """
+import sys
+sys.path.insert(0, sys.argv[1])
+import gymnasium as gym
+
+def make():
+    return gym.make("CartPole-v1")
+
+if __name__ == "__main__":
+    from envs.vec import build_vec_env
+    env = build_vec_env([make] * 2, 0, "subproc")  # still referenced when the interpreter exits
+    env.reset()
+    print("exiting without close()")
+"""
+
+
+def test_a_subprocess_env_left_open_does_not_hang_the_exit(tmp_path) -> None:
+    """Its workers ignore SIGTERM, so multiprocessing's exit-time terminate() cannot end them: the env is
+    closed at exit instead."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = tmp_path / "unclosed.py"
+    script.write_text(_UNCLOSED_SCRIPT)
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, str(script), str(root)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "exiting without close()" in out.stdout, out.stderr[-2000:]
+
+
 def test_subprocess_env_workers_survive_a_signal_to_the_whole_process_group(tmp_path) -> None:
     """Only the trainer decides to stop on Ctrl-C/SIGTERM (and saves first); an env worker killed by the
     group's signal would break the pipe mid-step instead."""

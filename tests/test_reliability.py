@@ -575,7 +575,8 @@ def test_a_stop_during_the_last_update_still_finishes_the_run(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Ctrl-C after the last rollout was collected: the last update runs and the budget is reached, so the
-    run is finished (model.zip, exit 0), not an "interrupted" one whose checkpoint holds more than it says."""
+    run is finished (model.zip), not an "interrupted" one whose checkpoint holds more than it says; the
+    process still exits 130, so a caller running jobs in a row (compare, tune) stops there."""
     from rims_rl.app.runs import RunCallback
 
     def on_rollout_end(self: RunCallback) -> None:
@@ -584,7 +585,8 @@ def test_a_stop_during_the_last_update_still_finishes_the_run(
 
     monkeypatch.setattr(RunCallback, "_on_rollout_end", on_rollout_end, raising=False)
     run = tmp_path / "run"
-    assert train.main(_train_argv(run)) == 0, capsys.readouterr().err
+    assert train.main(_train_argv(run)) == 130
+    assert "the run finished" in capsys.readouterr().err
     status = json.loads((run / "status.json").read_text())
     assert status["state"] == "finished" and status["num_timesteps"] == 128
     assert read_meta(run / "model.zip").num_timesteps == 128

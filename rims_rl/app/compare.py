@@ -26,6 +26,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -365,12 +366,11 @@ def _signals_blocked() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _sigterm_interrupts() -> Iterator[list[int]]:
+def _sigterm_interrupts(seen: list[int]) -> Iterator[None]:
     """SIGTERM raises ``KeyboardInterrupt`` like Ctrl-C (in-process and Ray paths; training inside
-    handles both itself); yields the signals seen."""
-    seen: list[int] = []
+    handles both itself); appends the signals seen to ``seen``."""
     if threading.current_thread() is not threading.main_thread():
-        yield seen
+        yield
         return
 
     def handler(signum: int, frame: Any) -> None:
@@ -379,17 +379,16 @@ def _sigterm_interrupts() -> Iterator[list[int]]:
 
     previous = signal.signal(signal.SIGTERM, handler)
     try:
-        yield seen
+        yield
     finally:
         signal.signal(signal.SIGTERM, previous)
 
 
 @contextlib.contextmanager
-def _signals_set(stop: Any, abort: Any) -> Iterator[list[int]]:
-    """In the parent: Ctrl-C/SIGTERM set ``stop`` (a second one ``abort``); yields the signals seen."""
-    seen: list[int] = []
+def _signals_set(stop: Any, abort: Any, seen: list[int]) -> Iterator[None]:
+    """In the parent: Ctrl-C/SIGTERM set ``stop`` (a second one ``abort``); appends them to ``seen``."""
     if threading.current_thread() is not threading.main_thread():
-        yield seen
+        yield
         return
 
     def handler(signum: int, frame: Any) -> None:
@@ -400,7 +399,7 @@ def _signals_set(stop: Any, abort: Any) -> Iterator[list[int]]:
 
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        yield seen
+        yield
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
@@ -644,13 +643,12 @@ def run_compare(
     if results:
         bar.write(f"skipping {len(results)} finished run(s) in {out_dir / 'runs'}")
     interrupted, signum = False, int(signal.SIGINT)
-    seen: list[int] = []
+    seen: list[int] = []  # stop signals received (SIGINT, SIGTERM)
     try:
         if executor == "ray" and todo:
-            with _sigterm_interrupts() as seen:
-                results += _run_on_ray(todo, backend, bar, ray_address, device)
+            _run_on_ray(todo, backend, bar, ray_address, device, seen, results)
         elif workers == 1:
-            with _sigterm_interrupts() as seen:
+            with _sigterm_interrupts(seen):
                 for job in todo:
                     results.append(_report_progress(bar, run_job(job, backend)))
         elif todo:
@@ -658,7 +656,7 @@ def run_compare(
             ctx = mp.get_context("spawn")
             stop, abort = ctx.Event(), ctx.Event()
             with (
-                _signals_set(stop, abort) as seen,
+                _signals_set(stop, abort, seen),
                 ProcessPoolExecutor(
                     max_workers=min(workers, len(todo)),
                     mp_context=ctx,
@@ -667,9 +665,22 @@ def run_compare(
                 ) as pool,
             ):
                 with _signals_blocked():  # the workers are spawned here
-                    futures = [pool.submit(_run_job_in_worker, j, backend) for j in todo]
+                    futures = {pool.submit(_run_job_in_worker, j, backend): j for j in todo}
                 for fut in as_completed(futures):
-                    result = fut.result()
+                    try:
+                        result = fut.result()
+                    except BrokenProcessPool as err:
+                        # A worker died (OOM killer, SIGKILL): the pool cannot return the others' results,
+                        # so they save a checkpoint and stop rather than train on for nothing.
+                        stop.set()
+                        job = futures[fut]
+                        result = JobResult(
+                            agent=job.agent,
+                            seed=job.seed,
+                            run_dir=job.run_dir,
+                            error=f"a compare worker process died ({err}); run the command again to "
+                            "continue from the last checkpoints",
+                        )
                     if result.interrupted:
                         interrupted = True
                     else:
@@ -680,7 +691,7 @@ def run_compare(
         interrupted = True
     finally:
         bar.close()
-    if seen and len(results) < len(jobs):  # a signal after every run finished changes nothing
+    if seen:  # even after the last run finished: the caller (tune) must not start more
         interrupted, signum = True, seen[0]
 
     order = {(j.agent, j.seed): i for i, j in enumerate(jobs)}
@@ -730,9 +741,10 @@ def run_compare(
         f"report: {paths['report']}"
     )
     if interrupted:
+        unfinished = "; unfinished runs saved a checkpoint" if len(results) < len(jobs) else ""
         raise CompareInterrupted(
-            f"interrupted: the report holds the {len(results)} finished run(s); unfinished runs saved a "
-            f"checkpoint. Continue with the same command: {command_line or _command_line()}",
+            f"interrupted: the report holds the {len(results)} finished run(s){unfinished}. Continue with "
+            f"the same command: {command_line or _command_line()}",
             paths,
             signum,
         )
@@ -751,9 +763,16 @@ def _run_job_single_thread(job: RunJob, backend: Backend) -> JobResult:
 
 
 def _run_on_ray(
-    jobs: Sequence[RunJob], backend: Backend, bar: tqdm, address: str | None, device: str
-) -> list[JobResult]:
-    """Each job a Ray task; results come back as tasks finish (Ctrl-C cancels the rest)."""
+    jobs: Sequence[RunJob],
+    backend: Backend,
+    bar: tqdm,
+    address: str | None,
+    device: str,
+    seen: list[int],
+    results: list[JobResult],
+) -> None:
+    """Each job a Ray task; results are appended to ``results`` as tasks finish, so the finished ones
+    count when Ctrl-C or SIGTERM cancels the rest."""
     try:
         import ray  # the optional extra: pip install -e '.[ray]'
     except ImportError as err:
@@ -767,13 +786,14 @@ def _run_on_ray(
         )
     task = ray.remote(num_cpus=1, num_gpus=1 if device.startswith("cuda") else 0)(_run_job_single_thread)
     pending = {task.remote(job, backend): job for job in jobs}
-    results: list[JobResult] = []
     try:
-        while pending:
-            done, _ = ray.wait(list(pending), num_returns=1)
-            for ref in done:
-                pending.pop(ref)
-                results.append(_report_progress(bar, ray.get(ref)))
+        # After ray.init, which installs its own SIGTERM handler (sys.exit): SIGTERM interrupts like Ctrl-C.
+        with _sigterm_interrupts(seen):
+            while pending:
+                done, _ = ray.wait(list(pending), num_returns=1)
+                for ref in done:
+                    pending.pop(ref)
+                    results.append(_report_progress(bar, ray.get(ref)))
     except KeyboardInterrupt:
         for ref in pending:
             ray.cancel(ref)
@@ -781,7 +801,6 @@ def _run_on_ray(
     finally:
         if started:
             ray.shutdown()
-    return results
 
 
 def _fmt(overrides: Mapping[str, Any]) -> str:

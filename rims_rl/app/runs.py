@@ -361,6 +361,7 @@ def _train(
         final = rundir.final_model(run_dir)
         if final.is_file() and read_meta(final).num_timesteps >= config.timesteps:
             print(f"{run_dir}: already trained to its budget of {config.timesteps} steps")
+            write_status(run_dir, "finished", read_meta(final).num_timesteps, final)
             return run_dir
         start_checkpoint = latest_checkpoint(rundir.checkpoints_dir(run_dir))
         start_step = read_meta(start_checkpoint).num_timesteps if start_checkpoint else 0
@@ -458,6 +459,16 @@ def _train(
     finally:
         env.close()
 
+    if stopped_at is None and run_cb.stop_requested:
+        # The stop came during the last update: the run is finished, but whoever runs it (compare's
+        # loop, tune) must still stop and start nothing more.
+        raise TrainingInterrupted(
+            f"the run finished ({rundir.final_model(run_dir)}) while the stop was being asked for; "
+            "nothing more is started",
+            run_dir,
+            rundir.final_model(run_dir),
+            run_cb.stop_signal,
+        )
     if stopped_at is not None:
         raise TrainingInterrupted(
             f"interrupted at step {run_cb.trained_timesteps} of {config.timesteps}; checkpoint saved to "
