@@ -432,32 +432,8 @@ def test_errors_name_bad_value_and_closest_choice(call, bad: str, closest: str |
         assert first_choice(message) == closest, message
 
 
-_SIGNAL_SCRIPT = """
-import os, signal, sys
-sys.path.insert(0, sys.argv[1])
-import gymnasium as gym
-
-def make():
-    return gym.make("CartPole-v1")
-
-if __name__ == "__main__":
-    from envs.vec import build_vec_env
-    env = build_vec_env([make] * 2, 0, "subproc")
-    env.reset()
-    signal.signal(signal.SIGINT, lambda *a: None)  # the trainer's own handler
-    signal.signal(signal.SIGTERM, lambda *a: None)
-    os.killpg(os.getpgrp(), signal.SIGINT)  # a terminal's Ctrl-C reaches the whole group
-    os.killpg(os.getpgrp(), signal.SIGTERM)  # and pre-emption often signals every process
-    import time; time.sleep(0.5)
-    for _ in range(20):
-        env.step_async([0, 0]); env.step_wait()
-    env.close()
-    print("stepped after the signals")
-"""
-
-
-_UNCLOSED_SCRIPT = """
-import sys
+_SUBPROC_SCRIPT = """
+import os, signal, sys, time
 sys.path.insert(0, sys.argv[1])
 import gymnasium as gym
 
@@ -468,39 +444,35 @@ if __name__ == "__main__":
     from envs.vec import build_vec_env
     env = build_vec_env([make] * 2, 0, "subproc")  # still referenced when the interpreter exits
     env.reset()
-    print("exiting without close()")
+    if sys.argv[2] == "signals":
+        signal.signal(signal.SIGINT, lambda *a: None)  # the trainer's own handlers
+        signal.signal(signal.SIGTERM, lambda *a: None)
+        os.killpg(os.getpgrp(), signal.SIGINT)  # a terminal's Ctrl-C reaches the whole group
+        os.killpg(os.getpgrp(), signal.SIGTERM)  # and pre-emption often signals every process
+        time.sleep(0.5)
+        for _ in range(20):
+            env.step_async([0, 0]); env.step_wait()
+    print("done: " + sys.argv[2])  # and exit without env.close()
 """
 
 
-def test_a_subprocess_env_left_open_does_not_hang_the_exit(tmp_path) -> None:
-    """Its workers ignore SIGTERM, so multiprocessing's exit-time terminate() cannot end them: the env is
-    closed at exit instead."""
+@pytest.mark.parametrize("mode", ["signals", "unclosed"])
+def test_subprocess_env_workers_survive_group_signals_and_never_hang_the_exit(tmp_path, mode: str) -> None:
+    """Only the trainer decides to stop on Ctrl-C/SIGTERM (and saves first): an env worker killed by the
+    group's signal would break the pipe mid-step instead. Since workers ignore SIGTERM, multiprocessing's
+    exit-time terminate() cannot end them: an env left open is closed at exit instead of hanging it."""
     import subprocess
     import sys
     from pathlib import Path
 
-    script = tmp_path / "unclosed.py"
-    script.write_text(_UNCLOSED_SCRIPT)
-    root = Path(__file__).resolve().parents[1]
-    out = subprocess.run([sys.executable, str(script), str(root)], capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0 and "exiting without close()" in out.stdout, out.stderr[-2000:]
-
-
-def test_subprocess_env_workers_survive_a_signal_to_the_whole_process_group(tmp_path) -> None:
-    """Only the trainer decides to stop on Ctrl-C/SIGTERM (and saves first); an env worker killed by the
-    group's signal would break the pipe mid-step instead."""
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    script = tmp_path / "signal_group.py"
-    script.write_text(_SIGNAL_SCRIPT)
+    script = tmp_path / "subproc_env.py"
+    script.write_text(_SUBPROC_SCRIPT)
     root = Path(__file__).resolve().parents[1]
     out = subprocess.run(
-        [sys.executable, str(script), str(root)],
+        [sys.executable, str(script), str(root), mode],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=60,
         start_new_session=True,
     )
-    assert out.returncode == 0 and "stepped after the signals" in out.stdout, out.stderr[-2000:]
+    assert out.returncode == 0 and f"done: {mode}" in out.stdout, out.stderr[-2000:]
