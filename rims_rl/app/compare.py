@@ -44,7 +44,7 @@ from rims_rl.app.curves import Curve, read_learning_curve
 from rims_rl.app.errors import UserError, output_path, user_input
 from rims_rl.app.evaluation import EvalResult, evaluate_checkpoint
 from rims_rl.app.report import write_report
-from rims_rl.app.runs import TrainingInterrupted, set_stop_signals, train_run
+from rims_rl.app.runs import TrainingInterrupted, set_stop_signals, signal_handlers, train_run
 from rims_rl.app.summary import ScoreRecord, score_record
 
 DEFAULT_AGENTS: tuple[str, ...] = ("rims_ppo", "lstm_ppo")
@@ -365,31 +365,19 @@ def _signals_blocked() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
-@contextlib.contextmanager
-def _sigterm_interrupts(seen: list[int]) -> Iterator[None]:
+def _sigterm_interrupts(seen: list[int]) -> contextlib.AbstractContextManager[None]:
     """SIGTERM raises ``KeyboardInterrupt`` like Ctrl-C (in-process and Ray paths; training inside
     handles both itself); appends the signals seen to ``seen``."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
 
     def handler(signum: int, frame: Any) -> None:
         seen.append(signum)
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    return signal_handlers((signal.SIGTERM,), handler)
 
 
-@contextlib.contextmanager
-def _signals_set(stop: Any, abort: Any, seen: list[int]) -> Iterator[None]:
+def _signals_set(stop: Any, abort: Any, seen: list[int]) -> contextlib.AbstractContextManager[None]:
     """In the parent: Ctrl-C/SIGTERM set ``stop`` (a second one ``abort``); appends them to ``seen``."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
 
     def handler(signum: int, frame: Any) -> None:
         seen.append(signum)
@@ -397,12 +385,7 @@ def _signals_set(stop: Any, abort: Any, seen: list[int]) -> Iterator[None]:
         what = "aborting every run at once" if abort.is_set() else "every run saves a checkpoint and stops"
         print(f"\n{signal.Signals(signum).name}: {what} (again to abort)", file=sys.stderr, flush=True)
 
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
+    return signal_handlers((signal.SIGINT, signal.SIGTERM), handler)
 
 
 def _target(job: RunJob) -> Suite | str:

@@ -219,12 +219,23 @@ def set_stop_signals(signals: Sequence[int]) -> None:
 
 
 @contextlib.contextmanager
-def sigint_stops(callback: RunCallback) -> Iterator[None]:
-    """Ctrl-C (SIGINT) or pre-emption (SIGTERM) asks ``callback`` to stop at the next step and save a
-    checkpoint; a second signal interrupts at once."""
+def signal_handlers(signals: Sequence[int], handler: Any) -> Iterator[None]:
+    """``handler`` (a function or ``signal.SIG_IGN``) for ``signals`` inside the block, the previous ones
+    after; a no-op outside the main thread, where Python cannot install signal handlers."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    previous = {sig: signal.signal(sig, handler) for sig in signals}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def sigint_stops(callback: RunCallback) -> contextlib.AbstractContextManager[None]:
+    """Ctrl-C (SIGINT) or pre-emption (SIGTERM) asks ``callback`` to stop at the next step and save a
+    checkpoint; a second signal interrupts at once."""
 
     def handler(signum: int, frame: Any) -> None:
         if callback.stop_requested:
@@ -238,26 +249,7 @@ def sigint_stops(callback: RunCallback) -> Iterator[None]:
             flush=True,
         )
 
-    previous = {sig: signal.signal(sig, handler) for sig in _stop_signals}
-    try:
-        yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
-
-
-@contextlib.contextmanager
-def _signals_ignored() -> Iterator[None]:
-    """While recording an abort: a third Ctrl-C must not turn it into a traceback."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in _stop_signals}
-    try:
-        yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
+    return signal_handlers(_stop_signals, handler)
 
 
 def _make_logger(run_dir: Path, start_step: int, verbose: int) -> Logger:
@@ -440,7 +432,7 @@ def _train(
             else f"no checkpoint had been written; start again after removing {run_dir}"
         )
         if isinstance(err, KeyboardInterrupt):  # a second Ctrl-C: stopped at once, nothing saved now
-            with _signals_ignored():
+            with signal_handlers(_stop_signals, signal.SIG_IGN):  # a third Ctrl-C: no traceback
                 _note_status(run_dir, "interrupted", step, last, "aborted by a second signal")
             raise TrainingInterrupted(
                 f"aborted at step {model.num_timesteps} of {config.timesteps} without saving; {keep}",
