@@ -24,8 +24,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def median_seed(compare_dir: Path, agent: str) -> int:
-    """The seed of ``agent`` whose final training-env return is the (lower) median over its seeds."""
+def _train_returns(compare_dir: Path, agent: str) -> list[tuple[float, int]]:
+    """(final training-env return, seed) of every run of ``agent``, lowest first."""
     returns = sorted(
         (float(r["mean_return"]), int(r["seed"]))
         for r in csv.DictReader((compare_dir / "results.csv").open())
@@ -33,10 +33,23 @@ def median_seed(compare_dir: Path, agent: str) -> int:
     )
     if not returns:
         raise SystemExit(f"no training-env results of {agent} in {compare_dir / 'results.csv'}")
+    return returns
+
+
+def median_seed(compare_dir: Path, agent: str) -> int:
+    """The seed of ``agent`` whose final training-env return is the (lower) median over its seeds."""
+    returns = _train_returns(compare_dir, agent)
     return returns[(len(returns) - 1) // 2][1]
 
 
-def package(compare_dir: Path, agent: str, seed: int, alias: str) -> Path:
+def median_selection(compare_dir: Path, agent: str) -> str:
+    """How the median seed was chosen, for the card: a reader should see it is not the best run."""
+    returns = _train_returns(compare_dir, agent)
+    listed = ", ".join(f"seed {seed}: {ret:.2f}" for ret, seed in returns)
+    return f"the median of {len(returns)} seeds by training-env return, not the best ({listed})"
+
+
+def package(compare_dir: Path, agent: str, seed: int, alias: str, selection: str = "") -> Path:
     """Write ``pretrained/<alias>`` and return it."""
     sys.path.insert(0, str(ROOT))
     from rims_rl.app.checkpoint import read_meta
@@ -82,6 +95,7 @@ def package(compare_dir: Path, agent: str, seed: int, alias: str) -> Path:
         "eval_seed": 10_000,
         "eval_deterministic": mode == "deterministic",
         "command": (compare_dir / "report.md").read_text().split("```")[1].strip(),
+        "selection": selection or f"seed {seed}, chosen by hand",
         "config": config["model"],
         "evaluation": evaluation,
         # the card's success_rate used by tests/test_pretrained.py: the compare's own mode, training env
@@ -97,6 +111,10 @@ def package(compare_dir: Path, agent: str, seed: int, alias: str) -> Path:
         f"`{agent}` trained on `{train_env}` for {card['timesteps']} steps (seed {seed}), by:",
         "",
         f"    {card['command']}",
+        "",
+        f"Seed: {card['selection']}.",
+        "",
+        "Training settings: " + _settings(config["model"]) + ".",
         "",
         "Evaluation (32 episodes per env, episode seed 10000; success = reached the goal):",
         "",
@@ -120,9 +138,27 @@ def package(compare_dir: Path, agent: str, seed: int, alias: str) -> Path:
     return out
 
 
+def _settings(model: dict) -> str:
+    """The settings the fair-comparison tuning chooses among, as the card's one line."""
+    ppo, policy_kwargs = model.get("ppo", {}), model.get("policy_kwargs", {})
+    chunks = ppo.get("chunk_length")
+    return ", ".join(
+        [
+            f"learning rate {ppo.get('learning_rate')}",
+            "critic gradient through the shared core"
+            if policy_kwargs.get("critic_grad_through_core")
+            else "no critic gradient through the core",
+            f"minibatches of {chunks}-step chunks" if chunks else "minibatches of whole rollout sequences",
+        ]
+    )
+
+
 if __name__ == "__main__":
     if len(sys.argv) != 5:
         raise SystemExit(__doc__)
     compare, agent_name, which, name = Path(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
-    chosen = median_seed(compare, agent_name) if which == "median" else int(which)
-    print(package(compare, agent_name, chosen, name))
+    if which == "median":
+        chosen, how = median_seed(compare, agent_name), median_selection(compare, agent_name)
+    else:
+        chosen, how = int(which), ""
+    print(package(compare, agent_name, chosen, name, how))
