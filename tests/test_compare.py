@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -702,6 +703,16 @@ def test_ctrl_c_in_tune_keeps_the_finished_trials_and_says_how_to_continue(
     assert cli.main(argv) == 0
     assert ("rims_ppo", 1000) in calls and calls.count(("rims_ppo", 1000)) == 1  # config 1 only
     assert len(calls) == 3 and (tmp_path / "t" / "tune.json").is_file()
+    # A later session on a new machine has only the committed records: nothing is trained again and
+    # the same choice comes out of them.
+    chosen = json.loads((tmp_path / "t" / "tune.json").read_text())
+    for runs_dir in list((tmp_path / "t").glob("*/config*/runs")):
+        shutil.rmtree(runs_dir)
+    (tmp_path / "t" / "tune.json").unlink()
+    calls.clear()
+    assert cli.main(argv) == 0
+    assert calls == []
+    assert json.loads((tmp_path / "t" / "tune.json").read_text()) == chosen
 
 
 def test_a_stop_during_a_runs_last_update_starts_no_further_run(
