@@ -24,8 +24,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _train_returns(compare_dir: Path, agent: str) -> list[tuple[float, int]]:
-    """(final training-env return, seed) of every run of ``agent``, lowest first."""
+def median_selection(compare_dir: Path, agent: str) -> tuple[int, str]:
+    """The (lower) median seed of ``agent`` by final training-env return, and how it was chosen, for the
+    card: a reader should see it is not the best run."""
     returns = sorted(
         (float(r["mean_return"]), int(r["seed"]))
         for r in csv.DictReader((compare_dir / "results.csv").open())
@@ -33,20 +34,14 @@ def _train_returns(compare_dir: Path, agent: str) -> list[tuple[float, int]]:
     )
     if not returns:
         raise SystemExit(f"no training-env results of {agent} in {compare_dir / 'results.csv'}")
-    return returns
+    listed = ", ".join(f"seed {seed}: {ret:.2f}" for ret, seed in returns)
+    how = f"the median of {len(returns)} seeds by training-env return, not the best ({listed})"
+    return returns[(len(returns) - 1) // 2][1], how
 
 
 def median_seed(compare_dir: Path, agent: str) -> int:
     """The seed of ``agent`` whose final training-env return is the (lower) median over its seeds."""
-    returns = _train_returns(compare_dir, agent)
-    return returns[(len(returns) - 1) // 2][1]
-
-
-def median_selection(compare_dir: Path, agent: str) -> str:
-    """How the median seed was chosen, for the card: a reader should see it is not the best run."""
-    returns = _train_returns(compare_dir, agent)
-    listed = ", ".join(f"seed {seed}: {ret:.2f}" for ret, seed in returns)
-    return f"the median of {len(returns)} seeds by training-env return, not the best ({listed})"
+    return median_selection(compare_dir, agent)[0]
 
 
 def package(compare_dir: Path, agent: str, seed: int, alias: str, selection: str = "") -> Path:
@@ -158,7 +153,7 @@ if __name__ == "__main__":
         raise SystemExit(__doc__)
     compare, agent_name, which, name = Path(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
     if which == "median":
-        chosen, how = median_seed(compare, agent_name), median_selection(compare, agent_name)
+        chosen, how = median_selection(compare, agent_name)
     else:
         chosen, how = int(which), ""
     print(package(compare, agent_name, chosen, name, how))
