@@ -409,16 +409,8 @@ def test_an_atari_checkpoint_on_a_minigrid_suite_names_both_spaces(
 ) -> None:
     """Its Atari wrapper settings (frame_stack) are not applied to MiniGrid envs; the space check speaks."""
     run = tmp_path / "atari"
-    argv = ["train", "--env", "ALE/Pong-v5", "--timesteps", "16", "--n-envs", "1", "--run-dir", str(run)]
-    argv += [
-        "--set",
-        "ppo.n_steps=16",
-        "--set",
-        "ppo.batch_size=16",
-        "--set",
-        "ppo.n_epochs=1",
-        "--no-progress",
-    ]
+    argv = ["train", "--env", "ALE/Pong-v5", "--timesteps", "16", "--run-dir", str(run), *TINY_FLAGS]
+    argv += ["--n-envs", "1", "--no-progress"]  # the last --n-envs wins: one Atari env is enough
     argv += ["--set", "policy_kwargs.rims_kwargs.unit_size=4", "--set", "policy_kwargs.lstm_hidden_size=24"]
     assert train.main(argv) == 0, capsys.readouterr().err
     capsys.readouterr()
