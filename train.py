@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from rims_rl.app import catalog
-from rims_rl.app.checkpoint import list_pretrained, read_meta, resolve_checkpoint
+from rims_rl.app.checkpoint import PRETRAINED_DIR, list_pretrained, read_meta, resolve_checkpoint
 from rims_rl.app.compare import CompareInterrupted, run_compare
 from rims_rl.app.errors import UserError
 from rims_rl.app.evaluation import (
@@ -175,7 +175,12 @@ def _evaluate_and_print(
         path, target, episodes, deterministic, seed, trust=trust, env_kwargs=env_kwargs
     )
     print(format_table(results))
-    out_dir = Path(out) if out is not None else path.parent
+    if out is not None:
+        out_dir = Path(out)
+    elif path.resolve().parent.parent == PRETRAINED_DIR.resolve():
+        out_dir = Path("runs") / "eval" / path.parent.name  # the shipped folder stays as shipped
+    else:
+        out_dir = path.parent
     stem = "eval" if target is None else f"eval-{_label(str(target))}"
     json_path = write_results_json(results, out_dir / f"{stem}.json")
     csv_path = write_results_csv(results, out_dir / f"{stem}.csv")
@@ -362,7 +367,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     det.add_argument("--stochastic", dest="deterministic", action="store_false", help="sample actions")
     p.add_argument("--seed", type=int, default=0, help="seed of the evaluation episodes (default 0)")
-    p.add_argument("--out", help="directory for eval*.json / eval*.csv (default: next to the checkpoint)")
+    p.add_argument(
+        "--out",
+        help="directory for eval*.json / eval*.csv (default: next to the checkpoint; "
+        "runs/eval/<alias> for a pretrained alias)",
+    )
     p.add_argument("--video", metavar="DIR", help="also record 2 episodes per env as GIFs into DIR")
     p.add_argument(
         "--set",

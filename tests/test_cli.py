@@ -348,3 +348,18 @@ def test_trusted_loading_still_reads_the_shipped_pretrained_models(tmp_path: Pat
     assert train.main([*argv, "--out", str(tmp_path)]) == 0  # its own env, read from our metadata
     (result,) = json.loads((tmp_path / "eval.json").read_text())
     assert result["env_id"] == "MiniGrid-DoorKey-5x5-v0" and result["episodes"] == 1
+
+
+def test_evaluating_a_pretrained_alias_leaves_the_shipped_folder_as_shipped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its results go to runs/eval/<alias> under the working directory, not into pretrained/."""
+    from rims_rl.app.checkpoint import PRETRAINED_DIR
+
+    alias = "doorkey-5x5-lstm_ppo"
+    shipped = sorted(p.name for p in (PRETRAINED_DIR / alias).iterdir())
+    monkeypatch.chdir(tmp_path)
+    assert train.main(["evaluate", "--checkpoint", alias, "--episodes", "1"]) == 0
+    assert sorted(p.name for p in (PRETRAINED_DIR / alias).iterdir()) == shipped
+    (result,) = json.loads((tmp_path / "runs" / "eval" / alias / "eval.json").read_text())
+    assert result["env_id"] == "MiniGrid-DoorKey-5x5-v0" and result["episodes"] == 1
