@@ -119,7 +119,6 @@ class RIMs(RecurrentCore):
                 f"comm_top_k must be None or an integer in [1, n_units={n_units}], got {comm_top_k!r}"
             )
 
-
         self.n_units = n_units
         self.unit_size = unit_size
         self.k = k

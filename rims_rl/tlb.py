@@ -161,7 +161,6 @@ class TemporalLatentBottleneck(RecurrentCore):
                 f"lower d_model (max {(2 * hidden_size - 1) // slots}) or raise hidden_size"
             )
 
-
         self.n_latents = n_latents
         self.chunk_size = chunk_size
         self.n_layers = n_layers

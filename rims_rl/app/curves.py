@@ -11,8 +11,6 @@ CURVE_TAG = "rollout/ep_rew_mean"
 Curve = tuple[np.ndarray, np.ndarray]
 
 
-
-
 def read_learning_curve(run_dir: str | Path, tag: str = CURVE_TAG) -> Curve | None:
     """(timesteps, values) of ``tag`` from a run: SB3's ``progress*.csv`` if present, else TensorBoard events.
 

@@ -143,8 +143,6 @@ def markdown_report(
     return "\n".join(lines)
 
 
-
-
 def machine_info() -> dict[str, str]:
     """Where the numbers came from: OS, CPU count, Python/library versions, GPU, git commit."""
     info = {

@@ -67,8 +67,6 @@ def score_record(data: Any) -> ScoreRecord:
 Record = dict[str, Any]  # a row of the summary table: statistics with their CIs, by column name
 
 
-
-
 def agents_in(records: Iterable[Mapping[str, Any]]) -> list[str]:
     """Agents in first-seen order (the order given on the command line)."""
     return list(dict.fromkeys(str(r["agent"]) for r in records))
