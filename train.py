@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from rims_rl.app import catalog
-from rims_rl.app.checkpoint import PRETRAINED_DIR, list_pretrained, read_meta, resolve_checkpoint
+from rims_rl.app.checkpoint import list_pretrained, pretrained_alias, read_meta, resolve_checkpoint
 from rims_rl.app.compare import CompareInterrupted, run_compare
 from rims_rl.app.errors import UserError
 from rims_rl.app.evaluation import (
@@ -40,7 +40,7 @@ from rims_rl.app.evaluation import (
     write_results_csv,
     write_results_json,
 )
-from rims_rl.app.runs import TrainingDiverged, TrainingInterrupted, train_run
+from rims_rl.app.runs import DEFAULT_RUNS_ROOT, TrainingDiverged, TrainingInterrupted, train_run
 from rims_rl.app.tune import run_tune
 
 # The embedded default (``python train.py`` / ``make run``): rims_ppo with its MiniGrid preset on
@@ -175,10 +175,11 @@ def _evaluate_and_print(
         path, target, episodes, deterministic, seed, trust=trust, env_kwargs=env_kwargs
     )
     print(format_table(results))
+    alias = pretrained_alias(path)
     if out is not None:
         out_dir = Path(out)
-    elif path.resolve().parent.parent == PRETRAINED_DIR.resolve():
-        out_dir = Path("runs") / "eval" / path.parent.name  # the shipped folder stays as shipped
+    elif alias is not None:
+        out_dir = DEFAULT_RUNS_ROOT / "eval" / alias
     else:
         out_dir = path.parent
     stem = "eval" if target is None else f"eval-{_label(str(target))}"

@@ -396,6 +396,12 @@ def resolve_checkpoint(name: str | Path) -> Path:
     )
 
 
+def pretrained_alias(checkpoint: Path) -> str | None:
+    """The alias of a checkpoint shipped in ``pretrained/``, else None: its folder is kept as shipped."""
+    folder = checkpoint.resolve().parent
+    return folder.name if folder.parent == PRETRAINED_DIR.resolve() else None
+
+
 def list_pretrained() -> list[str]:
     """Aliases of the pretrained models shipped in ``pretrained/`` (folders holding a ``model.zip``)."""
     if not PRETRAINED_DIR.is_dir():
