@@ -39,11 +39,6 @@ def median_selection(compare_dir: Path, agent: str) -> tuple[int, str]:
     return returns[(len(returns) - 1) // 2][1], how
 
 
-def median_seed(compare_dir: Path, agent: str) -> int:
-    """The seed of ``agent`` whose final training-env return is the (lower) median over its seeds."""
-    return median_selection(compare_dir, agent)[0]
-
-
 def package(compare_dir: Path, agent: str, seed: int, alias: str, selection: str = "") -> Path:
     """Write ``pretrained/<alias>`` and return it."""
     sys.path.insert(0, str(ROOT))
