@@ -1,0 +1,378 @@
+"""Temporal Latent Bottleneck (Didolkar, Gupta, Goyal et al., NeurIPS 2022, arXiv 2205.14794) as a drop-in for
+``nn.LSTM``, trained chunk-parallel.
+
+Two streams over a sequence cut into chunks of ``K = chunk_size`` steps:
+
+* **fast stream** -- a small pre-LayerNorm Transformer over the steps of the current chunk. Each of its
+  ``L = n_layers`` layers is causal self-attention + FFN followed by cross-attention to the slow latents +
+  FFN (the paper's interleaved "self-attention + FFN" / "cross-attention + FFN" blocks, Fig. 1);
+* **slow stream** -- ``N = n_latents`` latent vectors ``I`` (the "temporal latent bottleneck"). They are
+  read by every fast step but change only at the last step of a chunk, when they query the chunk's fast
+  outputs ``Y`` (cross-attention + FFN) and take a gated recurrent update (the paper's recurrent ``G``).
+
+Equations (``d = d_model``; a chunk holds steps at positions ``0..K-1``; ``Z`` is ``[K, d]``)::
+
+    z^0_p      = W_e x_p + b_e + P[p]                                    (embedding + chunk position)
+    for each fast layer l:
+      A        = Z + SelfAttn(LN(Z) -> LN(Z), causal)                     (position p sees 0..p)
+      A        = A + FFN(LN(A))
+      B        = A + CrossAttn(LN(A) -> LN(I))                            (top-down read of the slow stream)
+      Z        = B + FFN(LN(B))
+    Y          = LN(Z);   out_p = W_o Y_p + b_o                           ([hidden_size] per step)
+    at a chunk's end (position K-1):
+      M        = CrossAttn(LN(I) -> Y);  M = M + FFN(LN(M))              (latents read the chunk)
+      i, f     = sigmoid(W_g [M, I] + b_g)                                (forget bias starts at +1)
+      I        = f * I + i * tanh(M)
+
+**Training is chunk-parallel.** Every operation of the fast stream is causal within the chunk and reads
+the latents, which are fixed during a chunk, so all steps of a chunk are one batched Transformer call
+(:meth:`TemporalLatentBottleneck._fast`). A sequence call splits each batch row into *chunk instances*: an
+instance ends at position ``K-1`` or is cut by an episode start (which zeroes the state: fresh latents,
+position 0). With starts anywhere the instances of different rows are not aligned, so round ``r`` gathers
+each row's ``r``-th instance into a padded ``[B, K, d]`` tensor (the first one completed with the earlier
+steps carried in the state), runs the fast stream once for the round, scatters the outputs back to their
+time steps and updates the latents of rows whose instance ended. The number of rounds is about ``T / K``
+plus the number of cuts; only the slow update (and the rounds' order) is sequential. The valid slots of an
+instance are always a prefix ``0..p``, so the causal mask alone keeps padding unread.
+
+**State** (only what recomputing the current chunk needs), ``s = cat(h, c, dim=-1)`` with
+``state_size = ceil((N*d + (K-1)*d + 1) / 2)``::
+
+    s[..., 0 : N*d]                 I - I_0: slow latents as an offset from the learned initial I_0
+    s[..., N*d : (N+K-1)*d]         z^0 of the chunk's earlier steps [K-1, d] (slots 0..p-1; rest zero)
+    s[..., (N+K-1)*d]               p: position in the chunk of the *next* step (0 .. K-1)
+    the rest                        zero (at most one number, making the width even)
+
+An all-zero state is "start of a chunk, learned initial latents, nothing seen": zeroing it where
+``episode_starts`` is 1 starts a fresh episode. A step call (T=1) at position ``p`` recomputes the fast
+stream over the chunk's ``p + 1`` steps from their stored ``z^0`` -- the same code as a sequence call, so
+the two agree to float rounding. ``out`` (``hidden_size`` features) is a linear map of ``Y``; ``h`` is not
+``out[-1]`` (nothing in sb3-contrib assumes it is). ``state_size`` is independent of ``hidden_size``.
+
+**Defaults vs the paper.** Fig. 1 of the paper: chunks of ``K`` steps go through a Transformer ``F`` of
+interleaved self-attention + FFN and cross-attention (to the latents) + FFN layers; the latent set ``I`` is
+updated once per chunk by a recurrent function ``G`` that attends to ``F``'s outputs. That is the structure
+here. The paper tunes ``K``, ``N`` and the depth per task (vision and RL models far larger than a policy's
+core); the values here are ours, sized for RL policies whose core replaces a 64..600-wide LSTM:
+
+* ``chunk_size=8``: the slow stream updates every 8 env steps; PPO sequences of 32..128 steps hold 4..16
+  chunks, and a step call recomputes at most 8 positions;
+* ``n_latents=4`` latents of width ``d_model``, one fast layer (``n_layers=1``: one self-attention + FFN and
+  one cross-attention + FFN block, the smallest interleaving of Fig. 1), ``n_heads=4``, ``ffn_mult=4`` (the
+  Transformer's usual FFN width);
+* ``d_model``: ``None`` picks ``max(64, 16 * floor(hidden_size / 48))`` (about a third of the width, at
+  least 64; rounded to a multiple of ``n_heads``; resolved by the constructor, so direct construction,
+  the registry and the policies all get it), which keeps the parameter count within 0.5x..2x of
+  ``nn.LSTM(64, hidden_size)`` for widths 136..1200 or so (0.93x at 192, 1.0x at 600). Below that the floor
+  of 64 dominates (2.0x at 120). Dropout is not used.
+
+Checkpoints of the TLB of rims-rl < 0.2 (state packed into ``2 * hidden_size``, ``d_model <= 28``) do not
+load: :meth:`TemporalLatentBottleneck._load_from_state_dict` says so in one line.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from rims_rl.cores.base import RecurrentCore, State, check_positive
+
+MIN_D_MODEL = 64
+
+
+def default_d_model(hidden_size: int, n_heads: int = 4) -> int:
+    """``d_model`` when none is given: about a third of the width, at least 64, a multiple of 16 and of
+    ``n_heads`` (so the parameter count tracks ``nn.LSTM``'s, see the module docstring)."""
+    step = math.lcm(16, n_heads)
+    return max(-(-MIN_D_MODEL // step) * step, step * (hidden_size // (3 * step)))
+
+
+class _Attention(nn.Module):
+    """Multi-head attention with separate query / key-value inputs and an optional [Q, S] mask."""
+
+    def __init__(self, d: int, n_heads: int) -> None:
+        super().__init__()
+        self.n_heads = n_heads
+        self.q = nn.Linear(d, d)
+        self.kv = nn.Linear(d, 2 * d)
+        self.o = nn.Linear(d, d)
+
+    def forward(self, query: Tensor, keys: Tensor, mask: Tensor | None = None) -> Tensor:
+        """query [B, Q, d], keys [B, S, d], mask [Q, S] (True: may attend) -> [B, Q, d] (fused kernel)."""
+        q, k, v = self._heads(query, keys)
+        read = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.o(read.transpose(1, 2).flatten(2))
+
+    def with_probs(self, query: Tensor, keys: Tensor) -> tuple[Tensor, Tensor]:
+        """Unmasked attention that also returns its weights: ([B, Q, d], probs [B, H, Q, S])."""
+        q, k, v = self._heads(query, keys)
+        probs = ((q @ k.transpose(-1, -2)) * (1.0 / math.sqrt(q.shape[-1]))).softmax(dim=-1)
+        return self.o((probs @ v).transpose(1, 2).flatten(2)), probs
+
+    def _heads(self, query: Tensor, keys: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """q [B, H, Q, d/H], k and v [B, H, S, d/H]."""
+        B, Q, d = query.shape
+        H = self.n_heads
+        q = self.q(query).view(B, Q, H, d // H).transpose(1, 2)
+        k, v = self.kv(keys).view(B, keys.shape[1], 2, H, d // H).permute(2, 0, 3, 1, 4)
+        return q, k, v
+
+
+class _FFN(nn.Sequential):
+    """Pre-LN position-wise feed-forward block (its residual is added by the caller)."""
+
+    def __init__(self, d: int, mult: int) -> None:
+        super().__init__(nn.LayerNorm(d), nn.Linear(d, mult * d), nn.GELU(), nn.Linear(mult * d, d))
+
+
+class _FastLayer(nn.Module):
+    """Causal self-attention + FFN, then cross-attention to the slow latents + FFN (pre-LN, residual)."""
+
+    def __init__(self, d: int, n_heads: int, ffn_mult: int) -> None:
+        super().__init__()
+        self.norm_self = nn.LayerNorm(d)
+        self.self_attn = _Attention(d, n_heads)
+        self.ffn_self = _FFN(d, ffn_mult)
+        self.norm_cross = nn.LayerNorm(d)
+        self.norm_slow = nn.LayerNorm(d)
+        self.cross_attn = _Attention(d, n_heads)
+        self.ffn_cross = _FFN(d, ffn_mult)
+
+    def forward(self, z: Tensor, causal: Tensor, slow: Tensor) -> Tensor:
+        """z [B, K, d] (a chunk's slots), causal [K, K], slow [B, N, d] -> [B, K, d]."""
+        h = self.norm_self(z)
+        a = z + self.self_attn(h, h, causal)
+        a = a + self.ffn_self(a)
+        b = a + self.cross_attn(self.norm_cross(a), self.norm_slow(slow))
+        return b + self.ffn_cross(b)
+
+
+class TemporalLatentBottleneck(RecurrentCore):
+    """A TLB recurrent core with the interface of a one-layer, time-major ``nn.LSTM`` (see module doc).
+
+    Args:
+        input_size: features per step.
+        hidden_size: width of ``out`` (a linear map of the fast stream's output).
+        n_latents: slow-stream latent vectors ``N``.
+        chunk_size: steps per chunk ``K`` (the slow stream updates once per chunk).
+        n_layers: fast-stream layers ``L`` (each: self-attention + FFN, cross-attention + FFN).
+        n_heads: attention heads (all attentions).
+        d_model: width of both streams; ``None``: :func:`default_d_model` of ``hidden_size``.
+        ffn_mult: FFN hidden width as a multiple of ``d_model``.
+    """
+
+    # Version 2: chunk-parallel TLB with its own state_size (issue 25). Version 1 (nn.Module's default) was
+    # the packed-state TLB; its checkpoints are refused in _load_from_state_dict.
+    _version = 2
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int = 256,
+        n_latents: int = 4,
+        chunk_size: int = 8,
+        n_layers: int = 1,
+        n_heads: int = 4,
+        d_model: int | None = None,
+        ffn_mult: int = 4,
+    ) -> None:
+        for name, value in (
+            ("input_size", input_size),
+            ("hidden_size", hidden_size),
+            ("n_latents", n_latents),
+            ("chunk_size", chunk_size),
+            ("n_layers", n_layers),
+            ("n_heads", n_heads),
+            ("ffn_mult", ffn_mult),
+        ):
+            check_positive(name, value)
+        if d_model is None:
+            d_model = default_d_model(hidden_size, n_heads)
+        check_positive("d_model", d_model)
+        if d_model % n_heads != 0:
+            raise ValueError(f"d_model={d_model} must be divisible by n_heads={n_heads}")
+        pos_index = (n_latents + chunk_size - 1) * d_model  # latents, then chunk memory, then position
+        super().__init__(input_size, hidden_size, state_size=(pos_index + 2) // 2)  # ceil((pos_index+1)/2)
+        self._slow_size = n_latents * d_model
+        self._pos_index = pos_index
+
+        self.n_latents = n_latents
+        self.chunk_size = chunk_size
+        self.n_layers = n_layers
+        self.n_heads = n_heads
+        self.d_model = d_model
+        self.ffn_mult = ffn_mult
+
+        d = d_model
+        self.embed = nn.Linear(input_size, d)
+        self.position = nn.Parameter(torch.zeros(chunk_size, d))
+        self.fast_layers = nn.ModuleList(_FastLayer(d, n_heads, ffn_mult) for _ in range(n_layers))
+        self.norm_out = nn.LayerNorm(d)
+        self.out = nn.Linear(d, hidden_size)
+        self.initial_latents = nn.Parameter(torch.zeros(n_latents, d))
+        self.norm_latents = nn.LayerNorm(d)
+        self.slow_attn = _Attention(d, n_heads)
+        self.slow_ffn = _FFN(d, ffn_mult)
+        self.slow_gate = nn.Linear(2 * d, 2 * d)
+        self.reset_parameters()
+        #: Attention of the slow latents over the chunk's steps at the most recent chunk end (kept across
+        #: calls, so T=1 rollout steps keep it), ``[n_ended, n_heads, n_latents, chunk_size]`` for the
+        #: batch rows whose chunk ended then; detached. ``None`` until a chunk has ended.
+        self.last_slow_attention: Tensor | None = None
+
+    def reset_parameters(self) -> None:
+        """Linear layers keep torch's init; positions and initial latents ~ N(0, 0.02); forget bias +1."""
+        nn.init.normal_(self.position, std=0.02)
+        nn.init.normal_(self.initial_latents, std=0.02)
+        with torch.no_grad():
+            self.slow_gate.bias.zero_()
+            self.slow_gate.bias[self.d_model :] = 1.0
+
+    def extra_repr(self) -> str:
+        return (
+            f"input_size={self.input_size}, hidden_size={self.hidden_size}, n_latents={self.n_latents}, "
+            f"chunk_size={self.chunk_size}, n_layers={self.n_layers}, n_heads={self.n_heads}, "
+            f"d_model={self.d_model}, ffn_mult={self.ffn_mult}, state_size={self.state_size}"
+        )
+
+    def _load_from_state_dict(
+        self,
+        state_dict: Mapping[str, Any],
+        prefix: str,
+        local_metadata: dict[str, Any],
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
+        """Refuse a checkpoint of the old packed-state TLB in one line, instead of torch's list of shape
+        mismatches (its fast layers were called ``layers``; its state dict carries no version 2)."""
+        version = local_metadata.get("version")
+        if (version is not None and version < 2) or any(k.startswith(prefix + "layers.") for k in state_dict):
+            raise ValueError(
+                "this TLB checkpoint was saved by rims-rl < 0.2 (packed state, d_model <= 28); retrain it, "
+                "the TLB core changed in issue 25"
+            )
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+
+    def unpack_state(self, state: State) -> tuple[Tensor, Tensor, Tensor]:
+        """(slow latents [B, N, d], z^0 of the chunk's earlier steps [B, K-1, d], next position [B] long).
+
+        The position is rounded and clamped to [0, K-1], so a state that went through float buffers reads
+        back exactly."""
+        s = torch.cat(state, dim=-1)[0]
+        B, d = s.shape[0], self.d_model
+        slow = self.initial_latents + s[:, : self._slow_size].view(B, self.n_latents, d)
+        memory = s[:, self._slow_size : self._pos_index].view(B, self.chunk_size - 1, d)
+        position = s[:, self._pos_index].round().long().clamp(0, self.chunk_size - 1)
+        return slow, memory, position
+
+    def pack_state(self, slow: Tensor, memory: Tensor, position: Tensor) -> State:
+        """Inverse of :meth:`unpack_state`: ``(h, c)``, each ``[1, B, state_size]``."""
+        B = slow.shape[0]
+        parts = [
+            (slow - self.initial_latents).reshape(B, -1),
+            memory.reshape(B, -1),
+            position.to(slow.dtype).unsqueeze(-1),
+        ]
+        s = torch.cat(parts, dim=-1)
+        s = F.pad(s, (0, 2 * self.state_size - s.shape[-1]))
+        h, c = s.unsqueeze(0).split(self.state_size, dim=-1)
+        return h, c
+
+    def _fast(self, z0: Tensor, causal: Tensor, slow: Tensor) -> Tensor:
+        """The fast stream over whole chunks: z0 [B, K, d], causal [K, K], slow [B, N, d] -> Y [B, K, d].
+
+        The one implementation for step calls and sequence calls (which is why they agree)."""
+        z = z0
+        for layer in self.fast_layers:
+            z = layer(z, causal, slow)
+        return self.norm_out(z)
+
+    def _slow_update(self, slow: Tensor, chunk_out: Tensor, ended: Tensor) -> Tensor:
+        """Gated cross-attention update of the latents [B, N, d] from the chunk's outputs [B, K, d]."""
+        m, probs = self.slow_attn.with_probs(self.norm_latents(slow), chunk_out)
+        m = m + self.slow_ffn(m)
+        i, f = torch.sigmoid(self.slow_gate(torch.cat([m, slow], dim=-1))).chunk(2, dim=-1)
+        self.last_slow_attention = probs[ended].detach()
+        return f * slow + i * torch.tanh(m)
+
+    def forward(
+        self, x: Tensor, state: State | None = None, episode_starts: Tensor | None = None
+    ) -> tuple[Tensor, State]:
+        """Run a sequence: x [T, B, input_size] -> (out [T, B, hidden_size], (h, c) [1, B, state_size] each).
+
+        Where ``episode_starts`` [T, B] is 1 the state is zeroed before that step. Chunk-parallel: one fast
+        stream call per round of chunk instances (module docstring)."""
+        self._check_input(x, state, episode_starts)
+        T, B, _ = x.shape
+        K, d, dev = self.chunk_size, self.d_model, x.device
+        if state is None:
+            state = self.initial_state(B, dev)
+        slow, memory, pos0 = self.unpack_state(state)
+
+        # Chunk alignment per batch row: position p[t, b] of each step and the round (chunk instance) it
+        # belongs to. After an episode start positions count from 0, before any from the carried position.
+        t_idx = torch.arange(T, device=dev).unsqueeze(1)
+        if episode_starts is None:
+            starts = torch.zeros(T, B, dtype=torch.bool, device=dev)
+        else:
+            starts = episode_starts != 0
+        last_start = torch.where(starts, t_idx, -1).cummax(dim=0).values
+        pos = torch.where(last_start >= 0, t_idx - last_start, pos0 + t_idx) % K
+        new_instance = pos == 0
+        new_instance[0] = True
+        rnd = new_instance.long().cumsum(dim=0) - 1  # [T, B]
+        b_idx = torch.arange(B, device=dev).expand(T, B)
+        n_rounds = int(rnd[-1].max()) + 1
+        reset = torch.zeros(n_rounds, B, dtype=torch.bool, device=dev)
+        reset[rnd[starts], b_idx[starts]] = True  # the instance begins with an episode start
+        ended = torch.zeros(n_rounds, B, dtype=torch.bool, device=dev)
+        full = pos == K - 1
+        ended[rnd[full], b_idx[full]] = True  # the instance reaches the chunk's last position
+        any_reset = reset.any(dim=1).tolist()  # one host sync for the whole call
+        any_ended = ended.any(dim=1).tolist()
+
+        # Gather: slots of round r of row b; round 0 starts with the carried z^0 of the earlier steps.
+        slots = torch.arange(K, device=dev)
+        carried = F.pad(memory, (0, 0, 0, 1)) * (slots < pos[0].unsqueeze(1)).unsqueeze(-1).to(memory.dtype)
+        z0 = self.embed(x) + self.position[pos]  # [T, B, d]
+        Z = torch.cat([carried.unsqueeze(0), carried.new_zeros(n_rounds - 1, B, K, d)])
+        Z = Z.index_put((rnd, b_idx, pos), z0)
+
+        causal = torch.ones(K, K, dtype=torch.bool, device=dev).tril()
+        initial = self.initial_latents.expand(B, -1, -1)
+        ys = []
+        for r, z_round in enumerate(Z.unbind(0)):  # one backward node, not a zero-filled grad per round
+            if any_reset[r]:
+                slow = torch.where(reset[r, :, None, None], initial, slow)
+            y = self._fast(z_round, causal, slow)
+            ys.append(y)
+            if any_ended[r]:
+                slow = torch.where(ended[r, :, None, None], self._slow_update(slow, y, ended[r]), slow)
+        Y = torch.stack(ys)  # [R, B, K, d]
+        out = self.out(Y[rnd, b_idx, pos])  # [T, B, hidden_size]
+
+        # State: the last instance's z^0 of the steps seen so far (none once the chunk ended).
+        next_pos = (pos[-1] + 1) % K
+        last = Z[rnd[-1], b_idx[-1], : K - 1]  # [B, K-1, d]
+        kept = (slots[: K - 1] < next_pos.unsqueeze(1)).unsqueeze(-1).to(last.dtype)
+        return out, self.pack_state(slow, last * kept, next_pos)
+
+    def stats(self) -> dict[str, float]:
+        """TensorBoard scalars: normalised entropy of the last slow-stream attention over chunk steps
+        (1 = the latents read every step equally, 0 = each latent reads one step)."""
+        p = self.last_slow_attention
+        if p is None or p.numel() == 0:
+            return {}
+        ent = -(p.clamp_min(1e-12).log() * p).sum(-1).mean()
+        return {
+            "slow_attention_entropy": float(ent / math.log(self.chunk_size)) if self.chunk_size > 1 else 1.0
+        }
