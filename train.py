@@ -76,6 +76,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                 ("--suite", args.suite),
                 ("--run-dir", args.run_dir),
                 ("--agent", args.agent),
+                ("--core", args.core),
                 ("--timesteps", args.timesteps),
                 ("--seed", args.seed),
                 ("--n-envs", args.n_envs),
@@ -94,7 +95,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     start = time.time()
     try:
         run_dir = train_run(
-            args.agent or DEFAULT_AGENT,
+            catalog.with_core(args.agent or DEFAULT_AGENT, args.core),
             args.env,
             suite=args.suite,
             timesteps=args.timesteps,
@@ -242,6 +243,10 @@ def cmd_list(args: argparse.Namespace) -> int:
         print("agents:")
         for name in catalog.agents():
             print(f"  {name}")
+    if what in ("all", "cores"):
+        print("cores (train --agent A --core NAME; options: --set core.KEY=VALUE):")
+        for name, desc in catalog.cores().items():
+            print(f"  {name:10s} {desc}")
     if what in ("all", "suites"):
         print("suites (train env -> OOD variants):")
         for name, desc in catalog.suites().items():
@@ -270,7 +275,8 @@ def cmd_list(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------- compare
 def cmd_compare(args: argparse.Namespace) -> int:
     """``compare``: several agents x seeds on a suite (implemented in ``rims_rl.app.compare``)."""
-    options = {k: v for k, v in vars(args).items() if k not in ("func", "command")}
+    options = {k: v for k, v in vars(args).items() if k not in ("func", "command", "core")}
+    options["agents"] = [catalog.with_core(a, args.core) for a in args.agents]
     try:
         result = run_compare(**options)
     except CompareInterrupted as err:
@@ -289,7 +295,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
         chosen = run_tune(
             args.suite,
             args.grid,
-            agents=args.agents,
+            agents=[catalog.with_core(a, args.core) for a in args.agents],
             seeds=args.seeds,
             timesteps=args.timesteps,
             out=args.out,
@@ -321,8 +327,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="{train,evaluate,list,compare,tune}")
 
     p = sub.add_parser("train", help="train one agent on one env or a suite's train env")
+    p.add_argument("--agent", help=f"{' | '.join(catalog.agents())} (default {DEFAULT_AGENT}; `list agents`)")
     p.add_argument(
-        "--agent", help="rims_ppo | lstm_ppo | tlb_ppo | assembly_ppo | ppo (default rims_ppo; `list agents`)"
+        "--core",
+        help="use this recurrent core (a registered name: `list cores`) with the agent's PPO settings and "
+        "output width; set its options with --set core.KEY=VALUE",
     )
     where = p.add_mutually_exclusive_group()
     where.add_argument("--env", help="env id, e.g. MiniGrid-DoorKey-5x5-v0 or ALE/Breakout-v5")
@@ -390,7 +399,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("list", help="list agents, suites, envs and pretrained models")
     p.add_argument(
-        "what", nargs="?", default="all", choices=("all", "agents", "suites", "envs", "pretrained")
+        "what", nargs="?", default="all", choices=("all", "agents", "cores", "suites", "envs", "pretrained")
     )
     p.add_argument("--all-atari", action="store_true", help="list every Atari id")
     p.set_defaults(func=cmd_list)
@@ -401,6 +410,11 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         default=["rims_ppo", "lstm_ppo"],
         help="agents to compare (default rims_ppo lstm_ppo)",
+    )
+    p.add_argument(
+        "--core",
+        help="use this recurrent core (a registered name: `list cores`) with the agent's PPO settings and "
+        "output width; set its options with --set core.KEY=VALUE",
     )
     where = p.add_mutually_exclusive_group()
     where.add_argument("--suite", help="suite name or suite YAML file: train env + OOD variants")
@@ -450,6 +464,11 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         default=["rims_ppo", "lstm_ppo"],
         help="agents to tune (default rims_ppo lstm_ppo)",
+    )
+    p.add_argument(
+        "--core",
+        help="use this recurrent core (a registered name: `list cores`) with the agent's PPO settings and "
+        "output width; set its options with --set core.KEY=VALUE",
     )
     p.add_argument(
         "--seeds", type=int, default=2, help="tuning seeds per configuration (from 1000, default 2)"

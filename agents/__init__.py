@@ -31,13 +31,17 @@ from agents.config import (
     resolve_schedule,
 )
 from agents.presets import AGENTS, FAMILIES, families_of, shipped_presets
+from rims_rl.cores import core_settings, get_core
 from rims_rl.extractors import minigrid_policy_kwargs
-from rims_rl.policies import POLICIES, RIMS_KWARGS, RimsActorCriticPolicy
+from rims_rl.policies import POLICIES, RimsActorCriticPolicy
 from rims_rl.ppo import ChunkedRecurrentPPO
 from rims_rl.spatial import SpatialCNN
 
 __all__ = [
     "AGENTS",
+    "CORE_SEP",
+    "check_agent",
+    "with_core",
     "FAMILIES",
     "AgentPreset",
     "PPOSettings",
@@ -63,14 +67,50 @@ _FREE_DICTS = {
     "policy_kwargs.features_extractor_kwargs",
     "policy_kwargs.optimizer_kwargs",
     "policy_kwargs.lstm_kwargs",
-    "policy_kwargs.core_kwargs",  # checked by the core's constructor (rims_rl.policies.MODULAR_CORES)
+    "policy_kwargs.core_kwargs",  # checked against the core's own settings by the policy constructor
 }
 
 
+#: ``AGENT+CORE`` names agent AGENT with the recurrent core CORE (``train --agent A --core CORE``).
+CORE_SEP = "+"
+
+
+def check_agent(agent: str) -> None:
+    """``ValueError`` naming the problem unless ``agent`` is a named agent, or ``AGENT+CORE`` with a
+    recurrent agent and a registered core."""
+    if not isinstance(agent, str):
+        raise ValueError(f"agent must be a name, got {agent!r}")
+    base, sep, core = agent.partition(CORE_SEP)
+    if base not in AGENTS:
+        raise ValueError(f"unknown agent {base!r}{hint(base, AGENTS)}; agents: {AGENTS}")
+    if sep:
+        get_core(core)  # unknown core: the registry's message, closest names first
+        if not any(get_preset_block(base, f).recurrent for f in families_of(base)):
+            raise ValueError(f"agent {base!r} is feed-forward: --core needs a recurrent agent")
+
+
+def get_preset_block(agent: str, family: str) -> AgentPreset:
+    """The shipped block ``agent/family`` of presets.yml."""
+    return shipped_presets()[(agent, family)]
+
+
+def with_core(preset: AgentPreset, core: str) -> AgentPreset:
+    """``preset`` with recurrent core ``core``: its PPO settings, policy and output width, the core's
+    own defaults (the old core's settings are dropped; ``--set core.KEY=VALUE`` sets the new one's)."""
+    if not preset.recurrent:
+        raise ValueError(f"agent {preset.agent!r} is feed-forward: --core needs a recurrent agent")
+    get_core(core)
+    data = preset.to_dict()
+    pk = {k: v for k, v in data["policy_kwargs"].items() if k not in ("rims_kwargs", "core_kwargs")}
+    data["policy_kwargs"] = {**pk, "core": core}
+    data["agent"] = f"{preset.agent}{CORE_SEP}{core}"
+    return AgentPreset.from_dict(data)
+
+
 def get_preset(agent: str, family: str) -> AgentPreset:
-    """The shipped preset of ``agent`` on an environment ``family``."""
-    if agent not in AGENTS:
-        raise ValueError(f"unknown agent {agent!r}{hint(agent, AGENTS)}; agents: {AGENTS}")
+    """The shipped preset of ``agent`` (or ``AGENT+CORE``) on an environment ``family``."""
+    check_agent(agent)
+    agent, sep, core = agent.partition(CORE_SEP)
     if family not in FAMILIES:
         raise ValueError(f"unknown family {family!r}{hint(family, FAMILIES)}; families: {FAMILIES}")
     if family not in families_of(agent):
@@ -78,7 +118,8 @@ def get_preset(agent: str, family: str) -> AgentPreset:
             f"agent {agent!r} has no preset for {family} envs (it reads image observations); it has "
             f"presets for: {', '.join(families_of(agent))}"
         )
-    return shipped_presets()[(agent, family)]
+    preset = get_preset_block(agent, family)
+    return with_core(preset, core) if sep else preset
 
 
 def _valid_keys(node: Mapping[str, Any], section: str, recurrent: bool) -> tuple[str, ...]:
@@ -89,8 +130,8 @@ def _valid_keys(node: Mapping[str, Any], section: str, recurrent: bool) -> tuple
         return tuple(PPOSettings.__dataclass_fields__)
     if section == "policy_kwargs":
         return policy_parameters(recurrent)
-    if section == "policy_kwargs.rims_kwargs":
-        return RIMS_KWARGS
+    if section == "policy_kwargs.rims_kwargs":  # core_kwargs of core="rims", the presets' spelling
+        return core_settings(get_core("rims"))
     return tuple(node)
 
 
@@ -122,15 +163,36 @@ def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
     return out
 
 
+def _core_key(preset: AgentPreset, key: str) -> str:
+    """``core.KEY`` -> where the preset keeps its core's settings (``rims_kwargs`` in the RIMs presets,
+    else ``core_kwargs``), after checking KEY against the core's own settings."""
+    if not key.startswith("core."):
+        return key
+    name = preset.policy_kwargs.get("core") if preset.recurrent else None
+    if not isinstance(name, str):
+        raise ValueError(f"{key!r}: agent {preset.agent!r} has no recurrent core to set")
+    setting = key[len("core.") :]
+    valid = core_settings(get_core(name))
+    if setting not in valid:
+        raise ValueError(
+            f"unknown core setting {setting!r} for core {name!r}{hint(setting, valid)}; "
+            f"valid: {', '.join(valid) or 'none'}"
+        )
+    section = "rims_kwargs" if "rims_kwargs" in preset.policy_kwargs else "core_kwargs"
+    return f"policy_kwargs.{section}.{setting}"
+
+
 def apply_overrides(preset: AgentPreset, overrides: Mapping[str, Any]) -> AgentPreset:
     """``preset`` with dotted keys set (``{"ppo.learning_rate": 3e-4}``), validated as a whole once.
 
     String values are parsed like CLI values. Unknown keys raise ``ValueError`` naming close valid keys;
-    keys valid for the algorithm or policy but absent from the preset are added.
+    keys valid for the algorithm or policy but absent from the preset are added. ``core.KEY`` sets the
+    recurrent core's own setting KEY.
     """
     config = preset.to_dict()
     for key, raw_value in overrides.items():
         value = parse_value(raw_value) if isinstance(raw_value, str) else raw_value
+        key = _core_key(preset, key)
         parts = key.split(".")
         node: dict[str, Any] = config
         for depth, part in enumerate(parts):

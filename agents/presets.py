@@ -15,31 +15,33 @@ import yaml
 from agents.config import AgentPreset
 
 PRESETS_FILE = Path(__file__).with_name("presets.yml")
-AGENTS: tuple[str, ...] = ("rims_ppo", "lstm_ppo", "ppo", "tlb_ppo", "assembly_ppo", "rims_spatial_ppo")
-FAMILIES: tuple[str, ...] = ("atari", "minigrid", "classic")
-#: Agents that exist for some families only (every other agent has a block for every family).
-AGENT_FAMILIES: dict[str, tuple[str, ...]] = {"rims_spatial_ppo": ("atari", "minigrid")}  # image input
+
+
+@functools.cache
+def _raw_blocks() -> dict[tuple[str, str], dict]:
+    """The YAML's ``<agent>/<family>`` blocks, in file order (``_`` keys are shared pieces, not presets)."""
+    raw = yaml.safe_load(PRESETS_FILE.read_text())
+    return {tuple(k.partition("/")[::2]): v for k, v in raw.items() if not k.startswith("_")}
+
+
+#: Agents and families in the order presets.yml first names them: an agent is its blocks, so adding one
+#: is adding its blocks.
+AGENTS: tuple[str, ...] = tuple(dict.fromkeys(agent for agent, _ in _raw_blocks()))
+FAMILIES: tuple[str, ...] = tuple(dict.fromkeys(family for _, family in _raw_blocks()))
 
 
 def families_of(agent: str) -> tuple[str, ...]:
-    """The environment families ``agent`` has a preset for."""
-    return AGENT_FAMILIES.get(agent, FAMILIES)
+    """The environment families ``agent`` has a preset for (a block in presets.yml)."""
+    return tuple(f for f in FAMILIES if (agent, f) in _raw_blocks())
 
 
 @functools.cache
 def shipped_presets() -> dict[tuple[str, str], AgentPreset]:
     """Every shipped preset by ``(agent, family)``."""
-    raw = yaml.safe_load(PRESETS_FILE.read_text())
     presets: dict[tuple[str, str], AgentPreset] = {}
-    for key, block in raw.items():
-        if key.startswith("_"):
-            continue
-        agent, _, family = key.partition("/")
+    for (agent, family), block in _raw_blocks().items():
         try:
             presets[(agent, family)] = AgentPreset.from_dict({"agent": agent, "family": family, **block})
         except ValueError as err:
-            raise ValueError(f"{PRESETS_FILE.name} block {key!r}: {err}") from err
-    missing = [(a, f) for a in AGENTS for f in families_of(a) if (a, f) not in presets]
-    if missing:
-        raise ValueError(f"{PRESETS_FILE.name} lacks blocks for {missing}")
+            raise ValueError(f"{PRESETS_FILE.name} block '{agent}/{family}': {err}") from err
     return presets

@@ -10,9 +10,9 @@ interleaved (one repeat of each in turn), so load from other jobs hits them alik
 no-grad single-step call that sb3 makes while collecting rollouts (T=1, B=16, 200 steps). ``--ppo``
 adds end-to-end PPO (``bench_ppo.py``'s rims_ppo MiniGrid model): steps/s of one rollout + update with
 the fused core vs the reference core, alternating in one process (so CPU load hits both alike).
-``--modular`` adds the other modular cores at each hidden size, timed interleaved with ``nn.LSTM``: the
-Temporal Latent Bottleneck (``rims_rl.tlb``) and the stable assembly (``rims_rl.assembly``), both with
-their defaults (no targets for them yet; reported).
+``--modular`` adds every other registered core (``rims_rl.cores.registry``: the TLB, the stable assembly,
+the GRU, installed plug-ins) at each hidden size with its defaults, timed interleaved with ``nn.LSTM``,
+with its parameter count beside the LSTM's.
 """
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's rims_rl, not an installed one
-from rims_rl.assembly import StableAssembly  # noqa: E402
-from rims_rl.core import RIMs  # noqa: E402
-from rims_rl.tlb import TemporalLatentBottleneck  # noqa: E402
+from rims_rl.copying import make_core  # noqa: E402
+from rims_rl.cores import core_names  # noqa: E402
+from rims_rl.cores.rims import RIMs  # noqa: E402
 
 
 def _sync(device: str) -> None:
@@ -113,7 +113,7 @@ def main() -> None:
     parser.add_argument("--cells", nargs="+", default=["lstm", "gru"], choices=["lstm", "gru"])
     parser.add_argument("--rollout", action="store_true", help="also time no-grad T=1 rollout steps")
     parser.add_argument("--ppo", action="store_true", help="also A/B the core inside rims_ppo training")
-    parser.add_argument("--modular", action="store_true", help="also time the TLB and assembly cores")
+    parser.add_argument("--modular", action="store_true", help="also time every other registered core")
     args = parser.parse_args()
 
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -144,19 +144,22 @@ def main() -> None:
                     flush=True,
                 )
             if args.modular:
-                tlb = TemporalLatentBottleneck(args.input, hidden).to(device)
-                assembly = StableAssembly(args.input, hidden).to(device)
-                t = _interleaved(
-                    {"lstm": _fwd_bwd(lstm, x), "tlb": _fwd_bwd(tlb, x), "assembly": _fwd_bwd(assembly, x)},
-                    args.repeats,
-                    device,
-                )
-                print(
-                    f"{device:6} {hidden:>6} modular cores: nn.LSTM {t['lstm'] * 1e3:.1f} ms, TLB (d_model "
-                    f"{tlb.d_model}) {t['tlb'] * 1e3:.1f} ms = {t['tlb'] / t['lstm']:.2f}x, assembly "
-                    f"{t['assembly'] * 1e3:.1f} ms = {t['assembly'] / t['lstm']:.2f}x",
-                    flush=True,
-                )
+                others = {
+                    name: make_core(name, args.input, hidden).to(device)
+                    for name in core_names()
+                    if name not in ("rims", "lstm")
+                }
+                fns = {"lstm": _fwd_bwd(lstm, x), **{n: _fwd_bwd(m, x) for n, m in others.items()}}
+                t = _interleaved(fns, args.repeats, device)
+                n_lstm = sum(p.numel() for p in lstm.parameters())
+                for name, module in others.items():
+                    n_params = sum(p.numel() for p in module.parameters())
+                    print(
+                        f"{device:6} {hidden:>6} {name}: {t[name] * 1e3:.1f} ms = {t[name] / t['lstm']:.2f}x "
+                        f"nn.LSTM ({t['lstm'] * 1e3:.1f} ms); {n_params} parameters = "
+                        f"{n_params / n_lstm:.2f}x; state {module.state_size} ({module!r:.60})",
+                        flush=True,
+                    )
             if args.rollout:
                 rims = RIMs(args.input, hidden, n_units=6, k=4).to(device).eval()
                 xr = torch.randn(200, 16, args.input, device=device)

@@ -29,7 +29,7 @@ def record_episode(
     from envs import EnvSpec, make_env
     from rims_rl.app.checkpoint import read_meta, resolve_checkpoint
     from rims_rl.app.evaluation import load_for_eval, play_episode
-    from rims_rl.core import RIMs
+    from rims_rl.cores.rims import RIMs
 
     if env_id is None:  # the checkpoint's own training env
         spec = read_meta(resolve_checkpoint(checkpoint)).config.env_spec()

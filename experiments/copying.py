@@ -38,7 +38,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm import tqdm
 
-from rims_rl.copying import KINDS, CopyingModel, copying_batch, make_core
+from rims_rl.copying import CopyingModel, copying_batch, make_core
+from rims_rl.cores import core_names
 
 
 @dataclass
@@ -87,7 +88,7 @@ def parse_args(argv: list[str] | None = None) -> Args:
     """Parse ``argv`` (``sys.argv[1:]`` if None) into :class:`Args`."""
     d = Args()
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--model", choices=KINDS, default=d.model)
+    p.add_argument("--model", choices=core_names(), default=d.model)
     p.add_argument("--hidden", type=int, default=d.hidden, help="total hidden size (RIMs: n_units * unit)")
     p.add_argument("--n-units", type=int, default=d.n_units, help="RIMs: number of units")
     p.add_argument("--k", type=int, default=d.k, help="RIMs: active units per step")

@@ -6,7 +6,7 @@ Importing the package registers the policy names ``MlpRimsPolicy``, ``CnnRimsPol
 ``--gym-packages rims_rl`` finds them).
 """
 
-from rims_rl.core import RIMs
+from rims_rl.cores.rims import RIMs
 from rims_rl.policies import CnnRimsPolicy, MlpRimsPolicy, MultiInputRimsPolicy
 from rims_rl.spatial import SpatialCnnRimsPolicy
 

@@ -12,12 +12,8 @@ from typing import Any, cast
 import torch
 from torch import Tensor, nn
 
-from rims_rl.assembly import StableAssembly
-from rims_rl.core import RIMs
-from rims_rl.tlb import TemporalLatentBottleneck
-
-#: Core kinds :func:`make_core` builds.
-KINDS: tuple[str, ...] = ("rims", "lstm", "tlb", "assembly")
+from rims_rl.cores.base import RecurrentCore
+from rims_rl.cores.registry import get_core
 
 
 def copying_batch(
@@ -45,7 +41,7 @@ def copying_batch(
 
 
 class CopyingModel(nn.Module):
-    """One-hot tokens -> recurrent core (any of ``KINDS``) -> logits over symbols + blank."""
+    """One-hot tokens -> recurrent core (any registered one) -> logits over symbols + blank."""
 
     def __init__(self, core: nn.Module, n_symbols: int = 8) -> None:
         super().__init__()
@@ -65,18 +61,8 @@ class CopyingModel(nn.Module):
         return self.head(out)
 
 
-def make_core(kind: str, input_size: int, hidden_size: int, **core_kwargs: Any) -> nn.Module:
-    """A core of output size ``hidden_size``: ``"rims"`` (:class:`RIMs`), ``"lstm"`` (``nn.LSTM``), ``"tlb"``
-    (:class:`TemporalLatentBottleneck`) or ``"assembly"`` (:class:`StableAssembly`); ``core_kwargs`` go
-    to the constructor (none for LSTM)."""
-    if kind == "rims":
-        return RIMs(input_size, hidden_size, **core_kwargs)
-    if kind == "tlb":
-        return TemporalLatentBottleneck(input_size, hidden_size, **core_kwargs)
-    if kind == "assembly":
-        return StableAssembly(input_size, hidden_size, **core_kwargs)
-    if kind == "lstm":
-        if core_kwargs:
-            raise ValueError(f"kind='lstm' takes no core_kwargs, got {sorted(core_kwargs)}")
-        return nn.LSTM(input_size, hidden_size)
-    raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+def make_core(kind: str, input_size: int, hidden_size: int, **core_kwargs: Any) -> RecurrentCore:
+    """The registered core ``kind`` of output width ``hidden_size``; ``core_kwargs`` as a policy's
+    ``core_kwargs`` (width defaults resolved by the core, e.g. RIMs' ``unit_size``)."""
+    cls = get_core(kind)
+    return cls(input_size, hidden_size, **cls.resolve_kwargs(hidden_size, core_kwargs))

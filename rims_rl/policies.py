@@ -1,30 +1,29 @@
-"""RIMs (and LSTM/GRU baseline) policies for sb3-contrib's ``RecurrentPPO``, used unchanged.
+"""Policies for sb3-contrib's ``RecurrentPPO`` (used unchanged) with any registered recurrent core.
 
-``RecurrentPPO(MlpRimsPolicy, env, policy_kwargs={"rims_kwargs": {"n_units": 6, "k": 4, "unit_size": 32}})``
+``RecurrentPPO(MlpRimsPolicy, env, policy_kwargs={"core": "rims", "core_kwargs": {"n_units": 6, "k": 4}})``
 
-The recurrent core is chosen with ``core``: ``"rims"`` (default), ``"lstm"``, ``"gru"``, or one of the other
-modular cores, ``"tlb"`` (:class:`rims_rl.tlb.TemporalLatentBottleneck`) and ``"assembly"``
-(:class:`rims_rl.assembly.StableAssembly`), configured with ``core_kwargs``. With ``"lstm"``
-the policy is the same model as sb3-contrib's ``MlpLstmPolicy`` (same parameters, same names, same
-per-step semantics), so RIMs and LSTM agents differ only in the core. The critic follows sb3-contrib:
-its own core (``enable_critic_lstm=True``), the actor's core shared (``shared_lstm=True``, no critic
-gradient through it unless ``critic_grad_through_core=True``) or none (both False: a linear layer).
+The core is a name from ``rims_rl.cores.registry`` (``"rims"``, the default, ``"lstm"``, ``"gru"``,
+``"tlb"``, ``"assembly"`` or an installed plug-in), configured with ``core_kwargs``. With ``"lstm"`` the
+policy is the same model as sb3-contrib's ``MlpLstmPolicy`` (same parameters, same names, same per-step
+semantics, same errors), so agents differ only in the core. The critic follows sb3-contrib: its own
+core (``enable_critic_lstm=True``), the actor's core shared (``shared_lstm=True``, no critic gradient
+through it unless ``critic_grad_through_core=True``) or none (both False: a linear layer).
 
 Cores are built inside ``__init__`` before the optimizer is created, so the optimizer owns their
 parameters (replacing ``policy.lstm_actor`` afterwards would leave the optimizer on the old module).
 
 Training minibatches from sb3-contrib's recurrent buffer are padded sequences that can only start an
 episode at their first step, so the whole batch of sequences goes through the core in one call
-instead of sb3-contrib's per-step Python loop (RIMs takes ``episode_starts`` itself; LSTM/GRU cores
-zero the initial state where the first step starts an episode and fall back to the loop otherwise).
+instead of sb3-contrib's per-step Python loop (cores that declare ``takes_episode_starts`` reset
+themselves anywhere; for the others the state is zeroed where the first step starts an episode, with
+the loop as the fallback).
 """
 
 from __future__ import annotations
 
 import difflib
-import inspect
 from contextlib import ExitStack
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 import torch as th
 from gymnasium import spaces
@@ -41,29 +40,23 @@ from stable_baselines3.common.torch_layers import (
 from stable_baselines3.common.type_aliases import Schedule
 from torch import nn
 
-from rims_rl.assembly import StableAssembly
-from rims_rl.core import RIMs
+from rims_rl.cores.base import RecurrentCore
+from rims_rl.cores.registry import core_settings, get_core
+from rims_rl.cores.stack import StackedCore
 from rims_rl.dropout import KeyedDropout, new_keys
-from rims_rl.tlb import TemporalLatentBottleneck
-
-#: Modular cores other than RIMs, configured through the generic ``core_kwargs`` (their constructor's
-#: arguments except the sizes, which come from the policy).
-MODULAR_CORES: dict[str, type[nn.Module]] = {"tlb": TemporalLatentBottleneck, "assembly": StableAssembly}
-CORES: tuple[str, ...] = ("rims", "lstm", "gru", *MODULAR_CORES)
-#: Cores that take ``episode_starts`` themselves (resets anywhere in a sequence, one call).
-_STARTS_AWARE: tuple[type[nn.Module], ...] = (RIMs, *MODULAR_CORES.values())
-#: Keys accepted in ``rims_kwargs``: the ``RIMs`` constructor's arguments (its sizes come from the policy)
-#: plus ``unit_size``, which sets the hidden size to ``n_units * unit_size``.
-RIMS_KWARGS: tuple[str, ...] = tuple(
-    name
-    for name in inspect.signature(RIMs.__init__).parameters
-    if name not in ("self", "input_size", "hidden_size")
-) + ("unit_size",)
-#: Hidden size when none is given: sb3-contrib's LSTM default, and 6 units of 32 for RIMs.
-DEFAULT_LSTM_HIDDEN = 256
-DEFAULT_UNIT_SIZE = 32
 
 State = tuple[th.Tensor, th.Tensor]
+#: nn.LSTM keywords at the values that mean "what sb3-contrib needs anyway": accepted by every core.
+_LSTM_NOOPS: dict[str, Any] = {"bias": True, "batch_first": False, "bidirectional": False, "proj_size": 0}
+
+
+class SettingError(AssertionError, ValueError):
+    """A setting sb3-contrib refuses with an ``assert``: the same exception type, and still a ``ValueError``
+    (our one-line message) for callers that catch bad settings."""
+
+
+class WidthError(TypeError, ValueError):
+    """A width of the wrong type, where ``nn.LSTM`` raises ``TypeError``; also a ``ValueError``."""
 
 
 def _close(name: str, valid: tuple[str, ...]) -> str:
@@ -72,153 +65,129 @@ def _close(name: str, valid: tuple[str, ...]) -> str:
     return f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
 
 
+class CoreConfig(NamedTuple):
+    """A policy's core settings, checked: what ``_build_core`` builds for the actor (and critic)."""
+
+    cls: type[RecurrentCore]
+    hidden_size: int  # output width, read by the heads
+    kwargs: dict[str, Any]  # the constructor's, width defaults resolved (``resolve_kwargs``)
+    n_layers: int
+    layer_dropout: float  # between stacked layers, from lstm_kwargs["dropout"] (cores without native layers)
+
+
+def _check_width(name: str, value: object) -> None:
+    """nn.LSTM's checks of a width, with its exception types (TypeError for a non-integer)."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise WidthError(f"{name} must be a positive integer, got {value!r}")
+    if value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
 def resolve_core_config(
     core: str,
     lstm_hidden_size: int | None,
     rims_kwargs: dict[str, Any] | None,
     n_lstm_layers: int = 1,
     core_kwargs: dict[str, Any] | None = None,
-) -> tuple[int, dict[str, Any]]:
-    """Check the core settings and return ``(hidden_size, kwargs for the core's constructor)``.
+    lstm_kwargs: dict[str, Any] | None = None,
+) -> CoreConfig:
+    """Check the core settings before any module is built, so bad ``policy_kwargs`` fail with the key.
 
-    ``rims_kwargs`` configure ``core="rims"``; ``core_kwargs`` configure the other modular cores
-    (``MODULAR_CORES``). Hidden size when not given: 256 for LSTM/GRU/TLB, ``n_units * 32`` for RIMs and
-    ``n_modules * 32`` for the assembly (it must divide into modules).
-
-    Raises ``ValueError`` with the offending key and value, before any module is built, so bad
-    ``policy_kwargs`` fail at construction with a readable message rather than deep in torch.
+    ``core`` is a registered name (``rims_rl.cores.registry``); ``core_kwargs`` are its constructor's
+    arguments (``rims_kwargs``: the same for ``core="rims"``, the older spelling). The width when not
+    given is the core's ``default_hidden_size``. ``lstm_kwargs`` go to cores with native layers as they
+    are (``core="lstm"`` gets exactly what sb3-contrib passes ``nn.LSTM``); other cores map them through
+    their ``lstm_kwargs`` declaration, take ``dropout`` between stacked layers, accept nn.LSTM's defaults
+    of the rest and refuse anything else by name.
     """
-    if core not in CORES:
-        raise ValueError(f"core must be one of {CORES}, got {core!r}{_close(str(core), CORES)}")
-    if lstm_hidden_size is not None and (
-        not isinstance(lstm_hidden_size, int) or isinstance(lstm_hidden_size, bool) or lstm_hidden_size < 1
+    if not isinstance(core, str):
+        raise ValueError(f"core must be a registered core name, got {core!r}")
+    cls = get_core(core)
+    if lstm_hidden_size is not None:
+        _check_width("lstm_hidden_size", lstm_hidden_size)
+    _check_width("n_lstm_layers", n_lstm_layers)
+    for name, given in (
+        ("rims_kwargs", rims_kwargs),
+        ("core_kwargs", core_kwargs),
+        ("lstm_kwargs", lstm_kwargs),
     ):
-        raise ValueError(f"lstm_hidden_size must be a positive integer or None, got {lstm_hidden_size!r}")
-    if not isinstance(n_lstm_layers, int) or n_lstm_layers < 1:
-        raise ValueError(f"n_lstm_layers must be a positive integer, got {n_lstm_layers!r}")
-    if core_kwargs and core not in MODULAR_CORES:
-        raise ValueError(
-            f"core_kwargs configure core in {tuple(MODULAR_CORES)}, got core={core!r}"
-            + ("; use rims_kwargs for RIMs" if core == "rims" else "")
-        )
-    if core in MODULAR_CORES:
-        return _resolve_modular(core, lstm_hidden_size, rims_kwargs, n_lstm_layers, core_kwargs)
-    if core != "rims":
-        if rims_kwargs:
-            raise ValueError(f"rims_kwargs is only used with core='rims', got core={core!r}")
-        if core == "gru" and n_lstm_layers != 1:
-            raise ValueError("core='gru' supports n_lstm_layers=1 only")
-        return (DEFAULT_LSTM_HIDDEN if lstm_hidden_size is None else lstm_hidden_size), {}
-
-    if n_lstm_layers != 1:
-        raise ValueError(f"core='rims' has one layer; n_lstm_layers must be 1, got {n_lstm_layers}")
-    if not isinstance(rims_kwargs, dict | None):
-        raise ValueError(f"rims_kwargs must be a dict, got {type(rims_kwargs).__name__}")
-    kwargs = dict(rims_kwargs or {})
-    for key in kwargs:
-        if key not in RIMS_KWARGS:
-            raise ValueError(
-                f"unknown rims_kwargs key {key!r}{_close(key, RIMS_KWARGS)} (valid: {RIMS_KWARGS})"
-            )
-    n_units = kwargs.get("n_units", 6)
-    if not isinstance(n_units, int) or isinstance(n_units, bool) or n_units < 1:
-        raise ValueError(f"rims_kwargs['n_units'] must be a positive integer, got {n_units!r}")
-    unit_size = kwargs.pop("unit_size", None)
-    if unit_size is not None:
-        if not isinstance(unit_size, int) or isinstance(unit_size, bool) or unit_size < 1:
-            raise ValueError(f"rims_kwargs['unit_size'] must be a positive integer, got {unit_size!r}")
-        hidden = n_units * unit_size
-        if lstm_hidden_size is not None and lstm_hidden_size != hidden:
-            raise ValueError(
-                f"lstm_hidden_size={lstm_hidden_size} disagrees with rims_kwargs n_units={n_units} x "
-                f"unit_size={unit_size} = {hidden}; give one of them"
-            )
-    elif lstm_hidden_size is not None:
-        hidden = lstm_hidden_size
-        if hidden % n_units != 0:
-            raise ValueError(
-                f"lstm_hidden_size={hidden} must be divisible by rims_kwargs n_units={n_units} "
-                f"(e.g. {n_units * max(1, round(hidden / n_units))})"
-            )
-    else:
-        hidden = n_units * DEFAULT_UNIT_SIZE
-    return hidden, kwargs  # the values themselves are checked once, by the core's constructor
-
-
-def _resolve_modular(
-    core: str,
-    lstm_hidden_size: int | None,
-    rims_kwargs: dict[str, Any] | None,
-    n_lstm_layers: int,
-    core_kwargs: dict[str, Any] | None,
-) -> tuple[int, dict[str, Any]]:
-    """``resolve_core_config`` for ``MODULAR_CORES``: known keys, one layer, values checked by a build."""
-    if rims_kwargs:
-        raise ValueError(f"rims_kwargs is only used with core='rims'; give core={core!r} core_kwargs")
-    if n_lstm_layers != 1:
-        raise ValueError(f"core={core!r} has one layer; n_lstm_layers must be 1, got {n_lstm_layers}")
-    if not isinstance(core_kwargs, dict | None):
-        raise ValueError(f"core_kwargs must be a dict, got {type(core_kwargs).__name__}")
-    cls = MODULAR_CORES[core]
-    valid = tuple(
-        n
-        for n in inspect.signature(cls.__init__).parameters
-        if n not in ("self", "input_size", "hidden_size")
-    )
-    kwargs = dict(core_kwargs or {})
+        if not isinstance(given, dict | None):
+            raise ValueError(f"{name} must be a dict, got {type(given).__name__}")
+    if rims_kwargs and core != "rims":
+        raise ValueError(f"rims_kwargs is only used with core='rims', got core={core!r}; give core_kwargs")
+    if rims_kwargs and core_kwargs:
+        raise ValueError("give the RIMs settings once: rims_kwargs or core_kwargs, not both")
+    kwargs = dict(rims_kwargs or core_kwargs or {})
+    label = "rims_kwargs" if rims_kwargs else "core_kwargs"
+    valid = core_settings(cls)
     for key in kwargs:
         if key not in valid:
             raise ValueError(
-                f"unknown core_kwargs key {key!r} for core={core!r}{_close(key, valid)} (valid: {valid})"
+                f"unknown {label} key {key!r} for core={core!r}{_close(key, valid)} "
+                f"(valid: {', '.join(valid) or 'none'})"
             )
-    if lstm_hidden_size is not None:
-        hidden = lstm_hidden_size
-    elif core == "assembly":
-        n_modules = kwargs.get("n_modules", inspect.signature(cls.__init__).parameters["n_modules"].default)
-        hidden = n_modules * DEFAULT_UNIT_SIZE if isinstance(n_modules, int) else DEFAULT_LSTM_HIDDEN
+    lstm_kw = dict(lstm_kwargs or {})
+    dropout = 0.0
+    if cls.native_layers:
+        if not issubclass(cls, nn.LSTM):  # nn.LSTM itself takes them raw: sb3-contrib's error contract
+            for key in lstm_kw:
+                if key not in cls.lstm_kwargs:
+                    raise ValueError(
+                        f"lstm_kwargs key {key!r} has no equivalent in core={core!r} "
+                        f"(it takes {', '.join(cls.lstm_kwargs)}); remove it"
+                    )
+        kwargs.update(lstm_kw)
     else:
-        hidden = DEFAULT_LSTM_HIDDEN
-    return hidden, kwargs  # the values themselves are checked once, by the core's constructor
-
-
-class GRUCore(nn.Module):
-    """``nn.GRU`` with ``nn.LSTM``'s ``(h, c)`` interface (``c`` kept zero) for sb3-contrib's buffers."""
-
-    def __init__(self, input_size: int, hidden_size: int, **kwargs: Any) -> None:
-        super().__init__()
-        self.gru = nn.GRU(input_size, hidden_size, **kwargs)
-        self.input_size = input_size
-        self.hidden_size = hidden_size
-        self.num_layers = self.gru.num_layers
-
-    def forward(self, x: th.Tensor, state: State | None = None) -> tuple[th.Tensor, State]:
-        h0 = None if state is None else state[0]
-        out, h = self.gru(x, h0)
-        return out, (h, th.zeros_like(h))
+        for key, value in lstm_kw.items():
+            if key in cls.lstm_kwargs:
+                target = cls.lstm_kwargs[key]
+                if target in kwargs:
+                    raise ValueError(
+                        f"lstm_kwargs {key!r} and {label} {target!r} set the same thing; give one"
+                    )
+                kwargs[target] = value
+            elif key == "dropout":
+                if not isinstance(value, int | float) or isinstance(value, bool) or not 0.0 <= value <= 1.0:
+                    raise ValueError(f"lstm_kwargs dropout must be a number in [0, 1], got {value!r}")
+                dropout = float(value)
+            elif key not in _LSTM_NOOPS or value != _LSTM_NOOPS[key]:
+                raise ValueError(
+                    f"lstm_kwargs {key}={value!r} has no equivalent in core={core!r}; remove it "
+                    f"(it accepts dropout between stacked layers"
+                    + (f" and {', '.join(cls.lstm_kwargs)}" if cls.lstm_kwargs else "")
+                    + ")"
+                )
+    hidden = cls.default_hidden_size(kwargs) if lstm_hidden_size is None else lstm_hidden_size
+    return CoreConfig(cls, hidden, cls.resolve_kwargs(hidden, kwargs), n_lstm_layers, dropout)
 
 
 class RimsActorCriticPolicy(RecurrentActorCriticPolicy):
-    """sb3-contrib's recurrent actor-critic policy with a RIMs (or LSTM/GRU) core.
+    """sb3-contrib's recurrent actor-critic policy with any registered recurrent core.
 
-    Takes every argument of ``RecurrentActorCriticPolicy`` plus:
+    Takes every argument of ``RecurrentActorCriticPolicy`` (``lstm_hidden_size`` is the core's output
+    width, ``n_lstm_layers`` stacks cores, ``lstm_kwargs`` map onto the core) plus:
 
-    :param core: ``"rims"``, ``"lstm"``, ``"gru"``, ``"tlb"`` or ``"assembly"``.
-    :param rims_kwargs: arguments of ``rims_rl.core.RIMs`` (n_units, k, cell, attention sizes,
-        dropouts, comm_top_k, use_comm) plus ``unit_size``; see ``RIMS_KWARGS``.
-    :param lstm_hidden_size: total hidden size; for RIMs ``n_units * unit_size`` (``None``: 256 for
-        LSTM/GRU, ``n_units * 32`` for RIMs).
-    :param core_kwargs: arguments of the ``"tlb"`` / ``"assembly"`` core's constructor (``MODULAR_CORES``).
+    :param core: a registered core name (``rims_rl.cores.registry``: ``rims``, ``lstm``, ``gru``, ``tlb``,
+        ``assembly`` and any installed plug-in).
+    :param core_kwargs: the core's constructor arguments (its width defaults: ``resolve_kwargs``).
+    :param rims_kwargs: ``core_kwargs`` of ``core="rims"``, the older spelling (presets and checkpoints
+        use it); ``unit_size`` sets the width to ``n_units * unit_size``.
     :param critic_grad_through_core: with ``shared_lstm=True``, let the value loss train the shared core
         and the features extractor (as torch-ac does); ``False`` keeps sb3-contrib's detach.
-    :param keyed_dropout: RIMs attention dropout with masks drawn from per-step keys carried in the
+    :param keyed_dropout: attention dropout with masks drawn from per-step keys carried in the
         actor state and stored in the buffer (``rims_rl.dropout``), so the update recomputes the
-        rollout's masks and PPO's ratio is 1 on unchanged weights. Needs ``ChunkedRecurrentPPO``.
+        rollout's masks and PPO's ratio is 1 on unchanged weights. Needs ``ChunkedRecurrentPPO`` and a
+        core that declares ``supports_keyed_dropout``.
+
+    sb3-contrib sizes its state buffers from ``lstm_hidden_state_shape``; here that is
+    ``(n_lstm_layers, 1, state_size)`` with the core's own ``state_size``, and the heads read
+    ``lstm_output_dim``, the core's output width.
     """
 
-    # sb3-contrib's __init__ types its cores as the nn.LSTM it builds; here they are any module with
-    # nn.LSTM's interface (``input_size``, the ``(h, c)`` call), built by ``_build_core``.
-    lstm_actor: nn.Module  # type: ignore[assignment]
-    lstm_critic: nn.Module | None  # type: ignore[assignment]
+    # sb3-contrib's __init__ types its cores as the nn.LSTM it builds; here they are RecurrentCores
+    # (nn.LSTM's interface), built by ``_build_core``.
+    lstm_actor: RecurrentCore  # type: ignore[assignment]
+    lstm_critic: RecurrentCore | None  # type: ignore[assignment]
 
     def __init__(
         self,
@@ -250,24 +219,26 @@ class RimsActorCriticPolicy(RecurrentActorCriticPolicy):
         critic_grad_through_core: bool = False,
         keyed_dropout: bool = False,
     ) -> None:
-        hidden, resolved_kwargs = resolve_core_config(
-            core, lstm_hidden_size, rims_kwargs, n_lstm_layers, core_kwargs
+        # sb3-contrib's own checks first, with its exception type (an assert), then ours.
+        if shared_lstm and enable_critic_lstm:
+            raise SettingError(
+                "choose one of shared_lstm and enable_critic_lstm (or neither: a linear critic)"
+            )
+        if shared_lstm and not share_features_extractor:
+            raise SettingError("shared_lstm=True needs share_features_extractor=True")
+        config = resolve_core_config(
+            core, lstm_hidden_size, rims_kwargs, n_lstm_layers, core_kwargs, lstm_kwargs
         )
+        hidden = config.hidden_size
         if critic_grad_through_core and not shared_lstm:
             raise ValueError(
                 "critic_grad_through_core=True needs shared_lstm=True (with its own core or a linear "
                 "critic the value loss already trains everything the critic reads)"
             )
-        if keyed_dropout and core != "rims":
-            raise ValueError(f"keyed_dropout applies to core='rims' (attention dropout), got core={core!r}")
-        if shared_lstm and enable_critic_lstm:
-            raise ValueError("choose one of shared_lstm and enable_critic_lstm (or neither: a linear critic)")
-        if shared_lstm and not share_features_extractor:
-            raise ValueError("shared_lstm=True needs share_features_extractor=True")
-        if lstm_kwargs and core not in ("lstm", "gru"):
+        if keyed_dropout and not config.cls.supports_keyed_dropout:
             raise ValueError(
-                f"lstm_kwargs apply to core='lstm'/'gru'; use rims_kwargs (rims) or core_kwargs "
-                f"for core={core!r}"
+                f"keyed_dropout needs a core with attention dropout (supports_keyed_dropout), "
+                f"got core={core!r}"
             )
         self.lstm_output_dim = hidden
         # RecurrentActorCriticPolicy.__init__ hard-codes nn.LSTM and then rebuilds the optimizer; we run
@@ -297,7 +268,7 @@ class RimsActorCriticPolicy(RecurrentActorCriticPolicy):
         self.core = core
         self.rims_kwargs = dict(rims_kwargs or {})
         self.core_kwargs = dict(core_kwargs or {})
-        self._core_kwargs = resolved_kwargs
+        self._core_config = config
         self.lstm_kwargs = dict(lstm_kwargs or {})
         self.n_lstm_layers = n_lstm_layers
         self.shared_lstm = shared_lstm
@@ -305,7 +276,7 @@ class RimsActorCriticPolicy(RecurrentActorCriticPolicy):
         self.critic_grad_through_core = critic_grad_through_core
         self.keyed_dropout = keyed_dropout
         self.lstm_actor = self._build_core()
-        self.lstm_hidden_state_shape = (n_lstm_layers, 1, hidden)
+        self.lstm_hidden_state_shape = (n_lstm_layers, 1, self.lstm_actor.state_size)
         self.critic = None
         self.lstm_critic = None
         if not (shared_lstm or enable_critic_lstm):
@@ -319,22 +290,21 @@ class RimsActorCriticPolicy(RecurrentActorCriticPolicy):
             self.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs
         )
 
-    def _build_core(self) -> nn.Module:
-        """Factory for the actor/critic cores; override to try other cores (called before the optimizer)."""
-        if self.core == "rims":
-            return RIMs(self.features_dim, self.lstm_output_dim, **self._core_kwargs)
-        if self.core in MODULAR_CORES:
-            return MODULAR_CORES[self.core](self.features_dim, self.lstm_output_dim, **self._core_kwargs)
-        if self.core == "gru":
-            return GRUCore(self.features_dim, self.lstm_output_dim, **self.lstm_kwargs)
-        return nn.LSTM(
-            self.features_dim, self.lstm_output_dim, num_layers=self.n_lstm_layers, **self.lstm_kwargs
-        )
+    def _build_core(self) -> RecurrentCore:
+        """The actor's (and critic's) core, built before the optimizer; override to build another.
 
-    def rims_cores(self) -> dict[str, RIMs]:
-        """The policy's RIMs modules by role (``"actor"``, ``"critic"``), for logging unit statistics."""
-        cores = {"actor": self.lstm_actor, "critic": self.lstm_critic}
-        return {role: c for role, c in cores.items() if isinstance(c, RIMs)}
+        Cores with native layers take ``num_layers``; others are stacked (``StackedCore``)."""
+        cfg = self._core_config
+        if cfg.cls.native_layers:
+            # native_layers declares that the constructor takes num_layers (the base's does not)
+            return cfg.cls(self.features_dim, cfg.hidden_size, num_layers=cfg.n_layers, **cfg.kwargs)  # type: ignore[call-arg]
+        if cfg.n_layers == 1:
+            return cfg.cls(self.features_dim, cfg.hidden_size, **cfg.kwargs)
+
+        def layer(input_size: int) -> RecurrentCore:
+            return cfg.cls(input_size, cfg.hidden_size, **cfg.kwargs)
+
+        return StackedCore(layer, self.features_dim, cfg.hidden_size, cfg.n_layers, cfg.layer_dropout)
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
         data = super()._get_constructor_parameters()
@@ -354,18 +324,9 @@ class RimsActorCriticPolicy(RecurrentActorCriticPolicy):
         return data
 
     def _install_keyed_dropout(self) -> None:
-        """Swap the RIMs cores' attention dropout for ``KeyedDropout`` (no parameters: optimizer unaffected).
-
-        Relies on ``RIMs`` applying ``input_dropout`` to [n, B, ...] and ``comm_dropout`` to
-        [n, n, B, H] attention probabilities, once per step each; ``KeyedDropout`` checks the count. Only
-        the core's autograd loop calls these modules (its fused path draws its own masks), so keyed
-        dropout switches the fused path off.
-        """
-        for i, core in enumerate(c for c in (self.lstm_actor, self.lstm_critic) if c is not None):
-            assert isinstance(core, RIMs), "keyed_dropout needs core='rims' (checked in __init__)"
-            core.fast_path = False
-            core.input_dropout = KeyedDropout(core.input_dropout.p, batch_dim=1, salt=2 * i + 1)
-            core.comm_dropout = KeyedDropout(core.comm_dropout.p, batch_dim=2, salt=2 * i + 2)
+        """Keyed attention dropout in the actor's (salt 0) and critic's (salt 1) cores."""
+        for salt, core in enumerate(c for c in (self.lstm_actor, self.lstm_critic) if c is not None):
+            core.install_keyed_dropout(salt)
 
     @staticmethod
     def _keyed(core: nn.Module, keys: th.Tensor | None) -> ExitStack:
@@ -459,7 +420,7 @@ class RimsActorCriticPolicy(RecurrentActorCriticPolicy):
         """Run the core over ``[n_seq * T]`` flattened sequences in one call where that is exact.
 
         Same contract as sb3-contrib's version (state zeroed before each step whose episode_start is
-        1). RIMs and the other modular cores handle starts anywhere themselves. For LSTM/GRU, starts
+        1). Cores that take ``episode_starts`` handle starts anywhere themselves. For the others, starts
         only on the first step (always the case for padded training sequences, and for T=1 rollout
         steps) mean: zero the initial state there, then one cuDNN/oneDNN call; otherwise the per-step
         loop.
@@ -470,14 +431,14 @@ class RimsActorCriticPolicy(RecurrentActorCriticPolicy):
         input_size = cast(int, lstm.input_size)
         x = features.reshape((n_seq, -1, input_size)).swapaxes(0, 1)
         starts = episode_starts.reshape((n_seq, -1)).swapaxes(0, 1)
-        if isinstance(lstm, _STARTS_AWARE):
+        if getattr(lstm, "takes_episode_starts", False):  # a stock nn.LSTM has no such declaration
             out, lstm_states = lstm(x, lstm_states, episode_starts=starts)
         elif not th.any(starts[1:]):
             keep = (1.0 - starts[0]).view(1, n_seq, 1)
             out, lstm_states = lstm(x, (keep * lstm_states[0], keep * lstm_states[1]))
         else:
             # sb3-contrib's per-step loop: it annotates the core as nn.LSTM but uses only input_size and
-            # the (h, c) call, which GRUCore provides; it returns (output, (h, c)), not the declared pair.
+            # the (h, c) call, which every core provides; it returns (output, (h, c)), not the declared pair.
             per_step = RecurrentActorCriticPolicy._process_sequence
             out_states = per_step(features, lstm_states, episode_starts, lstm)  # type: ignore[arg-type]
             return cast(tuple[th.Tensor, State], out_states)
@@ -485,11 +446,11 @@ class RimsActorCriticPolicy(RecurrentActorCriticPolicy):
 
 
 class MlpRimsPolicy(RimsActorCriticPolicy):
-    """RIMs policy on flat observations (``FlattenExtractor``)."""
+    """Policy on flat observations (``FlattenExtractor``); RIMs core unless ``core`` says otherwise."""
 
 
 class CnnRimsPolicy(RimsActorCriticPolicy):
-    """RIMs policy on images (``NatureCNN`` by default, as sb3-contrib's ``CnnLstmPolicy``)."""
+    """Policy on images (``NatureCNN`` by default, as sb3-contrib's ``CnnLstmPolicy``)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("features_extractor_class", NatureCNN)
@@ -497,7 +458,7 @@ class CnnRimsPolicy(RimsActorCriticPolicy):
 
 
 class MultiInputRimsPolicy(RimsActorCriticPolicy):
-    """RIMs policy on Dict observations (``CombinedExtractor`` by default)."""
+    """Policy on Dict observations (``CombinedExtractor`` by default)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("features_extractor_class", CombinedExtractor)

@@ -3,11 +3,12 @@
 RIMs units compete by attending to their input; with ``NatureCNN``'s single flat vector there is one
 slot, so attention can only choose "read" or "ignore". ``SpatialCNN`` keeps the positions of the last
 feature map (e.g. 7x7 = 49 for Atari), each projected to ``slot_size`` with its (x, y) coordinates,
-and ``SlotRIMs`` reads them as ``[T, B, n_slots, slot_size]``: each unit can attend to its own place in
-the image, as in the paper's Atari and BabyAI setups.
+and the core (``slot_core``: RIMs, or any core that accepts slots) reads them as
+``[T, B, n_slots, slot_size]``: each unit can attend to its own place in the image, as in the paper's
+Atari and BabyAI setups.
 
 Both ends stay inside sb3-contrib's contract: the extractor returns a flat ``[B, n_slots * slot_size]``
-vector (sb3's ``features_dim``), and ``SlotRIMs`` reports that flat size as ``input_size`` (what
+vector (sb3's ``features_dim``), and the slot core reports that flat size as ``input_size`` (what
 ``_process_sequence`` reshapes by) and splits it into slots itself.
 
 ``SpatialCnnRimsPolicy(..., features_extractor_kwargs={"slot_size": 64})`` is a ``CnnRimsPolicy`` with
@@ -24,7 +25,7 @@ from sb3_contrib import RecurrentPPO
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from torch import nn
 
-from rims_rl.core import RIMs, State
+from rims_rl.cores.base import RecurrentCore, State
 from rims_rl.policies import POLICIES, RimsActorCriticPolicy
 
 #: NatureCNN's convolutions, as (out_channels, kernel, stride).
@@ -91,12 +92,13 @@ class SpatialCNN(BaseFeaturesExtractor):
         return self.project(slots).flatten(1)
 
 
-class SlotRIMs(RIMs):
-    """RIMs reading ``n_slots`` input slots from a flat ``[T, B, n_slots * slot_size]`` input (or the
-    same already split, ``[T, B, n_slots, slot_size]``).
+class SlotInput(RecurrentCore):
+    """Mixin for a core that ``accepts_slots``: read ``n_slots`` input slots from a flat
+    ``[T, B, n_slots * slot_size]`` input (or the same already split, ``[T, B, n_slots, slot_size]``).
 
-    ``input_size`` is the flat size (as sb3-contrib's ``_process_sequence`` expects of a core); the
-    attention keys and values are computed per slot of ``slot_size``.
+    ``input_size`` is the flat size (as sb3-contrib's ``_process_sequence`` expects of a core); the core
+    itself is built for slots of ``slot_size``. Combined with a core class by :func:`slot_core`, so the
+    parameters keep the core's own names.
     """
 
     def __init__(self, n_slots: int, slot_size: int, hidden_size: int, **kwargs: Any) -> None:
@@ -113,29 +115,47 @@ class SlotRIMs(RIMs):
             )
         super()._check_input(x.flatten(2), state, episode_starts)
 
-    def forward(
-        self, x: th.Tensor, state: State | None = None, episode_starts: th.Tensor | None = None
-    ) -> tuple[th.Tensor, State]:
+    def forward(self, x: th.Tensor, *args: Any, **kwargs: Any) -> tuple[th.Tensor, State]:
         if x.dim() == 3 and x.shape[-1] == self.input_size:
             x = x.reshape(*x.shape[:2], self.n_slots, self.slot_size)
-        return super().forward(x, state, episode_starts)
+        return super().forward(x, *args, **kwargs)
 
     def extra_repr(self) -> str:
         return f"n_slots={self.n_slots}, slot_size={self.slot_size}, " + super().extra_repr()
 
 
+_SLOT_CORES: dict[type[RecurrentCore], type[RecurrentCore]] = {}
+
+
+def slot_core(cls: type[RecurrentCore]) -> type[RecurrentCore]:
+    """``cls`` reading slots from a flat input: ``slot_core(cls)(n_slots, slot_size, hidden_size, **kw)``
+    (one class per core class, made once)."""
+    if not cls.accepts_slots:
+        raise ValueError(f"{cls.__name__} does not accept input slots (accepts_slots=False)")
+    if cls not in _SLOT_CORES:
+        _SLOT_CORES[cls] = type(f"Slot{cls.__name__}", (SlotInput, cls), {"__module__": __name__})
+    return _SLOT_CORES[cls]
+
+
 class SpatialCnnRimsPolicy(RimsActorCriticPolicy):
-    """``CnnRimsPolicy`` whose RIMs core reads the CNN's positions as slots (``SpatialCNN``, ``SlotRIMs``)."""
+    """``CnnRimsPolicy`` whose core reads the CNN's positions as input slots (``SpatialCNN``), for cores
+    that declare ``accepts_slots`` (RIMs); other cores read the flat feature vector."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("features_extractor_class", SpatialCNN)
         super().__init__(*args, **kwargs)
 
-    def _build_core(self) -> nn.Module:
+    def _build_core(self) -> RecurrentCore:
         extractor = self.pi_features_extractor
-        if self.core != "rims" or not isinstance(extractor, SpatialCNN):
+        cfg = self._core_config
+        if not (cfg.cls.accepts_slots and isinstance(extractor, SpatialCNN)):
             return super()._build_core()
-        return SlotRIMs(extractor.n_slots, extractor.slot_size, self.lstm_output_dim, **self._core_kwargs)
+        if cfg.n_layers != 1:
+            raise ValueError(
+                f"the spatial policy reads slots with one core layer; set n_lstm_layers=1, got {cfg.n_layers}"
+            )
+        cls = slot_core(cfg.cls)
+        return cls(extractor.n_slots, extractor.slot_size, cfg.hidden_size, **cfg.kwargs)
 
 
 POLICIES["SpatialCnnRimsPolicy"] = SpatialCnnRimsPolicy

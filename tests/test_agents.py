@@ -25,10 +25,10 @@ from agents import (
 )
 from agents.config import AgentPreset
 from envs.memory import CueMemoryEnv
-from rims_rl.assembly import StableAssembly
-from rims_rl.core import RIMs
+from rims_rl.cores.assembly import StableAssembly
+from rims_rl.cores.rims import RIMs
+from rims_rl.cores.tlb import TemporalLatentBottleneck
 from rims_rl.policies import CnnRimsPolicy, MlpRimsPolicy, MultiInputRimsPolicy
-from rims_rl.tlb import TemporalLatentBottleneck
 
 TINY = {
     "ppo.n_steps": 16,
@@ -277,13 +277,13 @@ def test_build_model_minigrid_auto_policy(with_mission: bool) -> None:
 
 def test_spatial_agent_reads_the_minigrid_view_as_slots() -> None:
     """rims_spatial_ppo: 16 positions of the 7x7 view (three 2x2 convolutions) are the core's input slots."""
-    from rims_rl.spatial import SlotRIMs, SpatialCNN, SpatialCnnRimsPolicy
+    from rims_rl.spatial import SlotInput, SpatialCNN, SpatialCnnRimsPolicy
 
     env = make_vec_env(lambda: _FakeMiniGrid(False), n_envs=2, seed=0)
     model = build_model(tiny("rims_spatial_ppo", "minigrid"), env, seed=0)
     assert type(model.policy) is SpatialCnnRimsPolicy and model.policy.normalize_images is False
     extractor, core = model.policy.features_extractor, model.policy.lstm_actor
-    assert isinstance(extractor, SpatialCNN) and isinstance(core, SlotRIMs)
+    assert isinstance(extractor, SpatialCNN) and isinstance(core, SlotInput)
     assert (extractor.n_slots, extractor.slot_size) == (core.n_slots, core.slot_size) == (16, 32)
     assert th.allclose(extractor.scale.flatten(), 1 / th.tensor([10.0, 5.0, 2.0]))
     model.learn(64)

@@ -1,12 +1,12 @@
-"""Stable assembly core: guaranteed contraction (random and adversarially trained weights), step ==
-sequence, gradients, errors."""
+"""Stable assembly core: guaranteed contraction (random and adversarially trained weights), its variants,
+errors. The contract every core keeps (step == sequence, gradients, shapes) is tests/test_core_contract.py."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from rims_rl.assembly import StableAssembly, contraction_bound
+from rims_rl.cores.assembly import StableAssembly, contraction_bound
 
 # A setting where the skew symmetry of the coupling matters: a non-skew L of norm 1.2 could add up to
 # a * 1.2 = 0.6 to the rate, far above the guaranteed rho_max = sqrt(0.25 + 0.36) + 0.15 = 0.93.
@@ -93,44 +93,6 @@ def test_coupling_is_skew_and_leaves_modules_alone() -> None:
     assert torch.linalg.matrix_norm(core.module_weights(), ord=2).max() <= core.gain + 1e-12
 
 
-def test_step_by_step_equals_one_sequence_call() -> None:
-    core = make()
-    T, B = 9, 3
-    x = torch.randn(T, B, 3, dtype=torch.float64)
-    starts = torch.zeros(T, B)
-    starts[0, 0] = starts[4, 1] = starts[6, 2] = 1.0
-    h0 = torch.randn(1, B, 16, dtype=torch.float64)
-    state = (h0, torch.zeros_like(h0))
-    out, (h, c) = core(x, state, starts)
-    s, outs = state, []
-    for t in range(T):
-        o, s = core(x[t : t + 1], s, starts[t : t + 1])
-        outs.append(o)
-    torch.testing.assert_close(torch.cat(outs), out, rtol=0, atol=1e-12)
-    torch.testing.assert_close(s[0], h, rtol=0, atol=1e-12)
-    assert c.abs().max() == 0 and out.shape == (T, B, 16)
-    fresh, _ = core(x[4:, 1:2])
-    torch.testing.assert_close(out[4:, 1:2], fresh, rtol=0, atol=1e-12)  # episode start == fresh state
-
-
-def test_gradcheck_float64() -> None:
-    core = StableAssembly(2, 6, n_modules=3, alpha=0.5, gain=0.5, coupling=0.8).double()
-    x = torch.randn(4, 2, 2, dtype=torch.float64, requires_grad=True)
-    h0 = torch.randn(1, 2, 6, dtype=torch.float64, requires_grad=True)
-    starts = torch.zeros(4, 2)
-    starts[2, 0] = 1.0
-
-    def f(x: torch.Tensor, h0: torch.Tensor, v: torch.Tensor, a: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        out, (h, _) = torch.func.functional_call(
-            core, {"v": v, "a": a}, (x, (h0, torch.zeros_like(h0)), starts)
-        )
-        return out, h
-
-    v = (3.0 * torch.randn(3, 2, 2, dtype=torch.float64)).requires_grad_(True)  # norms above 1: cap active
-    a = torch.randn(6, 6, dtype=torch.float64).requires_grad_(True)
-    assert torch.autograd.gradcheck(f, (x, h0, v, a), eps=1e-6, atol=1e-5)
-
-
 def test_contraction_bound_formula() -> None:
     assert contraction_bound(1.0, 0.5, 0.3) == pytest.approx(0.8)
     assert contraction_bound(0.5, 0.3, 1.2) == pytest.approx((0.25 + 0.36) ** 0.5 + 0.15)
@@ -153,11 +115,21 @@ def test_bad_arguments_raise(kwargs: dict, message: str) -> None:
         StableAssembly(**{"input_size": 3, "hidden_size": 16, "n_modules": 4, **kwargs})
 
 
-def test_bad_shapes_raise() -> None:
-    core = make()
-    with pytest.raises(ValueError, match="x must have shape"):
-        core(torch.randn(2, 3, 4, dtype=torch.float64))
-    with pytest.raises(ValueError, match="h0 must have shape"):
-        core(torch.randn(2, 3, 3, dtype=torch.float64), (torch.zeros(1, 3, 8), torch.zeros(1, 3, 8)))
-    with pytest.raises(ValueError, match="episode_starts must have shape"):
-        core(torch.randn(2, 3, 3, dtype=torch.float64), None, torch.zeros(2, 2))
+def test_slower_decay_variant_has_the_documented_rate() -> None:
+    core = StableAssembly(3, 12, alpha=0.05)  # the other settings at their defaults
+    assert core.max_contraction_rate == pytest.approx(0.9953, abs=1e-4)
+    assert core.contraction_rate() <= core.max_contraction_rate
+
+
+def test_fixed_modules_train_only_the_coupling_and_the_input() -> None:
+    core = make(fixed_modules=True)
+    before = {n: p.detach().clone() for n, p in core.named_parameters()}
+    opt = torch.optim.Adam(core.parameters(), lr=1e-2)
+    for _ in range(3):
+        out, _ = core(torch.randn(6, 4, core.input_size, dtype=torch.float64))
+        opt.zero_grad()
+        out.pow(2).mean().backward()
+        opt.step()
+    changed = {n for n, p in core.named_parameters() if not torch.equal(p, before[n])}
+    assert changed == {"a", "input.weight", "input.bias"}
+    assert_contracts(core)

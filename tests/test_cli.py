@@ -81,7 +81,7 @@ def test_train_writes_a_complete_run_directory(run_dir: Path) -> None:
     assert meta["num_timesteps"] == 64 and meta["action_space"]["n"] == 7
     assert list((run_dir / "tb").glob("events.out.tfevents.*"))
     header = (run_dir / "logs" / "progress.csv").read_text().splitlines()[0]
-    assert "rims/usage_entropy" in header  # RimsStatsCallback reaches the logs
+    assert "rims/usage_entropy" in header  # CoreStatsCallback reaches the logs
 
 
 def test_evaluate_prints_table_and_writes_json_csv(
@@ -147,7 +147,7 @@ def test_a_bug_during_training_keeps_its_traceback_and_marks_the_run_failed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Only the user's mistakes become one ``error:`` line; a ValueError from inside the core is a bug."""
-    from rims_rl.core import RIMs
+    from rims_rl.cores.rims import RIMs
 
     def broken(self: RIMs, *args: object, **kwargs: object) -> None:
         raise ValueError("a bug inside the core")
@@ -181,7 +181,7 @@ def test_names_from_an_untrusted_checkpoint_never_leave_the_output_folder(tmp_pa
 
 def test_one_training_run_builds_each_core_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Settings are checked where they are defined, so no throwaway cores are built to validate them."""
-    from rims_rl.core import RIMs
+    from rims_rl.cores.rims import RIMs
 
     built = []
     original = RIMs.__init__

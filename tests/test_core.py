@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from rims_rl.core import RIMs
+from rims_rl.cores.rims import RIMs
 
 SMALL = dict(
     n_units=6, k=4, input_key_size=8, input_heads=2, comm_key_size=8, comm_value_size=8, comm_heads=2
@@ -212,7 +212,7 @@ def test_bad_arguments_name_the_problem(kwargs: dict, needle: str) -> None:
     [
         ((4, 2, 6), None, None, "x must have shape"),
         ((4, 2), None, None, "x must have shape"),
-        ((4, 2, 5), (1, 3, 24), None, "h0 must have shape [1, B=2, hidden_size=24]"),
+        ((4, 2, 5), (1, 3, 24), None, "h0 must have shape [num_layers=1, B=2, state_size=24]"),
         ((4, 2, 5), None, (4, 3), "episode_starts must have shape [T=4, B=2]"),
     ],
 )

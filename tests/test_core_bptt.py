@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from rims_rl.core import RIMs
+from rims_rl.cores.rims import RIMs
 
 SMALL = dict(
     n_units=6, k=4, input_key_size=8, input_heads=2, comm_key_size=8, comm_value_size=8, comm_heads=2

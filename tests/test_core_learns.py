@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from rims_rl.copying import CopyingModel, copying_batch
-from rims_rl.core import RIMs
+from rims_rl.cores.rims import RIMs
 
 
 def test_rims_learns_to_recall_a_symbol_across_blanks() -> None:

@@ -20,11 +20,11 @@ from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from test_policies import ACT, OBS, SMALL_RIMS, lr, random_states
 
 from envs.memory import CueMemoryEnv
-from rims_rl.core import RIMs
+from rims_rl.cores.rims import RIMs
 from rims_rl.dropout import KeyedDropout
 from rims_rl.policies import MlpRimsPolicy, RimsActorCriticPolicy
 from rims_rl.ppo import ChunkedRecurrentDictRolloutBuffer, ChunkedRecurrentPPO, ChunkedRecurrentRolloutBuffer
-from rims_rl.spatial import SlotRIMs, SpatialCNN, SpatialCnnRimsPolicy
+from rims_rl.spatial import SlotInput, SpatialCNN, SpatialCnnRimsPolicy
 
 
 class LinearExtractor(BaseFeaturesExtractor):
@@ -366,7 +366,7 @@ def test_spatial_extractor_keeps_positions_apart() -> None:
 def test_slot_rims_reads_the_positions_as_slots() -> None:
     policy = SpatialCnnRimsPolicy(spaces.Box(0, 255, (1, 12, 12), np.uint8), ACT, lr, **SPATIAL_KWARGS)
     core = policy.lstm_actor.eval()  # no dropout: compare the computations
-    assert isinstance(core, SlotRIMs) and (core.n_slots, core.slot_size) == (9, 8)
+    assert isinstance(core, SlotInput) and (core.n_slots, core.slot_size) == (9, 8)
     assert core.input_key.in_features == 8  # keys and values per slot, not per flat vector
     plain = RIMs(8, core.hidden_size, **{k: v for k, v in SMALL_RIMS.items() if k != "unit_size"})
     plain.load_state_dict(core.state_dict())
@@ -415,7 +415,7 @@ def test_spatial_policy_trains_with_chunks_and_reproduces_the_rollout(tmp_path) 
         th.testing.assert_close(log_prob, batch.old_log_prob, rtol=0, atol=1e-5)
     model.save(tmp_path / "spatial.zip")
     loaded = ChunkedRecurrentPPO.load(tmp_path / "spatial.zip", env=env)
-    assert isinstance(loaded.policy.lstm_actor, SlotRIMs) and loaded.policy.lstm_actor.n_slots == 9
+    assert isinstance(loaded.policy.lstm_actor, SlotInput) and loaded.policy.lstm_actor.n_slots == 9
     obs = env.reset()
     a1, _ = model.predict(obs, episode_start=np.ones(2, bool), deterministic=True)
     a2, _ = loaded.predict(obs, episode_start=np.ones(2, bool), deterministic=True)

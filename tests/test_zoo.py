@@ -14,7 +14,7 @@ from sb3_contrib import RecurrentPPO
 from stable_baselines3.common.env_util import make_vec_env
 
 import rims_rl
-from rims_rl.core import RIMs
+from rims_rl.cores.rims import RIMs
 
 ROOT = Path(__file__).resolve().parents[1]
 

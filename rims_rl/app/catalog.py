@@ -12,6 +12,23 @@ def agents() -> tuple[str, ...]:
     return _agents.AGENTS
 
 
+def cores() -> dict[str, str]:
+    """Registered recurrent cores (entry-point group ``rims_rl.cores``) with their default settings."""
+    from rims_rl.cores.registry import core_defaults, core_names, get_core
+
+    out = {}
+    for name in core_names():
+        cls = get_core(name)
+        defaults = ", ".join(f"{k}={v!r}" for k, v in core_defaults(cls).items())
+        out[name] = f"{cls.__module__}.{cls.__qualname__}({defaults})"
+    return out
+
+
+def with_core(agent: str, core: str | None) -> str:
+    """``--agent A --core NAME``: agent A's settings and output width with core NAME (``A+NAME``)."""
+    return agent if core is None else f"{agent}{_agents.CORE_SEP}{core}"
+
+
 def suites() -> dict[str, str]:
     """Registered suites with what their variants change."""
     return list_suites()

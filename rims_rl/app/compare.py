@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from agents import AGENTS, parse_overrides
+from agents import check_agent, parse_overrides
 from envs import Suite, get_suite
 from rims_rl.app import rundir
 from rims_rl.app.atomic import atomic_write_json
@@ -565,10 +565,9 @@ def run_compare(
     if (suite is None) == (env is None):
         raise UserError("compare needs exactly one of --suite or --env")
     agent_list = _as_list(agents, DEFAULT_AGENTS)
-    unknown = [a for a in agent_list if a not in AGENTS]
-    if unknown:
-        raise UserError(f"unknown agent(s) {unknown}; agents: {AGENTS}")
     with user_input():
+        for agent in agent_list:
+            check_agent(agent)
         if suite is not None:
             get_suite(suite)  # fail fast on a bad name, before spawning anything
         seed_list = _as_seeds(seeds)

@@ -54,7 +54,7 @@ from rims_rl.app.checkpoint import (
 from rims_rl.app.config import RunConfig, resolve_config
 from rims_rl.app.errors import UserError, user_input
 from rims_rl.app.rundir import write_status
-from rims_rl.callbacks import RimsStatsCallback
+from rims_rl.callbacks import CoreStatsCallback
 
 DEFAULT_RUNS_ROOT = Path("runs")
 
@@ -393,10 +393,10 @@ def _train(
         atomic_write_json(rundir.config_path(run_dir), config.to_dict())
     model.set_logger(_make_logger(run_dir, start_step, verbose))
 
-    # Train. RunCallback checkpoints and guards; RimsStatsCallback logs unit usage to TensorBoard.
+    # Train. RunCallback checkpoints and guards; CoreStatsCallback logs the cores' statistics to TensorBoard.
     run_cb = RunCallback(run_dir, config, config.checkpoint_every, keep_checkpoints)
     run_cb.last_saved_step = start_step
-    cbs: list[BaseCallback] = [run_cb, RimsStatsCallback(), *callbacks]
+    cbs: list[BaseCallback] = [run_cb, CoreStatsCallback(), *callbacks]
     write_status(run_dir, "running", start_step, start_checkpoint)
     remaining = config.timesteps - model.num_timesteps
     resume_hint = f"python train.py train --resume {run_dir}"

@@ -38,16 +38,33 @@ couplings between modules. Here the module condition is the simpler sufficient o
 < 1`` (identity metric) enforced through an exact spectral-norm cap, and the coupling's norm is capped so
 that the *Euler-discretised* map has a proven rate (the paper's guarantees are for continuous time).
 Sizes are not the paper's; ``n_modules=6`` matches RIMs' default unit count here.
+
+**What a contracting network cannot do.** Under a constant input the map ``x -> x'`` is a contraction, so
+it has exactly one fixed point and every state converges to it at rate ``rho`` per step: the network has
+fading memory. A symbol shown once and followed by blanks is forgotten geometrically (its trace is at most
+``rho^d`` after ``d`` blank steps), so holding a symbol over an arbitrary delay, and extrapolating to
+delays longer than those trained on (the copying task's test), is not its job; a slower decay only
+stretches the horizon. Two variants the authors' public code suggests (kozleo/rnns-of-rnns):
+
+- **slower decay**: ``alpha=0.05`` gives ``rho = sqrt(0.95^2 + 0.05^2 * 0.5^2) + 0.05 * 0.9 = 0.9953``
+  (vs 0.986 at the default 0.2): a memory horizon of ~200 steps instead of ~70 (``1 / (1 - rho)``);
+- **fixed modules** (``fixed_modules=True``): each module's recurrent weights ``W_i`` stay at their
+  random (norm-capped) initialisation and only the coupling, the input weights and biases train, as in
+  the authors' later code; the contraction guarantee is unchanged.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from rims_rl.recurrent import RecurrentCore, State, check_positive
+from rims_rl.cores.base import RecurrentCore, State, check_positive
+
+DEFAULT_MODULES = 6
 
 
 def contraction_bound(alpha: float, gain: float, coupling: float) -> float:
@@ -65,18 +82,34 @@ class StableAssembly(RecurrentCore):
         alpha: Euler step ``dt / tau`` in (0, 1].
         gain: cap ``g`` on each module's ``||W_i||_2`` (``tanh`` is 1-Lipschitz), in (0, 1).
         coupling: cap ``l`` on the coupling's ``||L||_2`` (>= 0).
+        fixed_modules: keep each module's recurrent weights at their initialisation (not trained).
     """
 
     off_block: Tensor  # registered buffer
+
+    @classmethod
+    def default_hidden_size(cls, kwargs: Mapping[str, Any]) -> int:
+        """``n_modules * 32`` (6 x 32 when ``n_modules`` is not given)."""
+        n_modules = kwargs.get("n_modules", DEFAULT_MODULES)
+        return 32 * (n_modules if isinstance(n_modules, int) and n_modules > 0 else DEFAULT_MODULES)
+
+    @classmethod
+    def resolve_kwargs(cls, hidden_size: int, kwargs: Mapping[str, Any]) -> dict[str, Any]:
+        """A width 6 modules do not divide, with ``n_modules`` not given: the largest count <= 6 that does."""
+        kw = dict(kwargs)
+        if "n_modules" not in kw and hidden_size % DEFAULT_MODULES != 0:
+            kw["n_modules"] = max(d for d in range(1, DEFAULT_MODULES + 1) if hidden_size % d == 0)
+        return kw
 
     def __init__(
         self,
         input_size: int,
         hidden_size: int = 256,
-        n_modules: int = 6,
+        n_modules: int = DEFAULT_MODULES,
         alpha: float = 0.2,
         gain: float = 0.9,
         coupling: float = 0.5,
+        fixed_modules: bool = False,
     ) -> None:
         super().__init__(input_size, hidden_size)  # checks both, sets nn.LSTM's attributes
         check_positive("n_modules", n_modules)
@@ -91,6 +124,8 @@ class StableAssembly(RecurrentCore):
             raise ValueError(f"gain must be in (0, 1), got {gain!r}")
         if not coupling >= 0.0:
             raise ValueError(f"coupling must be >= 0, got {coupling!r}")
+        if not isinstance(fixed_modules, bool):
+            raise ValueError(f"fixed_modules must be true or false, got {fixed_modules!r}")
         rho_max = contraction_bound(alpha, gain, coupling)
         if rho_max >= 1.0:
             raise ValueError(
@@ -108,6 +143,8 @@ class StableAssembly(RecurrentCore):
         self.a = nn.Parameter(torch.empty(hidden_size, hidden_size))  # -> L (diagonal blocks masked out)
         block = torch.arange(hidden_size) // m
         self.register_buffer("off_block", (block[:, None] != block[None, :]).float(), persistent=False)
+        self.fixed_modules = fixed_modules
+        self.v.requires_grad_(not fixed_modules)  # the optimizer skips it: no gradient ever reaches it
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -119,7 +156,8 @@ class StableAssembly(RecurrentCore):
     def extra_repr(self) -> str:
         return (
             f"input_size={self.input_size}, hidden_size={self.hidden_size}, n_modules={self.n_modules}, "
-            f"alpha={self.alpha}, gain={self.gain}, coupling={self.coupling}"
+            f"alpha={self.alpha}, gain={self.gain}, coupling={self.coupling}, "
+            f"fixed_modules={self.fixed_modules}"
         )
 
     def module_weights(self) -> Tensor:
