@@ -26,7 +26,8 @@ Equations (``d = d_model``; a chunk holds steps at positions ``0..K-1``; ``Z`` i
 
 **Training is chunk-parallel.** Every operation of the fast stream is causal within the chunk and reads
 the latents, which are fixed during a chunk, so all steps of a chunk are one batched Transformer call
-(:meth:`TemporalLatentBottleneck._fast`). A sequence call splits each batch row into *chunk instances*: an
+(:meth:`TemporalLatentBottleneck._fast`); the first layer's self-attention + FFN reads no latents and runs
+on all chunks of a call at once. A sequence call splits each batch row into *chunk instances*: an
 instance ends at position ``K-1`` or is cut by an episode start (which zeroes the state: fresh latents,
 position 0). With starts anywhere the instances of different rows are not aligned, so round ``r`` gathers
 each row's ``r``-th instance into a padded ``[B, K, d]`` tensor (the first one completed with the earlier
@@ -53,18 +54,21 @@ the two agree to float rounding. ``out`` (``hidden_size`` features) is a linear 
 interleaved self-attention + FFN and cross-attention (to the latents) + FFN layers; the latent set ``I`` is
 updated once per chunk by a recurrent function ``G`` that attends to ``F``'s outputs. That is the structure
 here. The paper tunes ``K``, ``N`` and the depth per task (vision and RL models far larger than a policy's
-core); the values here are ours, sized for RL policies whose core replaces a 64..600-wide LSTM:
+core); the values here are ours, sized for RL policies whose core replaces a 120..600-wide LSTM:
 
 * ``chunk_size=8``: the slow stream updates every 8 env steps; PPO sequences of 32..128 steps hold 4..16
   chunks, and a step call recomputes at most 8 positions;
 * ``n_latents=4`` latents of width ``d_model``, one fast layer (``n_layers=1``: one self-attention + FFN and
-  one cross-attention + FFN block, the smallest interleaving of Fig. 1), ``n_heads=4``, ``ffn_mult=4`` (the
-  Transformer's usual FFN width);
+  one cross-attention + FFN block, the smallest interleaving of Fig. 1), ``n_heads=4`` (16 features per
+  head at ``d_model=64``);
+* ``ffn_mult=2``, half the Transformer's usual 4: the FFNs are most of the FLOPs (the slow update's FFN and
+  gate run on ``N * B`` latents per chunk, half as many rows as the chunk's steps), and 2 is what keeps a
+  forward+backward under 1.5x ``nn.LSTM``'s on CPU (about 1.4x at width 192, against 1.55x with 4);
 * ``d_model``: ``None`` picks ``max(64, 16 * floor(hidden_size / 48))`` (about a third of the width, at
   least 64; rounded to a multiple of ``n_heads``; resolved by the constructor, so direct construction,
-  the registry and the policies all get it), which keeps the parameter count within 0.5x..2x of
-  ``nn.LSTM(64, hidden_size)`` for widths 136..1200 or so (0.93x at 192, 1.0x at 600). Below that the floor
-  of 64 dominates (2.0x at 120). Dropout is not used.
+  the registry and the policies all get it). The parameter count is then within 0.5x..2x of
+  ``nn.LSTM(64, hidden_size)`` for widths 104..1592: 1.46x at 120, 0.68x at 192, 0.63x at 256, 0.73x at
+  600, 0.79x at 1024. Below 104 the floor of 64 dominates (3.8x at 64). Dropout is not used.
 
 Checkpoints of the TLB of rims-rl < 0.2 (state packed into ``2 * hidden_size``, ``d_model <= 28``) do not
 load: :meth:`TemporalLatentBottleneck._load_from_state_dict` says so in one line.
@@ -74,7 +78,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -145,9 +149,16 @@ class _FastLayer(nn.Module):
 
     def forward(self, z: Tensor, causal: Tensor, slow: Tensor) -> Tensor:
         """z [B, K, d] (a chunk's slots), causal [K, K], slow [B, N, d] -> [B, K, d]."""
+        return self.read_slow(self.within_chunk(z, causal), slow)
+
+    def within_chunk(self, z: Tensor, causal: Tensor) -> Tensor:
+        """Causal self-attention + FFN: reads only the chunk, so it may run on many chunks at once."""
         h = self.norm_self(z)
         a = z + self.self_attn(h, h, causal)
-        a = a + self.ffn_self(a)
+        return a + self.ffn_self(a)
+
+    def read_slow(self, a: Tensor, slow: Tensor) -> Tensor:
+        """Cross-attention to the latents + FFN: a [B, K, d], slow [B, N, d] -> [B, K, d]."""
         b = a + self.cross_attn(self.norm_cross(a), self.norm_slow(slow))
         return b + self.ffn_cross(b)
 
@@ -179,7 +190,7 @@ class TemporalLatentBottleneck(RecurrentCore):
         n_layers: int = 1,
         n_heads: int = 4,
         d_model: int | None = None,
-        ffn_mult: int = 4,
+        ffn_mult: int = 2,
     ) -> None:
         for name, value in (
             ("input_size", input_size),
@@ -220,10 +231,19 @@ class TemporalLatentBottleneck(RecurrentCore):
         self.slow_ffn = _FFN(d, ffn_mult)
         self.slow_gate = nn.Linear(2 * d, 2 * d)
         self.reset_parameters()
-        #: Attention of the slow latents over the chunk's steps at the most recent chunk end (kept across
-        #: calls, so T=1 rollout steps keep it), ``[n_ended, n_heads, n_latents, chunk_size]`` for the
-        #: batch rows whose chunk ended then; detached. ``None`` until a chunk has ended.
-        self.last_slow_attention: Tensor | None = None
+        # The latest slow update's attention [B, H, N, K] (detached) and the rows whose chunk ended then.
+        self._slow_probs: tuple[Tensor, Tensor] | None = None
+
+    @property
+    def last_slow_attention(self) -> Tensor | None:
+        """Attention of the slow latents over the chunk's steps at the most recent chunk end (kept across
+        calls, so T=1 rollout steps keep it), ``[n_ended, n_heads, n_latents, chunk_size]`` for the batch
+        rows whose chunk ended then; detached. ``None`` until a chunk has ended. Selected on read, so that
+        training does not wait for the device at every chunk end."""
+        if self._slow_probs is None:
+            return None
+        probs, ended = self._slow_probs
+        return probs[ended]
 
     def reset_parameters(self) -> None:
         """Linear layers keep torch's init; positions and initial latents ~ N(0, 0.02); forget bias +1."""
@@ -287,21 +307,31 @@ class TemporalLatentBottleneck(RecurrentCore):
         h, c = s.unsqueeze(0).split(self.state_size, dim=-1)
         return h, c
 
-    def _fast(self, z0: Tensor, causal: Tensor, slow: Tensor) -> Tensor:
-        """The fast stream over whole chunks: z0 [B, K, d], causal [K, K], slow [B, N, d] -> Y [B, K, d].
+    def _layers(self) -> list[_FastLayer]:
+        return cast(list[_FastLayer], list(self.fast_layers))
 
-        The one implementation for step calls and sequence calls (which is why they agree)."""
-        z = z0
-        for layer in self.fast_layers:
+    def _fast(self, a: Tensor, causal: Tensor, slow: Tensor) -> Tensor:
+        """The fast stream over whole chunks, from the first layer's latent-free half (``_first_half``):
+        a [B, K, d], causal [K, K], slow [B, N, d] -> Y [B, K, d].
+
+        ``_fast(_first_half(z0), ...)`` is the fast stream of z0 [B, K, d]; one implementation for step calls
+        and sequence calls (which is why they agree). The first half runs on all rounds of a call at once."""
+        first, *rest = self._layers()
+        z = first.read_slow(a, slow)
+        for layer in rest:
             z = layer(z, causal, slow)
         return self.norm_out(z)
+
+    def _first_half(self, z0: Tensor, causal: Tensor) -> Tensor:
+        """The first fast layer's self-attention + FFN (reads no latents): z0 [..., K, d] -> [..., K, d]."""
+        return self._layers()[0].within_chunk(z0.flatten(0, -3), causal).view(z0.shape)
 
     def _slow_update(self, slow: Tensor, chunk_out: Tensor, ended: Tensor) -> Tensor:
         """Gated cross-attention update of the latents [B, N, d] from the chunk's outputs [B, K, d]."""
         m, probs = self.slow_attn.with_probs(self.norm_latents(slow), chunk_out)
         m = m + self.slow_ffn(m)
         i, f = torch.sigmoid(self.slow_gate(torch.cat([m, slow], dim=-1))).chunk(2, dim=-1)
-        self.last_slow_attention = probs[ended].detach()
+        self._slow_probs = (probs.detach(), ended)
         return f * slow + i * torch.tanh(m)
 
     def forward(
@@ -350,10 +380,11 @@ class TemporalLatentBottleneck(RecurrentCore):
         causal = torch.ones(K, K, dtype=torch.bool, device=dev).tril()
         initial = self.initial_latents.expand(B, -1, -1)
         ys = []
-        for r, z_round in enumerate(Z.unbind(0)):  # one backward node, not a zero-filled grad per round
+        A = self._first_half(Z, causal)  # [R, B, K, d], every round at once
+        for r, a_round in enumerate(A.unbind(0)):  # one backward node, not a zero-filled grad per round
             if any_reset[r]:
                 slow = torch.where(reset[r, :, None, None], initial, slow)
-            y = self._fast(z_round, causal, slow)
+            y = self._fast(a_round, causal, slow)
             ys.append(y)
             if any_ended[r]:
                 slow = torch.where(ended[r, :, None, None], self._slow_update(slow, y, ended[r]), slow)
