@@ -25,9 +25,8 @@ from agents import (
 )
 from agents.config import AgentPreset
 from envs.memory import CueMemoryEnv
-from rims_rl.cores.assembly import StableAssembly
+from rims_rl.cores import get_core
 from rims_rl.cores.rims import RIMs
-from rims_rl.cores.tlb import TemporalLatentBottleneck
 from rims_rl.policies import CnnRimsPolicy, MlpRimsPolicy, MultiInputRimsPolicy
 
 TINY = {
@@ -50,7 +49,7 @@ def tiny(agent: str, family: str = "classic") -> AgentPreset:
 
 
 def test_agents_and_families() -> None:
-    assert AGENTS == ("rims_ppo", "lstm_ppo", "ppo", "tlb_ppo", "assembly_ppo", "rims_spatial_ppo")
+    assert AGENTS == ("rims_ppo", "lstm_ppo", "ppo", "rims_spatial_ppo", "tlb_ppo", "assembly_ppo", "gru_ppo")
     assert FAMILIES == ("atari", "minigrid", "classic")
     assert families_of("rims_spatial_ppo") == ("atari", "minigrid") and families_of("rims_ppo") == FAMILIES
     with pytest.raises(ValueError, match="no preset for classic envs .* presets for: atari, minigrid"):
@@ -222,8 +221,7 @@ def test_build_model_classic(agent: str) -> None:
         assert type(model) is PPO
     else:
         assert type(model) is RecurrentPPO and type(model.policy) is MlpRimsPolicy
-        cores = {"rims_ppo": RIMs, "tlb_ppo": TemporalLatentBottleneck, "assembly_ppo": StableAssembly}
-        assert isinstance(model.policy.lstm_actor, cores.get(agent, th.nn.LSTM))
+        assert isinstance(model.policy.lstm_actor, get_core(tiny(agent).policy_kwargs["core"]))
     assert model.lr_schedule(1.0) == pytest.approx(1e-3)  # lin_1e-3
     assert model.lr_schedule(0.5) == pytest.approx(5e-4)
 

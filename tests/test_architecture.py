@@ -122,14 +122,14 @@ def test_function_level_project_imports_are_the_documented_few() -> None:
     ("rel", "line", "layer"),
     [
         ("rims_rl/policies.py", "from rims_rl.app.runs import train_run", "library"),
-        ("rims_rl/core.py", "def f():\n    import agents", "library"),
+        ("rims_rl/cores/rims.py", "def f():\n    import agents", "library"),
         ("envs/make.py", "from rims_rl.extractors import MiniGridCNN", "envs"),
         ("agents/config.py", "def f():\n    from rims_rl.app import config", "agents"),
         ("train.py", "import agents", "cli"),
         ("rims_rl/policies.py", "from rims_rl import app", "library"),
         ("agents/__init__.py", "from rims_rl import app", "agents"),
         ("rims_rl/policies.py", "from .app.runs import train_run", "library"),
-        ("rims_rl/core.py", "import importlib\nimportlib.import_module('rims_rl.app.runs')", "library"),
+        ("rims_rl/cores/rims.py", "import importlib\nimportlib.import_module('rims_rl.app.runs')", "library"),
     ],
 )
 def test_the_check_catches_a_wrong_way_import(rel: str, line: str, layer: str) -> None:

@@ -55,7 +55,7 @@ def test_random_weights_contract_at_the_guaranteed_rate(kwargs: dict) -> None:
         with torch.no_grad():  # random weights well outside the init scale: the caps must bind
             core.v.normal_(0.0, 3.0)
             core.a.normal_(0.0, 3.0)
-        assert core.contraction_rate() <= core.max_contraction_rate + 1e-12
+        assert core.contraction_rate() <= core.max_contraction_rate + 1e-6  # float32 weights, float64 norms + 1e-12
         assert_contracts(core, seed)
         assert_jacobian_bounded(core, seed)
 

@@ -7,6 +7,7 @@ shared by the module.
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 import zipfile
@@ -186,6 +187,7 @@ def test_one_training_run_builds_each_core_once(tmp_path: Path, monkeypatch: pyt
     built = []
     original = RIMs.__init__
 
+    @functools.wraps(original)  # the registry reads the constructor's signature through __wrapped__
     def counting(self: RIMs, *args: object, **kwargs: object) -> None:
         built.append(1)
         original(self, *args, **kwargs)  # type: ignore[arg-type]

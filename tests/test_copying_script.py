@@ -67,4 +67,4 @@ def test_copying_script_tiny_run_writes_results(model: str, tmp_path: Path) -> N
 def test_copying_script_rejects_unknown_model() -> None:
     script = _load_script()
     with pytest.raises(SystemExit):
-        script.parse_args(["--model", "gru"])
+        script.parse_args(["--model", "transformer"])

@@ -192,7 +192,7 @@ def test_no_grad_weight_cache_follows_in_place_updates(cell: str) -> None:
     assert not torch.allclose(before, fused)
 
 
-def test_backward_workspace_reused_across_shapes() -> None:
+def test_backward_pool_reused_across_shapes() -> None:
     """The backward's scratch buffers are kept on the module; calls of other sizes must not mix them up."""
     torch.manual_seed(0)
     core = RIMs(5, 24, **SMALL).double()
@@ -243,9 +243,9 @@ def test_release_buffers_then_run_again() -> None:
     x = torch.randn(4, 2, 5)
     out, _ = core(x)
     out.sum().backward()
-    assert "_backward_workspace" in core.__dict__
+    assert "_backward_pool" in core.__dict__
     core.release_buffers()
-    assert not {"_forward_pool", "_backward_workspace", "_fused_weight_cache"} & set(core.__dict__)
+    assert not {"_forward_pool", "_backward_pool", "_fused_weight_cache"} & set(core.__dict__)
     core.eval()
     with torch.no_grad():
         torch.testing.assert_close(core(x)[0], core(x)[0])

@@ -322,7 +322,7 @@ def test_keyed_dropout_needs_the_chunked_buffer_and_a_rims_core() -> None:
     model = RecurrentPPO(MlpRimsPolicy, env, n_steps=16, batch_size=16, policy_kwargs=policy_kwargs)
     with pytest.raises(RuntimeError, match="ChunkedRecurrentPPO"):
         model.learn(32)
-    with pytest.raises(ValueError, match="keyed_dropout applies to core='rims'"):
+    with pytest.raises(ValueError, match="keyed_dropout needs a core with attention dropout"):
         MlpRimsPolicy(OBS, ACT, lr, core="lstm", keyed_dropout=True)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import agents as _agents
 from envs import Suite, get_suite, list_suites, supported_env_ids
 from rims_rl.app.errors import user_input
+from rims_rl.cores.registry import core_defaults, core_names, get_core
 
 
 def agents() -> tuple[str, ...]:
@@ -14,8 +15,6 @@ def agents() -> tuple[str, ...]:
 
 def cores() -> dict[str, str]:
     """Registered recurrent cores (entry-point group ``rims_rl.cores``) with their default settings."""
-    from rims_rl.cores.registry import core_defaults, core_names, get_core
-
     out = {}
     for name in core_names():
         cls = get_core(name)
