@@ -52,7 +52,7 @@ class CopyingModel(nn.Module):
             )
         self.core = core
         # torch types an unknown Module attribute as Tensor | Module (its __getattr__); cores set an int.
-        self.head = nn.Linear(cast(int, core.hidden_size), n_symbols + 1)
+        self.head = nn.Linear(cast(int, core.output_size), n_symbols + 1)
 
     def forward(self, tokens: Tensor) -> Tensor:
         """tokens [T, B] (long) -> logits [T, B, n_symbols + 1]."""

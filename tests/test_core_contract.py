@@ -76,8 +76,9 @@ def test_every_built_in_core_and_the_plugin_are_registered_through_entry_points(
 def test_declared_state_size_is_what_the_core_carries(name: str) -> None:
     core = build(name)
     out, (h, c) = core(th.randn(4, 3, IN))
-    assert out.shape == (4, 3, WIDTH)
+    assert out.shape == (4, 3, WIDTH) and core.output_size == WIDTH
     assert h.shape == c.shape == (core.num_layers, 3, core.state_size)
+    assert core.hidden_size == core.state_size  # nn.LSTM's name: sb3-contrib sizes its buffers from it
     assert tuple(core.initial_state(3)[0].shape) == (core.num_layers, 3, core.state_size)
 
 

@@ -33,7 +33,7 @@ def lr(_: float) -> float:
 def test_policy_builds_the_core_with_core_kwargs(core: str, kwargs: dict) -> None:
     policy = MlpRimsPolicy(OBS, ACT, lr, core=core, lstm_hidden_size=32, core_kwargs=kwargs)
     for module in (policy.lstm_actor, policy.lstm_critic):
-        assert isinstance(module, get_core(core)) and module.hidden_size == 32
+        assert isinstance(module, get_core(core)) and module.output_size == 32
     params = policy._get_constructor_parameters()
     assert params["core"] == core and params["core_kwargs"] == kwargs
     assert {id(p) for g in policy.optimizer.param_groups for p in g["params"]} == {

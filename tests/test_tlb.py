@@ -128,7 +128,7 @@ def test_state_holds_latents_chunk_inputs_and_position_only() -> None:
         assert memory[:, 2:].abs().max() == 0 and pos.tolist() == [2, 2]
         h, c = core.pack_state(slow, memory, pos)
     torch.testing.assert_close(torch.cat((h, c), -1), torch.cat(state, -1), rtol=0, atol=0)
-    assert core.state_size != core.hidden_size  # decoupled from the output width
+    assert core.state_size != core.output_size  # decoupled from the output width
 
 
 def test_zero_state_is_the_learned_initial_latents() -> None:

@@ -12,10 +12,13 @@ naming the one to change.
     episode_starts:  [T, B]; where 1 the state is zeroed before that step (only if ``takes_episode_starts``)
     out:             [T, B, hidden_size]
 
-The state is what sb3-contrib stores between steps: ``RecurrentPPO`` sizes its rollout buffers, and
-``predict`` its zero states, from the policy's ``lstm_hidden_state_shape = (num_layers, 1, state_size)``.
-So ``state_size`` is the core's own business: it need not equal ``hidden_size`` (the TLB's is larger,
-nothing says a state must be as wide as the output). An all-zero state must mean "start of an episode".
+The state is what sb3-contrib stores between steps. ``RecurrentPPO`` sizes its rollout buffers and zero
+states from the core's ``num_layers`` and ``hidden_size`` *attributes* (nn.LSTM's name for the width of
+``h`` and ``c``), ``predict`` from the policy's ``lstm_hidden_state_shape``, and the policy's heads read
+``lstm_output_dim``. So a core has two widths: ``output_size`` (the constructor's ``hidden_size``, what
+``out`` carries) and ``state_size`` (what ``h`` and ``c`` carry), and its ``hidden_size`` attribute is
+``state_size``, as sb3-contrib reads it. The state is the core's own business: it need not be as wide as
+the output (the TLB's is wider). An all-zero state must mean "start of an episode".
 
 **Declarations** (class attributes; subclasses override what differs):
 
@@ -57,7 +60,8 @@ class RecurrentCore(nn.Module):
 
     Args:
         input_size: features per step (per input slot where ``accepts_slots``).
-        hidden_size: width of the output.
+        hidden_size: width of the output (kept as ``output_size``; the ``hidden_size`` attribute is the
+            state width, as on ``nn.LSTM``, for sb3-contrib).
         state_size: width of each of ``h`` and ``c``; ``None``: ``hidden_size``.
     """
 
@@ -79,10 +83,11 @@ class RecurrentCore(nn.Module):
         check_positive("hidden_size", hidden_size)
         if state_size is not None:
             check_positive("state_size", state_size)
-        # nn.LSTM-compatible attributes (sb3-contrib reads input_size; the policy reads state_size).
         self.input_size = input_size
-        self.hidden_size = hidden_size
+        self.output_size = hidden_size
         self.state_size = hidden_size if state_size is None else state_size
+        # nn.LSTM's attributes as sb3-contrib reads them: hidden_size sizes its state buffers.
+        self.hidden_size = self.state_size
         self.num_layers = 1
         self.batch_first = False
         self.bidirectional = False

@@ -27,6 +27,11 @@ class GRUCore(RecurrentCore, nn.GRU):
         """Width of ``h`` (and of the zero ``c``)."""
         return self.hidden_size
 
+    @property
+    def output_size(self) -> int:  # type: ignore[override]
+        """Width of the output."""
+        return self.hidden_size
+
     def forward(self, x: Tensor, state: State | None = None) -> tuple[Tensor, State]:  # type: ignore[override]
         """x [T, B, input_size], (h, c) [num_layers, B, hidden_size] -> out [T, B, hidden_size], (h, 0)."""
         out, h = nn.GRU.forward(self, x, None if state is None else state[0])

@@ -30,4 +30,9 @@ class LSTMCore(RecurrentCore, nn.LSTM):
         """Width of ``h`` and ``c``."""
         return self.hidden_size
 
+    @property
+    def output_size(self) -> int:  # type: ignore[override]
+        """Width of the output."""
+        return self.hidden_size
+
     forward = nn.LSTM.forward  # x, (h, c) -> out, (h, c)

@@ -255,7 +255,7 @@ class TemporalLatentBottleneck(RecurrentCore):
 
     def extra_repr(self) -> str:
         return (
-            f"input_size={self.input_size}, hidden_size={self.hidden_size}, n_latents={self.n_latents}, "
+            f"input_size={self.input_size}, hidden_size={self.output_size}, n_latents={self.n_latents}, "
             f"chunk_size={self.chunk_size}, n_layers={self.n_layers}, n_heads={self.n_heads}, "
             f"d_model={self.d_model}, ffn_mult={self.ffn_mult}, state_size={self.state_size}"
         )
