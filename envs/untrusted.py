@@ -49,7 +49,7 @@ def read_regular_file(path: str | Path, limit: int = MAX_BYTES, what: str = "fil
     name = f"{what} {str(path)!r}"
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-    except FileNotFoundError as err:
+    except (FileNotFoundError, NotADirectoryError) as err:  # a file where a folder should be: absent too
         raise MissingFileError(f"{name} does not exist") from err
     except OSError as err:
         raise UntrustedFileError(f"cannot read {name}: {err.strerror or err}") from err
@@ -103,7 +103,7 @@ def parse_yaml(raw: bytes | str, what: str = "YAML") -> Any:
     except RecursionError as err:
         raise UntrustedFileError(f"{what} is nested more than {MAX_DEPTH} levels deep; refused") from err
     except (yaml.YAMLError, ValueError) as err:  # ValueError: an integer over Python's digit limit
-        raise UntrustedFileError(f"{what} is not valid YAML: {_one_line(err)}") from err
+        raise UntrustedFileError(f"{what} cannot be read as YAML: {_one_line(err)}") from err
     check_tree(data, what)
     return data
 

@@ -225,7 +225,7 @@ def test_the_report_shows_the_tuned_values_and_the_set_values_apart(
             + "".join(f"{c}: &{c} [{', '.join(['*' + chr(ord(c) - 1)] * 8)}]\n" for c in "bcdefghijklmnop"),
             "aliases",
         ),
-        ("train: " + "1" * 5000, "not valid YAML"),
+        ("train: " + "1" * 5000, "cannot be read as YAML"),
         (None, "does not exist"),
     ],
 )
