@@ -26,16 +26,16 @@ from pathlib import Path
 from typing import Any
 
 from rims_rl.app import catalog
-from rims_rl.app.checkpoint import list_pretrained, pretrained_alias, read_meta, resolve_checkpoint
+from rims_rl.app.checkpoint import list_pretrained, pretrained_alias, resolve_checkpoint
 from rims_rl.app.compare import CompareInterrupted, run_compare
 from rims_rl.app.errors import UserError
 from rims_rl.app.evaluation import (
+    EvalResult,
     env_overrides,
     evaluate_checkpoint,
     format_table,
     load_for_eval,
     record_gif,
-    resolve_specs,
     safe_name,
     write_results_csv,
     write_results_json,
@@ -188,21 +188,21 @@ def _evaluate_and_print(
     csv_path = write_results_csv(results, out_dir / f"{stem}.csv")
     print(f"results: {json_path}, {csv_path}")
     if video is not None:
-        _record_video(path, target, video, seed, deterministic, trust)
+        _record_video(path, results, video, seed, deterministic, trust)
     return 0
 
 
 def _record_video(
-    checkpoint: Path, target: Any, out: Path, seed: int, deterministic: bool, trust: bool
+    checkpoint: Path, results: list[EvalResult], out: Path, seed: int, deterministic: bool, trust: bool
 ) -> None:
+    """Two episodes per evaluated env as GIFs: the envs exactly as scored (ours or a foreign checkpoint)."""
     try:
         import moviepy  # noqa: F401
 
         have_moviepy = True
     except ImportError:
         have_moviepy = False
-    meta = None if trust else read_meta(checkpoint)
-    for spec in resolve_specs(target, meta):
+    for spec in (r.spec() for r in results):
         model, _ = load_for_eval(checkpoint, spec, trust=trust)
         try:
             files = record_gif(

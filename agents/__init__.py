@@ -70,6 +70,15 @@ _FREE_DICTS = {
     "policy_kwargs.core_kwargs",  # checked against the core's own settings by the policy constructor
 }
 
+#: Keys whose value is a section of settings: an override sets keys inside it, never all of it at once.
+_SECTIONS = {
+    "ppo",
+    "policy_kwargs",
+    "env",
+    *(f"policy_kwargs.{name}" for name in ("rims_kwargs", "core_kwargs", "features_extractor_kwargs")),
+    *(f"policy_kwargs.{name}" for name in ("lstm_kwargs", "optimizer_kwargs")),
+}
+
 
 #: ``AGENT+CORE`` names agent AGENT with the recurrent core CORE (``train --agent A --core CORE``).
 CORE_SEP = "+"
@@ -205,6 +214,11 @@ def apply_overrides(preset: AgentPreset, overrides: Mapping[str, Any]) -> AgentP
                         f"{section or 'the top level'}{hint(part, valid)}; valid: {', '.join(valid)}"
                     )
             if depth == len(parts) - 1:
+                if key in _SECTIONS and isinstance(value, Mapping):
+                    raise ValueError(
+                        f"config key {key!r} is a section: a mapping would replace all of it (and reset "
+                        f"what it does not name); set its keys one by one, e.g. {key}.KEY=VALUE"
+                    )
                 node[part] = value
                 break
             child = node.get(part)

@@ -44,6 +44,12 @@ EXTRACTORS: tuple[str, ...] = (
 )
 ACTIVATIONS: tuple[str, ...] = ("tanh", "relu", "elu", "gelu", "leaky_relu")
 VEC_ENVS: tuple[str, ...] = ("dummy", "subproc", "ale")
+#: Bounds of ``check_model_size``: far beyond this project's models (a 256-unit LSTM, 64-wide heads).
+MAX_LAYER_SIZE = 4096
+MAX_LAYERS = 16
+MAX_PARAMETERS = 50_000_000
+#: ``nn.LSTM`` arguments a config may pass through ``lstm_kwargs`` (``check_lstm_kwargs``).
+LSTM_KWARGS: tuple[str, ...] = ("dropout", "bias")
 #: policy_kwargs that only a recurrent policy takes.
 RECURRENT_KWARGS: tuple[str, ...] = (
     "core",
@@ -284,6 +290,7 @@ class AgentPreset:
         for name in mappings:
             if pk.get(name) is not None and not isinstance(pk[name], Mapping):
                 raise ValueError(f"policy_kwargs.{name} must be a mapping, got {pk[name]!r}")
+        check_lstm_kwargs(pk.get("lstm_kwargs"))
         bools = (
             "shared_lstm",
             "enable_critic_lstm",
@@ -300,12 +307,7 @@ class AgentPreset:
                 raise ValueError(
                     f"policy_kwargs.optimizer_kwargs.{key} must be a number (or numbers), got {value!r}"
                 )
-        arch = pk.get("net_arch")
-        if arch is not None and not _is_net_arch(arch):
-            raise ValueError(
-                f"policy_kwargs.net_arch must be a list of layer sizes or {{'pi': [...], 'vf': [...]}}, "
-                f"got {arch!r}"
-            )
+        check_model_size(pk)
 
     @property
     def recurrent(self) -> bool:
@@ -361,13 +363,98 @@ def policy_parameters(recurrent: bool) -> tuple[str, ...]:
     return tuple(p for p in inspect.signature(cls.__init__).parameters if p not in skip)
 
 
-def _is_net_arch(arch: Any) -> bool:
-    def sizes(x: Any) -> bool:
-        return isinstance(x, list) and all(_is_int(n) and n > 0 for n in x)
+def check_model_size(policy_kwargs: Mapping[str, Any]) -> None:
+    """``ValueError`` unless the sizes in ``policy_kwargs`` are bounded, checked before any model is built.
 
-    if isinstance(arch, Mapping):
-        return set(arch) <= {"pi", "vf"} and all(sizes(v) for v in arch.values())
-    return sizes(arch)
+    A config or a foreign checkpoint may come from an untrusted file: ``net_arch=[4]*100000`` or
+    ``features_dim=10**7`` would hang or fill the memory while the model is built. Each layer size is at
+    most ``MAX_LAYER_SIZE``, each layer list at most ``MAX_LAYERS`` long, every integer inside the nested
+    kwargs (core, extractor, LSTM) at most ``MAX_LAYER_SIZE``, and a rough parameter count (both LSTMs or
+    cores, their projections, the heads) at most ``MAX_PARAMETERS``: far beyond this project's models.
+    """
+    pk = policy_kwargs
+
+    def size(name: str, value: Any, high: int = MAX_LAYER_SIZE) -> int:
+        if not _is_int(value) or not 1 <= value <= high:
+            raise ValueError(f"policy_kwargs.{name} must be an integer in [1, {high}], got {value!r}")
+        return int(value)
+
+    arch = pk.get("net_arch")
+    lists: list[Any] = []
+    if arch is not None:
+        lists = list(arch.values()) if isinstance(arch, Mapping) else [arch]
+        shape_ok = all(isinstance(x, list | tuple) for x in lists) and (
+            not isinstance(arch, Mapping) or set(arch) <= {"pi", "vf"}
+        )
+        if not shape_ok:
+            raise ValueError(
+                "policy_kwargs.net_arch must be a list of layer sizes or {'pi': [...], 'vf': [...]}, "
+                f"got {_short(arch)}"
+            )
+        for layers in lists:
+            if len(layers) > MAX_LAYERS:
+                raise ValueError(f"policy_kwargs.net_arch has {len(layers)} layers; at most {MAX_LAYERS}")
+            for n in layers:
+                size("net_arch", n)
+    nested = 0  # the integers of the nested kwargs, summed: a bound on the widths a core adds
+    for name in ("features_extractor_kwargs", "rims_kwargs", "core_kwargs", "lstm_kwargs"):
+        for path, value in _integers(pk.get(name), name):
+            if value > MAX_LAYER_SIZE:
+                raise ValueError(f"policy_kwargs.{path} must be at most {MAX_LAYER_SIZE}, got {value!r}")
+            if name in ("rims_kwargs", "core_kwargs"):
+                nested += max(0, value)
+    fe_kwargs = pk.get("features_extractor_kwargs")
+    features = 512  # SB3's NatureCNN default
+    if isinstance(fe_kwargs, Mapping) and "features_dim" in fe_kwargs:
+        features = size("features_extractor_kwargs.features_dim", fe_kwargs["features_dim"])
+    hidden = 256 if pk.get("lstm_hidden_size") is None else size("lstm_hidden_size", pk["lstm_hidden_size"])
+    n_layers = size("n_lstm_layers", pk.get("n_lstm_layers", 1), high=MAX_LAYERS)
+    params = 2 * 4 * hidden * (features + hidden) * n_layers  # actor and critic LSTM (or core)
+    params += 2 * nested * (features + hidden + nested)  # a core's attention and feed-forward projections
+    for layers in lists:
+        widths = [hidden, *layers]
+        params += sum(a * b for a, b in zip(widths, widths[1:], strict=False))
+    if params > MAX_PARAMETERS:
+        raise ValueError(
+            f"policy_kwargs describe a model of about {params / 1e6:.0f}M parameters; at most "
+            f"{MAX_PARAMETERS // 10**6}M (lstm_hidden_size={hidden}, features_dim={features}, "
+            f"n_lstm_layers={n_layers})"
+        )
+
+
+def check_lstm_kwargs(lstm_kwargs: Any) -> None:
+    """``ValueError`` for ``nn.LSTM`` arguments other than ``LSTM_KWARGS``: the policy sets the sizes and
+    layers itself, and ``batch_first``, ``bidirectional`` or ``proj_size`` would build a model whose
+    states do not fit the rollout (a RuntimeError in the middle of an episode)."""
+    if lstm_kwargs is None:
+        return
+    if not isinstance(lstm_kwargs, Mapping):
+        raise ValueError(f"policy_kwargs.lstm_kwargs must be a mapping, got {_short(lstm_kwargs)}")
+    for key, value in lstm_kwargs.items():
+        if key not in LSTM_KWARGS:
+            raise ValueError(f"policy_kwargs.lstm_kwargs.{key} cannot be set; only {', '.join(LSTM_KWARGS)}")
+        if key == "bias" and not isinstance(value, bool):
+            raise ValueError(f"policy_kwargs.lstm_kwargs.bias must be true or false, got {value!r}")
+        if key == "dropout":
+            _check_number("policy_kwargs.lstm_kwargs.dropout", value, 0.0, 1.0)
+
+
+def _integers(value: Any, path: str) -> list[tuple[str, int]]:
+    """Every integer inside nested mappings and lists, with its dotted path (bools excluded)."""
+    if _is_int(value):
+        return [(path, value)]
+    if isinstance(value, Mapping):
+        return [found for k, v in value.items() for found in _integers(v, f"{path}.{k}")]
+    if isinstance(value, list | tuple):
+        if len(value) > MAX_LAYERS:
+            raise ValueError(f"policy_kwargs.{path} has {len(value)} entries; at most {MAX_LAYERS}")
+        return [found for v in value for found in _integers(v, path)]
+    return []
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _plain(value: Any) -> Any:

@@ -12,6 +12,7 @@ import gymnasium as gym
 from stable_baselines3.common.vec_env import VecEnv
 
 from envs.atari import make_atari_env, make_atari_vec_env, validate_atari_options
+from envs.env_kwargs import check_env_kwargs
 from envs.errors import unknown_choice_error
 from envs.minigrid import make_minigrid_env, make_minigrid_vec_env
 from envs.registry import env_family
@@ -32,7 +33,9 @@ def as_spec(spec_or_id: EnvSpec | str, **overrides: Any) -> EnvSpec:
 
 
 def check_spec_kwargs(spec: EnvSpec) -> None:
-    """Validate the id, and for Atari the kwarg names and mode/difficulty, before anything is built."""
+    """Validate the id, the kwarg names and their bounded values (``envs.env_kwargs``), and for Atari
+    mode/difficulty, before anything is built."""
+    check_env_kwargs(spec.env_id, env_family(spec.env_id), spec.kwargs)
     if env_family(spec.env_id) != "atari":
         return
     for key in spec.kwargs:

@@ -27,22 +27,26 @@ from envs.seeding import seeded
 from envs.vec import VecClass, build_vec_env
 
 
-def minigrid_kwarg_names(env_id: str) -> tuple[str, ...]:
-    """Keyword arguments ``gym.make(env_id, ...)`` accepts: those of every ``__init__`` in the env's MRO."""
-    creator = gym.registry[env_id].entry_point
+def minigrid_kwarg_defaults(env_id: str) -> dict[str, Any]:
+    """Keyword arguments ``gym.make(env_id, ...)`` accepts, those of every ``__init__`` in the env's MRO,
+    with their defaults (the id's registered kwargs first; ``inspect.Parameter.empty`` when none)."""
+    spec = gym.registry[env_id]
+    creator = spec.entry_point
     cls = load_env_creator(creator) if isinstance(creator, str) else creator
-    names: list[str] = []
+    found: dict[str, Any] = {}
     for klass in inspect.getmro(cls):  # type: ignore[arg-type]
         if "__init__" not in vars(klass) or not issubclass(klass, MiniGridEnv):
             continue
         for p in inspect.signature(klass.__init__).parameters.values():
-            if (
-                p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
-                and p.name != "self"
-                and p.name not in names
-            ):
-                names.append(p.name)
-    return (*names, "max_episode_steps", "disable_env_checker")
+            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name != "self":
+                found.setdefault(p.name, p.default)
+    found.update({k: v for k, v in (spec.kwargs or {}).items() if k in found})
+    return {**found, "max_episode_steps": spec.max_episode_steps, "disable_env_checker": False}
+
+
+def minigrid_kwarg_names(env_id: str) -> tuple[str, ...]:
+    """Keyword arguments ``gym.make(env_id, ...)`` accepts: those of every ``__init__`` in the env's MRO."""
+    return tuple(minigrid_kwarg_defaults(env_id))
 
 
 def validate_minigrid_kwargs(env_id: str, env_kwargs: Mapping[str, Any]) -> None:

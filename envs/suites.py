@@ -20,17 +20,18 @@ from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
-import yaml
 
 from envs.atari import DEFAULT_STICKY, atari_game_info
 from envs.errors import unknown_choice_error
 from envs.make import as_spec, check_spec_kwargs
 from envs.registry import ATARI_PREFIX, EnvFamily, register_all_envs
 from envs.spec import EnvSpec
+from envs.untrusted import load_yaml
 
 VariantSource = tuple[EnvSpec, ...] | Callable[[], Iterable[EnvSpec]]
 ATARI_SUITE_PREFIX = "atari-modes-"
 ATARI_SUITE_GAMES: tuple[str, ...] = ("breakout", "pong", "spaceinvaders", "freeway")
+MAX_SUITE_BYTES = 2**20  # a suite file is a few hundred bytes
 
 
 @dataclass(frozen=True, eq=False)
@@ -98,9 +99,7 @@ def get_suite(name: str) -> Suite:
     if name in _SUITES:
         return _SUITES[name]
     if name.endswith((".yml", ".yaml")):
-        if not Path(name).is_file():
-            raise ValueError(f"suite file {name!r} does not exist")
-        return load_suite_file(name, register=False)
+        return load_suite_file(name, register=False)  # a missing file: "suite file ... does not exist"
     if name.startswith(ATARI_SUITE_PREFIX):
         games = _atari_games()
         game = name[len(ATARI_SUITE_PREFIX) :]
@@ -118,25 +117,27 @@ def list_suites() -> dict[str, str]:
 def load_suite_file(path: str | Path, register: bool = True, overwrite: bool = False) -> Suite:
     """Read a YAML suite (``train: {id, kwargs}``, ``variants: [{name, id, kwargs}]``), validating ids."""
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
-        raise ValueError(f"suite file {str(path)!r} cannot be read as YAML: {err}") from err
+    data = load_yaml(path, "suite file", limit=MAX_SUITE_BYTES)  # bounded: no aliases, depth, size
     if not isinstance(data, Mapping) or "train" not in data or "variants" not in data:
         raise ValueError(f"{path}: a suite file needs top-level 'train' and 'variants' keys")
     allowed = ("name", "description", "train", "variants")
     for key in data:
         if key not in allowed:
             raise unknown_choice_error("suite file key", key, allowed, where=f"in {path}")
+    if not isinstance(data["variants"], list | None):
+        raise ValueError(f"{path}: 'variants' must be a list of env entries, got {data['variants']!r}")
     train = _spec_from_yaml(data["train"], path, default_name="train")
     variants = [_spec_from_yaml(v, path) for v in data["variants"] or []]
     if not variants:
         raise ValueError(f"{path}: 'variants' must list at least one variant")
     suite = Suite(str(data.get("name", path.stem)), str(data.get("description", "")), train, tuple(variants))
+    for spec in suite.specs():  # every env's kwargs, before any env is built or scored
+        try:
+            check_spec_kwargs(spec)
+        except ValueError as err:
+            raise ValueError(f"{path}: env entry {spec.name!r}: {err}") from err
     if register:
         return register_suite(suite, overwrite=overwrite)
-    for spec in suite.specs():
-        check_spec_kwargs(spec)
     return suite
 
 
@@ -149,7 +150,10 @@ def _spec_from_yaml(entry: Any, path: Path, default_name: str | None = None) -> 
         if key not in ("name", "id", "kwargs"):
             raise unknown_choice_error("env entry key", key, ("name", "id", "kwargs"), where=f"in {path}")
     name = entry.get("name", default_name or entry["id"])
-    return EnvSpec(str(name), str(entry["id"]), dict(entry.get("kwargs") or {}))
+    kwargs = entry.get("kwargs") or {}
+    if not isinstance(kwargs, Mapping):
+        raise ValueError(f"{path}: 'kwargs' of env entry {str(name)!r} must be a mapping, got {kwargs!r}")
+    return EnvSpec(str(name), str(entry["id"]), dict(kwargs))
 
 
 def _atari_games() -> dict[str, str]:

@@ -55,7 +55,7 @@ def test_random_weights_contract_at_the_guaranteed_rate(kwargs: dict) -> None:
         with torch.no_grad():  # random weights well outside the init scale: the caps must bind
             core.v.normal_(0.0, 3.0)
             core.a.normal_(0.0, 3.0)
-        assert core.contraction_rate() <= core.max_contraction_rate + 1e-6  # float32 weights, float64 norms + 1e-12
+        assert core.contraction_rate() <= core.max_contraction_rate + 1e-12
         assert_contracts(core, seed)
         assert_jacobian_bounded(core, seed)
 
@@ -118,7 +118,7 @@ def test_bad_arguments_raise(kwargs: dict, message: str) -> None:
 def test_slower_decay_variant_has_the_documented_rate() -> None:
     core = StableAssembly(3, 12, alpha=0.05)  # the other settings at their defaults
     assert core.max_contraction_rate == pytest.approx(0.9953, abs=1e-4)
-    assert core.contraction_rate() <= core.max_contraction_rate
+    assert core.contraction_rate() <= core.max_contraction_rate + 1e-6  # float32 weights, float64 norms
 
 
 def test_fixed_modules_train_only_the_coupling_and_the_input() -> None:

@@ -687,7 +687,8 @@ def test_ctrl_c_in_tune_keeps_the_finished_trials_and_says_how_to_continue(
         return backend.train(agent, **kwargs)
 
     def evaluate(checkpoint: Path, target: object, n_episodes: int, **kw: Any) -> list[EvalResult]:
-        return backend.evaluate(checkpoint, get_suite("minigrid-doorkey"), n_episodes)[:1]  # train env
+        results = backend.evaluate(checkpoint, get_suite("minigrid-doorkey"), n_episodes)[:1]  # train env
+        return [replace(r, env=r.env_id) for r in results]  # named by its id, as evaluating an id names it
 
     monkeypatch.setattr(compare, "LOCAL", Backend(train=train, evaluate=evaluate))
     cli = _load_train_cli()

@@ -547,8 +547,17 @@ def test_a_read_only_disk_for_new_runs_resume_and_evaluation_gives_one_line(
     def read_only(*args: Any, **kwargs: Any) -> Any:
         raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(args[0]) if args else None)
 
+    real_open = os.open
+
+    def open_read_only(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
+        """os.open on a read-only disk: reading works, opening to write fails (os is one module, so
+        the readers of config.json and status.json see this too)."""
+        if flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
+            read_only(path)
+        return real_open(path, flags, *args, **kwargs)
+
     with monkeypatch.context() as m:
-        m.setattr(rundir.os, "open", read_only)
+        m.setattr(rundir.os, "open", open_read_only)
         for argv in (_train_argv(tmp_path / "new"), ["train", "--resume", str(run_dir), "--no-progress"]):
             assert train.main(argv) == 2
             err = capsys.readouterr().err

@@ -17,6 +17,7 @@ import contextlib
 import importlib
 import io
 import json
+import os
 import re
 import sys
 import zipfile
@@ -33,6 +34,7 @@ from stable_baselines3 import PPO
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.vec_env import VecEnv
 
+from envs.untrusted import UntrustedFileError, parse_json
 from rims_rl.app.atomic import atomic_write_bytes
 from rims_rl.app.config import RunConfig
 from rims_rl.app.errors import UserError
@@ -282,9 +284,9 @@ def read_meta(path: str | Path) -> CheckpointMeta:
             )
         raw = _read_member(zf, META_NAME, path, MAX_META_BYTES)
     try:
-        meta = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise CheckpointError(f"checkpoint {str(path)!r}: {META_NAME} is not valid JSON: {err}") from err
+        meta = parse_json(raw, f"checkpoint {str(path)!r}: its {META_NAME}")
+    except UntrustedFileError as err:
+        raise CheckpointError(str(err)) from err
     if not isinstance(meta, dict) or meta.get("format") != META_FORMAT:
         raise CheckpointError(f"checkpoint {str(path)!r}: {META_NAME} is not a {META_FORMAT} entry")
     if not isinstance(meta.get("config"), dict) or not isinstance(meta["config"].get("model"), dict):
@@ -311,6 +313,7 @@ def load_weights(model: BaseAlgorithm, path: str | Path, optimizer: bool = False
     path = Path(path)
     with _open_zip(path) as zf:
         state = _load_tensors(zf, "policy.pth", path, model.device)
+        _check_finite(state, path)
         try:
             model.policy.load_state_dict(state)
         except (RuntimeError, TypeError, AttributeError) as err:
@@ -328,6 +331,18 @@ def load_weights(model: BaseAlgorithm, path: str | Path, optimizer: bool = False
                 ) from err
 
 
+def _check_finite(state: Any, path: Path) -> None:
+    """Refuse NaN or infinite weights: they load, then every episode fails inside the action sampler."""
+    if not isinstance(state, Mapping):
+        return  # load_state_dict names what is wrong with it
+    for name, tensor in state.items():
+        if isinstance(tensor, th.Tensor) and tensor.is_floating_point() and not th.isfinite(tensor).all():
+            raise CheckpointError(
+                f"checkpoint {str(path)!r}: its weights hold NaN or infinite values ({name}); a diverged "
+                "or damaged model, refused"
+            )
+
+
 def load_trusted(path: str | Path, env: VecEnv | None, device: str = "auto") -> BaseAlgorithm:
     """SB3's own ``load`` (unpickles code from the file): only for checkpoints from a trusted source."""
     path = Path(path)
@@ -336,16 +351,20 @@ def load_trusted(path: str | Path, env: VecEnv | None, device: str = "auto") -> 
         algo = None
         if META_NAME in names:
             try:
-                algo = json.loads(zf.read(META_NAME)).get("algo")
-            except (json.JSONDecodeError, UnicodeDecodeError):
+                meta = parse_json(_read_member(zf, META_NAME, path, MAX_META_BYTES))
+                algo = meta.get("algo") if isinstance(meta, dict) else None
+            except UntrustedFileError:
                 algo = None
         if algo is None and "data" in names:
             try:
-                data = json.loads(zf.read("data"))
-                recurrent = "ChunkedRecurrentPPO" if "chunk_length" in data else "RecurrentPPO"
-                algo = recurrent if "_last_lstm_states" in data else "PPO"
-            except (json.JSONDecodeError, UnicodeDecodeError) as err:
-                raise CheckpointError(f"checkpoint {str(path)!r}: 'data' is not JSON: {err}") from err
+                raw = _read_member(zf, "data", path, MAX_META_BYTES)
+                data = parse_json(raw, f"checkpoint {str(path)!r}: 'data'")
+            except UntrustedFileError as err:
+                raise CheckpointError(str(err)) from err
+            if not isinstance(data, dict):
+                raise CheckpointError(f"checkpoint {str(path)!r}: 'data' is not a JSON object")
+            recurrent = "ChunkedRecurrentPPO" if "chunk_length" in data else "RecurrentPPO"
+            algo = recurrent if "_last_lstm_states" in data else "PPO"
     cls = ALGOS.get(algo or "", None)
     if cls is None:
         raise CheckpointError(f"checkpoint {str(path)!r}: cannot tell its algorithm (no 'data' entry)")
@@ -398,8 +417,10 @@ def resolve_checkpoint(name: str | Path) -> Path:
 
 def pretrained_alias(checkpoint: Path) -> str | None:
     """The alias of a checkpoint shipped in ``pretrained/``, else None: its folder is kept as shipped."""
-    folder = checkpoint.resolve().parent
-    return folder.name if folder.parent == PRETRAINED_DIR.resolve() else None
+    # Not resolved: an alias (or its model.zip) that is a symbolic link is still the alias, and its eval
+    # files go to runs/eval/<alias>, never into the link's target.
+    folder = Path(os.path.abspath(checkpoint)).parent
+    return folder.name if folder.parent == Path(os.path.abspath(PRETRAINED_DIR)) else None
 
 
 def list_pretrained() -> list[str]:

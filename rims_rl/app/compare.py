@@ -14,12 +14,12 @@ seeds, so differences between agents are not differences in the episodes they we
 from __future__ import annotations
 
 import contextlib
-import json
 import multiprocessing as mp
 import os
 import re
 import shlex
 import signal
+import socket
 import sys
 import threading
 import time
@@ -36,7 +36,8 @@ import torch
 from tqdm.auto import tqdm
 
 from agents import check_agent, parse_overrides
-from envs import Suite, get_suite
+from envs import EnvSpec, Suite, get_suite
+from envs.untrusted import MissingFileError, UntrustedFileError, load_json
 from rims_rl.app import rundir
 from rims_rl.app.atomic import atomic_write_json
 from rims_rl.app.config import resolve_config
@@ -163,12 +164,21 @@ class JobResult:
 # ------------------------------------------------------------------------------------ run dir layout
 
 
-def _load_json(path: Path) -> dict[str, Any] | None:
+def _load_json(path: Path, what: str = "file") -> dict[str, Any] | None:
+    """A JSON object stored under ``--out`` (a committed record may come from anyone), or None when absent.
+
+    Read with the bounded reader: a FIFO, a link to a device, a giant or deeply nested file, or one that
+    is not a JSON object is a ``UserError`` naming it, never a hang or a traceback.
+    """
     try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
+        data = load_json(path, what)
+    except MissingFileError:
         return None
-    return data if isinstance(data, dict) else None
+    except UntrustedFileError as err:
+        raise UserError(f"{err}; delete it to redo that run") from err
+    if not isinstance(data, dict):
+        raise UserError(f"{what} {str(path)!r} is not a JSON object; delete it to redo that run")
+    return data
 
 
 def config_mismatch(job: RunJob) -> str | None:
@@ -177,7 +187,7 @@ def config_mismatch(job: RunJob) -> str | None:
     Compared: agent, seed, env/suite, requested timesteps, n_envs and overrides, i.e. what ``compare``
     chooses; a mismatch means ``--out`` is being reused for other settings.
     """
-    record = _load_json(record_path(job.run_dir))
+    record = _load_json(record_path(job.run_dir), "run record")
     if record is not None:  # a committed record: the run may exist only as this file
         stored = _record_job(record, job)
         keys = ("agent", "seed", "suite", "env_id", "timesteps", "n_envs", "overrides")
@@ -191,7 +201,7 @@ def config_mismatch(job: RunJob) -> str | None:
                 f"{record_path(job.run_dir)} records a run with other settings ({'; '.join(diffs)}); "
                 "use another --out or delete that record"
             )
-    config = _load_json(rundir.config_path(job.run_dir))
+    config = _load_json(rundir.config_path(job.run_dir), "run config")
     if config is None:
         return None
     env: dict[str, Any] = config["env"] if isinstance(config.get("env"), dict) else {}
@@ -247,16 +257,69 @@ def is_finished(job: RunJob) -> bool:
     Either its compact record (``record_path``) says so, which is all a later session on a new machine
     has, or its run directory holds the final model and an evaluation with these settings.
     """
-    if _record_matches(job, _load_json(record_path(job.run_dir))):
-        return True
+    return finished_records(job) is not None
+
+
+def finished_records(job: RunJob) -> tuple[list[ScoreRecord], bool] | None:
+    """The stored scores of a finished run, checked against ``job`` (``_checked_records``), and whether
+    they come from its compact record; None when the run is not finished with these settings."""
+    source = record_path(job.run_dir)
+    record = _load_json(source, "run record")
+    if _record_matches(job, record):
+        assert record is not None
+        return _checked_records(job, record, source), True
     run_dir = Path(job.run_dir)
-    stored = _load_json(run_dir / EVAL_NAME)
-    return (
+    source = run_dir / EVAL_NAME
+    stored = _load_json(source, "evaluation")
+    if (
         rundir.finished_model(run_dir) is not None
         and stored is not None
         and stored.get("settings") == job.eval_settings()
         and config_mismatch(job) is None
-    )
+    ):
+        return _checked_records(job, stored, source), False
+    return None
+
+
+def _checked_records(job: RunJob, stored: Mapping[str, Any], source: Path) -> list[ScoreRecord]:
+    """The score records of a stored run (untrusted: a committed file), each checked against the job:
+    a valid record of this agent and seed, on an env of the job's suite (or env), every env once."""
+    fix = "; delete it to redo that run"
+    raw = stored.get("records")
+    if not isinstance(raw, list):
+        raise UserError(f"{source} holds no list of records{fix}")
+    target = _target(job)
+    specs = target.specs() if isinstance(target, Suite) else (EnvSpec(target, target),)
+    train_name = target.train.name if isinstance(target, Suite) else None
+    expected = {s.name: s.env_id for s in specs}
+    records: list[ScoreRecord] = []
+    for i, item in enumerate(raw):
+        try:
+            rec = score_record(item)
+        except ValueError as err:
+            raise UserError(f"{source}: record {i}: {err}{fix}") from err
+        if (rec["agent"], rec["seed"]) != (job.agent, job.seed):
+            raise UserError(
+                f"{source}: record {i} is of agent {_short(rec['agent'])} seed {rec['seed']!r}, not of this "
+                f"run ({job.agent} seed {job.seed}){fix}"
+            )
+        is_train = rec["env"] == train_name if train_name is not None else True
+        if expected.get(rec["env"]) != rec["env_id"] or rec["is_train"] != is_train:
+            raise UserError(
+                f"{source}: record {i} is for env {_short(rec['env'])} ({_short(rec['env_id'])}), which "
+                f"{job.suite or job.env_id} does not hold as such{fix}"
+            )
+        records.append(ScoreRecord(**{**rec, "run_dir": job.run_dir}))
+    names = sorted(r["env"] for r in records)
+    if names != sorted(expected):
+        target_name = job.suite or job.env_id
+        raise UserError(f"{source} scores envs {names}, {target_name} has {sorted(expected)}{fix}")
+    return records
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def write_record(job: RunJob, records: Sequence[ScoreRecord]) -> Path:
@@ -273,7 +336,7 @@ def write_record(job: RunJob, records: Sequence[ScoreRecord]) -> Path:
 
 def read_record_curve(run_dir: str | Path) -> Curve | None:
     """The learning curve kept in the run's record, if any."""
-    record = _load_json(record_path(run_dir)) or {}
+    record = _load_json(record_path(run_dir), "run record") or {}
     curve = record.get("curve")
     if not isinstance(curve, dict):
         return None
@@ -376,6 +439,18 @@ def _sigterm_interrupts(seen: list[int]) -> contextlib.AbstractContextManager[No
     return signal_handlers((signal.SIGTERM,), handler)
 
 
+def _signals_deferred(seen: list[int]) -> contextlib.AbstractContextManager[None]:
+    """Ctrl-C/SIGTERM only noted in ``seen`` inside the block (the report of finished runs is written
+    whole, then the caller stops with 130/143)."""
+
+    def handler(signum: int, frame: Any) -> None:
+        seen.append(signum)
+        name = signal.Signals(signum).name
+        print(f"\n{name}: writing the report of the finished runs first", file=sys.stderr, flush=True)
+
+    return signal_handlers((signal.SIGINT, signal.SIGTERM), handler)
+
+
 def _signals_set(stop: Any, abort: Any, seen: list[int]) -> contextlib.AbstractContextManager[None]:
     """In the parent: Ctrl-C/SIGTERM set ``stop`` (a second one ``abort``); appends them to ``seen``."""
 
@@ -421,11 +496,10 @@ def run_job(job: RunJob, backend: Backend = LOCAL) -> JobResult:
     out = JobResult(agent=job.agent, seed=job.seed, run_dir=job.run_dir)
     run_dir = Path(job.run_dir)
     try:
-        if is_finished(job):
-            record = _load_json(record_path(job.run_dir))
-            stored = record if _record_matches(job, record) else _load_json(run_dir / EVAL_NAME)
-            out.records = [score_record(r) for r in (stored or {}).get("records", [])]
-            if not _record_matches(job, record):  # finished before records existed: keep one now
+        found = finished_records(job)
+        if found is not None:
+            out.records, from_record = found
+            if not from_record:  # finished before records existed: keep one now
                 write_record(job, out.records)
             out.skipped = True
             return out
@@ -574,6 +648,8 @@ def run_compare(
         over = _as_overrides(overrides)
         if not isinstance(eval_episodes, int) or isinstance(eval_episodes, bool) or eval_episodes < 1:
             raise ValueError(f"--eval-episodes must be a positive integer, got {eval_episodes!r}")
+    if executor == "ray":
+        check_ray_address(ray_address or os.environ.get("RAY_ADDRESS"))
     per_agent = read_tuned(tuned, agent_list) if tuned is not None else {}
     settings = {a: {**per_agent.get(a, {}), **over} for a in agent_list}  # --set wins over tuned values
     for agent in agent_list:  # every agent's settings, as each run will resolve them (UserError if bad)
@@ -608,134 +684,176 @@ def run_compare(
         for s in seed_list
         for a in agent_list
     ]
+    for sub in ("runs", RECORDS_DIR):  # a link would make compare write outside --out
+        if (out_dir / sub).is_symlink():
+            raise UserError(
+                f"{out_dir / sub} is a symbolic link; compare writes only inside --out {out_dir}: "
+                "make it a plain directory (or use another --out)"
+            )
     for job in jobs:  # refuse before anything is touched: never replace a report with a worse one
         mismatch = config_mismatch(job)
         if mismatch:
             raise UserError(mismatch)
+        finished_records(job)  # stored records are checked against the job (UserError naming the file)
     with output_path(out_dir):
         out_dir.mkdir(parents=True, exist_ok=True)
-    results: list[JobResult] = []
-    todo = []
-    for job in jobs:
-        if is_finished(job):
-            results.append(run_job(job, backend))  # cheap: reads the stored evaluation
-        else:
-            todo.append(job)
-    bar = tqdm(total=len(jobs), desc="compare runs", unit="run", disable=not progress, initial=len(results))
-    if results:
-        bar.write(f"skipping {len(results)} finished run(s) in {out_dir / 'runs'}")
-    interrupted, signum = False, int(signal.SIGINT)
-    seen: list[int] = []  # stop signals received (SIGINT, SIGTERM)
-    try:
-        if executor == "ray" and todo:
-            _run_on_ray(todo, backend, bar, ray_address, device, seen, results)
-        elif workers == 1:
-            with _sigterm_interrupts(seen):
-                for job in todo:
-                    results.append(_report_progress(bar, run_job(job, backend)))
-        elif todo:
-            threads = max(1, cpus // min(workers, len(todo)))
-            ctx = mp.get_context("spawn")
-            stop, abort = ctx.Event(), ctx.Event()
-            with (
-                _signals_set(stop, abort, seen),
-                ProcessPoolExecutor(
-                    max_workers=min(workers, len(todo)),
-                    mp_context=ctx,
-                    initializer=_init_worker,
-                    initargs=(threads, stop, abort),
-                ) as pool,
-            ):
-                with _signals_blocked():  # the workers are spawned here
-                    futures = {pool.submit(_run_job_in_worker, j, backend): j for j in todo}
-                for fut in as_completed(futures):
-                    try:
-                        result = fut.result()
-                    except BrokenProcessPool as err:
-                        # A worker died (OOM killer, SIGKILL): the pool cannot return the others' results,
-                        # so they save a checkpoint and stop rather than train on for nothing.
-                        stop.set()
-                        job = futures[fut]
-                        result = JobResult(
-                            agent=job.agent,
-                            seed=job.seed,
-                            run_dir=job.run_dir,
-                            error=f"a compare worker process died ({err}); run the command again to "
-                            "continue from the last checkpoints",
-                        )
-                    if result.interrupted:
-                        interrupted = True
-                    else:
-                        results.append(_report_progress(bar, result))
-    except TrainingInterrupted as err:
-        interrupted, signum = True, err.signum
-    except KeyboardInterrupt:
-        interrupted = True
-    finally:
-        bar.close()
-    if seen:  # even after the last run finished: the caller (tune) must not start more
-        interrupted, signum = True, seen[0]
-
-    order = {(j.agent, j.seed): i for i, j in enumerate(jobs)}
-    results.sort(key=lambda r: order[(r.agent, r.seed)])
-    failures = [r for r in results if r.error]
-    for f in failures:
-        print(f"run {f.agent} seed {f.seed} failed: {f.error}\n{f.traceback or ''}", file=sys.stderr)
-    records = [rec for r in results if not r.error for rec in r.records]
-    summary = {
-        "trained": sum(r.trained for r in results),
-        "skipped": sum(r.skipped for r in results),
-        "failed": len(failures),
-    }
-    atomic_write_json(out_dir / "runs.json", [r.summary() for r in results])
-
-    meta = {
-        "agents": ",".join(agent_list),
-        "suite" if suite else "env": suite or env,
-        "seeds": ",".join(map(str, seed_list)),
-        "timesteps": timesteps if timesteps is not None else "preset",
-        "n_envs": n_envs if n_envs is not None else "preset",
-        "eval_episodes": eval_episodes,
-        "deterministic_eval": deterministic,
-        "eval_seed": EVAL_SEED,
-        "overrides": " ".join(f"{k}={v}" for k, v in over.items()) or "none",
-        **(
-            {"tuned": "; ".join(f"{a}: {_fmt(per_agent.get(a, {}))}" for a in agent_list)}
-            if per_agent
-            else {}
-        ),
-        "bootstrap_reps": reps,
-        **{f"runs_{k}": v for k, v in summary.items()},
-    }
-    title = f"Comparison on {suite or env}: {' vs '.join(agent_list)}"
-    paths = write_report(
-        out_dir,
-        records,
-        curves=_collect_curves(results, agent_list),
-        command=command_line or _command_line(),
-        meta=meta,
-        failures=[{"agent": r.agent, "seed": r.seed, "error": r.error} for r in failures],
-        reps=reps,
-        title=title,
-    )
-    print(
-        f"compare: {summary['trained']} trained, {summary['skipped']} skipped, {summary['failed']} failed; "
-        f"report: {paths['report']}"
-    )
-    if interrupted:
-        unfinished = "; unfinished runs saved a checkpoint" if len(results) < len(jobs) else ""
-        raise CompareInterrupted(
-            f"interrupted: the report holds the {len(results)} finished run(s){unfinished}. Continue with "
-            f"the same command: {command_line or _command_line()}",
-            paths,
-            signum,
+    # One compare per --out at a time: runs.json and the report are shared by every run in it.
+    with rundir.locked(out_dir):
+        results: list[JobResult] = []
+        todo = []
+        for job in jobs:
+            if is_finished(job):
+                results.append(run_job(job, backend))  # cheap: reads the stored evaluation
+            else:
+                todo.append(job)
+        bar = tqdm(
+            total=len(jobs), desc="compare runs", unit="run", disable=not progress, initial=len(results)
         )
-    return CompareResult(files=paths, **summary)
+        if results:
+            bar.write(f"skipping {len(results)} finished run(s) in {out_dir / 'runs'}")
+        interrupted, signum = False, int(signal.SIGINT)
+        seen: list[int] = []  # stop signals received (SIGINT, SIGTERM)
+        try:
+            if executor == "ray" and todo:
+                _run_on_ray(todo, backend, bar, ray_address, device, seen, results)
+            elif workers == 1:
+                with _sigterm_interrupts(seen):
+                    for job in todo:
+                        results.append(_report_progress(bar, run_job(job, backend)))
+            elif todo:
+                threads = max(1, cpus // min(workers, len(todo)))
+                ctx = mp.get_context("spawn")
+                stop, abort = ctx.Event(), ctx.Event()
+                with (
+                    _signals_set(stop, abort, seen),
+                    ProcessPoolExecutor(
+                        max_workers=min(workers, len(todo)),
+                        mp_context=ctx,
+                        initializer=_init_worker,
+                        initargs=(threads, stop, abort),
+                    ) as pool,
+                ):
+                    with _signals_blocked():  # the workers are spawned here
+                        futures = {pool.submit(_run_job_in_worker, j, backend): j for j in todo}
+                    for fut in as_completed(futures):
+                        try:
+                            result = fut.result()
+                        except BrokenProcessPool as err:
+                            # A worker died (OOM killer, SIGKILL): the pool cannot return the others' results,
+                            # so they save a checkpoint and stop rather than train on for nothing.
+                            stop.set()
+                            job = futures[fut]
+                            result = JobResult(
+                                agent=job.agent,
+                                seed=job.seed,
+                                run_dir=job.run_dir,
+                                error=f"a compare worker process died ({err}); run the command again to "
+                                "continue from the last checkpoints",
+                            )
+                        if result.interrupted:
+                            interrupted = True
+                        else:
+                            results.append(_report_progress(bar, result))
+        except TrainingInterrupted as err:
+            interrupted, signum = True, err.signum
+        except KeyboardInterrupt:
+            interrupted = True
+        finally:
+            bar.close()
+        # The runs are done: a stop signal now waits until runs.json and the report are written.
+        with _signals_deferred(seen):
+            order = {(j.agent, j.seed): i for i, j in enumerate(jobs)}
+            results.sort(key=lambda r: order[(r.agent, r.seed)])
+            failures = [r for r in results if r.error]
+            for f in failures:
+                print(f"run {f.agent} seed {f.seed} failed: {f.error}\n{f.traceback or ''}", file=sys.stderr)
+            records = [rec for r in results if not r.error for rec in r.records]
+            summary = {
+                "trained": sum(r.trained for r in results),
+                "skipped": sum(r.skipped for r in results),
+                "failed": len(failures),
+            }
+            atomic_write_json(out_dir / "runs.json", [r.summary() for r in results])
+
+            meta = {
+                "agents": ",".join(agent_list),
+                "suite" if suite else "env": suite or env,
+                "seeds": ",".join(map(str, seed_list)),
+                "timesteps": timesteps if timesteps is not None else "preset",
+                "n_envs": n_envs if n_envs is not None else "preset",
+                "eval_episodes": eval_episodes,
+                "deterministic_eval": deterministic,
+                "eval_seed": EVAL_SEED,
+                "overrides": " ".join(f"{k}={v}" for k, v in over.items()) or "none",
+                **(
+                    {"tuned": "; ".join(f"{a}: {_fmt_tuned(per_agent.get(a, {}), over)}" for a in agent_list)}
+                    if per_agent
+                    else {}
+                ),
+                "bootstrap_reps": reps,
+                **{f"runs_{k}": v for k, v in summary.items()},
+            }
+            title = f"Comparison on {suite or env}: {' vs '.join(agent_list)}"
+            paths = write_report(
+                out_dir,
+                records,
+                curves=_collect_curves(results, agent_list),
+                command=command_line or _command_line(),
+                meta=meta,
+                failures=[{"agent": r.agent, "seed": r.seed, "error": r.error} for r in failures],
+                reps=reps,
+                title=title,
+            )
+            print(
+                f"compare: {summary['trained']} trained, {summary['skipped']} skipped, "
+                f"{summary['failed']} failed; report: {paths['report']}"
+            )
+        if seen:  # even after the last run finished: the caller (tune) must not start more
+            interrupted, signum = True, seen[0]
+
+        if interrupted:
+            unfinished = "; unfinished runs saved a checkpoint" if len(results) < len(jobs) else ""
+            raise CompareInterrupted(
+                f"interrupted: the report holds the {len(results)} finished run(s){unfinished}. Continue "
+                f"with the same command: {command_line or _command_line()}",
+                paths,
+                signum,
+            )
+        return CompareResult(files=paths, **summary)
 
 
 def default_out_dir(target: str) -> Path:
     """``runs/compare-<suite or env>``: stable (no timestamp), so re-running a command resumes it."""
     return Path("runs") / ("compare-" + re.sub(r"[^A-Za-z0-9._-]+", "_", target))
+
+
+RAY_CONNECT_TIMEOUT_S = 5.0
+
+
+def check_ray_address(address: str | None) -> None:
+    """``UserError`` for a Ray address that is malformed or where nothing answers, before anything starts.
+
+    Ray itself retries an unreachable address for minutes (and ignores SIGTERM meanwhile), and raises a
+    ``ValueError`` traceback for a malformed one. ``None``, ``auto`` and ``local`` are left to Ray.
+    """
+    if address is None or address in ("auto", "local"):
+        return
+    bare = address.removeprefix("ray://")
+    host, sep, port_text = bare.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")  # [IPv6]:port
+    valid_host = bool(re.fullmatch(r"[A-Za-z0-9._:-]+", host)) and not host.startswith(("-", "."))
+    if not sep or not valid_host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise UserError(
+            f"--ray-address {address!r} is not HOST:PORT (e.g. 10.0.0.1:6379, ray://HEAD:10001, or auto)"
+        )
+    try:
+        with socket.create_connection((host, int(port_text)), timeout=RAY_CONNECT_TIMEOUT_S):
+            pass
+    except OSError as err:
+        raise UserError(
+            f"cannot reach a Ray cluster at {address}: {err.strerror or err}; start one with "
+            "`ray start --head`, or check --ray-address / RAY_ADDRESS"
+        ) from err
 
 
 def _run_job_single_thread(job: RunJob, backend: Backend) -> JobResult:
@@ -789,26 +907,44 @@ def _fmt(overrides: Mapping[str, Any]) -> str:
     return " ".join(f"{k}={v}" for k, v in overrides.items()) or "preset"
 
 
+def _fmt_tuned(tuned: Mapping[str, Any], over: Mapping[str, Any]) -> str:
+    """The tuned values as read, each one that ``--set`` replaced marked so: the report never shows a
+    ``--set`` value as if tuning had chosen it."""
+    marked = {k: f"{v} (--set wins)" if k in over else v for k, v in tuned.items()}
+    return _fmt(marked)
+
+
 def read_tuned(tuned: str | Path | Mapping[str, Mapping[str, Any]], agents: Sequence[str]) -> dict[str, dict]:
-    """Each agent's chosen settings from ``tune``'s ``tune.json`` (or a mapping), checked."""
+    """Each agent's chosen settings from ``tune``'s ``tune.json`` (or a mapping), checked.
+
+    The file may be committed by anyone: it is read with the bounded reader, and its shape is checked
+    (``{"agents": {agent: {"chosen": {"section.key": value}}}}``) before any value is used.
+    """
+    where = "the tuned settings" if isinstance(tuned, Mapping) else f"tuned settings file {str(tuned)!r}"
+    fix = "; give the tune.json that `tune` wrote"
     data: Any = tuned
     if not isinstance(tuned, Mapping):
-        with output_path(tuned):
-            text = Path(tuned).read_text()
-        with user_input(f"{tuned}"):
-            data = {a: r["chosen"] for a, r in json.loads(text)["agents"].items()}
+        try:
+            doc = load_json(tuned, "tuned settings file")
+        except UntrustedFileError as err:
+            raise UserError(str(err)) from err
+        agents_doc = doc.get("agents") if isinstance(doc, dict) else None
+        if not isinstance(agents_doc, dict):
+            raise UserError(f"{where} has no 'agents' object{fix}")
+        data = {}
+        for agent, result in agents_doc.items():
+            if not isinstance(result, dict) or "chosen" not in result:
+                raise UserError(f"{where}: agents.{agent} has no 'chosen' settings{fix}")
+            data[agent] = result["chosen"]
     missing = [a for a in agents if a not in data]
     if missing:
-        raise UserError(
-            f"the tuning results hold no settings for {missing}; tune them with the same budget first"
-        )
+        raise UserError(f"{where} holds no settings for {missing}; tune them with the same budget first")
     out: dict[str, dict] = {}
     for agent in agents:
-        if not isinstance(data[agent], Mapping):
-            raise UserError(
-                f"tuned settings for {agent} must be a mapping of --set keys, got {data[agent]!r}"
-            )
-        out[agent] = dict(data[agent])
+        chosen = data[agent]
+        if not isinstance(chosen, Mapping) or not all(isinstance(k, str) for k in chosen):
+            raise UserError(f"{where}: settings for {agent} must be a mapping of --set keys, got {chosen!r}")
+        out[agent] = dict(chosen)
     return out
 
 

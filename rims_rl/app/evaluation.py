@@ -99,6 +99,10 @@ class EvalResult:
         """The JSON form (``eval.json``)."""
         return asdict(self)
 
+    def spec(self) -> EnvSpec:
+        """The env exactly as it was scored (with every wrapper setting), e.g. to record it."""
+        return EnvSpec(self.env, self.env_id, dict(self.kwargs))
+
 
 def resolve_specs(target: Any, meta: CheckpointMeta | None = None) -> list[EnvSpec]:
     """Env specs to evaluate on: a ``Suite`` or suite name (train + variants), an ``EnvSpec`` or an id.
@@ -108,7 +112,10 @@ def resolve_specs(target: Any, meta: CheckpointMeta | None = None) -> list[EnvSp
     if target is None:
         if meta is None:
             raise UserError("give --env or --suite to evaluate on (this checkpoint does not say its env)")
-        return [meta.config.env_spec()]
+        spec = meta.config.env_spec()
+        with user_input("the checkpoint's env settings are invalid"):
+            check_spec_kwargs(spec)  # bounded: the file may be crafted (max_steps=10**9, render_mode=human)
+        return [spec]
     if isinstance(target, Suite):
         return list(target.specs())
     with user_input():
@@ -125,22 +132,50 @@ def resolve_specs(target: Any, meta: CheckpointMeta | None = None) -> list[EnvSp
     return [spec]
 
 
+#: The preset env settings a checkpoint carries to the env the user evaluates on: those that shape what
+#: the policy sees. Task settings (max_steps, size, render_mode, ...) are the chosen env's own.
+CARRIED_ENV_KWARGS: tuple[str, ...] = ("frame_stack", "frame_skip", "screen_size", "encode_mission")
+
+
 def _with_training_env_kwargs(spec: EnvSpec, meta: CheckpointMeta | None) -> EnvSpec:
-    """Apply the preset's env kwargs (e.g. Atari frame stacking) that the policy was trained with.
+    """Apply the preset's observation wrappers (``CARRIED_ENV_KWARGS``, e.g. Atari frame stacking) that
+    the policy was trained with, under the spec's own kwargs: what the user asked for wins.
 
     Only on envs of the family it was trained on: an Atari agent on a MiniGrid suite keeps the MiniGrid
     spec, and the space check then names both spaces.
     """
     if meta is None or meta.config.model.family != family_of(spec):
         return spec
-    return EnvSpec(spec.name, spec.env_id, {**meta.config.model.env, **dict(spec.kwargs)})
+    carried = {k: v for k, v in meta.config.model.env.items() if k in CARRIED_ENV_KWARGS}
+    return EnvSpec(spec.name, spec.env_id, {**carried, **dict(spec.kwargs)})
+
+
+def _checked(specs: Sequence[EnvSpec]) -> list[EnvSpec]:
+    """Every spec's kwargs checked (names, bounded values) before any env or model is built."""
+    with user_input("invalid env settings"):
+        for spec in specs:
+            check_spec_kwargs(spec)
+    return list(specs)
 
 
 def load_for_eval(
     checkpoint: str | Path, spec: EnvSpec, trust: bool = False, device: str = "cpu"
 ) -> tuple[BaseAlgorithm, CheckpointMeta | None]:
-    """A model ready for ``predict``, built on a one-env copy of ``spec``; safe unless ``trust``."""
+    """A model ready for ``predict``, built on a one-env copy of ``spec``; safe unless ``trust``.
+
+    Another project's SB3 checkpoint (``rims_rl.app.foreign``) is rebuilt from its readable JSON; it has
+    no metadata of ours (None).
+    """
     path = resolve_checkpoint(checkpoint)
+    if not trust and is_foreign(path):
+        foreign = read_foreign(path)
+        env = make_vec_env_for(
+            _with_foreign_wrappers(spec, foreign, {}), n_envs=1, seed=0, training=False, vec_cls="dummy"
+        )
+        try:
+            return load_foreign(path, foreign, env, device), None
+        finally:
+            env.close()
     if trust:
         try:
             meta: CheckpointMeta | None = read_meta(path)
@@ -274,20 +309,16 @@ def evaluate_checkpoint(
             raise CheckpointError(
                 f"checkpoint {str(path)!r} is not one of ours and does not say its env: give --env or --suite"
             )
-        specs = [_with_foreign_wrappers(s, foreign, extra) for s in resolve_specs(env_or_suite, None)]
-        env = make_vec_env_for(specs[0], n_envs=1, seed=0, training=False, vec_cls="dummy")
-        try:
-            model = load_foreign(path, foreign, env, device)
-        finally:
-            env.close()
-        meta = None
+        targets = resolve_specs(env_or_suite, None)
+        specs = _checked([_with_foreign_wrappers(s, foreign, extra) for s in targets])
+        model, meta = load_for_eval(path, specs[0], device=device)
     else:
         meta = trusted_meta if trust else read_meta(path)
         specs = [_with_kwargs(s, extra) for s in resolve_specs(env_or_suite, meta)]
+        specs = _checked([_with_training_env_kwargs(s, meta) for s in specs])
         model, meta = load_for_eval(path, specs[0], trust=trust, device=device)
     results = []
     for spec in specs:
-        spec = _with_training_env_kwargs(spec, meta)
         returns, lengths = run_episodes(model, spec, n_episodes, deterministic, seed, expected=meta)
         results.append(
             EvalResult(
@@ -312,7 +343,7 @@ def env_overrides(items: Sequence[str]) -> dict[str, Any]:
     """``["env.frame_stack=4"]`` -> ``{"frame_stack": 4}``; only ``env.*`` keys apply to an evaluation."""
     with user_input():
         parsed = parse_overrides(items)
-        bad = [k for k in parsed if not k.startswith("env.") or k.count(".") != 1]
+        bad = [k for k in parsed if not k.startswith("env.") or not k.split(".", 1)[1].isidentifier()]
         if bad:
             raise ValueError(f"evaluate --set takes env.KEY=VALUE (the env's wrappers), got {bad[0]!r}")
     return {k.split(".", 1)[1]: v for k, v in parsed.items()}
@@ -326,7 +357,7 @@ def _with_foreign_wrappers(spec: EnvSpec, foreign: ForeignCheckpoint, extra: Map
     """The frame stack a foreign Atari agent was trained with (from its saved shape), unless given."""
     stack = foreign.frame_stack()
     kwargs = dict(spec.kwargs)
-    if stack is not None and spec.family == "atari" and "frame_stack" not in extra:
+    if stack is not None and spec.family == "atari" and "frame_stack" not in {**kwargs, **extra}:
         kwargs["frame_stack"] = stack
     return EnvSpec(spec.name, spec.env_id, {**kwargs, **extra})
 

@@ -15,7 +15,6 @@ from it unless the user gives ``env.frame_stack``.
 from __future__ import annotations
 
 import ast
-import json
 import re
 import zipfile
 from collections.abc import Mapping
@@ -40,6 +39,8 @@ from stable_baselines3.common.policies import (
 from stable_baselines3.common.vec_env import VecEnv
 from torch import nn
 
+from agents.config import check_lstm_kwargs, check_model_size
+from envs.untrusted import UntrustedFileError, check_tree, parse_json
 from rims_rl.app.checkpoint import META_NAME, CheckpointError, load_weights
 
 #: Policy classes a foreign checkpoint may name (by class name; nothing is imported from the file).
@@ -71,6 +72,7 @@ KNOWN_CLASSES: dict[str, type] = {
     )
 }
 MAX_DATA_BYTES = 16 * 2**20
+MAX_LITERAL_CHARS = 10_000  # a readable policy_kwargs value ("[64, 64]", "{'pi': [64], 'vf': [64]}")
 _INIT_RE = re.compile(r"<function (\w+)\.__init__ at ")
 
 
@@ -116,9 +118,9 @@ def read_foreign(path: str | Path) -> ForeignCheckpoint:
     if len(raw) > MAX_DATA_BYTES:
         raise CheckpointError(f"{where}: its 'data' entry is larger than {MAX_DATA_BYTES // 2**20} MiB")
     try:
-        data = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise CheckpointError(f"{where}: 'data' is not JSON: {err}") from err
+        data = parse_json(raw, f"{where}: its 'data' entry")
+    except UntrustedFileError as err:
+        raise CheckpointError(str(err)) from err
     policy_class = data.get("policy_class") if isinstance(data, dict) else None
     match = (
         _INIT_RE.match(str((policy_class or {}).get("__init__", "")))
@@ -134,6 +136,13 @@ def read_foreign(path: str | Path) -> ForeignCheckpoint:
     recurrent = policy.startswith("Recurrent")
     algo = "RecurrentPPO" if recurrent else ("PPO" if "clip_range" in data else "A2C")
     kwargs = _readable_kwargs(data.get("policy_kwargs") or {}, where)
+    try:  # bounded before anything is built: a crafted size would hang or fill the memory
+        check_model_size(kwargs)
+        check_lstm_kwargs(kwargs.get("lstm_kwargs"))
+        if kwargs.get("squash_output", False) is not False:
+            raise ValueError("squash_output applies only with gSDE (use_sde), which is not rebuilt here")
+    except ValueError as err:
+        raise CheckpointError(f"{where}: its policy cannot be rebuilt: {err}") from err
     obs = data.get("observation_space")
     shape = obs.get("_shape") if isinstance(obs, dict) else None
     if not isinstance(shape, list) or not all(isinstance(n, int) for n in shape):
@@ -173,9 +182,17 @@ def _readable_kwargs(value: Any, where: str) -> dict[str, Any]:
         if text in KNOWN_CLASSES:
             out[key] = KNOWN_CLASSES[text]
             continue
+        if len(text) > MAX_LITERAL_CHARS:  # literal_eval of megabytes takes seconds and builds as much
+            raise CheckpointError(
+                f"{where}: its policy_kwargs entry {key!r} is {len(text)} characters long; at most "
+                f"{MAX_LITERAL_CHARS}"
+            )
         try:
             out[key] = ast.literal_eval(text)
-        except (ValueError, SyntaxError, MemoryError, RecursionError) as err:
+            check_tree(out[key], f"its policy_kwargs entry {key!r}")
+        except UntrustedFileError as err:
+            raise CheckpointError(f"{where}: {err}") from err
+        except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError) as err:
             raise refuse from err
     return out
 
@@ -193,8 +210,9 @@ def load_foreign(
         model = algo(
             POLICIES[foreign.policy], env, policy_kwargs=dict(foreign.policy_kwargs), device=device, **extra
         )
-    except (TypeError, ValueError) as err:
-        raise CheckpointError(f"checkpoint {str(path)!r}: its policy cannot be rebuilt: {err}") from err
+    except (TypeError, ValueError, AssertionError, RuntimeError) as err:  # its kwargs are untrusted data
+        message = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise CheckpointError(f"checkpoint {str(path)!r}: its policy cannot be rebuilt: {message}") from err
     here = model.observation_space.shape
     if here != foreign.observation_shape:
         raise CheckpointError(

@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
+from envs.untrusted import load_json
 from rims_rl.app.atomic import atomic_write_json
 from rims_rl.app.errors import UserError
 
@@ -105,10 +106,9 @@ def write_status(
 
 def read_status(run_dir: str | Path) -> RunStatus | None:
     """The run's ``status.json``, or None when it is missing or unreadable."""
-    try:
-        data = json.loads((Path(run_dir) / STATUS_NAME).read_text())
-        return RunStatus(**data)
-    except (OSError, ValueError, TypeError):
+    try:  # bounded: a run directory may be someone else's (a FIFO must not hang us)
+        return RunStatus(**load_json(Path(run_dir) / STATUS_NAME, "run status"))
+    except (OSError, ValueError, TypeError):  # UntrustedFileError is a ValueError
         return None
 
 

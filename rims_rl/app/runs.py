@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import errno
-import json
 import math
 import platform
 import re
@@ -40,6 +39,7 @@ from stable_baselines3.common.vec_env import VecEnv
 
 from agents import build_model
 from envs import make_vec_env_for
+from envs.untrusted import load_json
 from rims_rl.app import rundir
 from rims_rl.app.atomic import atomic_write_json
 from rims_rl.app.checkpoint import (
@@ -114,7 +114,7 @@ def read_run_config(run_dir: str | Path) -> RunConfig:
     if not path.is_file():
         raise UserError(f"{str(run_dir)!r} is not a run directory (no {path.name})")
     with user_input(f"{path}"):
-        return RunConfig.from_dict(json.loads(path.read_text()))
+        return RunConfig.from_dict(load_json(path, "run config"))
 
 
 # ---------------------------------------------------------------------------------------- callbacks

@@ -59,9 +59,20 @@ def score_record(data: Any) -> ScoreRecord:
     for name, kinds in _RECORD_FIELDS.items():
         if name not in data:
             raise ValueError(f"score record lacks {name!r}")
-        if not isinstance(data[name], kinds):
-            raise ValueError(f"score record field {name!r} has the wrong type: {data[name]!r}")
+        value = data[name]
+        if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+            raise ValueError(f"score record field {name!r} has the wrong type: {_short(value)}")
+        if isinstance(value, float) and math.isinf(value):  # NaN is kept: no episode finished
+            raise ValueError(f"score record field {name!r} is infinite")
+    returns = data["returns"]
+    if not all(isinstance(r, int | float) and not isinstance(r, bool) and math.isfinite(r) for r in returns):
+        raise ValueError("score record field 'returns' must be a list of finite numbers")
     return ScoreRecord(**{k: data[k] for k in _RECORD_FIELDS})  # type: ignore[typeddict-item]
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 Record = dict[str, Any]  # a row of the summary table: statistics with their CIs, by column name
