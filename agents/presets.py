@@ -16,7 +16,7 @@ from agents.config import AgentPreset
 
 PRESETS_FILE = Path(__file__).with_name("presets.yml")
 AGENTS: tuple[str, ...] = ("rims_ppo", "lstm_ppo", "ppo", "tlb_ppo", "assembly_ppo", "rims_spatial_ppo")
-FAMILIES: tuple[str, ...] = ("atari", "minigrid", "classic")
+FAMILIES: tuple[str, ...] = ("atari", "minigrid", "classic", "popgym")
 #: Agents that exist for some families only (every other agent has a block for every family).
 AGENT_FAMILIES: dict[str, tuple[str, ...]] = {"rims_spatial_ppo": ("atari", "minigrid")}  # image input
 
