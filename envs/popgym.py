@@ -30,10 +30,10 @@ from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import VecEnv
 
 from envs.errors import unknown_choice_error
-from envs.registry import POPGYM_PREFIX
 from envs.seeding import seeded
 from envs.vec import VecClass, build_vec_env
 
+POPGYM_PREFIX = "popgym-"
 #: Our level-free ids -> popgym entry point; kwargs of the class (num_decks, k, ...) make the variants.
 TASKS: dict[str, str] = {
     "popgym-RepeatFirst-v0": "popgym.envs.repeat_first:RepeatFirst",

@@ -12,11 +12,11 @@ from typing import Literal
 import gymnasium as gym
 
 from envs.errors import unknown_choice_error
+from envs.popgym import POPGYM_PREFIX, register_popgym_envs
 
 EnvFamily = Literal["atari", "minigrid", "popgym"]
 ATARI_PREFIX = "ALE/"
 MINIGRID_PREFIXES = ("MiniGrid-", "BabyAI-", "RimsRL/")
-POPGYM_PREFIX = "popgym-"
 
 
 def register_all_envs() -> None:
@@ -30,7 +30,6 @@ def register_all_envs() -> None:
     # Deferred: envs.distractors imports this module's siblings and registers its ids on import; the
     # registry must be importable first (every env module asks it for ids).
     import envs.distractors  # noqa: F401
-    from envs.popgym import register_popgym_envs
 
     register_popgym_envs()
 
