@@ -1,4 +1,5 @@
-"""Build any supported env from an id or an ``EnvSpec``: ``ALE/...`` ids go to Atari, the rest to MiniGrid.
+"""Build any supported env from an id or an ``EnvSpec``: ``ALE/...`` ids go to Atari, ``popgym-...`` to
+POPGym, the rest to MiniGrid.
 
 This is the single entry point for training/eval code, so it never needs to know the family.
 """
@@ -15,6 +16,7 @@ from envs.atari import make_atari_env, make_atari_vec_env, validate_atari_option
 from envs.env_kwargs import check_env_kwargs
 from envs.errors import unknown_choice_error
 from envs.minigrid import make_minigrid_env, make_minigrid_vec_env
+from envs.popgym import make_popgym_env, make_popgym_vec_env, validate_popgym_kwargs
 from envs.registry import env_family
 from envs.spec import EnvSpec
 from envs.vec import VecClass
@@ -33,10 +35,14 @@ def as_spec(spec_or_id: EnvSpec | str, **overrides: Any) -> EnvSpec:
 
 
 def check_spec_kwargs(spec: EnvSpec) -> None:
-    """Validate the id, the kwarg names and their bounded values (``envs.env_kwargs``), and for Atari
-    mode/difficulty, before anything is built."""
-    check_env_kwargs(spec.env_id, env_family(spec.env_id), spec.kwargs)
-    if env_family(spec.env_id) != "atari":
+    """Validate the id, the kwarg names and their bounded values (``envs.env_kwargs``; POPGym:
+    ``envs.popgym``), and for Atari mode/difficulty, before anything is built."""
+    family = env_family(spec.env_id)
+    if family == "popgym":
+        validate_popgym_kwargs(spec.env_id, spec.kwargs)
+        return
+    check_env_kwargs(spec.env_id, family, spec.kwargs)
+    if family != "atari":
         return
     for key in spec.kwargs:
         if key not in ATARI_KWARGS:
@@ -52,6 +58,8 @@ def make_env(
     check_spec_kwargs(spec)
     if spec.family == "atari":
         return make_atari_env(spec.env_id, seed=seed, training=training, **spec.kwargs)
+    if spec.family == "popgym":
+        return make_popgym_env(spec.env_id, seed=seed, **spec.kwargs)
     return make_minigrid_env(spec.env_id, seed=seed, **spec.kwargs)
 
 
@@ -69,6 +77,10 @@ def make_vec_env_for(
     if spec.family == "atari":
         return make_atari_vec_env(
             spec.env_id, n_envs=n_envs, seed=seed, training=training, vec_cls=vec_cls, **spec.kwargs
+        )
+    if spec.family == "popgym":
+        return make_popgym_vec_env(
+            spec.env_id, n_envs=n_envs, seed=seed, env_kwargs=spec.kwargs, vec_cls=vec_cls
         )
     env_kwargs = dict(spec.kwargs)
     encode_mission = env_kwargs.pop("encode_mission", None)

@@ -1,7 +1,7 @@
 """One place that registers every env family we support and validates env ids against it.
 
 Ids are checked against ``gymnasium.registry`` before anything is built, so a typo fails fast
-with the closest valid ids, and the family of an id (Atari or MiniGrid) decides which
+with the closest valid ids, and the family of an id (Atari, MiniGrid or POPGym) decides which
 preprocessing ``envs.make`` applies.
 """
 
@@ -12,14 +12,15 @@ from typing import Literal
 import gymnasium as gym
 
 from envs.errors import unknown_choice_error
+from envs.popgym import POPGYM_PREFIX, register_popgym_envs
 
-EnvFamily = Literal["atari", "minigrid"]
+EnvFamily = Literal["atari", "minigrid", "popgym"]
 ATARI_PREFIX = "ALE/"
 MINIGRID_PREFIXES = ("MiniGrid-", "BabyAI-", "RimsRL/")
 
 
 def register_all_envs() -> None:
-    """Register ALE, MiniGrid and our own envs with gymnasium (idempotent, quiet on re-import)."""
+    """Register ALE, MiniGrid, POPGym and our own envs with gymnasium (idempotent, quiet on re-import)."""
     import ale_py
     import minigrid
 
@@ -30,18 +31,22 @@ def register_all_envs() -> None:
     # registry must be importable first (every env module asks it for ids).
     import envs.distractors  # noqa: F401
 
+    register_popgym_envs()
+
 
 def env_family(env_id: str) -> EnvFamily:
-    """``'atari'`` for ``ALE/...`` ids, ``'minigrid'`` for MiniGrid/BabyAI/RimsRL ids; validates the id."""
+    """``'atari'`` for ``ALE/...``, ``'popgym'`` for ``popgym-...``, else ``'minigrid'``; validates the id."""
     validate_env_id(env_id)
-    return "atari" if env_id.startswith(ATARI_PREFIX) else "minigrid"
+    if env_id.startswith(ATARI_PREFIX):
+        return "atari"
+    return "popgym" if env_id.startswith(POPGYM_PREFIX) else "minigrid"
 
 
 _SUPPORTED: tuple[int, list[str]] = (-1, [])  # (registry size it was computed at, ids)
 
 
 def supported_env_ids() -> list[str]:
-    """Registered ids we can build: ALE v5 image games and MiniGrid-style grid worlds.
+    """Registered ids we can build: ALE v5 image games, MiniGrid-style grid worlds and POPGym tasks.
 
     Computed once per registry size (ids are only ever added), so validating an id many times is cheap.
     """
@@ -54,7 +59,7 @@ def supported_env_ids() -> list[str]:
         if env_id.startswith(ATARI_PREFIX):
             if "-ram" not in env_id:
                 ids.append(env_id)
-        elif env_id.startswith(MINIGRID_PREFIXES):
+        elif env_id.startswith((*MINIGRID_PREFIXES, POPGYM_PREFIX)):
             ids.append(env_id)
     _SUPPORTED = (len(gym.registry), ids)
     return list(ids)
@@ -67,8 +72,8 @@ def validate_env_id(env_id: str) -> None:
         return None
     if env_id in gym.registry:
         kind = (
-            "env id (registered, but not an ALE/...-v5 Atari or MiniGrid env: the CLI builds only those "
-            "two families' wrappers; the 'classic' presets are for the Python API, agents.get_preset)"
+            "env id (registered, but not an ALE/...-v5 Atari, MiniGrid or popgym- env: the CLI builds only "
+            "those families' wrappers; the 'classic' presets are for the Python API, agents.get_preset)"
         )
     else:
         kind = "env id"

@@ -11,7 +11,7 @@ from envs.registry import EnvFamily, env_family
 
 @dataclass(frozen=True, eq=True)
 class EnvSpec:
-    """``name`` labels the variant in results; ``kwargs`` go to ``make_atari_env``/``make_minigrid_env``."""
+    """``name`` labels the variant in results; ``kwargs`` go to the family's ``make_*_env``."""
 
     name: str
     env_id: str
@@ -19,5 +19,5 @@ class EnvSpec:
 
     @property
     def family(self) -> EnvFamily:
-        """``'atari'`` or ``'minigrid'``, decided by the id (validated against the gymnasium registry)."""
+        """``'atari'``, ``'minigrid'`` or ``'popgym'``, decided by the id (validated against the registry)."""
         return env_family(self.env_id)

@@ -1,7 +1,8 @@
 """Named OOD suites: train on one env spec, evaluate zero-shot on variants that change one factor.
 
-Built-ins cover MiniGrid (room size, number of rooms, distractors, obstacles) and Atari game
-modes/difficulties/sticky actions (queried from the ROM lazily, on first use). Users add their own
+Built-ins cover MiniGrid (room size, number of rooms, distractors, obstacles, memory corridor length),
+POPGym episode length (``envs.popgym.SUITES``) and Atari game modes/difficulties/sticky actions (queried
+from the ROM lazily, on first use). Users add their own
 with ``register_suite`` or a small YAML file (``load_suite_file``)::
 
     name: my-doorkey          # optional, defaults to the file name
@@ -24,6 +25,7 @@ import gymnasium as gym
 from envs.atari import DEFAULT_STICKY, atari_game_info
 from envs.errors import unknown_choice_error
 from envs.make import as_spec, check_spec_kwargs
+from envs.popgym import SUITES as POPGYM_SUITES
 from envs.registry import ATARI_PREFIX, EnvFamily, register_all_envs
 from envs.spec import EnvSpec
 from envs.untrusted import load_yaml
@@ -220,6 +222,14 @@ def _register_builtins() -> None:
     )
     register_suite(
         make_suite(
+            "minigrid-memory",
+            f"{mg}MemoryS7-v0",
+            [EnvSpec(s, f"{mg}Memory{s}-v0") for s in ("S9", "S11", "S13", "S17Random")],
+            "recall the cue object at the corridor's end: size 7 -> 9, 11, 13, 17 (random), longer recall",
+        )
+    )
+    register_suite(
+        make_suite(
             "minigrid-obstacles",
             f"{mg}Dynamic-Obstacles-5x5-v0",
             [EnvSpec(s, f"{mg}Dynamic-Obstacles-{s}-v0") for s in ("6x6", "8x8", "16x16")],
@@ -228,6 +238,9 @@ def _register_builtins() -> None:
     )
     for game in ATARI_SUITE_GAMES:
         register_suite(atari_modes_suite(game))
+    for d in POPGYM_SUITES:
+        variants = [EnvSpec(name, d.env_id, kwargs) for name, kwargs in d.variants]
+        register_suite(Suite(d.name, d.description, EnvSpec("train", d.env_id, d.train), tuple(variants)))
 
 
 _register_builtins()

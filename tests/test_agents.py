@@ -50,13 +50,13 @@ def tiny(agent: str, family: str = "classic") -> AgentPreset:
 
 def test_agents_and_families() -> None:
     assert AGENTS == ("rims_ppo", "lstm_ppo", "ppo", "rims_spatial_ppo", "tlb_ppo", "assembly_ppo", "gru_ppo")
-    assert FAMILIES == ("atari", "minigrid", "classic")
+    assert FAMILIES == ("atari", "minigrid", "classic", "popgym")
     assert families_of("rims_spatial_ppo") == ("atari", "minigrid") and families_of("rims_ppo") == FAMILIES
     with pytest.raises(ValueError, match="no preset for classic envs .* presets for: atari, minigrid"):
         get_preset("rims_spatial_ppo", "classic")
 
 
-@pytest.mark.parametrize("family", ["atari", "minigrid", "classic"])
+@pytest.mark.parametrize("family", ["atari", "minigrid", "classic", "popgym"])
 def test_presets_are_complete_json_and_equal_sized(family: str) -> None:
     presets = {agent: get_preset(agent, family).to_dict() for agent in AGENTS if family in families_of(agent)}
     for agent, preset in presets.items():

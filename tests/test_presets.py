@@ -5,6 +5,8 @@ The source values are written out below (facts read from the cited files), so th
   (DLR-RM/rl-baselines3-zoo, commit 038ab16); keys the zoo leaves unset take SB3's PPO defaults.
 - lcswillems/rl-starter-files, scripts/train.py argparse defaults for PPO (commit 5e309dc), the trainer of
   the torch-ac MiniGrid setting the minigrid presets cite.
+- POPGym (proroklab/popgym, PyPI popgym 1.0.7), popgym/baselines/ppo.py: the paper's RLlib PPO config
+  (its defaults: 4 workers x 16 envs, bptt_cutoff 1024, 8 minibatches of 1024 steps, 15M steps).
 A departure that stops departing fails too, so the list stays true.
 """
 
@@ -65,6 +67,15 @@ SOURCES: dict[str, dict[str, Any]] = {
         "target_kl": None,  # torch-ac has no KL stop
         "policy_kwargs.optimizer_kwargs.eps": 1e-8,  # --optim-eps
     },
+    "popgym": {
+        "n_envs": 64,  # num_workers 4 x num_envs_per_worker 16
+        "n_steps": 1024,  # rollout_fragment_length = bptt_cutoff
+        "batch_size": 8192,  # sgd_minibatch_size = num_minibatch 8 x bptt_cutoff
+        "n_timesteps": 15_000_000,  # POPGYM_STEPS
+        "gamma": 0.99,
+        "vf_coef": 1.0,  # vf_loss_coeff
+        "policy_kwargs.net_arch": {"pi": [128, 128], "vf": [128, 128]},  # actor/critic: 2 x Linear(., 128)
+    },
 }
 
 #: (family, key) -> why the preset departs from its source.
@@ -72,6 +83,10 @@ DEPARTURES: dict[tuple[str, str], str] = {
     ("minigrid", "n_timesteps"): "1M steps by default: our CPU budget; the source trains 10M frames",
     ("minigrid", "target_kl"): "0.02: rims_ppo collapsed after converging without it (one update, KL ~0.5)",
     ("minigrid", "policy_kwargs.optimizer_kwargs.eps"): "SB3's Adam eps (1e-5) is kept for every agent",
+    ("popgym", "n_envs"): "8 envs: a 2-core CPU, not 4 workers x 16",
+    ("popgym", "n_steps"): "128 steps per env (whole 1-deck episodes fit); 1024 x 64 per rollout is too big",
+    ("popgym", "batch_size"): "sb3-contrib RecurrentPPO's 128: minibatches of 8192 would be one per rollout",
+    ("popgym", "n_timesteps"): "the learnability search's budget (docs/results/learnability.md), not 15M",
 }
 
 
@@ -104,7 +119,12 @@ def test_preset_values_equal_their_source_or_are_listed_departures(agent: str, f
 
 
 def test_each_family_cites_its_source() -> None:
-    cited = {"atari": "ppo_lstm.yml 'atari'", "classic": "'CartPoleNoVel-v1'", "minigrid": "rl-starter-files"}
+    cited = {
+        "atari": "ppo_lstm.yml 'atari'",
+        "classic": "'CartPoleNoVel-v1'",
+        "minigrid": "rl-starter-files",
+        "popgym": "popgym/baselines/ppo.py",
+    }
     for family, phrase in cited.items():
         for agent in (a for a in AGENTS if family in families_of(a)):
             assert phrase in get_preset(agent, family).source

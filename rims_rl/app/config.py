@@ -173,8 +173,9 @@ def _check_device(device: Any, here: bool = False) -> None:
 
 
 def family_of(spec: EnvSpec) -> str:
-    """The preset family of an env: ``atari``, ``minigrid`` (MiniGrid-style ids) or ``classic``."""
-    return {"atari": "atari", "minigrid": "minigrid"}.get(env_family(spec.env_id), "classic")
+    """The preset family of an env: ``atari``, ``minigrid`` (MiniGrid-style), ``popgym``, else ``classic``."""
+    family = env_family(spec.env_id)
+    return family if family in ("atari", "minigrid", "popgym") else "classic"
 
 
 def resolve_env(env_id: str | None, suite: str | None) -> tuple[EnvSpec, str | None]:

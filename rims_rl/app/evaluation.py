@@ -26,6 +26,7 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from agents import build_model, parse_overrides
 from envs import EnvSpec, Suite, get_suite, list_suites, make_env, make_vec_env_for
 from envs.make import as_spec, check_spec_kwargs
+from envs.popgym import normalised_score_of
 from envs.registry import env_family
 from envs.suites import ATARI_SUITE_PREFIX
 from rims_rl.app.atomic import atomic_write_bytes
@@ -51,6 +52,7 @@ CSV_FIELDS = (
     "ci95_low",
     "ci95_high",
     "success_rate",
+    "normalised_score",
     "mean_length",
     "deterministic",
     "seed",
@@ -94,6 +96,8 @@ class EvalResult:
     """Every episode's return."""
     lengths: list[int] = field(default_factory=list)
     """Every episode's length."""
+    normalised_score: float | None = None
+    """The mean return on a fixed [0, 1] scale where the family has one (POPGym), else None."""
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form (``eval.json``)."""
@@ -330,6 +334,9 @@ def evaluate_checkpoint(
                 mean_length=float(np.mean(lengths)) if lengths else math.nan,
                 returns=returns,
                 lengths=lengths,
+                normalised_score=normalised_score_of(spec.env_id, float(np.mean(returns)))
+                if returns
+                else None,
                 deterministic=deterministic,
                 seed=seed,
                 checkpoint=str(path),
@@ -383,21 +390,25 @@ def write_results_csv(results: Sequence[EvalResult], path: str | Path) -> Path:
 
 
 def format_table(results: Sequence[EvalResult]) -> str:
-    """A plain-text table: env, episodes, mean return, success rate, 95% CI."""
-    header = ("env", "env id", "episodes", "mean return", "success", "95% CI of mean")
+    """A plain-text table: env, episodes, mean return, success rate, 95% CI (and the normalised score
+    when an env has one, POPGym's)."""
+    normalised = any(r.normalised_score is not None for r in results)
+    header: tuple[str, ...] = ("env", "env id", "episodes", "mean return", "success", "95% CI of mean")
+    header += ("normalised",) if normalised else ()
     rows = [header]
     for r in results:
         success = "n/a" if r.success_rate is None else f"{100 * r.success_rate:.0f}%"
-        rows.append(
-            (
-                r.env,
-                r.env_id,
-                str(r.episodes),
-                f"{r.mean_return:.3f}",
-                success,
-                f"[{r.ci95_low:.3f}, {r.ci95_high:.3f}]",
-            )
+        row: tuple[str, ...] = (
+            r.env,
+            r.env_id,
+            str(r.episodes),
+            f"{r.mean_return:.3f}",
+            success,
+            f"[{r.ci95_low:.3f}, {r.ci95_high:.3f}]",
         )
+        if normalised:
+            row += ("n/a" if r.normalised_score is None else f"{r.normalised_score:.3f}",)
+        rows.append(row)
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
