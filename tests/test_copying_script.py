@@ -126,6 +126,9 @@ def test_paper_table_lists_runs_beside_the_paper(tmp_path: Path) -> None:
     assert lines[2].startswith("| RIMs, 3 units, k 2, hidden 12 |") and "| 2 | 1,2 |" in lines[2]
     assert lines[3].startswith("| LSTM, hidden 12 |")
     assert "| paper: LSTM, hidden 600 | | 40000 | | | 0.00 | 3.56 |" in table
+    r = json.loads((tmp_path / "lstm" / "seed-1" / "result.json").read_text())["test"]
+    wait = (r["ce_all"] * 10 - r["ce_copy"] * 2) / 8  # 2 copy positions of 10
+    assert _load("paper_table").wait_ce(r, 2) == pytest.approx(wait)
     ce = [
         json.loads((tmp_path / "rims" / f"seed-{s}" / "result.json").read_text())["test"]["ce_all"]
         for s in (1, 2)
