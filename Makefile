@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml constraints-cpu.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c constraints-cpu.txt -e '.[dev,ray,zoo,rliable]'
+	$(PY) -m pip install -q -c constraints-cpu.txt -e '.[dev,ray,zoo,rliable,paper]'
 	touch $(STAMP)
 
 run: $(STAMP)

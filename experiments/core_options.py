@@ -1,0 +1,186 @@
+"""Command-line options of the recurrent cores, shared by the supervised paper experiments.
+
+``experiments/copying.py`` and ``experiments/seq_digits.py`` build their cores the same way, from the same
+flags, so one flag means one thing in both: :class:`CoreArgs` holds the flags, :func:`add_core_arguments`
+declares them, :func:`build_core` turns them into a core of :func:`rims_rl.copying.make_core`, and
+:func:`match_hidden` finds the hidden size at which one core has another's parameter count (the paper's
+"LSTM with as many parameters as RIMs").
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import torch
+from torch import nn
+
+from rims_rl.copying import make_core
+from rims_rl.cores import core_names
+
+
+@dataclass
+class CoreArgs:
+    """Core flags (defaults: the RIMs paper's Table 3 sizes: 6 units, 4 active, total hidden 600)."""
+
+    model: str = "rims"
+    hidden: int = 600
+    match_params: str | None = None
+    matched_from_hidden: int | None = None  # set by resolve_hidden: the --hidden that was matched
+    n_units: int = 6
+    k: int = 4
+    cell: str = "lstm"
+    input_key_size: int = 64
+    input_value_size: int | None = None
+    input_heads: int = 4
+    comm_key_size: int = 32
+    comm_value_size: int = 32
+    comm_heads: int = 4
+    dropout: float = 0.1
+    n_latents: int = 4
+    chunk_size: int = 8
+    fast_layers: int = 1
+    heads: int | None = None
+    d_model: int | None = None
+    n_modules: int = 6
+    alpha: float = 0.2
+    gain: float = 0.9
+    coupling: float = 0.5
+    fixed_modules: bool = False
+
+
+def add_core_arguments(p: argparse.ArgumentParser, d: CoreArgs) -> None:
+    """Declare the :class:`CoreArgs` flags on ``p`` with ``d``'s values as defaults."""
+    p.add_argument("--model", choices=core_names(), default=d.model)
+    p.add_argument("--hidden", type=int, default=d.hidden, help="total hidden size (RIMs: n_units * unit)")
+    p.add_argument(
+        "--match-params",
+        choices=core_names(),
+        default=d.match_params,
+        help="replace --hidden by the size at which --model has as many parameters as this kind has at "
+        "--hidden (e.g. --model lstm --match-params rims: an LSTM with RIMs' parameter count)",
+    )
+    p.add_argument("--n-units", type=int, default=d.n_units, help="RIMs: number of units")
+    p.add_argument("--k", type=int, default=d.k, help="RIMs: active units per step")
+    p.add_argument("--cell", choices=("lstm", "gru"), default=d.cell, help="RIMs: unit cell")
+    p.add_argument("--input-key-size", type=int, default=d.input_key_size)
+    p.add_argument("--input-value-size", type=int, default=d.input_value_size, help="default: unit size * 4")
+    p.add_argument("--input-heads", type=int, default=d.input_heads)
+    p.add_argument("--comm-key-size", type=int, default=d.comm_key_size)
+    p.add_argument("--comm-value-size", type=int, default=d.comm_value_size)
+    p.add_argument("--comm-heads", type=int, default=d.comm_heads)
+    p.add_argument("--dropout", type=float, default=d.dropout, help="RIMs: attention dropout (both)")
+    p.add_argument("--n-latents", type=int, default=d.n_latents, help="TLB: slow-stream latents")
+    p.add_argument("--chunk-size", type=int, default=d.chunk_size, help="TLB: steps per chunk")
+    p.add_argument("--fast-layers", type=int, default=d.fast_layers, help="TLB: fast-stream layers")
+    p.add_argument("--heads", type=int, default=d.heads, help="TLB: attention heads (default: the core's, 4)")
+    p.add_argument(
+        "--d-model",
+        type=int,
+        default=d.d_model,
+        help="TLB: stream width (default: max(64, 16 * (hidden // 48)))",
+    )
+    p.add_argument("--n-modules", type=int, default=d.n_modules, help="assembly: number of modules")
+    p.add_argument("--alpha", type=float, default=d.alpha, help="assembly: Euler step dt/tau")
+    p.add_argument("--gain", type=float, default=d.gain, help="assembly: cap on each module's ||W||")
+    p.add_argument("--coupling", type=float, default=d.coupling, help="assembly: cap on ||L||")
+    p.add_argument(
+        "--fixed-modules", action="store_true", help="assembly: keep the modules' recurrent weights fixed"
+    )
+
+
+def core_kwargs(args: CoreArgs, kind: str) -> dict[str, Any]:
+    """The constructor keywords of core ``kind`` taken from ``args`` (none for the LSTM)."""
+    if kind == "rims":
+        return dict(
+            n_units=args.n_units,
+            k=args.k,
+            cell=args.cell,
+            input_key_size=args.input_key_size,
+            input_value_size=args.input_value_size,
+            input_heads=args.input_heads,
+            input_dropout=args.dropout,
+            comm_key_size=args.comm_key_size,
+            comm_value_size=args.comm_value_size,
+            comm_heads=args.comm_heads,
+            comm_dropout=args.dropout,
+        )
+    if kind == "tlb":
+        tlb = dict(n_latents=args.n_latents, chunk_size=args.chunk_size, n_layers=args.fast_layers)
+        return {
+            **tlb,
+            **{k: v for k, v in (("n_heads", args.heads), ("d_model", args.d_model)) if v is not None},
+        }
+    if kind == "assembly":
+        return dict(
+            n_modules=args.n_modules,
+            alpha=args.alpha,
+            gain=args.gain,
+            coupling=args.coupling,
+            fixed_modules=args.fixed_modules,
+        )
+    return {}
+
+
+def build_core(
+    args: CoreArgs, input_size: int, kind: str | None = None, hidden: int | None = None
+) -> nn.Module:
+    """Core ``kind`` (default ``args.model``) of width ``hidden`` (default ``args.hidden``) from ``args``."""
+    kind = args.model if kind is None else kind
+    return make_core(kind, input_size, args.hidden if hidden is None else hidden, **core_kwargs(args, kind))
+
+
+def n_params(module: nn.Module) -> int:
+    """Trainable parameters of ``module``."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)
+
+
+def hidden_step(args: CoreArgs, kind: str) -> int:
+    """The hidden sizes core ``kind`` accepts are multiples of this (RIMs: units; assembly: modules)."""
+    return {"rims": args.n_units, "assembly": args.n_modules}.get(kind, 1)
+
+
+def match_hidden(count: Callable[[int], int], target: int, step: int = 1, upper: int = 1 << 14) -> int:
+    """The multiple of ``step`` whose ``count(hidden)`` is closest to ``target`` (ties: the smaller).
+
+    ``count`` (parameters of the whole model at a hidden size) must not decrease as the hidden size grows;
+    a binary search then needs ~log2(upper / step) model builds instead of one per size.
+    """
+    lo, hi = 1, max(1, upper // step)  # in units of step
+    if count(hi * step) < target:
+        raise ValueError(f"no hidden size up to {upper} reaches {target} parameters")
+    while lo < hi:  # smallest multiple with count >= target
+        mid = (lo + hi) // 2
+        if count(mid * step) >= target:
+            hi = mid
+        else:
+            lo = mid + 1
+    if lo > 1 and target - count((lo - 1) * step) <= count(lo * step) - target:
+        lo -= 1
+    return lo * step
+
+
+A = TypeVar("A", bound=CoreArgs)
+
+
+def resolve_hidden(args: A, count_model: Callable[[str, int], int]) -> A:
+    """``args`` with ``hidden`` replaced as ``--match-params`` asks (unchanged without it).
+
+    ``count_model(kind, hidden)`` is the parameter count of the task's whole model (core and head), so
+    the match is on what is trained, as in the paper's equal-parameter LSTM.
+    """
+    if args.match_params is None:
+        return args
+    target = count_model(args.match_params, args.hidden)
+    hidden = match_hidden(lambda h: count_model(args.model, h), target, step=hidden_step(args, args.model))
+    return dataclasses.replace(args, hidden=hidden, matched_from_hidden=args.hidden)
+
+
+def pick_device(name: str) -> torch.device:
+    """``"auto"``: CUDA when present, else CPU; otherwise the named device."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
