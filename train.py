@@ -322,7 +322,11 @@ def build_parser() -> argparse.ArgumentParser:
     """The argparse tree; ``python train.py <command> --help`` shows each command's flags."""
     parser = argparse.ArgumentParser(
         prog="train.py",
-        description="Train and evaluate RIMs-PPO / LSTM-PPO / PPO. No arguments: a short default run.",
+        description=(
+            "Train, evaluate, tune and compare PPO agents with recurrent cores (RIMs, LSTM, GRU, TLB, "
+            "stable assembly, plug-ins; `list cores`) on MiniGrid, Atari and POPGym suites. "
+            "No arguments: a short default run."
+        ),
     )
     sub = parser.add_subparsers(dest="command", metavar="{train,evaluate,list,compare,tune}")
 
@@ -399,7 +403,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("list", help="list agents, suites, envs and pretrained models")
     p.add_argument(
-        "what", nargs="?", default="all", choices=("all", "agents", "cores", "suites", "envs", "pretrained")
+        "what",
+        nargs="?",
+        default="all",
+        choices=("all", "agents", "cores", "suites", "envs", "pretrained"),
+        help="what to list (default all)",
     )
     p.add_argument("--all-atari", action="store_true", help="list every Atari id")
     p.set_defaults(func=cmd_list)
@@ -419,10 +427,10 @@ def build_parser() -> argparse.ArgumentParser:
     where = p.add_mutually_exclusive_group()
     where.add_argument("--suite", help="suite name or suite YAML file: train env + OOD variants")
     where.add_argument("--env", help="a single env id instead of a suite")
-    p.add_argument("--seeds", type=int, default=3, help="number of seeds (0..N-1)")
+    p.add_argument("--seeds", type=int, default=3, help="number of seeds, 0..N-1 (default 3)")
     p.add_argument("--timesteps", type=int, help="budget per run (default: the preset's)")
     p.add_argument("--n-envs", type=int, help="parallel envs per run (default: the preset's)")
-    p.add_argument("--workers", type=int, default=1, help="runs in parallel (local backend)")
+    p.add_argument("--workers", type=int, default=1, help="runs in parallel (local backend; default 1)")
     p.add_argument(
         "--backend",
         dest="executor",
@@ -433,7 +441,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--ray-address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
     p.add_argument("--tuned", metavar="TUNE_JSON", help="each agent's settings chosen by `tune` (tune.json)")
-    p.add_argument("--out", help="output directory")
+    p.add_argument("--out", help="output directory (default runs/compare-<suite or env>; re-running resumes)")
     p.add_argument("--eval-episodes", type=int, default=20, help="evaluation episodes per env (default 20)")
     p.add_argument(
         "--stochastic",
@@ -479,7 +487,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--stochastic", action="store_true", help="score with sampled actions (default: greedy), as compare"
     )
-    p.add_argument("--workers", type=int, default=1, help="runs in parallel")
+    p.add_argument("--workers", type=int, default=1, help="runs in parallel (default 1)")
     p.set_defaults(func=cmd_tune)
     return parser
 
