@@ -148,3 +148,21 @@ class RecurrentCore(nn.Module):
             raise ValueError(
                 f"episode_starts must have shape [T={T}, B={B}], got {tuple(episode_starts.shape)}"
             )
+
+
+class TorchRNNCore(RecurrentCore):
+    """Base of the cores that *are* a torch RNN (``class LSTMCore(TorchRNNCore, nn.LSTM)``): torch's own
+    constructor, checks, parameter names and ``num_layers``; one width for the output and the state."""
+
+    takes_episode_starts = False  # the policy zeroes the state at episode starts (sb3-contrib's way)
+    native_layers = True
+
+    @property
+    def state_size(self) -> int:  # type: ignore[override]
+        """Width of ``h`` and ``c``: torch's ``hidden_size``."""
+        return self.hidden_size
+
+    @property
+    def output_size(self) -> int:  # type: ignore[override]
+        """Width of the output: torch's ``hidden_size``."""
+        return self.hidden_size

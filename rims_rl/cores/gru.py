@@ -6,31 +6,19 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from rims_rl.cores.base import RecurrentCore, State
+from rims_rl.cores.base import State, TorchRNNCore
 
 
-class GRUCore(RecurrentCore, nn.GRU):
+class GRUCore(TorchRNNCore, nn.GRU):
     """``nn.GRU(input_size, hidden_size, num_layers, **kwargs)``; ``h`` is the GRU's, ``c`` zeros.
 
     sb3-contrib's buffers hold a pair ``(h, c)``; the GRU has no cell state, so ``c`` goes through as zeros.
     """
 
-    takes_episode_starts = False
-    native_layers = True
     lstm_kwargs = {k: k for k in ("bias", "batch_first", "dropout", "bidirectional")}
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, **gru_kwargs: Any) -> None:
         nn.GRU.__init__(self, input_size, hidden_size, num_layers=num_layers, **gru_kwargs)
-
-    @property
-    def state_size(self) -> int:  # type: ignore[override]
-        """Width of ``h`` (and of the zero ``c``)."""
-        return self.hidden_size
-
-    @property
-    def output_size(self) -> int:  # type: ignore[override]
-        """Width of the output."""
-        return self.hidden_size
 
     def forward(self, x: Tensor, state: State | None = None) -> tuple[Tensor, State]:  # type: ignore[override]
         """x [T, B, input_size], (h, c) [num_layers, B, hidden_size] -> out [T, B, hidden_size], (h, 0)."""

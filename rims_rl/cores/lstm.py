@@ -11,28 +11,16 @@ from typing import Any
 
 from torch import nn
 
-from rims_rl.cores.base import RecurrentCore
+from rims_rl.cores.base import TorchRNNCore
 
 
-class LSTMCore(RecurrentCore, nn.LSTM):
+class LSTMCore(TorchRNNCore, nn.LSTM):
     """``nn.LSTM(input_size, hidden_size, num_layers, **kwargs)``; state ``(h, c)`` of ``hidden_size``."""
 
-    takes_episode_starts = False  # the policy zeroes the state at episode starts (sb3-contrib's way)
-    native_layers = True
     lstm_kwargs = {k: k for k in ("bias", "batch_first", "dropout", "bidirectional", "proj_size")}
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, **lstm_kwargs: Any) -> None:
         # nn.LSTM's own constructor and checks, not RecurrentCore's: the error contract is nn.LSTM's.
         nn.LSTM.__init__(self, input_size, hidden_size, num_layers=num_layers, **lstm_kwargs)
-
-    @property
-    def state_size(self) -> int:  # type: ignore[override]
-        """Width of ``h`` and ``c``."""
-        return self.hidden_size
-
-    @property
-    def output_size(self) -> int:  # type: ignore[override]
-        """Width of the output."""
-        return self.hidden_size
 
     forward = nn.LSTM.forward  # x, (h, c) -> out, (h, c)
