@@ -1,0 +1,523 @@
+"""rims-rl command line: train, resume, evaluate, tune, compare and list (``rims-rl`` once installed, or
+``python train.py`` in a checkout).
+
+    python train.py                                   # default: rims_ppo on MiniGrid-Empty-5x5, a few min
+    python train.py train --agent lstm_ppo --env MiniGrid-DoorKey-5x5-v0 --timesteps 200000 --seed 1
+    python train.py train --agent rims_ppo --suite minigrid-doorkey --set policy_kwargs.rims_kwargs.k=3
+    python train.py train --resume runs/<run>         # continue a stopped/killed run to its budget
+    python train.py evaluate --checkpoint runs/<run> --suite minigrid-doorkey --episodes 50
+    python train.py list
+
+This file talks only to the application layer (``rims_rl.app``); README's "Architecture" section
+follows one ``train`` call from here to the PPO loss.
+
+Errors the user can fix (``UserError``: bad names, bad values, unusable files) print ``error: ...`` and
+exit with status 2; Ctrl-C saves a checkpoint and exits with 130; divergence (NaN) exits with 1; any
+other error is a bug or a system failure and keeps its traceback (the run is marked ``failed``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from rims_rl.app import catalog
+from rims_rl.app.checkpoint import list_pretrained, pretrained_alias, resolve_checkpoint
+from rims_rl.app.compare import CompareInterrupted, run_compare
+from rims_rl.app.errors import UserError
+from rims_rl.app.evaluation import (
+    EvalResult,
+    env_overrides,
+    evaluate_checkpoint,
+    format_table,
+    load_for_eval,
+    record_gif,
+    safe_name,
+    write_results_csv,
+    write_results_json,
+)
+from rims_rl.app.runs import DEFAULT_RUNS_ROOT, TrainingDiverged, TrainingInterrupted, train_run
+from rims_rl.app.tune import run_tune
+
+# The embedded default (``python train.py`` / ``make run``): rims_ppo with its MiniGrid preset on
+# Empty-5x5, which it solves (return 0.95, 100% greedy success) in under 50k steps, a few minutes on 2
+# CPU cores.
+DEFAULT_AGENT = "rims_ppo"
+DEFAULT_ENV = "MiniGrid-Empty-5x5-v0"
+DEFAULT_TIMESTEPS = 49_152
+DEFAULT_N_ENVS = 16
+DEFAULT_OVERRIDES: list[str] = []
+DEFAULT_EVAL_EPISODES = 50
+
+EXIT_USAGE = 2  # user errors (argparse uses 2 too)
+EXIT_DIVERGED = 1
+
+
+def error(message: str) -> int:
+    """Print a one-line ``error: ...`` (no traceback) and return the usage exit code."""
+    print(f"error: {message}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+# ------------------------------------------------------------------------------------------ train
+def cmd_train(args: argparse.Namespace) -> int:
+    """``train``: one run in a run directory (or ``--resume`` one)."""
+    if args.resume is None and args.env is None and args.suite is None:
+        return error("give --env ID or --suite NAME (or --resume RUN_DIR); see `python train.py list`")
+    if args.resume is not None:
+        given = [
+            flag
+            for flag, value in (
+                ("--env", args.env),
+                ("--suite", args.suite),
+                ("--run-dir", args.run_dir),
+                ("--agent", args.agent),
+                ("--core", args.core),
+                ("--timesteps", args.timesteps),
+                ("--seed", args.seed),
+                ("--n-envs", args.n_envs),
+                ("--set", args.set or None),
+                ("--checkpoint-every", args.checkpoint_every),
+            )
+            if value is not None
+        ]
+        if given:
+            return error(
+                f"--resume continues the run as its config.json says; drop {', '.join(given)} "
+                "(or start a new run without --resume)"
+            )
+    if args.eval_episodes < 0:
+        return error(f"--eval-episodes must be >= 0 (0 skips the evaluation), got {args.eval_episodes}")
+    start = time.time()
+    try:
+        run_dir = train_run(
+            catalog.with_core(args.agent or DEFAULT_AGENT, args.core),
+            args.env,
+            suite=args.suite,
+            timesteps=args.timesteps,
+            seed=args.seed or 0,
+            n_envs=args.n_envs,
+            device=args.device,
+            overrides=args.set,
+            run_dir=args.resume or args.run_dir,
+            checkpoint_every=args.checkpoint_every,
+            progress_bar=not args.no_progress,
+            resume=args.resume is not None,
+        )
+    except TrainingInterrupted as err:
+        print(f"\n{err}", file=sys.stderr)
+        return 128 + err.signum  # 130 for Ctrl-C, 143 for SIGTERM (the shell convention)
+    except TrainingDiverged as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_DIVERGED
+    minutes = (time.time() - start) / 60
+    print(f"\ntrained in {minutes:.1f} min")
+    print(f"run directory : {run_dir}")
+    print(f"config        : {run_dir / 'config.json'}")
+    print(f"TensorBoard   : tensorboard --logdir {run_dir / 'tb'}")
+    print(f"model         : {run_dir / 'model.zip'}")
+    if args.eval_episodes > 0:
+        return _evaluate_and_print(run_dir, None, args.eval_episodes, True, (args.seed or 0) + 1000, run_dir)
+    return 0
+
+
+def cmd_default(args: argparse.Namespace) -> int:
+    """No arguments: train the embedded default and evaluate it (the README's ``make run``)."""
+    print(
+        f"rims-rl default run: {DEFAULT_AGENT} on {DEFAULT_ENV}, {DEFAULT_TIMESTEPS} steps, "
+        f"{DEFAULT_N_ENVS} envs (python train.py train --help for your own runs)"
+    )
+    train_args = build_parser().parse_args(
+        [
+            "train",
+            "--agent",
+            DEFAULT_AGENT,
+            "--env",
+            DEFAULT_ENV,
+            "--timesteps",
+            str(DEFAULT_TIMESTEPS),
+            "--n-envs",
+            str(DEFAULT_N_ENVS),
+            "--eval-episodes",
+            str(DEFAULT_EVAL_EPISODES),
+            "--device",
+            "cpu",
+        ]
+        + [a for o in DEFAULT_OVERRIDES for a in ("--set", o)]
+    )
+    return cmd_train(train_args)
+
+
+# --------------------------------------------------------------------------------------- evaluate
+def _label(target: str) -> str:
+    """A file-name label for an env id, a suite name or a suite file (its stem)."""
+    return safe_name(Path(target).stem if target.endswith((".yml", ".yaml")) else target)
+
+
+def _evaluate_and_print(
+    checkpoint: Any,
+    target: Any,
+    episodes: int,
+    deterministic: bool,
+    seed: int,
+    out: Path | None,
+    trust: bool = False,
+    video: Path | None = None,
+    env_kwargs: dict[str, Any] | None = None,
+) -> int:
+    path = resolve_checkpoint(checkpoint)
+    mode = "deterministic" if deterministic else "stochastic"
+    print(f"\nevaluating {path} ({episodes} episodes per env, {mode} actions, seed {seed})")
+    results = evaluate_checkpoint(
+        path, target, episodes, deterministic, seed, trust=trust, env_kwargs=env_kwargs
+    )
+    print(format_table(results))
+    alias = pretrained_alias(path)
+    if out is not None:
+        out_dir = Path(out)
+    elif alias is not None:
+        out_dir = DEFAULT_RUNS_ROOT / "eval" / alias
+    else:
+        out_dir = path.parent
+    stem = "eval" if target is None else f"eval-{_label(str(target))}"
+    json_path = write_results_json(results, out_dir / f"{stem}.json")
+    csv_path = write_results_csv(results, out_dir / f"{stem}.csv")
+    print(f"results: {json_path}, {csv_path}")
+    if video is not None:
+        _record_video(path, results, video, seed, deterministic, trust)
+    return 0
+
+
+def _record_video(
+    checkpoint: Path, results: list[EvalResult], out: Path, seed: int, deterministic: bool, trust: bool
+) -> None:
+    """Two episodes per evaluated env as GIFs: the envs exactly as scored (ours or a foreign checkpoint)."""
+    try:
+        import moviepy  # noqa: F401
+
+        have_moviepy = True
+    except ImportError:
+        have_moviepy = False
+    for spec in (r.spec() for r in results):
+        model, _ = load_for_eval(checkpoint, spec, trust=trust)
+        try:
+            files = record_gif(
+                model, spec, out / safe_name(spec.name), n_episodes=2, seed=seed, deterministic=deterministic
+            )
+        except ValueError as err:
+            print(f"video: skipped {spec.name}: {err}", file=sys.stderr)
+            continue
+        note = "" if have_moviepy else " (GIF via PIL: moviepy is not installed)"
+        print(f"video{note}: {', '.join(str(f) for f in files)}")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """``evaluate``: a checkpoint (.zip, run dir or pretrained alias) on an env or a whole suite."""
+    if args.episodes < 1:
+        return error(f"--episodes must be >= 1, got {args.episodes}")
+    if args.suite is not None:
+        catalog.suite(args.suite)  # a misspelt suite name lists the suites, not env ids
+    target = args.suite if args.suite is not None else args.env
+    return _evaluate_and_print(
+        args.checkpoint,
+        target,
+        args.episodes,
+        args.deterministic,
+        args.seed,
+        Path(args.out) if args.out else None,
+        trust=args.trust_checkpoint,
+        video=Path(args.video) if args.video else None,
+        env_kwargs=env_overrides(args.set),
+    )
+
+
+# ------------------------------------------------------------------------------------------- list
+def cmd_list(args: argparse.Namespace) -> int:
+    """``list``: agents, suites (with what their variants change) and supported env ids."""
+    what = args.what
+    if what in ("all", "agents"):
+        print("agents:")
+        for name in catalog.agents():
+            print(f"  {name}")
+    if what in ("all", "cores"):
+        print("cores (train --agent A --core NAME; options: --set core.KEY=VALUE):")
+        for name, desc in catalog.cores().items():
+            print(f"  {name:10s} {desc}")
+    if what in ("all", "suites"):
+        print("suites (train env -> OOD variants):")
+        for name, desc in catalog.suites().items():
+            print(f"  {name:24s} {desc}")
+        print("  atari-modes-<game>       any ALE game: default mode -> other modes/difficulties")
+    if what in ("all", "envs"):
+        ids = catalog.env_ids()
+        grid = [i for i in ids if not i.startswith("ALE/")]
+        atari = [i for i in ids if i.startswith("ALE/")]
+        print(f"MiniGrid-style envs ({len(grid)}):")
+        for i in grid:
+            print(f"  {i}")
+        print(
+            f"Atari envs ({len(atari)}): {', '.join(atari[:8])}, ... "
+            "(all: `python train.py list envs --all-atari`)"
+        )
+        if args.all_atari:
+            for i in atari:
+                print(f"  {i}")
+    if what in ("all", "pretrained"):
+        names = list_pretrained()
+        print(f"pretrained: {', '.join(names) if names else 'none yet'}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------- compare
+def cmd_compare(args: argparse.Namespace) -> int:
+    """``compare``: several agents x seeds on a suite (implemented in ``rims_rl.app.compare``)."""
+    options = {k: v for k, v in vars(args).items() if k not in ("func", "command", "core")}
+    options["agents"] = [catalog.with_core(a, args.core) for a in args.agents]
+    try:
+        result = run_compare(**options)
+    except CompareInterrupted as err:
+        print(f"\n{err}", file=sys.stderr)
+        return 128 + err.signum
+    if result.failed:
+        print(f"error: {result.failed} run(s) failed (see the report and runs.json)", file=sys.stderr)
+        return 1
+    return 0
+
+
+# ------------------------------------------------------------------------------------------- tune
+def cmd_tune(args: argparse.Namespace) -> int:
+    """``tune``: the same grid for every agent on a suite's training env; writes tune.json / tune.md."""
+    try:
+        chosen = run_tune(
+            args.suite,
+            args.grid,
+            agents=[catalog.with_core(a, args.core) for a in args.agents],
+            seeds=args.seeds,
+            timesteps=args.timesteps,
+            out=args.out,
+            eval_episodes=args.eval_episodes,
+            workers=args.workers,
+            deterministic=not args.stochastic,
+        )
+    except CompareInterrupted as err:
+        print(
+            f"\ninterrupted: finished runs keep their records under {args.out}; continue with the same "
+            f"command: python {shlex.join(sys.argv)}",
+            file=sys.stderr,
+        )
+        return 128 + err.signum
+    for agent, settings in chosen.items():
+        print(f"{agent}: {' '.join(f'{k}={v}' for k, v in settings.items()) or 'preset'}")
+    out = Path(args.out)
+    print(f"tuning report: {out / 'tune.md'}; use the choices with: compare --tuned {out / 'tune.json'}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------- parsing
+def build_parser() -> argparse.ArgumentParser:
+    """The argparse tree; ``python train.py <command> --help`` shows each command's flags."""
+    parser = argparse.ArgumentParser(
+        description=(
+            "Train, evaluate, tune and compare PPO agents with recurrent cores (RIMs, LSTM, GRU, TLB, "
+            "stable assembly, plug-ins; `list cores`) on MiniGrid, Atari and POPGym suites. "
+            "No arguments: a short default run."
+        ),
+    )
+    sub = parser.add_subparsers(dest="command", metavar="{train,evaluate,list,compare,tune}")
+
+    p = sub.add_parser("train", help="train one agent on one env or a suite's train env")
+    p.add_argument("--agent", help=f"{' | '.join(catalog.agents())} (default {DEFAULT_AGENT}; `list agents`)")
+    p.add_argument(
+        "--core",
+        help="use this recurrent core (a registered name: `list cores`) with the agent's PPO settings and "
+        "output width; set its options with --set core.KEY=VALUE",
+    )
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--env", help="env id, e.g. MiniGrid-DoorKey-5x5-v0 or ALE/Breakout-v5")
+    where.add_argument(
+        "--suite", help="train on this suite's train env: a name (`list suites`) or a YAML file"
+    )
+    p.add_argument(
+        "--timesteps", type=int, help="budget (default: the preset's; rounded up to whole rollouts)"
+    )
+    p.add_argument("--seed", type=int, help="seed of envs, initialisation and sampling (default 0)")
+    p.add_argument("--n-envs", type=int, help="parallel envs (default: the preset's)")
+    p.add_argument(
+        "--device", default="auto", choices=("auto", "cpu", "cuda"), help="torch device (default auto)"
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a hyperparameter, e.g. ppo.learning_rate=3e-4, "
+        "policy_kwargs.rims_kwargs.k=3 (repeatable)",
+    )
+    p.add_argument("--run-dir", help="run directory (default runs/<agent>-<env>-s<seed>-<timestamp>)")
+    p.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (default: budget/10)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped or killed run to its budget")
+    p.add_argument("--eval-episodes", type=int, default=0, help="evaluate the final model (0: skip)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="evaluate a checkpoint on an env or a whole suite")
+    p.add_argument("--checkpoint", required=True, help="a .zip, a run directory or a pretrained alias")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--env", help="env id (default: the env the checkpoint was trained on)")
+    where.add_argument("--suite", help="a suite name or YAML file: the train env and every OOD variant")
+    p.add_argument("--episodes", type=int, default=20, help="episodes per env (default 20)")
+    det = p.add_mutually_exclusive_group()
+    det.add_argument(
+        "--deterministic",
+        dest="deterministic",
+        action="store_true",
+        default=True,
+        help="greedy actions (default)",
+    )
+    det.add_argument("--stochastic", dest="deterministic", action="store_false", help="sample actions")
+    p.add_argument("--seed", type=int, default=0, help="seed of the evaluation episodes (default 0)")
+    p.add_argument(
+        "--out",
+        help="directory for eval*.json / eval*.csv (default: next to the checkpoint; "
+        "runs/eval/<alias> for a pretrained alias)",
+    )
+    p.add_argument("--video", metavar="DIR", help="also record 2 episodes per env as GIFs into DIR")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="env.KEY=VALUE",
+        help="env wrapper setting for every evaluated env, e.g. env.frame_stack=4 (repeatable)",
+    )
+    p.add_argument(
+        "--trust-checkpoint",
+        action="store_true",
+        help="allow unpickling code from the checkpoint (SB3's load); only for files you trust",
+    )
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("list", help="list agents, suites, envs and pretrained models")
+    p.add_argument(
+        "what",
+        nargs="?",
+        default="all",
+        choices=("all", "agents", "cores", "suites", "envs", "pretrained"),
+        help="what to list (default all)",
+    )
+    p.add_argument("--all-atari", action="store_true", help="list every Atari id")
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("compare", help="agents x seeds on a suite, with statistics and a report")
+    p.add_argument(
+        "--agents",
+        nargs="+",
+        default=["rims_ppo", "lstm_ppo"],
+        help="agents to compare (default rims_ppo lstm_ppo)",
+    )
+    p.add_argument(
+        "--core",
+        help="use this recurrent core (a registered name: `list cores`) with the agent's PPO settings and "
+        "output width; set its options with --set core.KEY=VALUE",
+    )
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--suite", help="suite name or suite YAML file: train env + OOD variants")
+    where.add_argument("--env", help="a single env id instead of a suite")
+    p.add_argument("--seeds", type=int, default=3, help="number of seeds, 0..N-1 (default 3)")
+    p.add_argument("--timesteps", type=int, help="budget per run (default: the preset's)")
+    p.add_argument("--n-envs", type=int, help="parallel envs per run (default: the preset's)")
+    p.add_argument("--workers", type=int, default=1, help="runs in parallel (local backend; default 1)")
+    p.add_argument(
+        "--backend",
+        dest="executor",
+        choices=("local", "ray"),
+        default="local",
+        help="local process pool (default) or Ray tasks (needs rims-rl[ray]; RAY_ADDRESS or --ray-address "
+        "for a cluster)",
+    )
+    p.add_argument("--ray-address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
+    p.add_argument("--tuned", metavar="TUNE_JSON", help="each agent's settings chosen by `tune` (tune.json)")
+    p.add_argument("--out", help="output directory (default runs/compare-<suite or env>; re-running resumes)")
+    p.add_argument("--eval-episodes", type=int, default=20, help="evaluation episodes per env (default 20)")
+    p.add_argument(
+        "--stochastic",
+        dest="deterministic",
+        action="store_false",
+        help="evaluate with sampled actions (torch-ac's default) instead of greedy ones",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a hyperparameter for every agent, e.g. ppo.learning_rate=3e-4 (repeatable)",
+    )
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("tune", help="tune every agent with the same grid on a suite's training env only")
+    p.add_argument("--suite", required=True, help="suite name or YAML file; only its training env is used")
+    p.add_argument(
+        "--grid",
+        action="append",
+        default=[],
+        metavar="KEY=V1,V2,...",
+        help="values to try for a --set key, e.g. ppo.learning_rate=1e-4,3e-4,1e-3 (repeatable: product)",
+    )
+    p.add_argument(
+        "--agents",
+        nargs="+",
+        default=["rims_ppo", "lstm_ppo"],
+        help="agents to tune (default rims_ppo lstm_ppo)",
+    )
+    p.add_argument(
+        "--core",
+        help="use this recurrent core (a registered name: `list cores`) with the agent's PPO settings and "
+        "output width; set its options with --set core.KEY=VALUE",
+    )
+    p.add_argument(
+        "--seeds", type=int, default=2, help="tuning seeds per configuration (from 1000, default 2)"
+    )
+    p.add_argument("--timesteps", type=int, help="budget per run (default: the preset's)")
+    p.add_argument("--out", default="runs/tune", help="output directory (default runs/tune)")
+    p.add_argument("--eval-episodes", type=int, default=10, help="evaluation episodes per run (default 10)")
+    p.add_argument(
+        "--stochastic", action="store_true", help="score with sampled actions (default: greedy), as compare"
+    )
+    p.add_argument("--workers", type=int, default=1, help="runs in parallel (default 1)")
+    p.set_defaults(func=cmd_tune)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse ``argv`` (default ``sys.argv[1:]``) and run the command; returns the exit status."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:  # argparse already printed its message
+        return int(exit_.code or 0)
+    try:
+        if args.command is None:
+            return cmd_default(args)
+        return args.func(args)
+    except UserError as err:
+        return error(str(err))
+
+
+def run() -> None:
+    """The process entry point (``rims-rl``, ``python train.py``): ``main`` and exit with its status."""
+    status = main()
+    if status in (128 + signal.SIGINT, 128 + signal.SIGTERM):
+        # Stopped and saved: the process only exits now, so another Ctrl-C has nothing left to abort
+        # (and would only print a traceback from an exit handler).
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
+    sys.exit(status)
+
+
+if __name__ == "__main__":
+    run()
