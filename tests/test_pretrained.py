@@ -97,3 +97,14 @@ def test_median_seed_picks_the_typical_run_not_the_best(tmp_path: Path) -> None:
     assert seed == 2  # the lower median of four
     assert module.median_selection(tmp_path, "b")[0] == 0
     assert selection.startswith("the median of 4 seeds") and "seed 2: 0.50" in selection, selection
+
+
+def test_pretrained_lookup_order(tmp_path, monkeypatch) -> None:
+    """``$RIMS_RL_PRETRAINED`` wins; else the installed package's folder; else the checkout's."""
+    from rims_rl.app import checkpoint
+
+    monkeypatch.setenv("RIMS_RL_PRETRAINED", str(tmp_path))
+    assert checkpoint._pretrained_dir() == tmp_path
+    monkeypatch.delenv("RIMS_RL_PRETRAINED")
+    checkout = Path(checkpoint.__file__).resolve().parents[2] / "pretrained"
+    assert checkpoint._pretrained_dir() == checkout  # an editable install has no rims_rl/pretrained

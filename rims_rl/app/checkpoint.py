@@ -54,8 +54,18 @@ META_FORMAT = "rims-rl-checkpoint"
 META_VERSION = 1
 LATEST_NAME = "latest"
 _STEP_RE = re.compile(r"^step_(\d+)\.zip$")
-REPO_ROOT = Path(__file__).resolve().parents[2]
-PRETRAINED_DIR = REPO_ROOT / "pretrained"
+def _pretrained_dir() -> Path:
+    """Where the shipped checkpoints are: ``$RIMS_RL_PRETRAINED`` if set, else inside the installed package
+    (``rims_rl/pretrained``, package data of the wheel), else the checkout's ``pretrained/``."""
+    override = os.environ.get("RIMS_RL_PRETRAINED")
+    if override:
+        return Path(override)
+    here = Path(__file__).resolve().parents[1]
+    installed = here / "pretrained"
+    return installed if installed.is_dir() else here.parent / "pretrained"
+
+
+PRETRAINED_DIR = _pretrained_dir()
 
 
 class CheckpointError(UserError):
