@@ -18,15 +18,12 @@ with its parameter count beside the LSTM's.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's rims_rl, not an installed one
 from rims_rl.copying import make_core  # noqa: E402
 from rims_rl.cores import core_names  # noqa: E402
 from rims_rl.cores.rims import RIMs  # noqa: E402
@@ -78,7 +75,6 @@ def _rollout(module: RIMs, x: torch.Tensor, fast: bool) -> Callable[[], None]:
 
 def _ppo_ab(repeats: int) -> None:
     """rims_ppo steps/s (rollout + update) with the fused vs the reference core, alternating."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     from bench_ppo import build
 
     model = build("rims_ppo", "MiniGrid-DoorKey-5x5-v0")

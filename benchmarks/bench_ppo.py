@@ -34,8 +34,7 @@ ENVS = {"minigrid": "MiniGrid-DoorKey-5x5-v0", "atari": "ALE/Breakout-v5"}
 
 def build(agent: str, env_id: str, seed: int = 0, overrides: list[str] | None = None) -> Any:
     """The model for one benchmark row; stock_lstm is lstm_ppo's config on sb3-contrib's own policy."""
-    sys.path.insert(0, str(ROOT))
-    from agents import build_model, sb3_policy_name
+    from rims_rl.agents import build_model, sb3_policy_name
     from rims_rl.app.config import resolve_config
     from rims_rl.app.runs import make_train_env
 

@@ -3,21 +3,21 @@
 Start with ``make_vec_env_for(id_or_spec, n_envs, seed, training=...)`` and ``get_suite(name)``.
 """
 
-from envs.atari import (
+from rims_rl.envs.atari import (
     AtariGameInfo,
     atari_game_info,
     make_atari_env,
     make_atari_vec_env,
     validate_atari_options,
 )
-from envs.distractors import NOVEL_PAIRS, TRAIN_PAIRS, DistractorEnv
-from envs.errors import unknown_choice_error
-from envs.make import make_env, make_vec_env_for
-from envs.minigrid import make_minigrid_env, make_minigrid_vec_env
-from envs.mission import decode_mission, encode_mission, mission_slots, parse_mission
-from envs.registry import env_family, register_all_envs, supported_env_ids, validate_env_id
-from envs.spec import EnvSpec
-from envs.suites import (
+from rims_rl.envs.distractors import NOVEL_PAIRS, TRAIN_PAIRS, DistractorEnv
+from rims_rl.envs.errors import unknown_choice_error
+from rims_rl.envs.make import make_env, make_vec_env_for
+from rims_rl.envs.minigrid import make_minigrid_env, make_minigrid_vec_env
+from rims_rl.envs.mission import decode_mission, encode_mission, mission_slots, parse_mission
+from rims_rl.envs.registry import env_family, register_all_envs, supported_env_ids, validate_env_id
+from rims_rl.envs.spec import EnvSpec
+from rims_rl.envs.suites import (
     Suite,
     atari_modes_suite,
     get_suite,

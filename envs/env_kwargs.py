@@ -14,7 +14,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from envs.minigrid import minigrid_kwarg_defaults, validate_minigrid_kwargs
+from rims_rl.envs.minigrid import minigrid_kwarg_defaults, validate_minigrid_kwargs
 
 MAX_EPISODE_STEPS = 100_000
 """Longest episode a kwarg may ask for (MiniGrid's own limits are at most a few thousand steps)."""

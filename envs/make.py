@@ -10,16 +10,15 @@ import inspect
 from typing import Any
 
 import gymnasium as gym
+from rims_rl.envs.atari import make_atari_env, make_atari_vec_env, validate_atari_options
+from rims_rl.envs.env_kwargs import check_env_kwargs
+from rims_rl.envs.errors import unknown_choice_error
+from rims_rl.envs.minigrid import make_minigrid_env, make_minigrid_vec_env
+from rims_rl.envs.popgym import make_popgym_env, make_popgym_vec_env, validate_popgym_kwargs
+from rims_rl.envs.registry import env_family
+from rims_rl.envs.spec import EnvSpec
+from rims_rl.envs.vec import VecClass
 from stable_baselines3.common.vec_env import VecEnv
-
-from envs.atari import make_atari_env, make_atari_vec_env, validate_atari_options
-from envs.env_kwargs import check_env_kwargs
-from envs.errors import unknown_choice_error
-from envs.minigrid import make_minigrid_env, make_minigrid_vec_env
-from envs.popgym import make_popgym_env, make_popgym_vec_env, validate_popgym_kwargs
-from envs.registry import env_family
-from envs.spec import EnvSpec
-from envs.vec import VecClass
 
 # Keyword arguments an Atari spec may carry (everything else is a typo, reported with choices).
 ATARI_KWARGS: tuple[str, ...] = tuple(

@@ -10,9 +10,8 @@ from __future__ import annotations
 from typing import Literal
 
 import gymnasium as gym
-
-from envs.errors import unknown_choice_error
-from envs.popgym import POPGYM_PREFIX, register_popgym_envs
+from rims_rl.envs.errors import unknown_choice_error
+from rims_rl.envs.popgym import POPGYM_PREFIX, register_popgym_envs
 
 EnvFamily = Literal["atari", "minigrid", "popgym"]
 ATARI_PREFIX = "ALE/"
@@ -29,7 +28,7 @@ def register_all_envs() -> None:
         minigrid.register_minigrid_envs()
     # Deferred: envs.distractors imports this module's siblings and registers its ids on import; the
     # registry must be importable first (every env module asks it for ids).
-    import envs.distractors  # noqa: F401
+    import rims_rl.envs.distractors  # noqa: F401
 
     register_popgym_envs()
 

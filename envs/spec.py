@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from envs.registry import EnvFamily, env_family
+from rims_rl.envs.registry import EnvFamily, env_family
 
 
 @dataclass(frozen=True, eq=True)

@@ -21,14 +21,13 @@ from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
-
-from envs.atari import DEFAULT_STICKY, atari_game_info
-from envs.errors import unknown_choice_error
-from envs.make import as_spec, check_spec_kwargs
-from envs.popgym import SUITES as POPGYM_SUITES
-from envs.registry import ATARI_PREFIX, EnvFamily, register_all_envs
-from envs.spec import EnvSpec
-from envs.untrusted import load_yaml
+from rims_rl.envs.atari import DEFAULT_STICKY, atari_game_info
+from rims_rl.envs.errors import unknown_choice_error
+from rims_rl.envs.make import as_spec, check_spec_kwargs
+from rims_rl.envs.popgym import SUITES as POPGYM_SUITES
+from rims_rl.envs.registry import ATARI_PREFIX, EnvFamily, register_all_envs
+from rims_rl.envs.spec import EnvSpec
+from rims_rl.envs.untrusted import load_yaml
 
 VariantSource = tuple[EnvSpec, ...] | Callable[[], Iterable[EnvSpec]]
 ATARI_SUITE_PREFIX = "atari-modes-"

@@ -13,23 +13,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def record_episode(
     checkpoint: str, env_id: str | None, seed: int, max_steps: int, deterministic: bool = True
 ) -> dict[str, Any]:
     """Play one episode; return the [T, n_units] activation mask, frames, actions and return."""
-    from envs import EnvSpec, make_env
     from rims_rl.app.checkpoint import read_meta, resolve_checkpoint
     from rims_rl.app.evaluation import load_for_eval, play_episode
     from rims_rl.cores.rims import RIMs
+    from rims_rl.envs import EnvSpec, make_env
 
     if env_id is None:  # the checkpoint's own training env
         spec = read_meta(resolve_checkpoint(checkpoint)).config.env_spec()

@@ -38,18 +38,11 @@ import json
 import math
 import os
 import random
-import sys
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
-from tqdm import tqdm
-
-sys.path[:0] = [str(Path(__file__).resolve().parent)]  # the shared core flags next to this script
-
 from core_options import (  # noqa: E402
     CoreArgs,
     add_core_arguments,
@@ -58,6 +51,8 @@ from core_options import (  # noqa: E402
     pick_device,
     resolve_hidden,
 )
+from torch import Tensor
+from tqdm import tqdm
 
 from rims_rl.copying import CopyingModel, copying_batch  # noqa: E402
 

@@ -20,7 +20,6 @@ and stops before the next update.
 from __future__ import annotations
 
 import copy
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -30,12 +29,11 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.env_util import make_vec_env
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "experiments")]
 
 from memory_task import OVERRIDES  # noqa: E402
 
-from agents import apply_overrides, build_model, get_preset  # noqa: E402
-from envs.memory import CueMemoryEnv  # noqa: E402
+from rims_rl.agents import apply_overrides, build_model, get_preset  # noqa: E402
+from rims_rl.envs.memory import CueMemoryEnv  # noqa: E402
 
 DELAY = 10
 

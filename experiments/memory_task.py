@@ -8,7 +8,6 @@ from __future__ import annotations
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -17,10 +16,8 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.evaluation import evaluate_policy
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from agents import apply_overrides, build_model, get_preset  # noqa: E402
-from envs.memory import CueMemoryEnv  # noqa: E402
+from rims_rl.agents import apply_overrides, build_model, get_preset  # noqa: E402
+from rims_rl.envs.memory import CueMemoryEnv  # noqa: E402
 
 DELAY = 4
 #: Same settings for all agents: the classic-control preset, critic without a recurrent core (the value

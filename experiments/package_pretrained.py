@@ -41,7 +41,6 @@ def median_selection(compare_dir: Path, agent: str) -> tuple[int, str]:
 
 def package(compare_dir: Path, agent: str, seed: int, alias: str, selection: str = "") -> Path:
     """Write ``pretrained/<alias>`` and return it."""
-    sys.path.insert(0, str(ROOT))
     from rims_rl.app.checkpoint import read_meta
 
     run_dir = compare_dir / "runs" / f"{agent}-seed{seed}"

@@ -29,19 +29,12 @@ import csv
 import json
 import os
 import random
-import sys
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import cast
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
-from tqdm import tqdm
-
-sys.path[:0] = [str(Path(__file__).resolve().parent)]  # the shared core flags next to this script
-
 from core_options import (  # noqa: E402
     CoreArgs,
     add_core_arguments,
@@ -50,6 +43,8 @@ from core_options import (  # noqa: E402
     pick_device,
     resolve_hidden,
 )
+from torch import Tensor, nn
+from tqdm import tqdm
 
 #: The paper's training size and test sizes; default test sizes keep these ratios.
 PAPER_TRAIN_SIZE, PAPER_TEST_SIZES = 14, (16, 19, 24)

@@ -1,4 +1,7 @@
-"""The layers import one way: library <- agents <- application <- train.py; envs/ imports no project code.
+"""The layers import one way: library <- agents <- application <- CLI; envs/ imports no project code.
+
+The folders agents/ and envs/ install as the packages ``rims_rl.agents`` and ``rims_rl.envs`` (nothing generic
+at the top of site-packages), so the layers are told apart by module prefix.
 
 Every import is read from the source with ``ast``, including imports inside functions, so a lazy import
 cannot hide a wrong-way dependency. Function-level project imports are few, and each has a comment
@@ -14,17 +17,19 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PROJECT = ("rims_rl", "agents", "envs", "train", "experiments", "benchmarks", "tests")
+#: Modules of rims_rl that are not the library (the layers above it, and the environments).
+NOT_LIBRARY = ("rims_rl.app", "rims_rl.agents", "rims_rl.envs", "rims_rl.cli")
 
 #: What each layer may import from the project (prefixes of module names).
 ALLOWED: dict[str, tuple[str, ...]] = {
-    "library": ("rims_rl",),  # never rims_rl.app (checked below)
-    "envs": ("envs",),
-    "agents": ("agents", "rims_rl"),  # the library only, never rims_rl.app
-    "app": ("rims_rl", "agents", "envs"),
+    "library": ("rims_rl",),  # never NOT_LIBRARY (checked below)
+    "envs": ("rims_rl.envs",),
+    "agents": ("rims_rl.agents", "rims_rl"),  # the library only, never the app, envs or CLI
+    "app": ("rims_rl",),  # never the CLI (checked below)
     "cli": ("rims_rl.app", "rims_rl.cli"),
 }
 #: Function-level project imports that are allowed, each deferred for a reason given at the import.
-DEFERRED = {("envs/registry.py", "envs.distractors")}
+DEFERRED = {("envs/registry.py", "rims_rl.envs.distractors")}
 
 
 def _layer(rel: str) -> str | None:
@@ -96,9 +101,18 @@ def check_layers(sources: dict[str, str]) -> list[str]:
         if layer is None:
             continue
         for module, _, line in _imports(rel, text):
-            ok = module.startswith(ALLOWED[layer]) or module.split(".")[0] in ALLOWED[layer]
-            if layer in ("library", "agents") and module.split(".")[:2] == ["rims_rl", "app"]:
-                ok = False  # the application layer sits on top of both
+            head = module.split(".")[0]
+            ok = module.startswith(ALLOWED[layer]) or module in ALLOWED[layer] or head in ALLOWED[layer]
+            if head in ("agents", "envs"):
+                ok = False  # installed as rims_rl.agents / rims_rl.envs: the top-level names do not exist
+            own = "rims_rl." + layer  # the agents and envs layers import themselves
+            barred = {
+                "library": NOT_LIBRARY,
+                "agents": tuple(m for m in NOT_LIBRARY if m != own),
+                "app": ("rims_rl.cli",),
+            }.get(layer, ())
+            if module.startswith(barred):
+                ok = False
             if not ok:
                 problems.append(f"{rel}:{line} imports {module} ({layer} layer)")
     return problems
@@ -129,6 +143,9 @@ def test_function_level_project_imports_are_the_documented_few() -> None:
         ("rims_rl/policies.py", "from rims_rl import app", "library"),
         ("agents/__init__.py", "from rims_rl import app", "agents"),
         ("rims_rl/policies.py", "from .app.runs import train_run", "library"),
+        ("rims_rl/policies.py", "from rims_rl.envs import make_env", "library"),
+        ("envs/make.py", "from rims_rl.agents import get_preset", "envs"),
+        ("rims_rl/app/runs.py", "from rims_rl.cli import main", "app"),
         ("rims_rl/cores/rims.py", "import importlib\nimportlib.import_module('rims_rl.app.runs')", "library"),
     ],
 )

@@ -11,8 +11,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from rims_rl.envs import Suite, get_suite
 
-from envs import Suite, get_suite
 from rims_rl.app import compare
 from rims_rl.app.compare import Backend
 from rims_rl.app.curves import read_learning_curve

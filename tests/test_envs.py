@@ -10,8 +10,7 @@ import pytest
 from gymnasium import spaces
 from minigrid.core.actions import Actions
 from minigrid.core.world_object import Ball, Box, Key
-
-from envs import (
+from rims_rl.envs import (
     NOVEL_PAIRS,
     TRAIN_PAIRS,
     EnvSpec,
@@ -27,7 +26,7 @@ from envs import (
     make_vec_env_for,
     parse_mission,
 )
-from envs.suites import ATARI_SUITE_GAMES
+from rims_rl.envs.suites import ATARI_SUITE_GAMES
 
 MINIGRID_SUITES = ["minigrid-doorkey", "minigrid-multiroom", "minigrid-distractors", "minigrid-obstacles"]
 ATARI_SUITES = [f"atari-modes-{g}" for g in ATARI_SUITE_GAMES]
@@ -241,7 +240,8 @@ def test_ale_backend_refuses_modes_and_non_atari_envs() -> None:
 
 
 def test_ale_backend_from_a_run_config() -> None:
-    from envs.ale_vec import AleVecEnv
+    from rims_rl.envs.ale_vec import AleVecEnv
+
     from rims_rl.app.config import resolve_config
     from rims_rl.app.runs import make_train_env
 
@@ -441,7 +441,7 @@ def make():
     return gym.make("CartPole-v1")
 
 if __name__ == "__main__":
-    from envs.vec import build_vec_env
+    from rims_rl.envs.vec import build_vec_env
     env = build_vec_env([make] * 2, 0, "subproc")  # still referenced when the interpreter exits
     env.reset()
     if sys.argv[2] == "signals":

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import json
-import sys
 import zipfile
 from pathlib import Path
 
@@ -15,12 +14,11 @@ from sb3_contrib import RecurrentPPO
 from stable_baselines3 import A2C, PPO
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 import train  # noqa: E402
-from envs import make_vec_env_for  # noqa: E402
 from rims_rl.app.evaluation import evaluate_checkpoint  # noqa: E402
 from rims_rl.app.foreign import load_foreign, read_foreign  # noqa: E402
+from rims_rl.envs import make_vec_env_for  # noqa: E402
 
 ENV = "MiniGrid-Empty-5x5-v0"
 

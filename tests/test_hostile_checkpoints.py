@@ -23,11 +23,10 @@ import torch as th
 from sb3_contrib import RecurrentPPO
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 import train  # noqa: E402
-from envs import make_vec_env_for  # noqa: E402
 from rims_rl.app.runs import train_run  # noqa: E402
+from rims_rl.envs import make_vec_env_for  # noqa: E402
 
 ENV = "MiniGrid-Empty-5x5-v0"
 MEMORY_CAP = 4 * 2**30  # bytes of address space for the child (torch alone takes about 0.7 GiB)

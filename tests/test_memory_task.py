@@ -6,13 +6,8 @@ cores. The slow variant uses a longer delay and several seeds.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch as th
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
 from memory_task import run_memory_task  # noqa: E402
 
 

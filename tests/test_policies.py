@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch as th
 from gymnasium import spaces
+from rims_rl.envs.memory import CueMemoryEnv
 from rollout_check import assert_training_reproduces_rollouts
 from sb3_contrib import RecurrentPPO
 from sb3_contrib.common.recurrent.policies import RecurrentActorCriticPolicy
@@ -14,7 +15,6 @@ from sb3_contrib.ppo_recurrent.policies import MlpLstmPolicy
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.logger import configure
 
-from envs.memory import CueMemoryEnv
 from rims_rl.callbacks import CoreStatsCallback
 from rims_rl.cores.rims import RIMs, usage_entropy
 from rims_rl.policies import (

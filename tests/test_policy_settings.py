@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import torch as th
 from gymnasium import spaces
+from rims_rl.envs.memory import CueMemoryEnv
 from sb3_contrib import RecurrentPPO
 from sb3_contrib.ppo_recurrent.policies import MlpLstmPolicy
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.logger import configure
 
-from envs.memory import CueMemoryEnv
 from rims_rl.callbacks import CoreStatsCallback
 from rims_rl.cores import core_names, get_core
 from rims_rl.cores.stack import StackedCore

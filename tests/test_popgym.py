@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from agents import AGENTS, families_of, get_preset
-from envs import EnvSpec, env_family, get_suite, make_env, make_vec_env_for
-from envs.make import check_spec_kwargs
-from envs.popgym import (
+from rims_rl.agents import AGENTS, families_of, get_preset
+from rims_rl.envs import EnvSpec, env_family, get_suite, make_env, make_vec_env_for
+from rims_rl.envs.make import check_spec_kwargs
+from rims_rl.envs.popgym import (
     COUNT_RECALL_ACTIONS,
     SUITES,
     TASKS,
     normalised_score,
     normalised_score_of,
 )
+
 from rims_rl.app.config import family_of
 from rims_rl.app.evaluation import EvalResult, format_table
 

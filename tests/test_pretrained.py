@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -43,8 +42,7 @@ def test_checkpoint_is_small_and_reproduces_its_card(alias: str) -> None:
 
 def test_activation_heatmap_of_a_shipped_rims_agent(tmp_path: Path) -> None:
     rims = [a for a in ALIASES if _card(a)["agent"] == "rims_ppo"]
-    sys.path.insert(0, str(ROOT / "experiments"))
-    from activations import main
+    from activations import main  # experiments/ is on pytest's pythonpath (pyproject)
 
     assert main(["--checkpoint", rims[0], "--out", str(tmp_path), "--max-steps", "40", "--stochastic"]) == 0
     (summary_file,) = tmp_path.glob("activations-*.json")
@@ -59,8 +57,8 @@ def test_activation_heatmap_of_a_shipped_rims_agent(tmp_path: Path) -> None:
 def test_video_of_a_shipped_agent_has_one_frame_per_step_plus_the_last(tmp_path: Path) -> None:
     from PIL import Image
 
-    from envs import EnvSpec
     from rims_rl.app.evaluation import load_for_eval, record_gif
+    from rims_rl.envs import EnvSpec
 
     alias = ALIASES[0]
     spec = EnvSpec("train", _card(alias)["train_env"], {})

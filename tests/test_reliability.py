@@ -28,10 +28,8 @@ import torch as th
 from stable_baselines3.common.callbacks import BaseCallback
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 import train  # noqa: E402
-from envs import EnvSpec  # noqa: E402
 from rims_rl.app.atomic import atomic_write  # noqa: E402
 from rims_rl.app.checkpoint import (  # noqa: E402
     CheckpointError,
@@ -42,6 +40,7 @@ from rims_rl.app.checkpoint import (  # noqa: E402
 )
 from rims_rl.app.evaluation import load_for_eval  # noqa: E402
 from rims_rl.app.runs import TrainingDiverged, train_run  # noqa: E402
+from rims_rl.envs import EnvSpec  # noqa: E402
 
 ENV = "MiniGrid-Empty-5x5-v0"
 TINY = {"ppo.n_steps": 16, "ppo.batch_size": 16, "ppo.n_epochs": 1}

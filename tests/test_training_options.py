@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch as th
 from gymnasium import spaces
+from rims_rl.envs.memory import CueMemoryEnv
 from rollout_check import check_buffer
 from sb3_contrib import RecurrentPPO
 from sb3_contrib.common.recurrent.buffers import RecurrentRolloutBuffer
@@ -19,7 +20,6 @@ from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from test_policies import ACT, OBS, SMALL_RIMS, lr, random_states
 
-from envs.memory import CueMemoryEnv
 from rims_rl.cores.rims import RIMs
 from rims_rl.dropout import KeyedDropout
 from rims_rl.policies import MlpRimsPolicy, RimsActorCriticPolicy

@@ -13,7 +13,6 @@ import contextlib
 import json
 import resource
 import signal
-import sys
 import tempfile
 import zipfile
 from collections.abc import Callable, Iterator
@@ -27,14 +26,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
-from envs import load_suite_file  # noqa: E402
-from envs.untrusted import UntrustedFileError, load_json, parse_json, parse_yaml  # noqa: E402
 from rims_rl.app.checkpoint import CheckpointError, read_meta  # noqa: E402
 from rims_rl.app.compare import RunJob, finished_records, read_tuned, record_path  # noqa: E402
 from rims_rl.app.errors import UserError  # noqa: E402
 from rims_rl.app.foreign import read_foreign  # noqa: E402
+from rims_rl.envs import load_suite_file  # noqa: E402
+from rims_rl.envs.untrusted import UntrustedFileError, load_json, parse_json, parse_yaml  # noqa: E402
 
 SECONDS = 5.0
 MEMORY_MB = 400

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import agents as _agents
-from envs import Suite, get_suite, list_suites, supported_env_ids
+import rims_rl.agents as _agents
 from rims_rl.app.errors import user_input
 from rims_rl.cores.registry import core_defaults, core_names, get_core
+from rims_rl.envs import Suite, get_suite, list_suites, supported_env_ids
 
 
 def agents() -> tuple[str, ...]:

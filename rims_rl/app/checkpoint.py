@@ -34,11 +34,11 @@ from stable_baselines3 import PPO
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.vec_env import VecEnv
 
-from envs.untrusted import UntrustedFileError, parse_json
 from rims_rl.app.atomic import atomic_write_bytes
 from rims_rl.app.config import RunConfig
 from rims_rl.app.errors import UserError
 from rims_rl.app.rundir import checkpoints_dir, final_model
+from rims_rl.envs.untrusted import UntrustedFileError, parse_json
 from rims_rl.ppo import ChunkedRecurrentPPO
 
 #: The algorithm classes a checkpoint may name (by class name, never imported from the file).

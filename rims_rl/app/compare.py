@@ -35,9 +35,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from agents import check_agent, parse_overrides
-from envs import EnvSpec, Suite, get_suite
-from envs.untrusted import MissingFileError, UntrustedFileError, load_json
+from rims_rl.agents import check_agent, parse_overrides
 from rims_rl.app import rundir
 from rims_rl.app.atomic import atomic_write_json
 from rims_rl.app.config import resolve_config
@@ -47,6 +45,8 @@ from rims_rl.app.evaluation import EvalResult, evaluate_checkpoint
 from rims_rl.app.report import write_report
 from rims_rl.app.runs import TrainingInterrupted, set_stop_signals, signal_handlers, train_run
 from rims_rl.app.summary import ScoreRecord, score_record
+from rims_rl.envs import EnvSpec, Suite, get_suite
+from rims_rl.envs.untrusted import MissingFileError, UntrustedFileError, load_json
 
 DEFAULT_AGENTS: tuple[str, ...] = ("rims_ppo", "lstm_ppo")
 EVAL_NAME = "compare_eval.json"

@@ -15,11 +15,11 @@ from typing import Any
 
 import torch
 
-from agents import AgentPreset, apply_overrides, get_preset, parse_overrides
-from envs import EnvSpec, get_suite
-from envs.make import as_spec, check_spec_kwargs
-from envs.registry import env_family
+from rims_rl.agents import AgentPreset, apply_overrides, get_preset, parse_overrides
 from rims_rl.app.errors import UserError, user_input
+from rims_rl.envs import EnvSpec, get_suite
+from rims_rl.envs.make import as_spec, check_spec_kwargs
+from rims_rl.envs.registry import env_family
 
 DEFAULT_N_CHECKPOINTS = 10  # checkpoints per run when checkpoint_every is not given
 DEVICES = ("auto", "cpu", "cuda")

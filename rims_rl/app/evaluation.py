@@ -23,12 +23,7 @@ import numpy as np
 from PIL import Image
 from stable_baselines3.common.base_class import BaseAlgorithm
 
-from agents import build_model, parse_overrides
-from envs import EnvSpec, Suite, get_suite, list_suites, make_env, make_vec_env_for
-from envs.make import as_spec, check_spec_kwargs
-from envs.popgym import normalised_score_of
-from envs.registry import env_family
-from envs.suites import ATARI_SUITE_PREFIX
+from rims_rl.agents import build_model, parse_overrides
 from rims_rl.app.atomic import atomic_write_bytes
 from rims_rl.app.checkpoint import (
     CheckpointError,
@@ -42,6 +37,11 @@ from rims_rl.app.checkpoint import (
 from rims_rl.app.config import family_of
 from rims_rl.app.errors import UserError, output_path, user_input
 from rims_rl.app.foreign import ForeignCheckpoint, is_foreign, load_foreign, read_foreign
+from rims_rl.envs import EnvSpec, Suite, get_suite, list_suites, make_env, make_vec_env_for
+from rims_rl.envs.make import as_spec, check_spec_kwargs
+from rims_rl.envs.popgym import normalised_score_of
+from rims_rl.envs.registry import env_family
+from rims_rl.envs.suites import ATARI_SUITE_PREFIX
 
 CSV_FIELDS = (
     "env",

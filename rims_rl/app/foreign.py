@@ -39,9 +39,9 @@ from stable_baselines3.common.policies import (
 from stable_baselines3.common.vec_env import VecEnv
 from torch import nn
 
-from agents.config import check_lstm_kwargs, check_model_size
-from envs.untrusted import UntrustedFileError, check_tree, parse_json
+from rims_rl.agents.config import check_lstm_kwargs, check_model_size
 from rims_rl.app.checkpoint import META_NAME, CheckpointError, load_weights
+from rims_rl.envs.untrusted import UntrustedFileError, check_tree, parse_json
 
 #: Policy classes a foreign checkpoint may name (by class name; nothing is imported from the file).
 POLICIES: dict[str, type] = {

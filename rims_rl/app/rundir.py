@@ -24,9 +24,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
-from envs.untrusted import load_json
 from rims_rl.app.atomic import atomic_write_json
 from rims_rl.app.errors import UserError
+from rims_rl.envs.untrusted import load_json
 
 CONFIG_NAME = "config.json"
 STATUS_NAME = "status.json"

@@ -37,9 +37,7 @@ from stable_baselines3.common.logger import Logger, make_output_format
 from stable_baselines3.common.utils import set_random_seed
 from stable_baselines3.common.vec_env import VecEnv
 
-from agents import build_model
-from envs import make_vec_env_for
-from envs.untrusted import load_json
+from rims_rl.agents import build_model
 from rims_rl.app import rundir
 from rims_rl.app.atomic import atomic_write_json
 from rims_rl.app.checkpoint import (
@@ -55,6 +53,8 @@ from rims_rl.app.config import RunConfig, resolve_config
 from rims_rl.app.errors import UserError, user_input
 from rims_rl.app.rundir import write_status
 from rims_rl.callbacks import CoreStatsCallback
+from rims_rl.envs import make_vec_env_for
+from rims_rl.envs.untrusted import load_json
 
 DEFAULT_RUNS_ROOT = Path("runs")
 

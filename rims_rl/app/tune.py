@@ -18,12 +18,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from agents import parse_value
-from envs import get_suite
+from rims_rl.agents import parse_value
 from rims_rl.app.atomic import atomic_write_bytes, atomic_write_json
 from rims_rl.app.compare import DEFAULT_AGENTS, Backend, run_compare
 from rims_rl.app.errors import UserError, output_path, user_input
 from rims_rl.app.stats import iqm
+from rims_rl.envs import get_suite
 
 TUNE_SEED0 = 1000  # tuning seeds: 1000, 1001, ...; comparisons use 0, 1, ...
 
