@@ -69,6 +69,9 @@ class SuiteDef:
     train: Mapping[str, Any]
     variants: tuple[tuple[str, Mapping[str, Any]], ...]
     description: str
+    budget: int | None = None
+    """Training steps at which lstm_ppo learns the training env and ppo does not (the learnability search,
+    docs/results/learnability.md); None while no budget this project can afford was found."""
 
 
 def _decks(base: Mapping[str, Any], decks: tuple[int, ...]) -> tuple[tuple[str, Mapping[str, Any]], ...]:
@@ -85,6 +88,7 @@ SUITES: tuple[SuiteDef, ...] = (
         {"num_decks": 1},
         _decks({}, (2, 4, 8)),
         "recall the first card's suit: 1 deck (51 steps) -> 2, 4, 8 decks (103, 207, 415 steps)",
+        budget=200_000,
     ),
     SuiteDef(
         "popgym-repeat-previous",
@@ -92,6 +96,7 @@ SUITES: tuple[SuiteDef, ...] = (
         {"num_decks": 1, "k": 4},
         _decks({"k": 4}, (4, 16, 32)),
         "repeat the suit of 4 cards ago: 1 deck (51 steps) -> 4, 16, 32 decks (207, 831, 1663 steps)",
+        budget=200_000,
     ),
     SuiteDef(
         "popgym-autoencode",
@@ -113,6 +118,7 @@ SUITES: tuple[SuiteDef, ...] = (
         {"max_episode_length": 200},
         tuple((f"len-{n}", {"max_episode_length": n}) for n in (400, 800, 1600)),
         "cart-pole from positions only (control): 200 steps -> 400, 800, 1600 steps",
+        budget=100_000,
     ),
 )
 
