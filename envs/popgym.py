@@ -111,6 +111,7 @@ SUITES: tuple[SuiteDef, ...] = (
         {"num_decks": 1, "pad_actions": COUNT_RECALL_ACTIONS},
         _decks({"pad_actions": COUNT_RECALL_ACTIONS}, (2, 4)),
         "answer how often a colour was dealt: 1 deck (51 steps, counts <= 26) -> 2, 4 decks (103, 207)",
+        budget=300_000,
     ),
     SuiteDef(
         "popgym-stateless-cartpole",
