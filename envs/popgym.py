@@ -68,6 +68,9 @@ class SuiteDef:
     train: Mapping[str, Any]
     variants: tuple[tuple[str, Mapping[str, Any]], ...]
     description: str
+    budget: int | None = None
+    """Training steps at which lstm_ppo learns the training env and ppo does not (the learnability search,
+    docs/results/learnability.md); None while no budget this project can afford was found."""
 
 
 def _decks(base: Mapping[str, Any], decks: tuple[int, ...]) -> tuple[tuple[str, Mapping[str, Any]], ...]:
@@ -84,6 +87,7 @@ SUITES: tuple[SuiteDef, ...] = (
         {"num_decks": 1},
         _decks({}, (2, 4, 8)),
         "recall the first card's suit: 1 deck (51 steps) -> 2, 4, 8 decks (103, 207, 415 steps)",
+        budget=200_000,
     ),
     SuiteDef(
         "popgym-repeat-previous",
@@ -91,6 +95,7 @@ SUITES: tuple[SuiteDef, ...] = (
         {"num_decks": 1, "k": 4},
         _decks({"k": 4}, (4, 16, 32)),
         "repeat the suit of 4 cards ago: 1 deck (51 steps) -> 4, 16, 32 decks (207, 831, 1663 steps)",
+        budget=200_000,
     ),
     SuiteDef(
         "popgym-autoencode",
@@ -105,6 +110,7 @@ SUITES: tuple[SuiteDef, ...] = (
         {"num_decks": 1, "pad_actions": COUNT_RECALL_ACTIONS},
         _decks({"pad_actions": COUNT_RECALL_ACTIONS}, (2, 4)),
         "answer how often a colour was dealt: 1 deck (51 steps, counts <= 26) -> 2, 4 decks (103, 207)",
+        budget=300_000,
     ),
     SuiteDef(
         "popgym-stateless-cartpole",
@@ -112,6 +118,7 @@ SUITES: tuple[SuiteDef, ...] = (
         {"max_episode_length": 200},
         tuple((f"len-{n}", {"max_episode_length": n}) for n in (400, 800, 1600)),
         "cart-pole from positions only (control): 200 steps -> 400, 800, 1600 steps",
+        budget=100_000,
     ),
 )
 
