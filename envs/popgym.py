@@ -26,11 +26,12 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 from gymnasium.envs.registration import load_env_creator
+from stable_baselines3.common.monitor import Monitor
+from stable_baselines3.common.vec_env import VecEnv
+
 from rims_rl.envs.errors import unknown_choice_error
 from rims_rl.envs.seeding import seeded
 from rims_rl.envs.vec import VecClass, build_vec_env
-from stable_baselines3.common.monitor import Monitor
-from stable_baselines3.common.vec_env import VecEnv
 
 POPGYM_PREFIX = "popgym-"
 #: Our level-free ids -> popgym entry point; kwargs of the class (num_decks, k, ...) make the variants.
