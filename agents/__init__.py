@@ -15,14 +15,6 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from gymnasium import spaces
-from rims_rl.agents.config import (
-    AgentPreset,
-    PPOSettings,
-    hint,
-    policy_parameters,
-    resolve_schedule,
-)
-from rims_rl.agents.presets import AGENTS, FAMILIES, families_of, shipped_presets
 from sb3_contrib import RecurrentPPO
 from stable_baselines3 import PPO
 from stable_baselines3.common import torch_layers
@@ -31,6 +23,14 @@ from stable_baselines3.common.preprocessing import is_image_space
 from stable_baselines3.common.vec_env import VecEnv
 from torch import nn
 
+from rims_rl.agents.config import (
+    AgentPreset,
+    PPOSettings,
+    hint,
+    policy_parameters,
+    resolve_schedule,
+)
+from rims_rl.agents.presets import AGENTS, FAMILIES, families_of, shipped_presets
 from rims_rl.cores import core_settings, get_core
 from rims_rl.extractors import minigrid_policy_kwargs
 from rims_rl.policies import POLICIES, RimsActorCriticPolicy

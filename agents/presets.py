@@ -11,6 +11,7 @@ import functools
 from pathlib import Path
 
 import yaml
+
 from rims_rl.agents.config import AgentPreset
 
 PRESETS_FILE = Path(__file__).with_name("presets.yml")

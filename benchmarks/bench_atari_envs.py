@@ -13,6 +13,7 @@ import argparse
 import time
 
 import numpy as np
+
 from rims_rl.envs import make_atari_vec_env
 
 BACKENDS = ("dummy", "subproc", "ale")

@@ -17,11 +17,6 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 from PIL import Image
-from rims_rl.envs.ale_vec import AleVecEnv
-from rims_rl.envs.errors import unknown_choice_error
-from rims_rl.envs.registry import ATARI_PREFIX, register_all_envs, validate_env_id
-from rims_rl.envs.seeding import seeded
-from rims_rl.envs.vec import VecClass, build_vec_env
 from stable_baselines3.common.atari_wrappers import (
     ClipRewardEnv,
     EpisodicLifeEnv,
@@ -31,6 +26,12 @@ from stable_baselines3.common.atari_wrappers import (
 )
 from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import VecEnv
+
+from rims_rl.envs.ale_vec import AleVecEnv
+from rims_rl.envs.errors import unknown_choice_error
+from rims_rl.envs.registry import ATARI_PREFIX, register_all_envs, validate_env_id
+from rims_rl.envs.seeding import seeded
+from rims_rl.envs.vec import VecClass, build_vec_env
 
 DEFAULT_STICKY = 0.25  # ALE v5 default repeat_action_probability (Machado et al., 2018)
 

@@ -10,6 +10,8 @@ import inspect
 from typing import Any
 
 import gymnasium as gym
+from stable_baselines3.common.vec_env import VecEnv
+
 from rims_rl.envs.atari import make_atari_env, make_atari_vec_env, validate_atari_options
 from rims_rl.envs.env_kwargs import check_env_kwargs
 from rims_rl.envs.errors import unknown_choice_error
@@ -18,7 +20,6 @@ from rims_rl.envs.popgym import make_popgym_env, make_popgym_vec_env, validate_p
 from rims_rl.envs.registry import env_family
 from rims_rl.envs.spec import EnvSpec
 from rims_rl.envs.vec import VecClass
-from stable_baselines3.common.vec_env import VecEnv
 
 # Keyword arguments an Atari spec may carry (everything else is a typo, reported with choices).
 ATARI_KWARGS: tuple[str, ...] = tuple(

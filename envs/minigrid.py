@@ -17,13 +17,14 @@ import gymnasium as gym
 from gymnasium.envs.registration import load_env_creator
 from minigrid.minigrid_env import MiniGridEnv
 from minigrid.wrappers import ImgObsWrapper
+from stable_baselines3.common.monitor import Monitor
+from stable_baselines3.common.vec_env import VecEnv
+
 from rims_rl.envs.errors import unknown_choice_error
 from rims_rl.envs.mission import MissionObsWrapper, mission_slots
 from rims_rl.envs.registry import MINIGRID_PREFIXES, env_family
 from rims_rl.envs.seeding import seeded
 from rims_rl.envs.vec import VecClass, build_vec_env
-from stable_baselines3.common.monitor import Monitor
-from stable_baselines3.common.vec_env import VecEnv
 
 
 def minigrid_kwarg_defaults(env_id: str) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Literal
 
 import gymnasium as gym
+
 from rims_rl.envs.errors import unknown_choice_error
 from rims_rl.envs.popgym import POPGYM_PREFIX, register_popgym_envs
 

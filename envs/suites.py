@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
+
 from rims_rl.envs.atari import DEFAULT_STICKY, atari_game_info
 from rims_rl.envs.errors import unknown_choice_error
 from rims_rl.envs.make import as_spec, check_spec_kwargs

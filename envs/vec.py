@@ -10,8 +10,9 @@ from collections.abc import Callable, Sequence
 from typing import Literal
 
 import gymnasium as gym
-from rims_rl.envs.errors import unknown_choice_error
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
+
+from rims_rl.envs.errors import unknown_choice_error
 
 #: "ale" (ale-py's native vector env) is accepted for Atari only, see ``envs.atari.make_atari_vec_env``.
 VecClass = Literal["dummy", "subproc", "ale"] | type[VecEnv] | None

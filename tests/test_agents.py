@@ -9,6 +9,10 @@ import numpy as np
 import pytest
 import torch as th
 from gymnasium import spaces
+from sb3_contrib import RecurrentPPO
+from stable_baselines3 import PPO
+from stable_baselines3.common.env_util import make_vec_env
+
 from rims_rl.agents import (
     AGENTS,
     FAMILIES,
@@ -20,13 +24,9 @@ from rims_rl.agents import (
     resolve_schedule,
 )
 from rims_rl.agents.config import AgentPreset
-from rims_rl.envs.memory import CueMemoryEnv
-from sb3_contrib import RecurrentPPO
-from stable_baselines3 import PPO
-from stable_baselines3.common.env_util import make_vec_env
-
 from rims_rl.cores import get_core
 from rims_rl.cores.rims import RIMs
+from rims_rl.envs.memory import CueMemoryEnv
 from rims_rl.policies import CnnRimsPolicy, MlpRimsPolicy, MultiInputRimsPolicy
 
 TINY = {

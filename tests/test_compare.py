@@ -11,7 +11,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-from rims_rl.envs import Suite, get_suite
 
 from rims_rl.app import compare
 from rims_rl.app.compare import Backend
@@ -19,6 +18,7 @@ from rims_rl.app.curves import read_learning_curve
 from rims_rl.app.evaluation import EvalResult
 from rims_rl.app.report import write_report
 from rims_rl.app.summary import summary_rows
+from rims_rl.envs import Suite, get_suite
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -14,13 +14,13 @@ import pytest
 import torch as th
 from gymnasium import spaces
 from plugin_core import NAME as PLUGIN
-from rims_rl.envs.memory import CueMemoryEnv
 from rollout_check import assert_training_reproduces_rollouts
 from sb3_contrib import RecurrentPPO
 from stable_baselines3.common.env_util import make_vec_env
 
 from rims_rl.copying import make_core
 from rims_rl.cores import ENTRY_POINT_GROUP, RecurrentCore, core_names, get_core
+from rims_rl.envs.memory import CueMemoryEnv
 from rims_rl.policies import MlpRimsPolicy, RimsActorCriticPolicy
 
 BUILT_IN = ("rims", "lstm", "gru", "tlb", "assembly")

@@ -10,6 +10,7 @@ import pytest
 from gymnasium import spaces
 from minigrid.core.actions import Actions
 from minigrid.core.world_object import Ball, Box, Key
+
 from rims_rl.envs import (
     NOVEL_PAIRS,
     TRAIN_PAIRS,
@@ -240,10 +241,9 @@ def test_ale_backend_refuses_modes_and_non_atari_envs() -> None:
 
 
 def test_ale_backend_from_a_run_config() -> None:
-    from rims_rl.envs.ale_vec import AleVecEnv
-
     from rims_rl.app.config import resolve_config
     from rims_rl.app.runs import make_train_env
+    from rims_rl.envs.ale_vec import AleVecEnv
 
     config = resolve_config("rims_ppo", "ALE/Pong-v5", n_envs=2, overrides={"vec_env": "ale"})
     venv = make_train_env(config, seed=0)

@@ -7,9 +7,9 @@ import pytest
 import torch as th
 from gymnasium import spaces
 from minigrid.core.constants import COLOR_TO_IDX, OBJECT_TO_IDX, STATE_TO_IDX
+
 from rims_rl.agents import sb3_policy_name
 from rims_rl.envs import make_vec_env_for
-
 from rims_rl.extractors import (
     MINIGRID_CHANNEL_MAX,
     MiniGridCNN,

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch as th
 from gymnasium import spaces
-from rims_rl.envs.memory import CueMemoryEnv
 from rollout_check import assert_training_reproduces_rollouts
 from sb3_contrib import RecurrentPPO
 from sb3_contrib.common.recurrent.policies import RecurrentActorCriticPolicy
@@ -17,6 +16,7 @@ from stable_baselines3.common.logger import configure
 
 from rims_rl.callbacks import CoreStatsCallback
 from rims_rl.cores.rims import RIMs, usage_entropy
+from rims_rl.envs.memory import CueMemoryEnv
 from rims_rl.policies import (
     CnnRimsPolicy,
     MlpRimsPolicy,

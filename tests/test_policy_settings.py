@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch as th
 from gymnasium import spaces
-from rims_rl.envs.memory import CueMemoryEnv
 from sb3_contrib import RecurrentPPO
 from sb3_contrib.ppo_recurrent.policies import MlpLstmPolicy
 from stable_baselines3.common.env_util import make_vec_env
@@ -19,6 +18,7 @@ from stable_baselines3.common.logger import configure
 from rims_rl.callbacks import CoreStatsCallback
 from rims_rl.cores import core_names, get_core
 from rims_rl.cores.stack import StackedCore
+from rims_rl.envs.memory import CueMemoryEnv
 from rims_rl.policies import MlpRimsPolicy, resolve_core_config
 
 OBS = spaces.Box(-1.0, 1.0, (5,), np.float32)

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from rims_rl.agents import AGENTS, families_of, get_preset
+from rims_rl.app.config import family_of
+from rims_rl.app.evaluation import EvalResult, format_table
 from rims_rl.envs import EnvSpec, env_family, get_suite, make_env, make_vec_env_for
 from rims_rl.envs.make import check_spec_kwargs
 from rims_rl.envs.popgym import (
@@ -14,9 +17,6 @@ from rims_rl.envs.popgym import (
     normalised_score,
     normalised_score_of,
 )
-
-from rims_rl.app.config import family_of
-from rims_rl.app.evaluation import EvalResult, format_table
 
 POPGYM_SUITES = [d.name for d in SUITES]
 

@@ -16,8 +16,9 @@ import inspect
 from typing import Any
 
 import pytest
-from rims_rl.agents import AGENTS, families_of, get_preset
 from stable_baselines3 import PPO
+
+from rims_rl.agents import AGENTS, families_of, get_preset
 
 _SB3 = {k: p.default for k, p in inspect.signature(PPO.__init__).parameters.items()}
 SB3_DEFAULTS = {k: _SB3[k] for k in ("gamma", "gae_lambda", "max_grad_norm", "clip_range_vf", "target_kl")}

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch as th
 from gymnasium import spaces
-from rims_rl.envs.memory import CueMemoryEnv
 from rollout_check import check_buffer
 from sb3_contrib import RecurrentPPO
 from sb3_contrib.common.recurrent.buffers import RecurrentRolloutBuffer
@@ -22,6 +21,7 @@ from test_policies import ACT, OBS, SMALL_RIMS, lr, random_states
 
 from rims_rl.cores.rims import RIMs
 from rims_rl.dropout import KeyedDropout
+from rims_rl.envs.memory import CueMemoryEnv
 from rims_rl.policies import MlpRimsPolicy, RimsActorCriticPolicy
 from rims_rl.ppo import ChunkedRecurrentDictRolloutBuffer, ChunkedRecurrentPPO, ChunkedRecurrentRolloutBuffer
 from rims_rl.spatial import SlotInput, SpatialCNN, SpatialCnnRimsPolicy
