@@ -88,7 +88,7 @@ SUITES: tuple[SuiteDef, ...] = (
         {"num_decks": 1},
         _decks({}, (2, 4, 8)),
         "recall the first card's suit: 1 deck (51 steps) -> 2, 4, 8 decks (103, 207, 415 steps)",
-        budget=200_000,
+        budget=400_000,
     ),
     SuiteDef(
         "popgym-repeat-previous",
