@@ -205,15 +205,29 @@ def popgym_kwarg_names(env_id: str) -> tuple[str, ...]:
     return (*names, *WRAPPER_KWARGS)
 
 
+#: Bounds of the integer settings (they may come from an untrusted checkpoint or suite file, and each
+#: grows an episode or a space): name -> (lowest, highest).
+INT_BOUNDS: dict[str, tuple[int, int]] = {
+    "num_decks": (1, 64),
+    "k": (1, 1024),
+    "max_episode_length": (1, 100_000),
+    "pad_actions": (1, 4096),
+}
+
+
 def validate_popgym_kwargs(env_id: str, env_kwargs: Mapping[str, Any]) -> None:
-    """Raise ``ValueError`` with the closest valid names for a kwarg the popgym env would not accept."""
+    """Raise ``ValueError`` with the closest valid names for a kwarg the popgym env would not accept, or
+    naming an integer setting outside its bounds (``INT_BOUNDS``)."""
     allowed = popgym_kwarg_names(env_id)
     for key in env_kwargs:
         if key not in allowed:
             raise unknown_choice_error("keyword argument", key, allowed, where=f"for {env_id}")
-    pad = env_kwargs.get("pad_actions")
-    if pad is not None and (not isinstance(pad, int) or isinstance(pad, bool) or pad < 1):
-        raise ValueError(f"pad_actions must be a positive integer, got {pad!r}")
+    for key, (low, high) in INT_BOUNDS.items():
+        value = env_kwargs.get(key)
+        if value is not None and (
+            not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high
+        ):
+            raise ValueError(f"{key} for {env_id} must be an integer in [{low}, {high}], got {value!r}")
 
 
 def make_popgym_env(env_id: str, seed: int | None = None, **env_kwargs: Any) -> gym.Env:

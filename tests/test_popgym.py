@@ -9,7 +9,7 @@ from rims_rl.agents import AGENTS, families_of, get_preset
 from rims_rl.app.config import family_of
 from rims_rl.app.evaluation import EvalResult, format_table
 from rims_rl.envs import EnvSpec, env_family, get_suite, make_env, make_vec_env_for
-from rims_rl.envs.make import check_spec_kwargs
+from rims_rl.envs.make import as_spec, check_spec_kwargs
 from rims_rl.envs.popgym import (
     COUNT_RECALL_ACTIONS,
     SUITES,
@@ -124,7 +124,7 @@ def test_same_seed_same_cards() -> None:
     ("env_id", "kwargs", "message"),
     [
         ("popgym-RepeatFirst-v0", {"num_deck": 2}, "num_decks"),
-        ("popgym-CountRecall-v0", {"pad_actions": 0}, "positive integer"),
+        ("popgym-CountRecall-v0", {"pad_actions": 0}, "must be an integer in \\[1, 4096\\]"),
         ("popgym-RepeatFirstEasy-v0", {"num_decks": 2}, "pad_actions"),  # a named level takes none
         ("popgym-StatelessCartPole-v0", {"noise_sigma": 0.1}, "max_episode_length"),
     ],
@@ -165,3 +165,12 @@ def test_every_agent_with_flat_input_has_a_popgym_preset() -> None:
         preset = get_preset(agent, "popgym")
         assert preset.policy in ("MlpRimsPolicy", "MlpPolicy")
         assert "POPGym" in preset.source
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"num_decks": 10**9}, {"num_decks": 0}, {"pad_actions": True}, {"max_episode_length": 10**7}]
+)
+def test_settings_that_would_grow_an_episode_without_bound_are_refused(kwargs: dict) -> None:
+    env_id = "popgym-StatelessCartPole-v0" if "max_episode_length" in kwargs else "popgym-RepeatFirst-v0"
+    with pytest.raises(ValueError, match="must be an integer in"):
+        check_spec_kwargs(as_spec(env_id, **kwargs))
