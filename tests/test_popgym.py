@@ -174,3 +174,20 @@ def test_settings_that_would_grow_an_episode_without_bound_are_refused(kwargs: d
     env_id = "popgym-StatelessCartPole-v0" if "max_episode_length" in kwargs else "popgym-RepeatFirst-v0"
     with pytest.raises(ValueError, match="must be an integer in"):
         check_spec_kwargs(as_spec(env_id, **kwargs))
+
+
+def test_tune_trains_on_the_suites_training_env_kwargs(tmp_path) -> None:
+    """A suite whose training env has kwargs (POPGym's deck count and lag) is tuned on exactly that env."""
+    import json
+
+    from rims_rl.app.tune import run_tune
+
+    out = tmp_path / "tune"
+    grid = {"ppo.learning_rate": [1e-3]}
+    run_tune("popgym-repeat-previous", grid, agents=["ppo"], seeds=1, timesteps=64, out=out, eval_episodes=1)
+    (config_file,) = out.glob("ppo/config0/runs/*/config.json")
+    config = json.loads(config_file.read_text())
+    assert config["model"]["env"] == {"num_decks": 1, "k": 4}
+    assert json.loads((out / "tune.json").read_text())["agents"]["ppo"]["chosen"] == {
+        "ppo.learning_rate": 1e-3
+    }

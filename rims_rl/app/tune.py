@@ -78,16 +78,13 @@ def run_tune(
     configs = configurations(grid)
     with user_input():
         train = get_suite(suite).train
-        if train.kwargs:
-            raise ValueError(
-                f"suite {suite!r} trains on {train.env_id} with kwargs {dict(train.kwargs)}: "
-                "tuning takes a suite whose training env is a plain id"
-            )
         if not isinstance(seeds, int) or seeds < 1:
             raise ValueError(f"--seeds must be a positive integer, got {seeds!r}")
     seed_list = list(range(TUNE_SEED0, TUNE_SEED0 + seeds))
     out_dir = Path(out)
     trials: list[Trial] = []
+    # The training env's own kwargs (e.g. POPGym's deck count) travel as env settings of every run.
+    env_settings = {f"env.{key}": value for key, value in train.kwargs.items()}
     # Configuration-major order: a tuning that outlasts a session has tried every agent about equally.
     for i, config in enumerate(configs):
         for agent in agents:
@@ -99,7 +96,7 @@ def run_tune(
                 workers=workers,
                 out=out_dir / agent / f"config{i}",
                 eval_episodes=eval_episodes,
-                overrides=config,
+                overrides={**env_settings, **config},
                 deterministic=deterministic,
                 device=device,
                 progress=False,
