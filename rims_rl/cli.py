@@ -319,6 +319,15 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------------------- parsing
+def _add_core_argument(p: argparse.ArgumentParser) -> None:
+    """``--core NAME``, the same for train, compare and tune."""
+    p.add_argument(
+        "--core",
+        help="use this recurrent core (a registered name: `list cores`) with the agent's PPO settings and "
+        "output width; set its options with --set core.KEY=VALUE",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argparse tree; ``python train.py <command> --help`` shows each command's flags."""
     parser = argparse.ArgumentParser(
@@ -332,11 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train one agent on one env or a suite's train env")
     p.add_argument("--agent", help=f"{' | '.join(catalog.agents())} (default {DEFAULT_AGENT}; `list agents`)")
-    p.add_argument(
-        "--core",
-        help="use this recurrent core (a registered name: `list cores`) with the agent's PPO settings and "
-        "output width; set its options with --set core.KEY=VALUE",
-    )
+    _add_core_argument(p)
     where = p.add_mutually_exclusive_group()
     where.add_argument("--env", help="env id, e.g. MiniGrid-DoorKey-5x5-v0 or ALE/Breakout-v5")
     where.add_argument(
@@ -419,11 +424,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=["rims_ppo", "lstm_ppo"],
         help="agents to compare (default rims_ppo lstm_ppo)",
     )
-    p.add_argument(
-        "--core",
-        help="use this recurrent core (a registered name: `list cores`) with the agent's PPO settings and "
-        "output width; set its options with --set core.KEY=VALUE",
-    )
+    _add_core_argument(p)
     where = p.add_mutually_exclusive_group()
     where.add_argument("--suite", help="suite name or suite YAML file: train env + OOD variants")
     where.add_argument("--env", help="a single env id instead of a suite")
@@ -473,11 +474,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=["rims_ppo", "lstm_ppo"],
         help="agents to tune (default rims_ppo lstm_ppo)",
     )
-    p.add_argument(
-        "--core",
-        help="use this recurrent core (a registered name: `list cores`) with the agent's PPO settings and "
-        "output width; set its options with --set core.KEY=VALUE",
-    )
+    _add_core_argument(p)
     p.add_argument(
         "--seeds", type=int, default=2, help="tuning seeds per configuration (from 1000, default 2)"
     )
