@@ -429,6 +429,7 @@ def test_compare_continues_from_committed_records_alone(
     assert (
         stored["curve"]["steps"] and len(stored["records"]) == 4
     )  # scores per env and the curve, no weights
+    assert stored["train_seconds"] >= 0.0  # trained here from scratch: its wall time gives the throughput
     shutil.rmtree(tmp_path / "runs")  # what a fresh clone has: the records, not the run directories
     calls.clear()
     again = run_compare(**kw).files["report"].read_text()

@@ -54,6 +54,8 @@ META_FORMAT = "rims-rl-checkpoint"
 META_VERSION = 1
 LATEST_NAME = "latest"
 _STEP_RE = re.compile(r"^step_(\d+)\.zip$")
+
+
 def _pretrained_dir() -> Path:
     """Where the shipped checkpoints are: ``$RIMS_RL_PRETRAINED`` if set, else inside the installed package
     (``rims_rl/pretrained``, package data of the wheel), else the checkout's ``pretrained/``."""

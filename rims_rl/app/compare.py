@@ -322,15 +322,18 @@ def _short(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def write_record(job: RunJob, records: Sequence[ScoreRecord]) -> Path:
-    """The run's compact record: settings, scores per env and the learning curve (a few KiB)."""
+def write_record(job: RunJob, records: Sequence[ScoreRecord], train_seconds: float | None = None) -> Path:
+    """The run's compact record: settings, scores per env, the learning curve (a few KiB) and, when this
+    process trained the run from scratch, its training wall time (the throughput a report can quote)."""
     curve = read_learning_curve(job.run_dir)
-    payload = {
+    payload: dict[str, Any] = {
         "settings": job.eval_settings(),
         "job": {k: v for k, v in asdict(job).items() if k not in ("device", "torch_threads")},
         "records": [dict(r) for r in records],
         "curve": None if curve is None else {"steps": curve[0].tolist(), "values": curve[1].tolist()},
     }
+    if train_seconds is not None:
+        payload["train_seconds"] = round(float(train_seconds), 3)
     return atomic_write_json(record_path(job.run_dir), payload)
 
 
@@ -507,6 +510,7 @@ def run_job(job: RunJob, backend: Backend = LOCAL) -> JobResult:
         if mismatch:
             raise UserError(mismatch)
         model = rundir.finished_model(run_dir)
+        resumed = rundir.is_run_dir(run_dir)
         if model is None:
             t0 = time.perf_counter()
             backend.train(
@@ -520,7 +524,7 @@ def run_job(job: RunJob, backend: Backend = LOCAL) -> JobResult:
                 overrides=dict(job.overrides) or None,
                 run_dir=run_dir,
                 progress_bar=False,
-                resume=rundir.is_run_dir(run_dir),  # an interrupted run continues where it stopped
+                resume=resumed,  # an interrupted run continues where it stopped
             )
             out.train_s = time.perf_counter() - t0
             out.trained = True
@@ -543,7 +547,7 @@ def run_job(job: RunJob, backend: Backend = LOCAL) -> JobResult:
             "records": [dict(r) for r in out.records],
         }
         atomic_write_json(run_dir / EVAL_NAME, payload)  # the eval JSON marks the run finished
-        write_record(job, out.records)
+        write_record(job, out.records, out.train_s if out.trained and not resumed else None)
     except TrainingInterrupted:
         raise
     except Exception as exc:  # noqa: BLE001 - one failed run must not lose the others

@@ -503,5 +503,3 @@ class RIMs(RecurrentCore):
         probs = self.comm_dropout(scores.softmax(dim=1)).unsqueeze(-1)
         attended = (probs * v.reshape(1, n, B, H, dv)).sum(1)  # [n, B, H, dv]
         return torch.bmm(attended.reshape(n, B, H * dv), self.w_comm_out)
-
-
