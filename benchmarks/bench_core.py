@@ -1,7 +1,7 @@
 """Forward+backward time of the RIMs core vs ``nn.LSTM`` of the same hidden size, side by side.
 
 Usage: python benchmarks/bench_core.py [--T 128] [--B 64] [--hidden 600 120] [--input 64] [--repeats 5]
-    [--rollout] [--ppo] [--modular]
+    [--rollout] [--ppo] [--modular] [--devices cpu cuda]
 
 Prints one line per device, hidden size and RIMs cell: ``nn.LSTM`` ms, RIMs ms on the fused path (the
 default: one autograd node with a hand-written backward), RIMs ms on the autograd reference path
@@ -110,9 +110,18 @@ def main() -> None:
     parser.add_argument("--rollout", action="store_true", help="also time no-grad T=1 rollout steps")
     parser.add_argument("--ppo", action="store_true", help="also A/B the core inside rims_ppo training")
     parser.add_argument("--modular", action="store_true", help="also time every other registered core")
+    parser.add_argument(
+        "--devices",
+        nargs="+",
+        choices=["cpu", "cuda"],
+        default=None,
+        help="devices to time (default: cpu, and cuda where available)",
+    )
     args = parser.parse_args()
 
-    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    devices = args.devices or ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    if "cuda" in devices and not torch.cuda.is_available():
+        parser.error("--devices cuda: torch sees no CUDA device here; drop it or run on a GPU machine")
     print(f"torch {torch.__version__}, CPU threads {torch.get_num_threads()}, T={args.T}, B={args.B}")
     print(
         f"{'device':6} {'hidden':>6} {'cell':>5} {'lstm ms':>9} {'fused ms':>9} {'autograd ms':>11} "
