@@ -41,6 +41,7 @@ from rims_rl.app.evaluation import (
     write_results_csv,
     write_results_json,
 )
+from rims_rl.app.leaderboard import write_leaderboard
 from rims_rl.app.runs import DEFAULT_RUNS_ROOT, TrainingDiverged, TrainingInterrupted, train_run
 from rims_rl.app.tune import run_tune
 
@@ -290,6 +291,19 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------------------------------- tune
+def cmd_leaderboard(args: argparse.Namespace) -> int:
+    """Rebuild the leaderboard page from the records its spec names (nothing is trained)."""
+    if args.reps < 100:
+        raise UserError(f"--reps {args.reps}: a bootstrap CI needs at least 100 replicates")
+    out = Path(args.out) if args.out else Path(args.spec).with_suffix(".md")
+    command = "python train.py leaderboard" + (
+        "" if args.spec == "docs/results/leaderboard.yml" else f" --spec {args.spec}"
+    )
+    path = write_leaderboard(args.spec, out, command, reps=args.reps)
+    print(f"leaderboard: {path}")
+    return 0
+
+
 def cmd_tune(args: argparse.Namespace) -> int:
     """``tune``: the same grid for every agent on a suite's training env; writes tune.json / tune.md."""
     try:
@@ -486,6 +500,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--workers", type=int, default=1, help="runs in parallel (default 1)")
     p.set_defaults(func=cmd_tune)
+
+    p = sub.add_parser(
+        "leaderboard", help="agent x suite table, P(row > column) and figure from committed records"
+    )
+    p.add_argument(
+        "--spec",
+        default="docs/results/leaderboard.yml",
+        help="suites, their record folders and pending commands",
+    )
+    p.add_argument("--out", default=None, help="Markdown page to write (default: the spec's name, .md)")
+    p.add_argument("--reps", type=int, default=2000, help="bootstrap replicates per CI (default 2000)")
+    p.set_defaults(func=cmd_leaderboard)
     return parser
 
 

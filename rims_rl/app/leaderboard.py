@@ -1,0 +1,318 @@
+"""The leaderboard: every agent on every benchmark suite, from committed run records, pending cells named.
+
+A spec (``docs/results/leaderboard.yml``) lists, per suite, the folders of run records that hold its
+fair comparison (tuned on the training env, same budget, 10 seeds) and the command that fills each
+missing agent. The page has
+
+* a table of agent x suite: IQM over seeds of the training-env return and of the OOD return (a run's
+  OOD score is its mean return over the suite's test variants), each with a stratified-bootstrap 95% CI,
+  the number of seeds, and the training throughput where records carry it;
+* P(row > column) on OOD, averaged over the suites both agents have (rliable's probability of
+  improvement), with its CI;
+* a figure of the OOD IQMs.
+
+The spec and the records are files (committed, or someone's): read with bounded readers, every field
+checked, and record folders must lie inside the spec's own folder.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rims_rl.app.atomic import atomic_write_bytes
+from rims_rl.app.errors import UserError
+from rims_rl.app.plots import plot_ood_bars
+from rims_rl.app.stats import CI, probability_of_improvement_ci, stratified_bootstrap_ci
+from rims_rl.app.summary import ScoreRecord, score_record
+from rims_rl.envs.untrusted import UntrustedFileError, load_json, load_yaml
+
+#: Fewer seeds than this and a cell is marked: the fair protocol asks for 10.
+FULL_SEEDS = 10
+
+
+@dataclass(frozen=True)
+class SuiteEntry:
+    """One suite of the spec: where its records are, and how to fill what is missing."""
+
+    suite: str
+    records: tuple[Path, ...]
+    pending: Mapping[str, str] = field(default_factory=dict)
+    """agent -> the command that produces its records (listed under the table, named in empty cells)."""
+    note: str = ""
+    not_applicable: tuple[str, ...] = ()
+    """Agents that cannot run on this suite (e.g. image-slot RIMs on flat observations)."""
+
+
+@dataclass(frozen=True)
+class Spec:
+    """The leaderboard's agents (row order) and suites (column order)."""
+
+    agents: tuple[str, ...]
+    suites: tuple[SuiteEntry, ...]
+
+
+@dataclass(frozen=True)
+class RunScores:
+    """One run's scores on one suite: training env, OOD mean over variants, steps/s if recorded."""
+
+    agent: str
+    seed: int
+    train: float
+    ood: float
+    steps_per_s: float | None
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One agent on one suite: the run scores and their IQMs with CIs."""
+
+    runs: tuple[RunScores, ...]
+    train: CI
+    ood: CI
+
+    @property
+    def seeds(self) -> int:
+        return len(self.runs)
+
+    @property
+    def steps_per_s(self) -> float | None:
+        rates = [r.steps_per_s for r in self.runs if r.steps_per_s]
+        return float(np.median(rates)) if rates else None
+
+
+def _pending(value: Any, agents: tuple[str, ...], where: str) -> dict[str, str]:
+    """``[{agents: [...], command: "..."}]`` -> agent -> command (YAML aliases are refused, so one command
+    that fills several cells is written once with the agents it fills)."""
+    if value is None:
+        return {}
+    if not isinstance(value, list):
+        raise UserError(f"{where}: 'pending' must be a list of {{agents: [...], command: ...}}")
+    found: dict[str, str] = {}
+    for item in value:
+        names = item.get("agents") if isinstance(item, Mapping) else None
+        command = item.get("command") if isinstance(item, Mapping) else None
+        if (
+            not isinstance(names, list)
+            or not isinstance(command, str)
+            or not all(isinstance(a, str) for a in names)
+        ):
+            raise UserError(
+                f"{where}: each 'pending' entry needs 'agents' (a list of names) and 'command' (text)"
+            )
+        for name in names:
+            if name not in agents:
+                raise UserError(f"{where}: 'pending' names agent {name!r}, which is not in 'agents'")
+            found[name] = command
+    return found
+
+
+def _load(path: Path, what: str, yaml: bool = False) -> Any:
+    try:
+        return load_yaml(path, what) if yaml else load_json(path, what)
+    except UntrustedFileError as err:
+        raise UserError(str(err)) from err
+
+
+def load_spec(path: str | Path) -> Spec:
+    """The spec at ``path``, checked: names are strings, record folders lie inside the spec's folder."""
+    path = Path(path)
+    data = _load(path, "leaderboard spec", yaml=True)
+    where = f"leaderboard spec {str(path)!r}"
+    if not isinstance(data, Mapping) or not isinstance(data.get("agents"), list) or not data["agents"]:
+        raise UserError(f"{where} needs a non-empty list 'agents'; see docs/results/leaderboard.yml")
+    agents = tuple(data["agents"])
+    if not all(isinstance(a, str) for a in agents):
+        raise UserError(f"{where}: 'agents' must be names")
+    suites_raw = data.get("suites")
+    if not isinstance(suites_raw, Mapping) or not suites_raw:
+        raise UserError(f"{where} needs a mapping 'suites' of suite name -> {{records, pending}}")
+    base = path.resolve().parent
+    suites = []
+    for name, entry in suites_raw.items():
+        if not isinstance(name, str) or not isinstance(entry, Mapping):
+            raise UserError(f"{where}: suite {name!r} must map to {{records: [...], pending: {{...}}}}")
+        folders = entry.get("records") or []
+        if not isinstance(folders, list) or not all(isinstance(f, str) for f in folders):
+            raise UserError(f"{where}: suite {name}: 'records' must be a list of folders")
+        resolved = []
+        for folder in folders:
+            full = (base / folder).resolve()
+            if not full.is_relative_to(base):
+                raise UserError(f"{where}: suite {name}: records folder {folder!r} lies outside {base}")
+            resolved.append(full)
+        note = entry.get("note", "")
+        if not isinstance(note, str):
+            raise UserError(f"{where}: suite {name}: 'note' must be text")
+        pending = _pending(entry.get("pending"), agents, f"{where}: suite {name}")
+        na = entry.get("not_applicable") or []
+        if not isinstance(na, list) or not all(isinstance(a, str) and a in agents for a in na):
+            raise UserError(f"{where}: suite {name}: 'not_applicable' must list agents of 'agents'")
+        suites.append(SuiteEntry(name, tuple(resolved), pending, note, tuple(na)))
+    return Spec(agents, tuple(suites))
+
+
+def read_run_scores(folder: Path) -> list[RunScores]:
+    """The runs recorded in ``folder`` (``<agent>-seed<n>.json`` from compare), one score pair each."""
+    runs = []
+    for file in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        data = _load(file, "run record")
+        items = data.get("records") if isinstance(data, Mapping) else None
+        if not isinstance(items, list) or not items:
+            raise UserError(f"run record {str(file)!r} holds no list of records; delete it or fix the folder")
+        try:
+            records: list[ScoreRecord] = [score_record(item) for item in items]
+        except ValueError as err:
+            raise UserError(f"run record {str(file)!r}: {err}") from err
+        train = [r["mean_return"] for r in records if r["is_train"]]
+        ood = [r["mean_return"] for r in records if not r["is_train"]]
+        if len(train) != 1 or not ood or len({(r["agent"], r["seed"]) for r in records}) != 1:
+            raise UserError(f"run record {str(file)!r} must hold one run: one training env and its variants")
+        seconds = data.get("train_seconds")
+        rate = None
+        if isinstance(seconds, int | float) and not isinstance(seconds, bool) and seconds > 0:
+            rate = records[0]["timesteps"] / float(seconds)
+        runs.append(RunScores(records[0]["agent"], records[0]["seed"], train[0], float(np.mean(ood)), rate))
+    return runs
+
+
+def build_cells(spec: Spec, reps: int = 2000) -> dict[tuple[str, str], Cell]:
+    """(agent, suite) -> cell for every agent of the spec with records; a seed recorded twice is refused."""
+    cells: dict[tuple[str, str], Cell] = {}
+    for entry in spec.suites:
+        by_agent: dict[str, dict[int, RunScores]] = {}
+        for folder in entry.records:
+            for run in read_run_scores(folder):
+                seen = by_agent.setdefault(run.agent, {})
+                if run.seed in seen:
+                    raise UserError(f"suite {entry.suite}: {run.agent} seed {run.seed} is recorded twice")
+                seen[run.seed] = run
+        for agent, runs in by_agent.items():
+            if agent not in spec.agents:
+                continue
+            ordered = tuple(runs[s] for s in sorted(runs))
+            train = stratified_bootstrap_ci([r.train for r in ordered], "iqm", reps)
+            ood = stratified_bootstrap_ci([r.ood for r in ordered], "iqm", reps)
+            cells[(agent, entry.suite)] = Cell(ordered, train, ood)
+    return cells
+
+
+def improvement_matrix(
+    spec: Spec, cells: Mapping[tuple[str, str], Cell], reps: int = 2000
+) -> dict[tuple[str, str], CI]:
+    """P(row > column) on OOD, averaged over the suites both agents have; absent when they share none."""
+    matrix = {}
+    for a in spec.agents:
+        for b in spec.agents:
+            if a == b:
+                continue
+            xs = {
+                s.suite: [r.ood for r in cells[(a, s.suite)].runs]
+                for s in spec.suites
+                if (a, s.suite) in cells
+            }
+            ys = {
+                s.suite: [r.ood for r in cells[(b, s.suite)].runs]
+                for s in spec.suites
+                if (b, s.suite) in cells
+            }
+            if set(xs) & set(ys):
+                matrix[(a, b)] = probability_of_improvement_ci(xs, ys, reps=reps)
+    return matrix
+
+
+def _cell_text(cell: Cell | None, pending: str | None, applicable: bool) -> str:
+    if cell is None:
+        return "pending" + (f" ({pending})" if pending else "") if applicable else "n/a"
+    flag = "" if cell.seeds >= FULL_SEEDS else f" ({cell.seeds} seeds, not yet {FULL_SEEDS})"
+    rate = f"; {cell.steps_per_s:,.0f} steps/s" if cell.steps_per_s else ""
+    return f"{cell.train.fmt()} / **{cell.ood.fmt()}**, n={cell.seeds}{rate}{flag}"
+
+
+def markdown(
+    spec: Spec,
+    cells: Mapping[tuple[str, str], Cell],
+    matrix: Mapping[tuple[str, str], CI],
+    figure: str | None,
+    command: str,
+) -> str:
+    """The leaderboard page: table, notes, pending commands, P(row > column), figure."""
+    commands: dict[str, str] = {}  # command -> label, in order of first use in empty cells
+    for suite in spec.suites:
+        for agent in spec.agents:
+            cmd = suite.pending.get(agent)
+            if (agent, suite.suite) not in cells and cmd and cmd not in commands:
+                commands[cmd] = f"P{len(commands) + 1}"
+    lines = [
+        "# Leaderboard: recurrent cores on memory and OOD suites",
+        "",
+        f"Generated from committed run records by `{command}`; edit the spec, not this page.",
+        "Each cell: training-env IQM [95% CI] / **OOD IQM [95% CI]** over seeds (a run's OOD score is its",
+        "mean return over the suite's test variants), the number of seeds, and the median training",
+        "throughput where the records carry it (2-core shared CPU machine: compare it within a column).",
+        "Scales differ between suites (POPGym returns lie in [-1, 1], MiniGrid's in [0, 1]).",
+        "",
+        "| agent | " + " | ".join(s.suite for s in spec.suites) + " |",
+        "|---|" + "---|" * len(spec.suites),
+    ]
+    for agent in spec.agents:
+        row = []
+        for suite in spec.suites:
+            cmd = suite.pending.get(agent)
+            label = commands.get(cmd) if cmd else None
+            row.append(_cell_text(cells.get((agent, suite.suite)), label, agent not in suite.not_applicable))
+        lines.append(f"| {agent} | " + " | ".join(row) + " |")
+    notes = [f"- **{s.suite}**: {s.note}" for s in spec.suites if s.note]
+    if notes:
+        lines += ["", "## Suites", "", *notes]
+    if commands:
+        lines += ["", "## Pending runs (each fills the cells marked with its label)", ""]
+        lines += [f"- {label}: `{cmd}`" for cmd, label in commands.items()]
+    lines += [
+        "",
+        "## P(row > column) on OOD",
+        "",
+        "Averaged over the suites both agents were run on; 0.5 is no difference.",
+        "",
+    ]
+    present = [a for a in spec.agents if any((a, s.suite) in cells for s in spec.suites)]
+    lines += ["| row \\ column | " + " | ".join(present) + " |", "|---|" + "---|" * len(present)]
+    for a in present:
+        row = ["-" if a == b else (matrix[(a, b)].fmt() if (a, b) in matrix else "n/a") for b in present]
+        lines.append(f"| {a} | " + " | ".join(row) + " |")
+    if figure:
+        lines += ["", f"![OOD IQM per suite]({figure})"]
+    return "\n".join(lines) + "\n"
+
+
+def plot(spec: Spec, cells: Mapping[tuple[str, str], Cell], path: Path) -> Path | None:
+    """OOD IQM with CI bars: suites side by side, agents within each."""
+    rows = [
+        {
+            "agent": agent,
+            "env": suite.suite,
+            "env_id": suite.suite,
+            "is_train": False,
+            **cell.ood.as_dict("iqm"),
+        }
+        for agent in spec.agents
+        for suite in spec.suites
+        if (cell := cells.get((agent, suite.suite))) is not None
+    ]
+    return plot_ood_bars(rows, path, title="OOD return per suite (IQM over seeds, 95% CI)") if rows else None
+
+
+def write_leaderboard(spec_path: str | Path, out: str | Path, command: str, reps: int = 2000) -> Path:
+    """Read the spec and its records, write ``out`` (Markdown) and the figure beside it."""
+    spec = load_spec(spec_path)
+    cells = build_cells(spec, reps)
+    matrix = improvement_matrix(spec, cells, reps)
+    out = Path(out)
+    figure = plot(spec, cells, out.with_suffix(".png"))
+    text = markdown(spec, cells, matrix, figure.name if figure else None, command)
+    atomic_write_bytes(out, text.encode())
+    return out

@@ -1,0 +1,120 @@
+"""The leaderboard: cells are the IQMs of the runs' scores, empty cells name the command that fills them,
+the committed page is what the committed records give, and the spec is treated as untrusted."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rims_rl.app.errors import UserError
+from rims_rl.app.leaderboard import build_cells, improvement_matrix, load_spec, markdown, write_leaderboard
+from rims_rl.app.stats import iqm
+from rims_rl.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _record(
+    folder: Path, agent: str, seed: int, train: float, ood: list[float], seconds: float | None = None
+) -> None:
+    envs = [("train", True, train), *((f"v{i}", False, r) for i, r in enumerate(ood))]
+    records = [
+        {
+            "agent": agent, "seed": seed, "env": name, "env_id": f"E-{name}", "is_train": is_train,
+            "mean_return": ret, "std_return": 0.0, "success_rate": None, "n_episodes": 2,
+            "returns": [ret, ret], "mean_length": 5.0, "timesteps": 1000, "run_dir": f"r/{agent}{seed}",
+        }
+        for name, is_train, ret in envs
+    ]  # fmt: skip
+    payload: dict = {"settings": {}, "job": {}, "records": records, "curve": None}
+    if seconds is not None:
+        payload["train_seconds"] = seconds
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{agent}-seed{seed}.json").write_text(json.dumps(payload))
+
+
+SPEC = """\
+agents: [a, b, c]
+suites:
+  s1:
+    records: [s1/records]
+    not_applicable: [c]
+  s2:
+    records: [s2/records]
+    pending:
+      - agents: [b, c]
+        command: python train.py compare --suite s2 --agents b c
+"""
+
+
+def _tree(tmp_path: Path) -> Path:
+    rng = np.random.default_rng(0)
+    for seed in range(5):
+        _record(tmp_path / "s1/records", "a", seed, 0.9, list(0.5 + 0.1 * rng.random(3)), seconds=10.0)
+        _record(tmp_path / "s1/records", "b", seed, 0.8, list(0.2 + 0.1 * rng.random(3)))
+        _record(tmp_path / "s2/records", "a", seed, 0.7, list(0.1 * rng.random(2)))
+    spec = tmp_path / "leaderboard.yml"
+    spec.write_text(SPEC)
+    return spec
+
+
+def test_cells_are_iqms_of_each_runs_mean_ood_return(tmp_path: Path) -> None:
+    spec = load_spec(_tree(tmp_path))
+    cells = build_cells(spec, reps=200)
+    assert set(cells) == {("a", "s1"), ("b", "s1"), ("a", "s2")}
+    cell = cells[("a", "s1")]
+    per_run = []
+    for seed in range(5):
+        stored = json.loads((tmp_path / f"s1/records/a-seed{seed}.json").read_text())["records"]
+        per_run.append(np.mean([r["mean_return"] for r in stored if not r["is_train"]]))
+    assert cell.ood.point == pytest.approx(iqm(per_run))
+    assert cell.train.point == pytest.approx(0.9) and cell.seeds == 5
+    assert cell.steps_per_s == pytest.approx(100.0)  # 1000 steps in 10 s
+    matrix = improvement_matrix(spec, cells, reps=200)
+    assert matrix[("a", "b")].point == 1.0 and matrix[("b", "a")].point == 0.0  # a's OOD is above b's on s1
+    page = markdown(spec, cells, matrix, None, "python train.py leaderboard")
+    table = page.split("## P(row > column)")[0]
+    rows = {line.split(" | ")[0]: line for line in table.splitlines() if line.startswith("| ")}
+    assert "pending (P1)" in rows["| b"] and "n/a" in rows["| c"] and "(5 seeds, not yet 10)" in rows["| a"]
+    assert "- P1: `python train.py compare --suite s2 --agents b c`" in page
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda s: s.replace("[s1/records]", "[../elsewhere]"), "lies outside"),
+        (lambda s: s.replace("agents: [a, b, c]", "agents: &x [a, b, c]\nother: *x"), "aliases"),
+        (lambda s: s.replace("agents: [b, c]", "agents: [b, z]"), "not in 'agents'"),
+        (lambda s: s.replace("not_applicable: [c]", "not_applicable: c"), "not_applicable"),
+    ],
+)
+def test_a_bad_spec_is_one_clear_error(tmp_path: Path, edit, message: str) -> None:
+    spec = _tree(tmp_path)
+    spec.write_text(edit(SPEC))
+    with pytest.raises(UserError, match=message):
+        build_cells(load_spec(spec), reps=100)
+
+
+def test_a_seed_recorded_twice_is_refused(tmp_path: Path) -> None:
+    spec = _tree(tmp_path)
+    text = spec.read_text().replace("[s1/records]", "[s1/records, s1/copy]")
+    spec.write_text(text)
+    _record(tmp_path / "s1/copy", "a", 0, 0.9, [0.5])
+    with pytest.raises(UserError, match="a seed 0 is recorded twice"):
+        build_cells(load_spec(spec), reps=100)
+
+
+def test_the_committed_leaderboard_is_what_the_committed_records_give(tmp_path: Path) -> None:
+    """Records added without regenerating the page (or a page edited by hand) fail here."""
+    out = tmp_path / "leaderboard.md"
+    assert main(["leaderboard", "--out", str(out)]) == 0
+    assert out.read_text() == (ROOT / "docs/results/leaderboard.md").read_text()
+    assert out.with_suffix(".png").stat().st_size > 1000
+
+
+def test_write_leaderboard_writes_page_and_figure(tmp_path: Path) -> None:
+    path = write_leaderboard(_tree(tmp_path), tmp_path / "board.md", "cmd", reps=100)
+    assert "![OOD IQM per suite](board.png)" in path.read_text() and (tmp_path / "board.png").exists()
