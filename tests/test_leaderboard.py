@@ -10,7 +10,14 @@ import numpy as np
 import pytest
 
 from rims_rl.app.errors import UserError
-from rims_rl.app.leaderboard import build_cells, improvement_matrix, load_spec, markdown, write_leaderboard
+from rims_rl.app.leaderboard import (
+    build_cells,
+    equal_return_rows,
+    improvement_matrix,
+    load_spec,
+    markdown,
+    write_leaderboard,
+)
 from rims_rl.app.stats import iqm
 from rims_rl.cli import main
 
@@ -42,6 +49,7 @@ suites:
   s1:
     records: [s1/records]
     not_applicable: [c]
+    equal_return_at: 0.85
   s2:
     records: [s2/records]
     pending:
@@ -115,6 +123,19 @@ def test_the_committed_leaderboard_is_what_the_committed_records_give(tmp_path: 
     assert out.with_suffix(".png").stat().st_size > 1000
 
 
-def test_write_leaderboard_writes_page_and_figure(tmp_path: Path) -> None:
+def test_write_leaderboard_writes_page_and_figures(tmp_path: Path) -> None:
     path = write_leaderboard(_tree(tmp_path), tmp_path / "board.md", "cmd", reps=100)
     assert "![OOD IQM per suite](board.png)" in path.read_text() and (tmp_path / "board.png").exists()
+    assert "(board-equal-return.png)" in path.read_text() and (tmp_path / "board-equal-return.png").exists()
+
+
+def test_equal_return_keeps_only_the_runs_that_reached_the_threshold(tmp_path: Path) -> None:
+    """Runs of b below 0.85 on the training env are left out; a's all count (s1's threshold is 0.85)."""
+    spec_path = _tree(tmp_path)
+    _record(tmp_path / "s1/records", "b", 5, 0.95, [0.9, 0.9, 0.9])  # one well-trained b run, high OOD
+    spec = load_spec(spec_path)
+    rows = {(r.suite, r.agent): r for r in equal_return_rows(spec, build_cells(spec, reps=100), reps=100)}
+    assert set(rows) == {("s1", "a"), ("s1", "b")}  # s2 has no threshold
+    assert (rows[("s1", "a")].kept, rows[("s1", "a")].total) == (5, 5)
+    assert (rows[("s1", "b")].kept, rows[("s1", "b")].total) == (1, 6)
+    assert rows[("s1", "b")].ood.point == pytest.approx(0.9)

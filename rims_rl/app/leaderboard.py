@@ -17,7 +17,7 @@ checked, and record folders must lie inside the spec's own folder.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,7 @@ import numpy as np
 
 from rims_rl.app.atomic import atomic_write_bytes
 from rims_rl.app.errors import UserError
-from rims_rl.app.plots import plot_ood_bars
+from rims_rl.app.plots import plot_ood_bars, plot_train_vs_ood
 from rims_rl.app.stats import CI, probability_of_improvement_ci, stratified_bootstrap_ci
 from rims_rl.app.summary import ScoreRecord, score_record
 from rims_rl.envs.untrusted import UntrustedFileError, load_json, load_yaml
@@ -46,6 +46,8 @@ class SuiteEntry:
     note: str = ""
     not_applicable: tuple[str, ...] = ()
     """Agents that cannot run on this suite (e.g. image-slot RIMs on flat observations)."""
+    equal_return_at: float | None = None
+    """Training-env return from which runs count as equally trained (the OOD-at-equal-return table)."""
 
 
 @dataclass(frozen=True)
@@ -152,7 +154,14 @@ def load_spec(path: str | Path) -> Spec:
         na = entry.get("not_applicable") or []
         if not isinstance(na, list) or not all(isinstance(a, str) and a in agents for a in na):
             raise UserError(f"{where}: suite {name}: 'not_applicable' must list agents of 'agents'")
-        suites.append(SuiteEntry(name, tuple(resolved), pending, note, tuple(na)))
+        tau = entry.get("equal_return_at")
+        if tau is not None and (
+            isinstance(tau, bool) or not isinstance(tau, int | float) or not -1e6 < tau < 1e6
+        ):
+            raise UserError(
+                f"{where}: suite {name}: 'equal_return_at' must be a number (a training-env return)"
+            )
+        suites.append(SuiteEntry(name, tuple(resolved), pending, note, tuple(na), tau))
     return Spec(agents, tuple(suites))
 
 
@@ -225,6 +234,41 @@ def improvement_matrix(
     return matrix
 
 
+@dataclass(frozen=True)
+class EqualReturnRow:
+    """One agent's runs on one suite that reached the suite's training-return threshold."""
+
+    suite: str
+    threshold: float
+    agent: str
+    kept: int
+    total: int
+    ood: CI
+
+
+def equal_return_rows(
+    spec: Spec, cells: Mapping[tuple[str, str], Cell], reps: int = 2000
+) -> list[EqualReturnRow]:
+    """OOD IQM over only the runs whose training-env return reached ``equal_return_at``: answers "does
+    this core generalise worse only because it trains slower" by comparing equally trained runs."""
+    rows = []
+    for suite in spec.suites:
+        if suite.equal_return_at is None:
+            continue
+        for agent in spec.agents:
+            cell = cells.get((agent, suite.suite))
+            if cell is None:
+                continue
+            kept = [r.ood for r in cell.runs if r.train >= suite.equal_return_at]
+            ci = (
+                stratified_bootstrap_ci(kept, "iqm", reps)
+                if kept
+                else CI(float("nan"), float("nan"), float("nan"))
+            )
+            rows.append(EqualReturnRow(suite.suite, suite.equal_return_at, agent, len(kept), cell.seeds, ci))
+    return rows
+
+
 def _cell_text(cell: Cell | None, pending: str | None, applicable: bool) -> str:
     if cell is None:
         return "pending" + (f" ({pending})" if pending else "") if applicable else "n/a"
@@ -239,6 +283,8 @@ def markdown(
     matrix: Mapping[tuple[str, str], CI],
     figure: str | None,
     command: str,
+    equal: Sequence[EqualReturnRow] = (),
+    equal_figure: str | None = None,
 ) -> str:
     """The leaderboard page: table, notes, pending commands, P(row > column), figure."""
     commands: dict[str, str] = {}  # command -> label, in order of first use in empty cells
@@ -286,6 +332,23 @@ def markdown(
         lines.append(f"| {a} | " + " | ".join(row) + " |")
     if figure:
         lines += ["", f"![OOD IQM per suite]({figure})"]
+    if equal:
+        lines += [
+            "",
+            "## OOD at equal training-env return",
+            "",
+            "Only the runs whose training-env return reached the suite's threshold, so a core that trains",
+            "slower is not judged on runs that never learned the training env.",
+            "",
+            "| suite | threshold | agent | runs kept | OOD IQM [95% CI] of those |",
+            "|---|---:|---|---:|---|",
+        ]
+        lines += [
+            f"| {r.suite} | {r.threshold:g} | {r.agent} | {r.kept} / {r.total} | {r.ood.fmt()} |"
+            for r in equal
+        ]
+        if equal_figure:
+            lines += ["", f"![training-env return against OOD return, per run]({equal_figure})"]
     return "\n".join(lines) + "\n"
 
 
@@ -313,6 +376,26 @@ def write_leaderboard(spec_path: str | Path, out: str | Path, command: str, reps
     matrix = improvement_matrix(spec, cells, reps)
     out = Path(out)
     figure = plot(spec, cells, out.with_suffix(".png"))
-    text = markdown(spec, cells, matrix, figure.name if figure else None, command)
+    equal = equal_return_rows(spec, cells, reps)
+    points = {
+        s.suite: {
+            a: [(r.train, r.ood) for r in cells[(a, s.suite)].runs]
+            for a in spec.agents
+            if (a, s.suite) in cells
+        }
+        for s in spec.suites
+        if s.equal_return_at is not None
+    }
+    thresholds = {s.suite: s.equal_return_at for s in spec.suites if s.equal_return_at is not None}
+    equal_figure = plot_train_vs_ood(points, thresholds, out.with_name(out.stem + "-equal-return.png"))
+    text = markdown(
+        spec,
+        cells,
+        matrix,
+        figure.name if figure else None,
+        command,
+        equal,
+        equal_figure.name if equal_figure else None,
+    )
     atomic_write_bytes(out, text.encode())
     return out

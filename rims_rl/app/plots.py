@@ -112,6 +112,33 @@ def plot_ood_bars(
     return _save(fig, ax, path)
 
 
+def plot_train_vs_ood(
+    points: Mapping[str, Mapping[str, Sequence[tuple[float, float]]]],
+    thresholds: Mapping[str, float],
+    path: str | Path,
+) -> Path | None:
+    """One panel per suite: each run's training-env return (x) against its OOD return (y), agents in
+    colours, the suite's equal-return threshold as a dashed line; shows OOD at equal training return."""
+    suites = [s for s, by_agent in points.items() if any(by_agent.values())]
+    if not suites:
+        return None
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(suites), figsize=(4.2 * len(suites), 3.8), squeeze=False)
+    agents = list(dict.fromkeys(a for s in suites for a in points[s]))
+    for ax, suite in zip(axes[0], suites, strict=True):
+        for agent, pts in points[suite].items():
+            if pts:
+                xy = np.asarray(pts, dtype=np.float64)
+                ax.scatter(xy[:, 0], xy[:, 1], s=22, alpha=0.8, label=agent, color=f"C{agents.index(agent)}")
+        if suite in thresholds:
+            ax.axvline(thresholds[suite], color="black", linestyle="--", linewidth=0.8)
+        ax.set_title(suite)
+        ax.set_xlabel("training-env return")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("OOD return (mean over variants)")
+    return _save(fig, axes[0][-1], path)
+
+
 def _save(fig: Any, ax: Any, path: str | Path) -> Path:
     """Legend, tight layout, PNG at 110 dpi, figure closed (so many reports do not leak figures)."""
     ax.legend()
