@@ -7,6 +7,7 @@ module that holds it, so a second validation anywhere on a path shows up.
 from __future__ import annotations
 
 import pickle
+import re
 import sys
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -198,3 +199,19 @@ def test_a_family_registered_from_outside_is_built_with_no_other_change(
     env.close()
     with pytest.raises(ValueError, match="takes no kwargs"):
         make_vec_env_for(spec, size=3)
+
+
+def test_no_code_above_envs_compares_family_names_or_id_prefixes() -> None:
+    """The application and CLI ask the family object; a name or prefix test there is a new if/else chain."""
+    root = Path(__file__).resolve().parents[1] / "rims_rl"
+    pattern = re.compile(
+        r"""family\s*(==|!=|\bin\b|\bnot in\b)\s*[("']|startswith\(\s*["'](ALE/|MiniGrid-|popgym-)"""
+    )
+    found = [
+        f"{path.relative_to(root)}:{n}: {line.strip()}"
+        for path in sorted(root.rglob("*.py"))
+        if "envs" not in path.relative_to(root).parts
+        for n, line in enumerate(path.read_text().splitlines(), 1)
+        if pattern.search(line)
+    ]
+    assert found == []
