@@ -155,7 +155,10 @@ def _spec_from_yaml(entry: Any, path: Path, default_name: str | None = None) -> 
     kwargs = entry.get("kwargs") or {}
     if not isinstance(kwargs, Mapping):
         raise ValueError(f"{path}: 'kwargs' of env entry {str(name)!r} must be a mapping, got {kwargs!r}")
-    return EnvSpec(str(name), str(entry["id"]), dict(kwargs))
+    try:
+        return EnvSpec(str(name), str(entry["id"]), dict(kwargs))  # validates the id
+    except ValueError as err:
+        raise ValueError(f"{path}: env entry {str(name)!r}: {err}") from err
 
 
 def _atari_games() -> dict[str, str]:
