@@ -1,8 +1,11 @@
-"""Environments for rims-rl: preprocessed Atari and MiniGrid, our distractor room, and OOD suites.
+"""Environments for rims-rl: env families (Atari, MiniGrid, POPGym, classic control), our distractor room,
+and OOD suites.
 
 Start with ``make_vec_env_for(id_or_spec, n_envs, seed, training=...)`` and ``get_suite(name)``.
 """
 
+# The built-in env families, each registering itself on import (envs/registry.py: adding a family).
+from rims_rl.envs import atari, classic, minigrid, popgym  # noqa: F401
 from rims_rl.envs.atari import (
     AtariGameInfo,
     atari_game_info,
@@ -15,7 +18,15 @@ from rims_rl.envs.errors import unknown_choice_error
 from rims_rl.envs.make import make_env, make_vec_env_for
 from rims_rl.envs.minigrid import make_minigrid_env, make_minigrid_vec_env
 from rims_rl.envs.mission import decode_mission, encode_mission, mission_slots, parse_mission
-from rims_rl.envs.registry import env_family, register_all_envs, supported_env_ids, validate_env_id
+from rims_rl.envs.registry import (
+    EnvFamily,
+    families,
+    family_of_id,
+    get_family,
+    register_all_envs,
+    register_family,
+    supported_env_ids,
+)
 from rims_rl.envs.spec import EnvSpec
 from rims_rl.envs.suites import (
     Suite,
@@ -30,6 +41,7 @@ from rims_rl.envs.suites import (
 __all__ = [
     "AtariGameInfo",
     "DistractorEnv",
+    "EnvFamily",
     "EnvSpec",
     "NOVEL_PAIRS",
     "Suite",
@@ -38,7 +50,9 @@ __all__ = [
     "atari_modes_suite",
     "decode_mission",
     "encode_mission",
-    "env_family",
+    "families",
+    "family_of_id",
+    "get_family",
     "get_suite",
     "list_suites",
     "load_suite_file",
@@ -52,9 +66,9 @@ __all__ = [
     "mission_slots",
     "parse_mission",
     "register_all_envs",
+    "register_family",
     "register_suite",
     "supported_env_ids",
     "unknown_choice_error",
     "validate_atari_options",
-    "validate_env_id",
 ]

@@ -9,7 +9,9 @@ in training mode, where the agent sees clipped rewards and a terminal on every l
 from __future__ import annotations
 
 import functools
+import inspect
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,12 +30,37 @@ from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import VecEnv
 
 from rims_rl.envs.ale_vec import AleVecEnv
+from rims_rl.envs.env_kwargs import Rule, check_rules
 from rims_rl.envs.errors import unknown_choice_error
-from rims_rl.envs.registry import ATARI_PREFIX, register_all_envs, validate_env_id
+from rims_rl.envs.registry import EnvFamily, family_of_id, register_family
 from rims_rl.envs.seeding import seeded
 from rims_rl.envs.vec import VecClass, build_vec_env
 
+ATARI_PREFIX = "ALE/"
 DEFAULT_STICKY = 0.25  # ALE v5 default repeat_action_probability (Machado et al., 2018)
+#: Bounds of the Atari kwargs' values (names: ``ATARI_KWARGS``); mode/difficulty are checked against the ROM.
+ATARI_RULES: dict[str, Rule] = {
+    "frame_stack": ("int", 1, 16, False),
+    "mode": ("int", 0, 1024, True),
+    "difficulty": ("int", 0, 1024, True),
+    "repeat_action_probability": ("number", 0.0, 1.0, False),
+    "noop_max": ("int", 0, 1000, False),
+    "frame_skip": ("int", 1, 16, False),
+    "screen_size": ("int", 8, 256, False),
+    "terminal_on_life_loss": ("bool", 0, 0, True),
+}
+
+
+def is_atari_id(env_id: str) -> bool:
+    """ALE's image games, ``ALE/<Game>-v5`` (not the ``-ram`` observation variants)."""
+    return env_id.startswith(ATARI_PREFIX) and "-ram" not in env_id
+
+
+def register_atari_envs() -> None:
+    """Register ALE's ids with gymnasium (idempotent)."""
+    import ale_py
+
+    gym.register_envs(ale_py)
 
 
 @dataclass(frozen=True)
@@ -222,9 +249,59 @@ def make_atari_vec_env(
     return build_vec_env([thunk] * n_envs, seed, vec_cls)
 
 
+@functools.cache  # ids are only ever added to gymnasium's registry: a valid id stays valid
 def _check_atari_id(env_id: str) -> None:
-    register_all_envs()
-    if not env_id.startswith(ATARI_PREFIX):
-        atari_ids = [i for i in gym.registry if i.startswith(ATARI_PREFIX) and "-ram" not in i]
+    if not is_atari_id(env_id):
+        register_atari_envs()
+        atari_ids = [i for i in gym.registry if is_atari_id(i)]
         raise unknown_choice_error("Atari env id (expected ALE/<Game>-v5)", env_id, atari_ids)
-    validate_env_id(env_id)
+    family_of_id(env_id)
+
+
+#: Keyword arguments an Atari spec may carry (everything else is a typo, reported with choices).
+ATARI_KWARGS: tuple[str, ...] = tuple(
+    p for p in inspect.signature(make_atari_env).parameters if p not in ("env_id", "seed", "training")
+)
+
+
+def check_atari_kwargs(env_id: str, kwargs: Mapping[str, Any]) -> None:
+    """Names (``ATARI_KWARGS``), bounded values (``ATARI_RULES``) and mode/difficulty against the ROM."""
+    for key in kwargs:
+        if key not in ATARI_KWARGS:
+            raise unknown_choice_error("Atari kwarg", key, ATARI_KWARGS, where=f"for {env_id}")
+    check_rules(env_id, kwargs, ATARI_RULES)
+    if kwargs.get("mode") is not None or kwargs.get("difficulty") is not None:
+        validate_atari_options(env_id, kwargs.get("mode"), kwargs.get("difficulty"))
+
+
+def _family_env(env_id: str, kwargs: Mapping[str, Any], *, seed: int | None, training: bool) -> gym.Env:
+    return make_atari_env(env_id, seed=seed, training=training, **kwargs)
+
+
+def _family_vec_env(
+    env_id: str,
+    kwargs: Mapping[str, Any],
+    *,
+    n_envs: int,
+    seed: int | None,
+    training: bool,
+    vec_cls: VecClass,
+) -> VecEnv:
+    return make_atari_vec_env(env_id, n_envs=n_envs, seed=seed, training=training, vec_cls=vec_cls, **kwargs)
+
+
+ATARI = register_family(
+    EnvFamily(
+        name="atari",
+        ids="ALE/<Game>-v5",
+        owns=is_atari_id,
+        register_envs=register_atari_envs,
+        make_env=_family_env,
+        make_vec_env=_family_vec_env,
+        check_kwargs=check_atari_kwargs,
+        preset_family="atari",
+        has_success=False,  # raw game scores: no solved/unsolved notion
+        vec_env=None,  # emulators are slow: subprocesses for more than one env
+        frame_stack=1,
+    )
+)

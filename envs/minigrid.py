@@ -20,11 +20,44 @@ from minigrid.wrappers import ImgObsWrapper
 from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import VecEnv
 
+from rims_rl.envs.distractors import register_distractor_envs
+from rims_rl.envs.env_kwargs import MAX_EPISODE_STEPS, MAX_GRID, Rule, check_value, rule_from_default
 from rims_rl.envs.errors import unknown_choice_error
 from rims_rl.envs.mission import MissionObsWrapper, mission_slots
-from rims_rl.envs.registry import MINIGRID_PREFIXES, env_family
+from rims_rl.envs.registry import EnvFamily, family_of_id, register_family
 from rims_rl.envs.seeding import seeded
 from rims_rl.envs.vec import VecClass, build_vec_env
+
+#: MiniGrid's and BabyAI's grid worlds, and ours (the distractor room) under ``RimsRL/``.
+MINIGRID_PREFIXES = ("MiniGrid-", "BabyAI-", "RimsRL/")
+#: Bounds of the common MiniGrid kwargs; a constructor argument without one is bounded by its default's type.
+MINIGRID_RULES: dict[str, Rule] = {
+    "max_steps": ("int", 1, MAX_EPISODE_STEPS, True),
+    "max_episode_steps": ("int", 1, MAX_EPISODE_STEPS, True),
+    "render_mode": (("rgb_array",), 0, 0, True),  # never "human": evaluation opens no window
+    "encode_mission": ("bool", 0, 0, True),
+    "agent_view_size": ("odd", 3, 31, False),
+    "size": ("int", 3, MAX_GRID, True),
+    "width": ("int", 3, MAX_GRID, True),
+    "height": ("int", 3, MAX_GRID, True),
+    "grid_size": ("int", 3, MAX_GRID, True),
+    "tile_size": ("int", 1, MAX_GRID, False),
+    "screen_size": ("int", 1, 2048, True),
+}
+
+
+def is_minigrid_id(env_id: str) -> bool:
+    """MiniGrid-style grid worlds: ``MINIGRID_PREFIXES``."""
+    return env_id.startswith(MINIGRID_PREFIXES)
+
+
+def register_minigrid_envs() -> None:
+    """Register MiniGrid's, BabyAI's and our grid worlds with gymnasium (idempotent)."""
+    import minigrid
+
+    if "MiniGrid-Empty-5x5-v0" not in gym.registry:  # importing minigrid usually registers already
+        minigrid.register_minigrid_envs()
+    register_distractor_envs()
 
 
 def minigrid_kwarg_defaults(env_id: str) -> dict[str, Any]:
@@ -64,11 +97,13 @@ def make_minigrid_env(
 
     ``encode_mission=None`` decides by task (see ``envs.mission.MISSION_SLOTS``); True/False forces it.
     """
-    if env_family(env_id) != "minigrid":
-        raise unknown_choice_error(
-            "MiniGrid env id", env_id, [i for i in gym.registry if i.startswith(MINIGRID_PREFIXES)]
-        )
+    _check_minigrid_id(env_id)
     validate_minigrid_kwargs(env_id, env_kwargs)
+    return _minigrid_env(env_id, seed, encode_mission, **env_kwargs)
+
+
+def _minigrid_env(env_id: str, seed: int | None, encode_mission: bool | None, **env_kwargs: Any) -> gym.Env:
+    """``make_minigrid_env`` for an id and kwargs already checked."""
     env: gym.Env = Monitor(gym.make(env_id, **env_kwargs))
     slots = mission_slots(env_id)
     if encode_mission is True:
@@ -88,7 +123,70 @@ def make_minigrid_vec_env(
     encode_mission: bool | None = None,
 ) -> VecEnv:
     """``n_envs`` copies of ``make_minigrid_env`` as an SB3 VecEnv; env ``i`` is seeded ``seed + i``."""
-    env_family(env_id)  # validate before spawning workers
+    _check_minigrid_id(env_id)  # validate before spawning workers
     validate_minigrid_kwargs(env_id, env_kwargs or {})
-    thunk = functools.partial(make_minigrid_env, env_id, None, encode_mission, **dict(env_kwargs or {}))
+    return _minigrid_vec_env(env_id, n_envs, seed, env_kwargs or {}, vec_cls, encode_mission)
+
+
+def _minigrid_vec_env(
+    env_id: str,
+    n_envs: int,
+    seed: int | None,
+    env_kwargs: Mapping[str, Any],
+    vec_cls: VecClass,
+    encode_mission: bool | None,
+) -> VecEnv:
+    thunk = functools.partial(_minigrid_env, env_id, None, encode_mission, **dict(env_kwargs))
     return build_vec_env([thunk] * n_envs, seed, vec_cls)
+
+
+def _check_minigrid_id(env_id: str) -> None:
+    if not is_minigrid_id(env_id):
+        register_minigrid_envs()
+        raise unknown_choice_error("MiniGrid env id", env_id, [i for i in gym.registry if is_minigrid_id(i)])
+    family_of_id(env_id)
+
+
+def check_minigrid_kwargs(env_id: str, kwargs: Mapping[str, Any]) -> None:
+    """Names: those of the env's constructors (plus ``encode_mission``); values: ``MINIGRID_RULES``, else
+    the type of the constructor's default."""
+    validate_minigrid_kwargs(env_id, {k: v for k, v in kwargs.items() if k != "encode_mission"})
+    defaults = minigrid_kwarg_defaults(env_id)
+    for key, value in kwargs.items():
+        check_value(env_id, key, value, MINIGRID_RULES.get(key) or rule_from_default(defaults.get(key)))
+
+
+def _family_env(env_id: str, kwargs: Mapping[str, Any], *, seed: int | None, training: bool) -> gym.Env:
+    settings = dict(kwargs)
+    encode_mission = settings.pop("encode_mission", None)
+    return _minigrid_env(env_id, seed, encode_mission, **settings)
+
+
+def _family_vec_env(
+    env_id: str,
+    kwargs: Mapping[str, Any],
+    *,
+    n_envs: int,
+    seed: int | None,
+    training: bool,
+    vec_cls: VecClass,
+) -> VecEnv:
+    settings = dict(kwargs)
+    encode_mission = settings.pop("encode_mission", None)
+    return _minigrid_vec_env(env_id, n_envs, seed, settings, vec_cls, encode_mission)
+
+
+MINIGRID = register_family(
+    EnvFamily(
+        name="minigrid",
+        ids="MiniGrid-*, BabyAI-*, RimsRL/*",
+        owns=is_minigrid_id,
+        register_envs=register_minigrid_envs,
+        make_env=_family_env,
+        make_vec_env=_family_vec_env,
+        check_kwargs=check_minigrid_kwargs,
+        preset_family="minigrid",
+        has_success=True,  # reward > 0 only on reaching the goal
+        vec_env="dummy",  # grid worlds step in microseconds: subprocesses cost more than they save
+    )
+)

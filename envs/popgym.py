@@ -30,6 +30,7 @@ from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import VecEnv
 
 from rims_rl.envs.errors import unknown_choice_error
+from rims_rl.envs.registry import EnvFamily, family_of_id, register_family
 from rims_rl.envs.seeding import seeded
 from rims_rl.envs.vec import VecClass, build_vec_env
 
@@ -140,9 +141,9 @@ def normalised_score(mean_return: float) -> float:
     return (float(mean_return) - low) / (high - low)
 
 
-def normalised_score_of(env_id: str, mean_return: float) -> float | None:
-    """``normalised_score`` for a popgym id; None for other families (their returns have no fixed bounds)."""
-    return normalised_score(mean_return) if env_id.startswith(POPGYM_PREFIX) else None
+def is_popgym_id(env_id: str) -> bool:
+    """POPGym's levels and our level-free tasks: ``popgym-...``."""
+    return env_id.startswith(POPGYM_PREFIX)
 
 
 class FlatObs(gym.ObservationWrapper):
@@ -232,9 +233,13 @@ def validate_popgym_kwargs(env_id: str, env_kwargs: Mapping[str, Any]) -> None:
 
 def make_popgym_env(env_id: str, seed: int | None = None, **env_kwargs: Any) -> gym.Env:
     """One popgym env with flat float32 observations and a ``Monitor`` (``info['episode']``)."""
-    if not env_id.startswith(POPGYM_PREFIX):
-        raise ValueError(f"{env_id!r} is not a popgym id (they start with {POPGYM_PREFIX!r})")
+    _check_popgym_id(env_id)
     validate_popgym_kwargs(env_id, env_kwargs)
+    return _popgym_env(env_id, seed, **env_kwargs)
+
+
+def _popgym_env(env_id: str, seed: int | None, **env_kwargs: Any) -> gym.Env:
+    """``make_popgym_env`` for an id and kwargs already checked."""
     kwargs = dict(env_kwargs)
     pad = kwargs.pop("pad_actions", None)
     env: gym.Env = Monitor(gym.make(env_id, **kwargs))
@@ -251,6 +256,46 @@ def make_popgym_vec_env(
     vec_cls: VecClass = None,
 ) -> VecEnv:
     """``n_envs`` copies of ``make_popgym_env`` as an SB3 VecEnv; env ``i`` is seeded ``seed + i``."""
+    _check_popgym_id(env_id)
     validate_popgym_kwargs(env_id, env_kwargs or {})
-    thunk = functools.partial(make_popgym_env, env_id, None, **dict(env_kwargs or {}))
+    return _popgym_vec_env(env_id, env_kwargs or {}, n_envs=n_envs, seed=seed, training=True, vec_cls=vec_cls)
+
+
+def _check_popgym_id(env_id: str) -> None:
+    if not is_popgym_id(env_id):
+        raise ValueError(f"{env_id!r} is not a popgym id (they start with {POPGYM_PREFIX!r})")
+    family_of_id(env_id)
+
+
+def _family_env(env_id: str, kwargs: Mapping[str, Any], *, seed: int | None, training: bool) -> gym.Env:
+    return _popgym_env(env_id, seed, **kwargs)
+
+
+def _popgym_vec_env(
+    env_id: str,
+    kwargs: Mapping[str, Any],
+    *,
+    n_envs: int,
+    seed: int | None,
+    training: bool,
+    vec_cls: VecClass,
+) -> VecEnv:
+    thunk = functools.partial(_popgym_env, env_id, None, **dict(kwargs))
     return build_vec_env([thunk] * n_envs, seed, vec_cls)
+
+
+POPGYM = register_family(
+    EnvFamily(
+        name="popgym",
+        ids="popgym-*",
+        owns=is_popgym_id,
+        register_envs=register_popgym_envs,
+        make_env=_family_env,
+        make_vec_env=_popgym_vec_env,
+        check_kwargs=validate_popgym_kwargs,
+        preset_family="popgym",
+        has_success=False,  # returns in [-1, 1]: a score, not solved/unsolved
+        normalised_score=normalised_score,
+        vec_env="dummy",  # card games step in microseconds: subprocesses cost more than they save
+    )
+)

@@ -22,11 +22,11 @@ from typing import Any
 
 import gymnasium as gym
 
-from rims_rl.envs.atari import DEFAULT_STICKY, atari_game_info
+from rims_rl.envs.atari import ATARI_PREFIX, DEFAULT_STICKY, atari_game_info, is_atari_id
 from rims_rl.envs.errors import unknown_choice_error
 from rims_rl.envs.make import as_spec, check_spec_kwargs
 from rims_rl.envs.popgym import SUITES as POPGYM_SUITES
-from rims_rl.envs.registry import ATARI_PREFIX, EnvFamily, register_all_envs
+from rims_rl.envs.registry import EnvFamily, register_all_envs
 from rims_rl.envs.spec import EnvSpec
 from rims_rl.envs.untrusted import load_yaml
 
@@ -53,7 +53,7 @@ class Suite:
 
     @property
     def family(self) -> EnvFamily:
-        """Env family of the training spec ('atari' or 'minigrid')."""
+        """Env family of the training spec."""
         return self.train.family
 
     def specs(self) -> tuple[EnvSpec, ...]:
@@ -155,7 +155,10 @@ def _spec_from_yaml(entry: Any, path: Path, default_name: str | None = None) -> 
     kwargs = entry.get("kwargs") or {}
     if not isinstance(kwargs, Mapping):
         raise ValueError(f"{path}: 'kwargs' of env entry {str(name)!r} must be a mapping, got {kwargs!r}")
-    return EnvSpec(str(name), str(entry["id"]), dict(kwargs))
+    try:
+        return EnvSpec(str(name), str(entry["id"]), dict(kwargs))  # validates the id
+    except ValueError as err:
+        raise ValueError(f"{path}: env entry {str(name)!r}: {err}") from err
 
 
 def _atari_games() -> dict[str, str]:
@@ -164,7 +167,7 @@ def _atari_games() -> dict[str, str]:
     return {
         i[len(ATARI_PREFIX) : -len("-v5")].lower(): i
         for i in gym.registry
-        if i.startswith(ATARI_PREFIX) and i.endswith("-v5") and "-ram" not in i
+        if is_atari_id(i) and i.endswith("-v5")
     }
 
 

@@ -255,19 +255,16 @@ def cmd_list(args: argparse.Namespace) -> int:
             print(f"  {name:24s} {desc}")
         print("  atari-modes-<game>       any ALE game: default mode -> other modes/difficulties")
     if what in ("all", "envs"):
-        ids = catalog.env_ids()
-        grid = [i for i in ids if not i.startswith("ALE/")]
-        atari = [i for i in ids if i.startswith("ALE/")]
-        print(f"MiniGrid-style envs ({len(grid)}):")
-        for i in grid:
-            print(f"  {i}")
-        print(
-            f"Atari envs ({len(atari)}): {', '.join(atari[:8])}, ... "
-            "(all: `python train.py list envs --all-atari`)"
-        )
-        if args.all_atari:
-            for i in atari:
-                print(f"  {i}")
+        for family, ids in catalog.env_ids_by_family().items():
+            if what == "envs":  # every id, one a line
+                print(f"{family} envs ({len(ids)}):")
+                for i in ids:
+                    print(f"  {i}")
+            else:
+                more = ", ..." if len(ids) > 8 else ""
+                print(f"{family} envs ({len(ids)}): {', '.join(ids[:8])}{more}")
+        if what == "all":
+            print("  (every env id: `python train.py list envs`)")
     if what in ("all", "pretrained"):
         names = list_pretrained()
         print(f"pretrained: {', '.join(names) if names else 'none yet'}")
@@ -428,7 +425,6 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("all", "agents", "cores", "suites", "envs", "pretrained"),
         help="what to list (default all)",
     )
-    p.add_argument("--all-atari", action="store_true", help="list every Atari id")
     p.set_defaults(func=cmd_list)
 
     p = sub.add_parser("compare", help="agents x seeds on a suite, with statistics and a report")

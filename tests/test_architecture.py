@@ -29,7 +29,7 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "cli": ("rims_rl.app", "rims_rl.cli"),
 }
 #: Function-level project imports that are allowed, each deferred for a reason given at the import.
-DEFERRED = {("envs/registry.py", "rims_rl.envs.distractors")}
+DEFERRED: set[tuple[str, str]] = set()
 
 
 def _layer(rel: str) -> str | None:

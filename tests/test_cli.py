@@ -109,7 +109,11 @@ def test_resume_of_a_finished_run_does_nothing(run_dir: Path, capsys: pytest.Cap
 def test_list_names_agents_suites_and_envs(capsys: pytest.CaptureFixture[str]) -> None:
     assert train.main(["list"]) == 0
     out = capsys.readouterr().out
-    for name in ("rims_ppo", "lstm_ppo", "ppo", "minigrid-doorkey", ENV, "ALE/Breakout-v5"):
+    for name in ("rims_ppo", "lstm_ppo", "ppo", "minigrid-doorkey", "ALE/Breakout-v5", "classic envs"):
+        assert name in out
+    assert train.main(["list", "envs"]) == 0
+    out = capsys.readouterr().out
+    for name in ("atari envs", ENV, "ALE/Breakout-v5", "popgym-RepeatFirst-v0", "CartPole-v1"):
         assert name in out
 
 

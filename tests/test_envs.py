@@ -55,7 +55,7 @@ def test_builtin_suites_listed_with_descriptions() -> None:
 @pytest.mark.parametrize("suite_name", MINIGRID_SUITES)
 def test_minigrid_suite_every_spec_steps(suite_name: str) -> None:
     suite = get_suite(suite_name)
-    assert suite.family == "minigrid" and len(suite.variants) >= 2
+    assert suite.family.name == "minigrid" and len(suite.variants) >= 2
     for spec in suite.specs():
         env = make_env(spec, seed=0)
         obs, _ = env.reset()
@@ -407,7 +407,8 @@ def test_load_suite_file(tmp_path) -> None:  # noqa: ANN001
             "MiniGrid-DorKey-5x5-v0",
             "MiniGrid-DoorKey-5x5-v0",
         ),
-        (lambda: make_env("CartPole-v1"), "CartPole-v1", None),
+        (lambda: make_env("Pendulum-v1"), "no env family here builds it", None),  # continuous actions
+        (lambda: make_env("CartPol-v1"), "CartPol-v1", "CartPole-v1"),
         (lambda: get_suite("minigrid-doorky"), "minigrid-doorky", "minigrid-doorkey"),
         (lambda: get_suite("atari-modes-brekout"), "brekout", "breakout"),
         (lambda: make_env("ALE/Breakout-v5", mode=5), "5", "4"),

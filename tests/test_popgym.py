@@ -6,16 +6,14 @@ import numpy as np
 import pytest
 
 from rims_rl.agents import AGENTS, families_of, get_preset
-from rims_rl.app.config import family_of
 from rims_rl.app.evaluation import EvalResult, format_table
-from rims_rl.envs import EnvSpec, env_family, get_suite, make_env, make_vec_env_for
+from rims_rl.envs import EnvSpec, family_of_id, get_suite, make_env, make_vec_env_for
 from rims_rl.envs.make import as_spec, check_spec_kwargs
 from rims_rl.envs.popgym import (
     COUNT_RECALL_ACTIONS,
     SUITES,
     TASKS,
     normalised_score,
-    normalised_score_of,
 )
 
 POPGYM_SUITES = [d.name for d in SUITES]
@@ -36,8 +34,8 @@ def _episode(env, policy=None) -> tuple[float, int]:  # type: ignore[no-untyped-
 
 def test_level_free_ids_are_registered_in_the_popgym_family() -> None:
     for env_id in (*TASKS, "popgym-RepeatFirstEasy-v0"):
-        assert env_family(env_id) == "popgym"
-        assert family_of(EnvSpec(env_id, env_id)) == "popgym"
+        assert family_of_id(env_id).name == "popgym"
+        assert EnvSpec(env_id, env_id).family.preset_family == "popgym"
 
 
 def test_suites_train_on_one_deck_and_only_lengthen_the_episode() -> None:
@@ -49,7 +47,7 @@ def test_suites_train_on_one_deck_and_only_lengthen_the_episode() -> None:
     }
     for name, (env_id, decks) in expected.items():
         suite = get_suite(name)
-        assert suite.family == "popgym"
+        assert suite.family.name == "popgym"
         assert suite.train.env_id == env_id and suite.train.kwargs["num_decks"] == 1
         assert [v.env_id for v in suite.variants] == [env_id] * len(decks)
         assert [v.kwargs["num_decks"] for v in suite.variants] == decks
@@ -143,8 +141,9 @@ def test_normalised_score_maps_popgyms_return_bounds_to_unit_interval() -> None:
     assert normalised_score(-1.0) == 0.0
     assert normalised_score(1.0) == 1.0
     assert normalised_score(-0.5) == pytest.approx(0.25)  # chance on the suit-guessing tasks
-    assert normalised_score_of("popgym-RepeatFirst-v0", 0.0) == pytest.approx(0.5)
-    assert normalised_score_of("MiniGrid-MemoryS7-v0", 0.5) is None
+    score = family_of_id("popgym-RepeatFirst-v0").normalised_score
+    assert score is not None and score(0.0) == pytest.approx(0.5)
+    assert family_of_id("MiniGrid-MemoryS7-v0").normalised_score is None
 
 
 def test_eval_table_shows_the_normalised_score_only_where_an_env_has_one() -> None:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import rims_rl.agents as _agents
 from rims_rl.app.errors import user_input
 from rims_rl.cores.registry import core_defaults, core_names, get_core
-from rims_rl.envs import Suite, get_suite, list_suites, supported_env_ids
+from rims_rl.envs import Suite, get_suite, list_suites
+from rims_rl.envs.registry import env_ids_by_family as _env_ids_by_family
 
 
 def agents() -> tuple[str, ...]:
@@ -39,6 +40,6 @@ def suite(name: str) -> Suite:
         return get_suite(name)
 
 
-def env_ids() -> list[str]:
-    """Every env id the project can build."""
-    return supported_env_ids()
+def env_ids_by_family() -> dict[str, list[str]]:
+    """Env family name -> the ids it builds."""
+    return _env_ids_by_family()

@@ -17,9 +17,8 @@ import torch
 
 from rims_rl.agents import AgentPreset, apply_overrides, get_preset, parse_overrides
 from rims_rl.app.errors import UserError, user_input
-from rims_rl.envs import EnvSpec, get_suite
+from rims_rl.envs import EnvFamily, EnvSpec, get_suite
 from rims_rl.envs.make import as_spec, check_spec_kwargs
-from rims_rl.envs.registry import env_family
 
 DEFAULT_N_CHECKPOINTS = 10  # checkpoints per run when checkpoint_every is not given
 DEVICES = ("auto", "cpu", "cuda")
@@ -35,6 +34,9 @@ class EnvRef:
     """Gymnasium id."""
     kwargs: Mapping[str, Any] = field(default_factory=dict)
     """The spec's own keyword arguments (the preset's ``env`` settings are merged under them)."""
+    family: EnvFamily | None = field(default=None, compare=False, repr=False)
+    """The id's env family when already resolved (not stored: ``config.json`` names the id, and a config
+    read back resolves it again when it builds its spec)."""
 
 
 @dataclass(frozen=True)
@@ -90,7 +92,10 @@ class RunConfig:
 
     def env_spec(self) -> EnvSpec:
         """The training env as an ``EnvSpec``: the preset's env settings under the spec's own kwargs."""
-        return EnvSpec(self.env.name, self.env.env_id, {**self.model.env, **self.env.kwargs})
+        kwargs = {**self.model.env, **self.env.kwargs}
+        if self.env.family is None:
+            return EnvSpec(self.env.name, self.env.env_id, kwargs)
+        return EnvSpec(self.env.name, self.env.env_id, kwargs, family=self.env.family)
 
     def with_device(self, device: str) -> RunConfig:
         """The same run on another device (a resumed run may move)."""
@@ -172,12 +177,6 @@ def _check_device(device: Any, here: bool = False) -> None:
         raise ValueError(f"device {device!r} asked for, but CUDA is not available here; use cpu or auto")
 
 
-def family_of(spec: EnvSpec) -> str:
-    """The preset family of an env: ``atari``, ``minigrid`` (MiniGrid-style), ``popgym``, else ``classic``."""
-    family = env_family(spec.env_id)
-    return family if family in ("atari", "minigrid", "popgym") else "classic"
-
-
 def resolve_env(env_id: str | None, suite: str | None) -> tuple[EnvSpec, str | None]:
     """The ``EnvSpec`` to train on (an id, or a suite's train spec) and the suite name, validated."""
     if (env_id is None) == (suite is None):
@@ -185,9 +184,8 @@ def resolve_env(env_id: str | None, suite: str | None) -> tuple[EnvSpec, str | N
     with user_input():
         if suite is not None:
             return get_suite(suite).train, suite
-        spec = as_spec(env_id)  # type: ignore[arg-type]
+        spec = as_spec(env_id)  # type: ignore[arg-type]  # validates the id, listing close valid ids
         check_spec_kwargs(spec)
-        env_family(spec.env_id)  # validates the id, listing close valid ids
         return spec, None
 
 
@@ -210,7 +208,7 @@ def resolve_config(
     """
     spec, suite_name = resolve_env(env_id, suite)
     with user_input():
-        preset = get_preset(agent, family_of(spec))
+        preset = get_preset(agent, spec.family.preset_family)
         given: dict[str, Any] = {}
         if overrides:
             given = dict(overrides) if isinstance(overrides, Mapping) else parse_overrides(list(overrides))
@@ -232,7 +230,7 @@ def resolve_config(
             raise ValueError(f"checkpoint_every must be a positive integer, got {checkpoint_every!r}")
         config = RunConfig(
             model=preset,
-            env=EnvRef(spec.name, spec.env_id, dict(spec.kwargs)),
+            env=EnvRef(spec.name, spec.env_id, dict(spec.kwargs), family=spec.family),
             seed=seed,
             timesteps_requested=requested,
             checkpoint_every=checkpoint_every,

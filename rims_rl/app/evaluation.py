@@ -3,8 +3,8 @@
 Checkpoints are loaded safely by default (``rims_rl.app.checkpoint``): the model is rebuilt from the JSON
 config and only tensors are read. Episodes run in ``n_envs`` in-process envs with SB3's balanced
 per-env episode targets, so short episodes are not over-represented; recurrent state is carried and
-reset at episode starts. Success: MiniGrid gives reward > 0 only on reaching the goal, so
-``return > 0`` is success; Atari has no success notion (``None``).
+reset at episode starts. Success: where the env family has a goal reward (``EnvFamily.has_success``:
+MiniGrid gives reward > 0 only on reaching the goal), ``return > 0`` is success; elsewhere ``None``.
 """
 
 from __future__ import annotations
@@ -34,13 +34,10 @@ from rims_rl.app.checkpoint import (
     read_meta,
     resolve_checkpoint,
 )
-from rims_rl.app.config import family_of
 from rims_rl.app.errors import UserError, output_path, user_input
 from rims_rl.app.foreign import ForeignCheckpoint, is_foreign, load_foreign, read_foreign
 from rims_rl.envs import EnvSpec, Suite, get_suite, list_suites, make_env, make_vec_env_for
 from rims_rl.envs.make import as_spec, check_spec_kwargs
-from rims_rl.envs.popgym import normalised_score_of
-from rims_rl.envs.registry import env_family
 from rims_rl.envs.suites import ATARI_SUITE_PREFIX
 
 CSV_FIELDS = (
@@ -79,7 +76,7 @@ class EvalResult:
     ci95_high: float
     """Bootstrap 95% CI of the mean, high end."""
     success_rate: float | None
-    """Fraction of episodes with return > 0 (MiniGrid's goal reward); None for Atari."""
+    """Fraction of episodes with return > 0 (MiniGrid's goal reward); None where the family has no goal."""
     mean_length: float
     """Mean episode length in agent steps."""
     deterministic: bool
@@ -116,8 +113,8 @@ def resolve_specs(target: Any, meta: CheckpointMeta | None = None) -> list[EnvSp
     if target is None:
         if meta is None:
             raise UserError("give --env or --suite to evaluate on (this checkpoint does not say its env)")
-        spec = meta.config.env_spec()
         with user_input("the checkpoint's env settings are invalid"):
+            spec = meta.config.env_spec()  # validates the id
             check_spec_kwargs(spec)  # bounded: the file may be crafted (max_steps=10**9, render_mode=human)
         return [spec]
     if isinstance(target, Suite):
@@ -130,9 +127,8 @@ def resolve_specs(target: Any, meta: CheckpointMeta | None = None) -> list[EnvSp
         )
         if is_suite:
             return list(get_suite(target).specs())
-        spec = target if isinstance(target, EnvSpec) else as_spec(target)
+        spec = target if isinstance(target, EnvSpec) else as_spec(target)  # as_spec validates the id
         check_spec_kwargs(spec)
-        env_family(spec.env_id)  # validates the id
     return [spec]
 
 
@@ -148,10 +144,10 @@ def _with_training_env_kwargs(spec: EnvSpec, meta: CheckpointMeta | None) -> Env
     Only on envs of the family it was trained on: an Atari agent on a MiniGrid suite keeps the MiniGrid
     spec, and the space check then names both spaces.
     """
-    if meta is None or meta.config.model.family != family_of(spec):
+    if meta is None or meta.config.model.family != spec.family.preset_family:
         return spec
     carried = {k: v for k, v in meta.config.model.env.items() if k in CARRIED_ENV_KWARGS}
-    return EnvSpec(spec.name, spec.env_id, {**carried, **dict(spec.kwargs)})
+    return spec.with_kwargs({**carried, **dict(spec.kwargs)})
 
 
 def _checked(specs: Sequence[EnvSpec]) -> list[EnvSpec]:
@@ -330,13 +326,11 @@ def evaluate_checkpoint(
                 env_id=spec.env_id,
                 kwargs=dict(spec.kwargs),
                 episodes=len(returns),
-                **score_returns(returns, success=spec.family == "minigrid"),
+                **score_returns(returns, success=spec.family.has_success),
                 mean_length=float(np.mean(lengths)) if lengths else math.nan,
                 returns=returns,
                 lengths=lengths,
-                normalised_score=normalised_score_of(spec.env_id, float(np.mean(returns)))
-                if returns
-                else None,
+                normalised_score=_normalised(spec, returns),
                 deterministic=deterministic,
                 seed=seed,
                 checkpoint=str(path),
@@ -357,16 +351,24 @@ def env_overrides(items: Sequence[str]) -> dict[str, Any]:
 
 
 def _with_kwargs(spec: EnvSpec, extra: Mapping[str, Any]) -> EnvSpec:
-    return EnvSpec(spec.name, spec.env_id, {**dict(spec.kwargs), **extra}) if extra else spec
+    return spec.with_kwargs({**dict(spec.kwargs), **extra}) if extra else spec
+
+
+def _normalised(spec: EnvSpec, returns: Sequence[float]) -> float | None:
+    """The mean return on the family's fixed [0, 1] scale, where it has one (POPGym), else None."""
+    score = spec.family.normalised_score
+    return score(float(np.mean(returns))) if score is not None and returns else None
 
 
 def _with_foreign_wrappers(spec: EnvSpec, foreign: ForeignCheckpoint, extra: Mapping[str, Any]) -> EnvSpec:
-    """The frame stack a foreign Atari agent was trained with (from its saved shape), unless given."""
+    """The frame stack a foreign agent was trained with (from its saved shape) on a family that stacks
+    frames (Atari), unless given."""
     stack = foreign.frame_stack()
     kwargs = dict(spec.kwargs)
-    if stack is not None and spec.family == "atari" and "frame_stack" not in {**kwargs, **extra}:
+    stacks = spec.family.frame_stack is not None
+    if stack is not None and stacks and "frame_stack" not in {**kwargs, **extra}:
         kwargs["frame_stack"] = stack
-    return EnvSpec(spec.name, spec.env_id, {**kwargs, **extra})
+    return spec.with_kwargs({**kwargs, **extra})
 
 
 def write_results_json(results: Sequence[EvalResult], path: str | Path) -> Path:
@@ -454,7 +456,7 @@ def record_gif(
     File names come from the spec's name, which may come from an untrusted checkpoint: it is reduced to
     a safe file name, so files land in ``out_dir`` and nowhere else.
     """
-    render_spec = EnvSpec(spec.name, spec.env_id, {**dict(spec.kwargs), "render_mode": "rgb_array"})
+    render_spec = as_spec(spec, render_mode="rgb_array")
     env = make_env(render_spec, seed=seed, training=False)
     out = Path(out_dir)
     with output_path(out):

@@ -96,15 +96,16 @@ def default_run_dir(agent: str, env_id: str, seed: int, root: str | Path = DEFAU
 
 
 def make_train_env(config: RunConfig, seed: int | None, vec_cls: Any = None) -> VecEnv:
-    """The training VecEnv a run config describes (in-process ``DummyVecEnv`` for MiniGrid and POPGym).
+    """The training VecEnv a run config describes.
 
-    ``vec_cls`` (else the preset's ``vec_env``) picks the backend: "dummy", "subproc", or for Atari "ale".
+    ``vec_cls`` (else the preset's ``vec_env``, else the env family's ``vec_env``) picks the backend:
+    "dummy", "subproc", or for Atari "ale".
     """
     spec = config.env_spec()
     if vec_cls is None:
         vec_cls = config.model.vec_env
-    if vec_cls is None and spec.family in ("minigrid", "popgym"):
-        vec_cls = "dummy"  # grid worlds and card games step in microseconds: subprocesses cost more
+    if vec_cls is None:
+        vec_cls = spec.family.vec_env
     return make_vec_env_for(spec, n_envs=config.n_envs, seed=seed, training=True, vec_cls=vec_cls)
 
 
