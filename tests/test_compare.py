@@ -13,9 +13,11 @@ import numpy as np
 import pytest
 
 from rims_rl.app import compare
-from rims_rl.app.compare import Backend
+from rims_rl.app.compare import CompareRequest, CompareResult, run_compare
+from rims_rl.app.config import resolve_config
 from rims_rl.app.curves import read_learning_curve
 from rims_rl.app.evaluation import EvalResult
+from rims_rl.app.jobs import Backend
 from rims_rl.app.report import write_report
 from rims_rl.app.summary import summary_rows
 from rims_rl.envs import Suite, get_suite
@@ -178,6 +180,11 @@ def test_read_learning_curve_csv_and_tensorboard(tmp_path: Path) -> None:
 # ------------------------------------------------------------------ driver with a fake backend (fast)
 
 
+def compare_run(backend: Backend | None = None, **fields: Any) -> CompareResult:
+    """``run_compare`` of a ``CompareRequest`` with these fields."""
+    return run_compare(CompareRequest(**fields), backend)
+
+
 def _fake_backend(monkeypatch: pytest.MonkeyPatch) -> tuple[Backend, list[tuple[str, int]]]:
     """Fake train/evaluate functions to test the driver without training; also the CLI's default."""
     calls: list[tuple[str, int]] = []
@@ -186,15 +193,16 @@ def _fake_backend(monkeypatch: pytest.MonkeyPatch) -> tuple[Backend, list[tuple[
         calls.append((agent, seed))
         run_dir = Path(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
-        config = {  # the fields of a real config.json that compare compares
-            "seed": seed,
-            "suite": kw.get("suite"),
-            "env": {"env_id": kw.get("env_id")} if kw.get("env_id") else None,
-            "timesteps_requested": timesteps,
-            "overrides": kw.get("overrides") or {},
-            "model": {"agent": agent, "n_envs": kw.get("n_envs")},
-        }
-        (run_dir / "config.json").write_text(json.dumps(config))
+        config = resolve_config(  # the config.json a real run writes
+            agent,
+            kw.get("env_id"),
+            suite=kw.get("suite"),
+            timesteps=timesteps,
+            seed=seed,
+            n_envs=kw.get("n_envs"),
+            overrides=kw.get("overrides"),
+        )
+        (run_dir / "config.json").write_text(json.dumps(config.to_dict()))
         (run_dir / "model.zip").write_bytes(b"zip")
         bonus = 0.2 if agent == "rims_ppo" else 0.0
         rows = "".join(f"{t},{bonus + t / 1000 + seed / 100}\n" for t in (32, 64, 96, 128))
@@ -233,7 +241,6 @@ def _fake_backend(monkeypatch: pytest.MonkeyPatch) -> tuple[Backend, list[tuple[
 
 
 def test_compare_driver_skips_finished_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from rims_rl.app.compare import run_compare
 
     backend, calls = _fake_backend(monkeypatch)
     kw = dict(
@@ -248,7 +255,7 @@ def test_compare_driver_skips_finished_runs(tmp_path: Path, monkeypatch: pytest.
         progress=False,
         command_line="python train.py compare --seeds 2",
     )
-    paths = run_compare(**kw).files
+    paths = compare_run(**kw).files
     assert sorted(calls) == [("lstm_ppo", 0), ("lstm_ppo", 1), ("rims_ppo", 0), ("rims_ppo", 1)]
     text = paths["report"].read_text()
     assert "| train (MiniGrid-DoorKey-5x5-v0) | rims_ppo | 2 | 0.20 [" in text
@@ -257,12 +264,12 @@ def test_compare_driver_skips_finished_runs(tmp_path: Path, monkeypatch: pytest.
     assert len(json.loads(paths["results_json"].read_text())["records"]) == 2 * 2 * 4
 
     calls.clear()
-    run_compare(**kw)  # everything finished: nothing is trained again
+    compare_run(**kw)  # everything finished: nothing is trained again
     assert calls == []
-    run_compare(**{**kw, "seeds": 3})  # one more seed: only the new runs train
+    compare_run(**{**kw, "seeds": 3})  # one more seed: only the new runs train
     assert sorted(calls) == [("lstm_ppo", 2), ("rims_ppo", 2)]
     calls.clear()
-    run_compare(**{**kw, "eval_episodes": 3})  # new eval settings: re-evaluated, not retrained
+    compare_run(**{**kw, "eval_episodes": 3})  # new eval settings: re-evaluated, not retrained
     assert calls == []
 
 
@@ -317,7 +324,6 @@ def test_cli_compare_stochastic_flag(tmp_path: Path, monkeypatch: pytest.MonkeyP
 
 def test_compare_end_to_end_tiny(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """2 agents x 2 seeds on the cheapest suite (MultiRoom: episodes of at most 40-120 steps)."""
-    from rims_rl.app.compare import run_compare
 
     kw = dict(
         agents=["rims_ppo", "lstm_ppo"],
@@ -328,12 +334,12 @@ def test_compare_end_to_end_tiny(tmp_path: Path, capsys: pytest.CaptureFixture[s
         workers=2,
         out=tmp_path,
         eval_episodes=2,
-        set=["ppo.n_steps=16", "ppo.batch_size=16", "ppo.n_epochs=1"],
+        overrides=["ppo.n_steps=16", "ppo.batch_size=16", "ppo.n_epochs=1"],
         device="cpu",
         reps=200,
         progress=False,
     )
-    paths = run_compare(**kw).files
+    paths = compare_run(**kw).files
     assert "4 trained, 0 skipped, 0 failed" in capsys.readouterr().out
     text = paths["report"].read_text()
     for env in ("train (MiniGrid-MultiRoom-N2-S4-v0)", "N4-S5", "N6"):
@@ -349,7 +355,7 @@ def test_compare_end_to_end_tiny(tmp_path: Path, capsys: pytest.CaptureFixture[s
     models = sorted((tmp_path / "runs").glob("*/model.zip"))
     assert len(models) == 4
     mtimes = [m.stat().st_mtime_ns for m in models]
-    run_compare(**kw)  # everything is finished: no training, no evaluation, same report
+    compare_run(**kw)  # everything is finished: no training, no evaluation, same report
     assert "0 trained, 4 skipped, 0 failed" in capsys.readouterr().out
     assert [m.stat().st_mtime_ns for m in models] == mtimes
 
@@ -357,7 +363,6 @@ def test_compare_end_to_end_tiny(tmp_path: Path, capsys: pytest.CaptureFixture[s
 def test_compare_checks_everything_before_training_anything(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from rims_rl.app.compare import run_compare
     from rims_rl.app.errors import UserError
 
     backend, calls = _fake_backend(monkeypatch)
@@ -365,29 +370,28 @@ def test_compare_checks_everything_before_training_anything(
         backend=backend, suite="minigrid-doorkey", seeds=1, workers=1, out=tmp_path / "c", progress=False
     )
     for bad, message in (
-        ({"set": ["ppo.lr=1"]}, "learning_rate"),
+        ({"overrides": ["ppo.lr=1"]}, "learning_rate"),
         ({"timesteps": -5}, "timesteps"),
         ({"eval_episodes": 0}, "eval-episodes"),
-        ({"set": ["ppo.batch_size=300"]}, "batch_size"),
+        ({"overrides": ["ppo.batch_size=300"]}, "batch_size"),
     ):
         with pytest.raises(UserError, match=message):
-            run_compare(**{**kw, **bad})
+            compare_run(**{**kw, **bad})
     assert calls == [] and not (tmp_path / "c").exists()
 
 
 def test_compare_refuses_an_out_folder_of_other_settings_and_keeps_its_report(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from rims_rl.app.compare import run_compare
     from rims_rl.app.errors import UserError
 
     backend, calls = _fake_backend(monkeypatch)
     kw = dict(backend=backend, suite="minigrid-doorkey", seeds=1, timesteps=128, workers=1, out=tmp_path)
-    report = run_compare(**kw, progress=False, eval_episodes=2, reps=100).files["report"]
+    report = compare_run(**kw, progress=False, eval_episodes=2, reps=100).files["report"]
     before = report.read_text()
     calls.clear()
     with pytest.raises(UserError, match="a run with other settings"):
-        run_compare(**{**kw, "timesteps": 256}, progress=False, eval_episodes=2, reps=100)
+        compare_run(**{**kw, "timesteps": 256}, progress=False, eval_episodes=2, reps=100)
     assert calls == [] and report.read_text() == before
 
 
@@ -415,12 +419,10 @@ def test_compare_continues_from_committed_records_alone(
     """A later session on a new machine has only the committed records: finished runs are not redone."""
     import shutil
 
-    from rims_rl.app.compare import run_compare
-
     backend, calls = _fake_backend(monkeypatch)
     kw = dict(backend=backend, suite="minigrid-doorkey", seeds=2, timesteps=128, workers=1, out=tmp_path)
     kw.update(eval_episodes=2, reps=100, progress=False)
-    first = run_compare(**kw).files["report"].read_text()
+    first = compare_run(**kw).files["report"].read_text()
     records = sorted((tmp_path / "records").glob("*.json"))
     assert [r.name for r in records] == [
         f"{a}-seed{s}.json" for a in ("lstm_ppo", "rims_ppo") for s in (0, 1)
@@ -432,16 +434,16 @@ def test_compare_continues_from_committed_records_alone(
     assert stored["train_seconds"] >= 0.0  # trained here from scratch: its wall time gives the throughput
     shutil.rmtree(tmp_path / "runs")  # what a fresh clone has: the records, not the run directories
     calls.clear()
-    again = run_compare(**kw).files["report"].read_text()
+    again = compare_run(**kw).files["report"].read_text()
     assert calls == []
     assert again.split("## Final evaluation")[1] == first.split("## Final evaluation")[1]
     calls.clear()
-    run_compare(**{**kw, "seeds": 3})  # one more seed: only it trains
+    compare_run(**{**kw, "seeds": 3})  # one more seed: only it trains
     assert sorted(calls) == [("lstm_ppo", 2), ("rims_ppo", 2)]
     from rims_rl.app.errors import UserError
 
     with pytest.raises(UserError, match="records a run with other settings"):
-        run_compare(**{**kw, "timesteps": 256})
+        compare_run(**{**kw, "timesteps": 256})
 
 
 def test_compare_on_a_local_ray_instance_gives_the_local_pools_report(
@@ -449,13 +451,12 @@ def test_compare_on_a_local_ray_instance_gives_the_local_pools_report(
 ) -> None:
     """``--backend ray``: every (agent, seed) a Ray task; same records and report as the local pool."""
     pytest.importorskip("ray")
-    from rims_rl.app.compare import run_compare
 
     backend, _ = _fake_backend(monkeypatch)
     kw = dict(backend=backend, suite="minigrid-doorkey", seeds=2, timesteps=128, eval_episodes=2, reps=100)
-    local = run_compare(**kw, out=tmp_path / "local", workers=1, progress=False)
+    local = compare_run(**kw, out=tmp_path / "local", workers=1, progress=False)
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    on_ray = run_compare(**kw, out=tmp_path / "ray", executor="ray", progress=False)
+    on_ray = compare_run(**kw, out=tmp_path / "ray", executor="ray", progress=False)
     assert on_ray.trained == 4 and on_ray.failed == 0
     table = "## Final evaluation"
     text = {
@@ -470,7 +471,8 @@ def test_compare_on_a_local_ray_instance_gives_the_local_pools_report(
 
 def test_an_out_folder_from_before_run_configs_is_not_mistaken_for_other_settings(tmp_path: Path) -> None:
     """Older config.json files kept the run's n_envs at the top level and the preset's under model."""
-    from rims_rl.app.compare import RunJob, config_mismatch
+    from rims_rl.agents import get_preset
+    from rims_rl.app.records import RunJob, config_mismatch
 
     run = tmp_path / "runs" / "rims_ppo-seed0"
     run.mkdir(parents=True)
@@ -483,7 +485,7 @@ def test_an_out_folder_from_before_run_configs_is_not_mistaken_for_other_setting
         "timesteps_requested": 64,
         "n_envs": 2,
         "overrides": {},
-        "model": {"agent": "rims_ppo", "n_envs": 16},
+        "model": {**get_preset("rims_ppo", "minigrid").to_dict(), "n_envs": 16},
     }
     (run / "config.json").write_text(json.dumps(legacy))
     job = RunJob(
@@ -493,11 +495,66 @@ def test_an_out_folder_from_before_run_configs_is_not_mistaken_for_other_setting
     assert "n_envs" in (config_mismatch(RunJob(**{**job.__dict__, "n_envs": 4})) or "")
 
 
+def test_a_run_config_that_is_not_one_is_refused_with_the_fix(tmp_path: Path) -> None:
+    """config.json is parsed with ``RunConfig.from_dict`` (untrusted): a bad one is one ``UserError``
+    naming the file, the problem and the fix, never a traceback or a silent match."""
+    from rims_rl.app.errors import UserError
+    from rims_rl.app.records import RunJob, config_mismatch
+
+    run = tmp_path / "runs" / "rims_ppo-seed0"
+    run.mkdir(parents=True)
+    job = RunJob(agent="rims_ppo", seed=0, run_dir=str(run), timesteps=64, suite="minigrid-multiroom")
+    config = resolve_config("rims_ppo", suite="minigrid-multiroom", timesteps=64).to_dict()
+    (run / "config.json").write_text(json.dumps(config))
+    assert config_mismatch(job) is None
+    assert "seed: run has 0, asked 1" in (config_mismatch(RunJob(**{**job.__dict__, "seed": 1})) or "")
+    for bad, needle in (
+        ({**config, "seed": -3}, "seed must be an integer >= 0"),
+        ({**config, "model": {"agent": "rims_ppo"}}, "lacks"),
+        ({k: v for k, v in config.items() if k != "env"}, "needs 'model' and 'env'"),
+        ({**config, "overrides": [1, 2]}, "overrides must be a mapping"),
+        ({**config, "command": 5}, "command must be a list"),
+    ):
+        (run / "config.json").write_text(json.dumps(bad))
+        with pytest.raises(UserError, match=needle) as info:
+            config_mismatch(job)
+        assert "config.json is not a valid run config" in str(info.value) and "delete" in str(info.value)
+
+
+RESULTS = Path(__file__).resolve().parents[1] / "docs" / "results"
+
+
+def _one_record_per_result() -> list[Path]:
+    """The first committed record of every folder under docs/results (comparisons and tunings)."""
+    first: dict[str, Path] = {}
+    for path in sorted(RESULTS.glob("**/records/*.json")):
+        first.setdefault(path.relative_to(RESULTS).parts[0], path)
+    return list(first.values())
+
+
+@pytest.mark.parametrize("record", _one_record_per_result(), ids=lambda p: str(p.relative_to(RESULTS)))
+def test_committed_records_still_load(record: Path) -> None:
+    """Records committed under docs/results (written by older versions) are read back whole: the job they
+    describe, its scores checked against it, and its curve."""
+    from rims_rl.app.records import RunJob, finished_records, read_record, record_path
+
+    stored = json.loads(record.read_text())
+    run_dir = record.parent.parent / "runs" / record.stem
+    fields = {k: v for k, v in stored["job"].items() if k != "run_dir"}
+    job = RunJob(run_dir=str(run_dir), **fields)
+    assert record_path(job.run_dir) == record
+    loaded = read_record(job.run_dir)
+    assert loaded is not None and loaded.is_of(job) and loaded.curve is not None
+    found = finished_records(job)
+    assert found is not None and found[1] is not None
+    scores, _ = found
+    assert len(scores) == len(stored["records"]) and {r["agent"] for r in scores} == {job.agent}
+
+
 def test_tune_gives_every_agent_the_same_budget_and_selects_on_the_training_env_only(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Scores here rise with ppo.n_epochs on the training env; the OOD variants are never evaluated."""
-    from rims_rl.app.compare import run_compare
     from rims_rl.app.tune import TUNE_SEED0, run_tune
 
     backend, calls = _fake_backend(monkeypatch)
@@ -520,7 +577,7 @@ def test_tune_gives_every_agent_the_same_budget_and_selects_on_the_training_env_
     assert [len(tune["agents"][a]["tried"]) for a in ("rims_ppo", "lstm_ppo")] == [3, 3]
     assert "| rims_ppo | ppo.n_epochs=4 | 0.400 |" in (tmp_path / "t" / "tune.md").read_text()
     calls.clear()
-    result = run_compare(
+    result = compare_run(
         backend=backend,
         suite="minigrid-doorkey",
         seeds=1,
