@@ -836,3 +836,127 @@ def test_a_worker_that_dies_stops_the_others_and_the_report_is_still_written(tmp
     assert (tmp_path / "c" / "report.md").is_file()
     states = sorted(json.loads((r / "status.json").read_text())["state"] for r in runs)
     assert states == ["interrupted", "running"], states  # the killed one could not write its status
+
+
+# ------------------------------------------------------------------------ report: issue 26 items
+
+
+def _popgym_records() -> list[dict]:
+    """2 agents x 2 seeds on a POPGym train env and one variant, returns in POPGym's [-1, 1]."""
+    recs = []
+    for agent, base in (("gru_ppo", 0.6), ("lstm_ppo", -0.2)):
+        for env, env_id, shift in (
+            ("train", "popgym-RepeatPrevious-v0", 0.0),
+            ("k8", "popgym-RepeatPrevious-v0", -0.2),
+        ):
+            for seed in (0, 1):
+                ret = base + shift
+                recs.append(
+                    {
+                        **_records()[0],
+                        "agent": agent,
+                        "seed": seed,
+                        "env": env,
+                        "env_id": env_id,
+                        "is_train": env == "train",
+                        "mean_return": ret,
+                        "returns": [ret, ret],
+                        "success_rate": None,
+                    }
+                )
+    return recs
+
+
+def test_the_report_shows_popgyms_normalised_score_beside_the_raw_return(tmp_path: Path) -> None:
+    """(return + 1) / 2 of the IQM and its CI, where the env family has that scale; none for MiniGrid."""
+    from rims_rl.envs.popgym import normalised_score_of
+
+    text = write_report(tmp_path / "p", _popgym_records(), reps=200, machine={})["report"].read_text()
+    assert "Normalised IQM [95% CI] |" in text
+    row = next(
+        ln for ln in text.splitlines() if ln.startswith("| train (popgym-RepeatPrevious-v0) | gru_ppo |")
+    )
+    assert row.endswith(f"| {normalised_score_of('popgym-RepeatPrevious-v0', 0.6):.2f} [0.80, 0.80] |")
+    assert "| 0.60 [0.60, 0.60] |" in row  # the raw IQM stays
+    data = json.loads((tmp_path / "p" / "results.json").read_text())
+    lstm = next(r for r in data["summary"] if (r["agent"], r["env"]) == ("lstm_ppo", "k8"))
+    assert lstm["iqm_normalised"] == pytest.approx(0.3)
+    text = write_report(tmp_path / "m", _records(), reps=200, machine={})["report"].read_text()
+    assert "Normalised" not in text
+
+
+def test_the_report_says_why_an_agent_has_no_learning_curve(tmp_path: Path) -> None:
+    """A single rollout: one logged point per run is drawn (markers); a run that logged no episode
+    return leaves its agent out of the figure, and the report says so instead of staying silent."""
+    one_point = {"rims_ppo": [(np.array([64.0]), np.array([0.2])), (np.array([64.0]), np.array([0.3]))]}
+    paths = write_report(tmp_path / "a", _records(), {**one_point, "lstm_ppo": []}, reps=200, machine={})
+    text = paths["report"].read_text()
+    assert "](learning_curves.png)" in text and paths["learning_curves"].read_bytes()[:8] == PNG_MAGIC
+    assert "No learning curve for lstm_ppo: none of its runs logged a training episode return" in text
+    assert "One logged point per run for rims_ppo" in text and "markers" in text
+    text = write_report(tmp_path / "b", _records(), {"rims_ppo": [], "lstm_ppo": []}, reps=200, machine={})[
+        "report"
+    ].read_text()
+    assert "learning_curves.png" not in text and not (tmp_path / "b" / "learning_curves.png").exists()
+    assert "No learning-curve figure: none of the runs logged a training episode return" in text
+
+
+def test_the_compare_report_quotes_each_agents_training_steps_per_second(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Runs trained from scratch keep their wall time in their record; the report gives the median steps/s
+    per agent with the number of runs, the same when rebuilt from the committed records alone."""
+    import time
+
+    backend, _ = _fake_backend(monkeypatch)
+
+    def slow_train(agent: str, **kwargs: Any) -> Path:
+        time.sleep(0.1)
+        return backend.train(agent, **kwargs)
+
+    timed = Backend(train=slow_train, evaluate=backend.evaluate)
+    kw = dict(suite="minigrid-doorkey", seeds=2, timesteps=128, workers=1, out=tmp_path, eval_episodes=2)
+    text = compare_run(timed, **kw, reps=100, progress=False).files["report"].read_text()
+    section = text.split("## Training throughput")[1].split("## ")[0]
+    rows = {
+        ln.split("|")[1].strip(): ln.split("|")[2:4] for ln in section.splitlines() if ln.startswith("| ")
+    }
+    for agent in ("rims_ppo", "lstm_ppo"):
+        rate, runs = (float(rows[agent][0].replace(",", "")), int(rows[agent][1]))
+        assert runs == 2 and 0 < rate <= 128 / 0.1  # 128 steps in at least 0.1 s each
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert len(data["throughput_steps_per_s"]["rims_ppo"]) == 2
+    shutil.rmtree(tmp_path / "runs")  # a fresh clone: the records alone give the same table
+    again = compare_run(timed, **kw, reps=100, progress=False).files["report"].read_text()
+    assert again.split("## Training throughput")[1].split("## ")[0] == section
+
+
+def test_a_tie_in_tune_is_named_with_the_rule_that_broke_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every configuration scores the same: the first in grid order is chosen, and tune.md/tune.json say
+    it was a tie and how it was broken; the header counts 1 seed, not "1 seeds"."""
+    from rims_rl.app.tune import run_tune
+
+    backend, _ = _fake_backend(monkeypatch)
+
+    def same_score(checkpoint: Path, target: object, n_episodes: int, **kw: Any) -> list[EvalResult]:
+        (result,) = backend.evaluate(checkpoint, get_suite("minigrid-doorkey"), n_episodes)[:1]
+        return [replace(result, mean_return=0.5, returns=[0.5] * n_episodes)]
+
+    tuning = Backend(train=backend.train, evaluate=same_score)
+    chosen = run_tune(
+        "minigrid-doorkey",
+        ["ppo.n_epochs=2,4,3"],
+        agents=["ppo"],
+        seeds=1,
+        timesteps=128,
+        out=tmp_path / "t",
+        backend=tuning,
+    )
+    assert chosen == {"ppo": {"ppo.n_epochs": 2}}
+    text = (tmp_path / "t" / "tune.md").read_text()
+    assert "3 configurations x 1 seed (1000;" in text and "1 seeds" not in text
+    note = "ppo: all 3 configurations tie at score 0.500"
+    assert note in text and "the first in grid order" in text and text.count("| yes |") == 1
+    assert json.loads((tmp_path / "t" / "tune.json").read_text())["agents"]["ppo"]["tie"].startswith(note)
