@@ -256,8 +256,9 @@ def throughput_section(throughput: Mapping[str, Sequence[float]]) -> list[str]:
     lines = [
         "## Training throughput",
         "",
-        "Environment steps per second of training wall time (median over the runs trained from scratch in",
-        "one go, whose record keeps that time; resumed runs and runs from older records are left out).",
+        "Environment steps per second of training wall time (the whole training call, building the envs",
+        "and the model included), median over the runs trained from scratch in one go, whose record keeps",
+        "that time; resumed runs and runs from older records are left out.",
         "",
         "| Agent | Steps/s (median) | Runs |",
         "|---|---:|---:|",
