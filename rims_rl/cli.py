@@ -28,7 +28,7 @@ from typing import Any
 
 from rims_rl.app import catalog
 from rims_rl.app.checkpoint import list_pretrained, pretrained_alias, resolve_checkpoint
-from rims_rl.app.compare import CompareInterrupted, run_compare
+from rims_rl.app.compare import CompareInterrupted, CompareRequest, command_line_of, run_compare
 from rims_rl.app.errors import UserError
 from rims_rl.app.evaluation import (
     EvalResult,
@@ -274,10 +274,25 @@ def cmd_list(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------- compare
 def cmd_compare(args: argparse.Namespace) -> int:
     """``compare``: several agents x seeds on a suite (implemented in ``rims_rl.app.compare``)."""
-    options = {k: v for k, v in vars(args).items() if k not in ("func", "command", "core")}
-    options["agents"] = [catalog.with_core(a, args.core) for a in args.agents]
+    request = CompareRequest(
+        agents=tuple(catalog.with_core(a, args.core) for a in args.agents),
+        suite=args.suite,
+        env=args.env,
+        seeds=args.seeds,
+        timesteps=args.timesteps,
+        n_envs=args.n_envs,
+        workers=args.workers,
+        out=args.out,
+        eval_episodes=args.eval_episodes,
+        overrides=tuple(args.set),
+        deterministic=args.deterministic,
+        executor=args.executor,
+        ray_address=args.ray_address,
+        tuned=args.tuned,
+        command_line=command_line_of(sys.argv),  # the report quotes the command that made it
+    )
     try:
-        result = run_compare(**options)
+        result = run_compare(request)
     except CompareInterrupted as err:
         print(f"\n{err}", file=sys.stderr)
         return 128 + err.signum

@@ -13,9 +13,11 @@ import numpy as np
 import pytest
 
 from rims_rl.app import compare
-from rims_rl.app.compare import Backend
+from rims_rl.app.compare import CompareRequest, CompareResult, run_compare
+from rims_rl.app.config import resolve_config
 from rims_rl.app.curves import read_learning_curve
 from rims_rl.app.evaluation import EvalResult
+from rims_rl.app.jobs import Backend
 from rims_rl.app.report import write_report
 from rims_rl.app.summary import summary_rows
 from rims_rl.envs import Suite, get_suite
@@ -178,6 +180,11 @@ def test_read_learning_curve_csv_and_tensorboard(tmp_path: Path) -> None:
 # ------------------------------------------------------------------ driver with a fake backend (fast)
 
 
+def compare_run(backend: Backend | None = None, **fields: Any) -> CompareResult:
+    """``run_compare`` of a ``CompareRequest`` with these fields."""
+    return run_compare(CompareRequest(**fields), backend)
+
+
 def _fake_backend(monkeypatch: pytest.MonkeyPatch) -> tuple[Backend, list[tuple[str, int]]]:
     """Fake train/evaluate functions to test the driver without training; also the CLI's default."""
     calls: list[tuple[str, int]] = []
@@ -186,15 +193,16 @@ def _fake_backend(monkeypatch: pytest.MonkeyPatch) -> tuple[Backend, list[tuple[
         calls.append((agent, seed))
         run_dir = Path(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
-        config = {  # the fields of a real config.json that compare compares
-            "seed": seed,
-            "suite": kw.get("suite"),
-            "env": {"env_id": kw.get("env_id")} if kw.get("env_id") else None,
-            "timesteps_requested": timesteps,
-            "overrides": kw.get("overrides") or {},
-            "model": {"agent": agent, "n_envs": kw.get("n_envs")},
-        }
-        (run_dir / "config.json").write_text(json.dumps(config))
+        config = resolve_config(  # the config.json a real run writes
+            agent,
+            kw.get("env_id"),
+            suite=kw.get("suite"),
+            timesteps=timesteps,
+            seed=seed,
+            n_envs=kw.get("n_envs"),
+            overrides=kw.get("overrides"),
+        )
+        (run_dir / "config.json").write_text(json.dumps(config.to_dict()))
         (run_dir / "model.zip").write_bytes(b"zip")
         bonus = 0.2 if agent == "rims_ppo" else 0.0
         rows = "".join(f"{t},{bonus + t / 1000 + seed / 100}\n" for t in (32, 64, 96, 128))
@@ -233,7 +241,6 @@ def _fake_backend(monkeypatch: pytest.MonkeyPatch) -> tuple[Backend, list[tuple[
 
 
 def test_compare_driver_skips_finished_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from rims_rl.app.compare import run_compare
 
     backend, calls = _fake_backend(monkeypatch)
     kw = dict(
@@ -248,7 +255,7 @@ def test_compare_driver_skips_finished_runs(tmp_path: Path, monkeypatch: pytest.
         progress=False,
         command_line="python train.py compare --seeds 2",
     )
-    paths = run_compare(**kw).files
+    paths = compare_run(**kw).files
     assert sorted(calls) == [("lstm_ppo", 0), ("lstm_ppo", 1), ("rims_ppo", 0), ("rims_ppo", 1)]
     text = paths["report"].read_text()
     assert "| train (MiniGrid-DoorKey-5x5-v0) | rims_ppo | 2 | 0.20 [" in text
@@ -257,12 +264,12 @@ def test_compare_driver_skips_finished_runs(tmp_path: Path, monkeypatch: pytest.
     assert len(json.loads(paths["results_json"].read_text())["records"]) == 2 * 2 * 4
 
     calls.clear()
-    run_compare(**kw)  # everything finished: nothing is trained again
+    compare_run(**kw)  # everything finished: nothing is trained again
     assert calls == []
-    run_compare(**{**kw, "seeds": 3})  # one more seed: only the new runs train
+    compare_run(**{**kw, "seeds": 3})  # one more seed: only the new runs train
     assert sorted(calls) == [("lstm_ppo", 2), ("rims_ppo", 2)]
     calls.clear()
-    run_compare(**{**kw, "eval_episodes": 3})  # new eval settings: re-evaluated, not retrained
+    compare_run(**{**kw, "eval_episodes": 3})  # new eval settings: re-evaluated, not retrained
     assert calls == []
 
 
@@ -317,7 +324,6 @@ def test_cli_compare_stochastic_flag(tmp_path: Path, monkeypatch: pytest.MonkeyP
 
 def test_compare_end_to_end_tiny(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """2 agents x 2 seeds on the cheapest suite (MultiRoom: episodes of at most 40-120 steps)."""
-    from rims_rl.app.compare import run_compare
 
     kw = dict(
         agents=["rims_ppo", "lstm_ppo"],
@@ -328,12 +334,12 @@ def test_compare_end_to_end_tiny(tmp_path: Path, capsys: pytest.CaptureFixture[s
         workers=2,
         out=tmp_path,
         eval_episodes=2,
-        set=["ppo.n_steps=16", "ppo.batch_size=16", "ppo.n_epochs=1"],
+        overrides=["ppo.n_steps=16", "ppo.batch_size=16", "ppo.n_epochs=1"],
         device="cpu",
         reps=200,
         progress=False,
     )
-    paths = run_compare(**kw).files
+    paths = compare_run(**kw).files
     assert "4 trained, 0 skipped, 0 failed" in capsys.readouterr().out
     text = paths["report"].read_text()
     for env in ("train (MiniGrid-MultiRoom-N2-S4-v0)", "N4-S5", "N6"):
@@ -349,7 +355,7 @@ def test_compare_end_to_end_tiny(tmp_path: Path, capsys: pytest.CaptureFixture[s
     models = sorted((tmp_path / "runs").glob("*/model.zip"))
     assert len(models) == 4
     mtimes = [m.stat().st_mtime_ns for m in models]
-    run_compare(**kw)  # everything is finished: no training, no evaluation, same report
+    compare_run(**kw)  # everything is finished: no training, no evaluation, same report
     assert "0 trained, 4 skipped, 0 failed" in capsys.readouterr().out
     assert [m.stat().st_mtime_ns for m in models] == mtimes
 
@@ -357,7 +363,6 @@ def test_compare_end_to_end_tiny(tmp_path: Path, capsys: pytest.CaptureFixture[s
 def test_compare_checks_everything_before_training_anything(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from rims_rl.app.compare import run_compare
     from rims_rl.app.errors import UserError
 
     backend, calls = _fake_backend(monkeypatch)
@@ -365,29 +370,28 @@ def test_compare_checks_everything_before_training_anything(
         backend=backend, suite="minigrid-doorkey", seeds=1, workers=1, out=tmp_path / "c", progress=False
     )
     for bad, message in (
-        ({"set": ["ppo.lr=1"]}, "learning_rate"),
+        ({"overrides": ["ppo.lr=1"]}, "learning_rate"),
         ({"timesteps": -5}, "timesteps"),
         ({"eval_episodes": 0}, "eval-episodes"),
-        ({"set": ["ppo.batch_size=300"]}, "batch_size"),
+        ({"overrides": ["ppo.batch_size=300"]}, "batch_size"),
     ):
         with pytest.raises(UserError, match=message):
-            run_compare(**{**kw, **bad})
+            compare_run(**{**kw, **bad})
     assert calls == [] and not (tmp_path / "c").exists()
 
 
 def test_compare_refuses_an_out_folder_of_other_settings_and_keeps_its_report(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from rims_rl.app.compare import run_compare
     from rims_rl.app.errors import UserError
 
     backend, calls = _fake_backend(monkeypatch)
     kw = dict(backend=backend, suite="minigrid-doorkey", seeds=1, timesteps=128, workers=1, out=tmp_path)
-    report = run_compare(**kw, progress=False, eval_episodes=2, reps=100).files["report"]
+    report = compare_run(**kw, progress=False, eval_episodes=2, reps=100).files["report"]
     before = report.read_text()
     calls.clear()
     with pytest.raises(UserError, match="a run with other settings"):
-        run_compare(**{**kw, "timesteps": 256}, progress=False, eval_episodes=2, reps=100)
+        compare_run(**{**kw, "timesteps": 256}, progress=False, eval_episodes=2, reps=100)
     assert calls == [] and report.read_text() == before
 
 
@@ -415,12 +419,10 @@ def test_compare_continues_from_committed_records_alone(
     """A later session on a new machine has only the committed records: finished runs are not redone."""
     import shutil
 
-    from rims_rl.app.compare import run_compare
-
     backend, calls = _fake_backend(monkeypatch)
     kw = dict(backend=backend, suite="minigrid-doorkey", seeds=2, timesteps=128, workers=1, out=tmp_path)
     kw.update(eval_episodes=2, reps=100, progress=False)
-    first = run_compare(**kw).files["report"].read_text()
+    first = compare_run(**kw).files["report"].read_text()
     records = sorted((tmp_path / "records").glob("*.json"))
     assert [r.name for r in records] == [
         f"{a}-seed{s}.json" for a in ("lstm_ppo", "rims_ppo") for s in (0, 1)
@@ -432,16 +434,16 @@ def test_compare_continues_from_committed_records_alone(
     assert stored["train_seconds"] >= 0.0  # trained here from scratch: its wall time gives the throughput
     shutil.rmtree(tmp_path / "runs")  # what a fresh clone has: the records, not the run directories
     calls.clear()
-    again = run_compare(**kw).files["report"].read_text()
+    again = compare_run(**kw).files["report"].read_text()
     assert calls == []
     assert again.split("## Final evaluation")[1] == first.split("## Final evaluation")[1]
     calls.clear()
-    run_compare(**{**kw, "seeds": 3})  # one more seed: only it trains
+    compare_run(**{**kw, "seeds": 3})  # one more seed: only it trains
     assert sorted(calls) == [("lstm_ppo", 2), ("rims_ppo", 2)]
     from rims_rl.app.errors import UserError
 
     with pytest.raises(UserError, match="records a run with other settings"):
-        run_compare(**{**kw, "timesteps": 256})
+        compare_run(**{**kw, "timesteps": 256})
 
 
 def test_compare_on_a_local_ray_instance_gives_the_local_pools_report(
@@ -449,13 +451,12 @@ def test_compare_on_a_local_ray_instance_gives_the_local_pools_report(
 ) -> None:
     """``--backend ray``: every (agent, seed) a Ray task; same records and report as the local pool."""
     pytest.importorskip("ray")
-    from rims_rl.app.compare import run_compare
 
     backend, _ = _fake_backend(monkeypatch)
     kw = dict(backend=backend, suite="minigrid-doorkey", seeds=2, timesteps=128, eval_episodes=2, reps=100)
-    local = run_compare(**kw, out=tmp_path / "local", workers=1, progress=False)
+    local = compare_run(**kw, out=tmp_path / "local", workers=1, progress=False)
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    on_ray = run_compare(**kw, out=tmp_path / "ray", executor="ray", progress=False)
+    on_ray = compare_run(**kw, out=tmp_path / "ray", executor="ray", progress=False)
     assert on_ray.trained == 4 and on_ray.failed == 0
     table = "## Final evaluation"
     text = {
@@ -470,7 +471,8 @@ def test_compare_on_a_local_ray_instance_gives_the_local_pools_report(
 
 def test_an_out_folder_from_before_run_configs_is_not_mistaken_for_other_settings(tmp_path: Path) -> None:
     """Older config.json files kept the run's n_envs at the top level and the preset's under model."""
-    from rims_rl.app.compare import RunJob, config_mismatch
+    from rims_rl.agents import get_preset
+    from rims_rl.app.records import RunJob, config_mismatch
 
     run = tmp_path / "runs" / "rims_ppo-seed0"
     run.mkdir(parents=True)
@@ -483,7 +485,7 @@ def test_an_out_folder_from_before_run_configs_is_not_mistaken_for_other_setting
         "timesteps_requested": 64,
         "n_envs": 2,
         "overrides": {},
-        "model": {"agent": "rims_ppo", "n_envs": 16},
+        "model": {**get_preset("rims_ppo", "minigrid").to_dict(), "n_envs": 16},
     }
     (run / "config.json").write_text(json.dumps(legacy))
     job = RunJob(
@@ -493,11 +495,66 @@ def test_an_out_folder_from_before_run_configs_is_not_mistaken_for_other_setting
     assert "n_envs" in (config_mismatch(RunJob(**{**job.__dict__, "n_envs": 4})) or "")
 
 
+def test_a_run_config_that_is_not_one_is_refused_with_the_fix(tmp_path: Path) -> None:
+    """config.json is parsed with ``RunConfig.from_dict`` (untrusted): a bad one is one ``UserError``
+    naming the file, the problem and the fix, never a traceback or a silent match."""
+    from rims_rl.app.errors import UserError
+    from rims_rl.app.records import RunJob, config_mismatch
+
+    run = tmp_path / "runs" / "rims_ppo-seed0"
+    run.mkdir(parents=True)
+    job = RunJob(agent="rims_ppo", seed=0, run_dir=str(run), timesteps=64, suite="minigrid-multiroom")
+    config = resolve_config("rims_ppo", suite="minigrid-multiroom", timesteps=64).to_dict()
+    (run / "config.json").write_text(json.dumps(config))
+    assert config_mismatch(job) is None
+    assert "seed: run has 0, asked 1" in (config_mismatch(RunJob(**{**job.__dict__, "seed": 1})) or "")
+    for bad, needle in (
+        ({**config, "seed": -3}, "seed must be an integer >= 0"),
+        ({**config, "model": {"agent": "rims_ppo"}}, "lacks"),
+        ({k: v for k, v in config.items() if k != "env"}, "needs 'model' and 'env'"),
+        ({**config, "overrides": [1, 2]}, "overrides must be a mapping"),
+        ({**config, "command": 5}, "command must be a list"),
+    ):
+        (run / "config.json").write_text(json.dumps(bad))
+        with pytest.raises(UserError, match=needle) as info:
+            config_mismatch(job)
+        assert "config.json is not a valid run config" in str(info.value) and "delete" in str(info.value)
+
+
+RESULTS = Path(__file__).resolve().parents[1] / "docs" / "results"
+
+
+def _one_record_per_result() -> list[Path]:
+    """The first committed record of every folder under docs/results (comparisons and tunings)."""
+    first: dict[str, Path] = {}
+    for path in sorted(RESULTS.glob("**/records/*.json")):
+        first.setdefault(path.relative_to(RESULTS).parts[0], path)
+    return list(first.values())
+
+
+@pytest.mark.parametrize("record", _one_record_per_result(), ids=lambda p: str(p.relative_to(RESULTS)))
+def test_committed_records_still_load(record: Path) -> None:
+    """Records committed under docs/results (written by older versions) are read back whole: the job they
+    describe, its scores checked against it, and its curve."""
+    from rims_rl.app.records import RunJob, finished_records, read_record, record_path
+
+    stored = json.loads(record.read_text())
+    run_dir = record.parent.parent / "runs" / record.stem
+    fields = {k: v for k, v in stored["job"].items() if k != "run_dir"}
+    job = RunJob(run_dir=str(run_dir), **fields)
+    assert record_path(job.run_dir) == record
+    loaded = read_record(job.run_dir)
+    assert loaded is not None and loaded.is_of(job) and loaded.curve is not None
+    found = finished_records(job)
+    assert found is not None and found[1] is not None
+    scores, _ = found
+    assert len(scores) == len(stored["records"]) and {r["agent"] for r in scores} == {job.agent}
+
+
 def test_tune_gives_every_agent_the_same_budget_and_selects_on_the_training_env_only(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Scores here rise with ppo.n_epochs on the training env; the OOD variants are never evaluated."""
-    from rims_rl.app.compare import run_compare
     from rims_rl.app.tune import TUNE_SEED0, run_tune
 
     backend, calls = _fake_backend(monkeypatch)
@@ -520,7 +577,7 @@ def test_tune_gives_every_agent_the_same_budget_and_selects_on_the_training_env_
     assert [len(tune["agents"][a]["tried"]) for a in ("rims_ppo", "lstm_ppo")] == [3, 3]
     assert "| rims_ppo | ppo.n_epochs=4 | 0.400 |" in (tmp_path / "t" / "tune.md").read_text()
     calls.clear()
-    result = run_compare(
+    result = compare_run(
         backend=backend,
         suite="minigrid-doorkey",
         seeds=1,
@@ -779,3 +836,127 @@ def test_a_worker_that_dies_stops_the_others_and_the_report_is_still_written(tmp
     assert (tmp_path / "c" / "report.md").is_file()
     states = sorted(json.loads((r / "status.json").read_text())["state"] for r in runs)
     assert states == ["interrupted", "running"], states  # the killed one could not write its status
+
+
+# ------------------------------------------------------------------------ report: issue 26 items
+
+
+def _popgym_records() -> list[dict]:
+    """2 agents x 2 seeds on a POPGym train env and one variant, returns in POPGym's [-1, 1]."""
+    recs = []
+    for agent, base in (("gru_ppo", 0.6), ("lstm_ppo", -0.2)):
+        for env, env_id, shift in (
+            ("train", "popgym-RepeatPrevious-v0", 0.0),
+            ("k8", "popgym-RepeatPrevious-v0", -0.2),
+        ):
+            for seed in (0, 1):
+                ret = base + shift
+                recs.append(
+                    {
+                        **_records()[0],
+                        "agent": agent,
+                        "seed": seed,
+                        "env": env,
+                        "env_id": env_id,
+                        "is_train": env == "train",
+                        "mean_return": ret,
+                        "returns": [ret, ret],
+                        "success_rate": None,
+                    }
+                )
+    return recs
+
+
+def test_the_report_shows_popgyms_normalised_score_beside_the_raw_return(tmp_path: Path) -> None:
+    """(return + 1) / 2 of the IQM and its CI, where the env family has that scale; none for MiniGrid."""
+    from rims_rl.envs.popgym import normalised_score_of
+
+    text = write_report(tmp_path / "p", _popgym_records(), reps=200, machine={})["report"].read_text()
+    assert "Normalised IQM [95% CI] |" in text
+    row = next(
+        ln for ln in text.splitlines() if ln.startswith("| train (popgym-RepeatPrevious-v0) | gru_ppo |")
+    )
+    assert row.endswith(f"| {normalised_score_of('popgym-RepeatPrevious-v0', 0.6):.2f} [0.80, 0.80] |")
+    assert "| 0.60 [0.60, 0.60] |" in row  # the raw IQM stays
+    data = json.loads((tmp_path / "p" / "results.json").read_text())
+    lstm = next(r for r in data["summary"] if (r["agent"], r["env"]) == ("lstm_ppo", "k8"))
+    assert lstm["iqm_normalised"] == pytest.approx(0.3)
+    text = write_report(tmp_path / "m", _records(), reps=200, machine={})["report"].read_text()
+    assert "Normalised" not in text
+
+
+def test_the_report_says_why_an_agent_has_no_learning_curve(tmp_path: Path) -> None:
+    """A single rollout: one logged point per run is drawn (markers); a run that logged no episode
+    return leaves its agent out of the figure, and the report says so instead of staying silent."""
+    one_point = {"rims_ppo": [(np.array([64.0]), np.array([0.2])), (np.array([64.0]), np.array([0.3]))]}
+    paths = write_report(tmp_path / "a", _records(), {**one_point, "lstm_ppo": []}, reps=200, machine={})
+    text = paths["report"].read_text()
+    assert "](learning_curves.png)" in text and paths["learning_curves"].read_bytes()[:8] == PNG_MAGIC
+    assert "No learning curve for lstm_ppo: none of its runs logged a training episode return" in text
+    assert "One logged point per run for rims_ppo" in text and "markers" in text
+    text = write_report(tmp_path / "b", _records(), {"rims_ppo": [], "lstm_ppo": []}, reps=200, machine={})[
+        "report"
+    ].read_text()
+    assert "learning_curves.png" not in text and not (tmp_path / "b" / "learning_curves.png").exists()
+    assert "No learning-curve figure: none of the runs logged a training episode return" in text
+
+
+def test_the_compare_report_quotes_each_agents_training_steps_per_second(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Runs trained from scratch keep their wall time in their record; the report gives the median steps/s
+    per agent with the number of runs, the same when rebuilt from the committed records alone."""
+    import time
+
+    backend, _ = _fake_backend(monkeypatch)
+
+    def slow_train(agent: str, **kwargs: Any) -> Path:
+        time.sleep(0.1)
+        return backend.train(agent, **kwargs)
+
+    timed = Backend(train=slow_train, evaluate=backend.evaluate)
+    kw = dict(suite="minigrid-doorkey", seeds=2, timesteps=128, workers=1, out=tmp_path, eval_episodes=2)
+    text = compare_run(timed, **kw, reps=100, progress=False).files["report"].read_text()
+    section = text.split("## Training throughput")[1].split("## ")[0]
+    rows = {
+        ln.split("|")[1].strip(): ln.split("|")[2:4] for ln in section.splitlines() if ln.startswith("| ")
+    }
+    for agent in ("rims_ppo", "lstm_ppo"):
+        rate, runs = (float(rows[agent][0].replace(",", "")), int(rows[agent][1]))
+        assert runs == 2 and 0 < rate <= 128 / 0.1  # 128 steps in at least 0.1 s each
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert len(data["throughput_steps_per_s"]["rims_ppo"]) == 2
+    shutil.rmtree(tmp_path / "runs")  # a fresh clone: the records alone give the same table
+    again = compare_run(timed, **kw, reps=100, progress=False).files["report"].read_text()
+    assert again.split("## Training throughput")[1].split("## ")[0] == section
+
+
+def test_a_tie_in_tune_is_named_with_the_rule_that_broke_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every configuration scores the same: the first in grid order is chosen, and tune.md/tune.json say
+    it was a tie and how it was broken; the header counts 1 seed, not "1 seeds"."""
+    from rims_rl.app.tune import run_tune
+
+    backend, _ = _fake_backend(monkeypatch)
+
+    def same_score(checkpoint: Path, target: object, n_episodes: int, **kw: Any) -> list[EvalResult]:
+        (result,) = backend.evaluate(checkpoint, get_suite("minigrid-doorkey"), n_episodes)[:1]
+        return [replace(result, mean_return=0.5, returns=[0.5] * n_episodes)]
+
+    tuning = Backend(train=backend.train, evaluate=same_score)
+    chosen = run_tune(
+        "minigrid-doorkey",
+        ["ppo.n_epochs=2,4,3"],
+        agents=["ppo"],
+        seeds=1,
+        timesteps=128,
+        out=tmp_path / "t",
+        backend=tuning,
+    )
+    assert chosen == {"ppo": {"ppo.n_epochs": 2}}
+    text = (tmp_path / "t" / "tune.md").read_text()
+    assert "3 configurations x 1 seed (1000;" in text and "1 seeds" not in text
+    note = "ppo: all 3 configurations tie at score 0.500"
+    assert note in text and "the first in grid order" in text and text.count("| yes |") == 1
+    assert json.loads((tmp_path / "t" / "tune.json").read_text())["agents"]["ppo"]["tie"].startswith(note)

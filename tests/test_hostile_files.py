@@ -24,8 +24,9 @@ from test_compare import _fake_backend  # noqa: E402
 
 import train  # noqa: E402
 from rims_rl.app import compare, rundir  # noqa: E402
-from rims_rl.app.compare import CompareInterrupted, run_compare  # noqa: E402
+from rims_rl.app.compare import CompareInterrupted, CompareRequest, run_compare  # noqa: E402
 from rims_rl.app.errors import UserError  # noqa: E402
+from rims_rl.app.executors import check_ray_address  # noqa: E402
 
 SUITE = "minigrid-doorkey"
 TRAIN = "train: {id: MiniGrid-DoorKey-5x5-v0}\n"
@@ -272,18 +273,18 @@ def test_sigterm_while_the_report_is_written_still_writes_it_and_says_how_to_con
     previous = signal.signal(signal.SIGTERM, unprotected)
     try:
         with pytest.raises(CompareInterrupted) as info:
-            run_compare(
-                agents=[AGENT],
+            request = CompareRequest(
+                agents=(AGENT,),
                 suite=SUITE,
                 seeds=1,
                 timesteps=128,
                 out=tmp_path,
                 eval_episodes=2,
-                backend=backend,
                 progress=False,
                 reps=50,
                 command_line="python train.py compare ...",
             )
+            run_compare(request, backend)
     finally:
         signal.signal(signal.SIGTERM, previous)
     assert info.value.signum == signal.SIGTERM and "Continue with the same command" in str(info.value)
@@ -307,4 +308,4 @@ def test_a_bad_ray_address_gives_one_line_at_once(
     one_line(compare_argv(tmp_path, "--backend", "ray", "--ray-address", address), capsys, needle, seconds=20)
     assert time.monotonic() - start < 10 and calls == []
     with pytest.raises(UserError):
-        compare.check_ray_address(address)
+        check_ray_address(address)

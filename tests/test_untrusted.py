@@ -28,9 +28,17 @@ from hypothesis import strategies as st
 ROOT = Path(__file__).resolve().parent.parent
 
 from rims_rl.app.checkpoint import CheckpointError, read_meta  # noqa: E402
-from rims_rl.app.compare import RunJob, finished_records, read_tuned, record_path  # noqa: E402
+from rims_rl.app.compare import read_tuned  # noqa: E402
+from rims_rl.app.config import resolve_config  # noqa: E402
 from rims_rl.app.errors import UserError  # noqa: E402
 from rims_rl.app.foreign import read_foreign  # noqa: E402
+from rims_rl.app.records import (  # noqa: E402
+    RunJob,
+    config_mismatch,
+    finished_records,
+    read_record,
+    record_path,
+)
 from rims_rl.envs import load_suite_file  # noqa: E402
 from rims_rl.envs.untrusted import UntrustedFileError, load_json, parse_json, parse_yaml  # noqa: E402
 
@@ -254,7 +262,14 @@ def valid_record(job: RunJob) -> dict[str, Any]:
         for name, env_id in specs
     ]
     job_part = {k: v for k, v in asdict(job).items() if k not in ("device", "torch_threads")}
-    return {"settings": job.eval_settings(), "job": job_part, "records": records, "curve": None}
+    curve = {"steps": [64, 128], "values": [0.1, 0.2]}
+    return {
+        "settings": job.eval_settings(),
+        "job": job_part,
+        "records": records,
+        "curve": curve,
+        "train_seconds": 2.5,
+    }
 
 
 @FUZZ
@@ -268,6 +283,7 @@ def test_committed_records(scratch: Path, data: st.DataObject, text: str) -> Non
         for doc in (text, near):
             write(record, doc)
             answers(lambda: finished_records(job), (UserError,))
+            answers(lambda: read_record(job.run_dir), (UserError,))
 
 
 def test_a_valid_record_is_read_back(tmp_path: Path) -> None:
@@ -276,7 +292,32 @@ def test_a_valid_record_is_read_back(tmp_path: Path) -> None:
     record_path(job.run_dir).parent.mkdir(parents=True)
     write(record_path(job.run_dir), json.dumps(valid_record(job)))
     found = finished_records(job)
-    assert found is not None and len(found[0]) == 4 and found[1]
+    assert found is not None and len(found[0]) == 4 and found[1] is not None
+    assert found[1].train_seconds == 2.5 and found[1].curve is not None
+
+
+@FUZZ
+@given(data=st.data(), text=raw_json)
+def test_run_configs_of_an_out_folder(scratch: Path, data: st.DataObject, text: str) -> None:
+    """``compare`` reads the config.json of every run already in ``--out`` (``RunConfig.from_dict``)."""
+    job = RunJob(**{**asdict(JOB), "run_dir": str(scratch / "out" / "runs" / "lstm_ppo-seed0")})
+    config = Path(job.run_dir) / "config.json"
+    config.parent.mkdir(parents=True, exist_ok=True)
+    valid = resolve_config("lstm_ppo", suite="minigrid-doorkey", timesteps=128).to_dict()
+    near = json.dumps(replaced(valid, data))
+    with bounded_memory():
+        for doc in (text, near):
+            write(config, doc)
+            answers(lambda: config_mismatch(job), (UserError,))
+
+
+def test_a_valid_run_config_matches(tmp_path: Path) -> None:
+    """The fuzzed parser accepts the real shape (else the property above would be vacuous)."""
+    job = RunJob(**{**asdict(JOB), "run_dir": str(tmp_path / "runs" / "lstm_ppo-seed0")})
+    Path(job.run_dir).mkdir(parents=True)
+    config = resolve_config("lstm_ppo", suite="minigrid-doorkey", timesteps=128).to_dict()
+    write(Path(job.run_dir) / "config.json", json.dumps(config))
+    assert config_mismatch(job) is None
 
 
 @FUZZ

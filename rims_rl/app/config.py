@@ -152,6 +152,17 @@ class RunConfig:
         if suite is not None and not isinstance(suite, str):
             raise ValueError(f"suite must be a name or null, got {suite!r}")
         _check_device(device)
+        overrides, command, versions = (
+            data.get("overrides") or {},
+            data.get("command") or (),
+            data.get("versions") or {},
+        )
+        if not isinstance(overrides, Mapping) or not all(isinstance(k, str) for k in overrides):
+            raise ValueError(f"overrides must be a mapping of --set keys, got {overrides!r}")
+        if not isinstance(command, list | tuple) or not all(isinstance(a, str) for a in command):
+            raise ValueError(f"command must be a list of strings, got {command!r}")
+        if not isinstance(versions, Mapping):
+            raise ValueError(f"versions must be a mapping, got {versions!r}")
         return cls(
             model=preset,
             env=EnvRef(name, env_id, dict(kwargs)),
@@ -160,12 +171,12 @@ class RunConfig:
             checkpoint_every=every,
             suite=suite,
             device=device,
-            overrides=dict(data.get("overrides") or {}),
+            overrides=dict(overrides),
             observation_space=data.get("observation_space"),
             action_space=data.get("action_space"),
             created=data.get("created"),
-            command=tuple(data.get("command") or ()),
-            versions=dict(data.get("versions") or {}),
+            command=tuple(command),
+            versions=dict(versions),
         )
 
 

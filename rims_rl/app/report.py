@@ -26,6 +26,7 @@ from rims_rl.app.curves import CURVE_TAG, Curve, read_learning_curve
 from rims_rl.app.plots import plot_learning_curves, plot_ood_bars
 from rims_rl.app.stats import CI
 from rims_rl.app.summary import (
+    Record,
     ScoreRecord,
     agents_in,
     env_label,
@@ -34,6 +35,7 @@ from rims_rl.app.summary import (
     score_record,
     summary_rows,
 )
+from rims_rl.envs.popgym import normalised_score_of
 
 CSV_FIELDS: tuple[str, ...] = (
     "agent",
@@ -85,8 +87,15 @@ def markdown_report(
     failures: Sequence[Mapping[str, Any]] = (),
     title: str = "Agent comparison",
     digits: int = 2,
+    notes: Sequence[str] = (),
+    throughput: Mapping[str, Sequence[float]] | None = None,
 ) -> str:
-    """The report text: command line first (so the numbers can be reproduced), then tables and figures."""
+    """The report text: command line first (so the numbers can be reproduced), then tables and figures.
+
+    A column of the IQM on the env family's normalised scale (POPGym: [0, 1]) is added when a row has
+    one; ``notes`` go under the figures (e.g. why a figure is missing); ``throughput`` is each agent's
+    training steps per second, one value per run trained from scratch."""
+    normalised = any(NORMALISED in row for row in rows)
     lines = [f"# {title}", ""]
     if command:
         lines += ["Command:", "", "```", command, "```", ""]
@@ -99,18 +108,30 @@ def markdown_report(
         "",
         "## Final evaluation",
         "",
-        "| Env | Agent | Runs | IQM [95% CI] | Mean [95% CI] | Median | Success rate [95% CI] |",
-        "|---|---|---:|---|---|---:|---|",
     ]
+    if normalised:
+        lines += [
+            "Normalised IQM: the IQM (and its CI) on the env family's fixed [0, 1] scale, beside the raw",
+            "return (POPGym: (return + 1) / 2; n/a where the family has no such scale).",
+            "",
+        ]
+    header = "| Env | Agent | Runs | IQM [95% CI] | Mean [95% CI] | Median | Success rate [95% CI] |"
+    rule = "|---|---|---:|---|---|---:|---|"
+    if normalised:
+        header, rule = header + " Normalised IQM [95% CI] |", rule + "---|"
+    lines += [header, rule]
     if not rows:
-        lines.append("| (no finished runs) | | | | | | |")
+        lines.append("| (no finished runs) | | | | | | |" + (" |" if normalised else ""))
     for row in rows:
         env = _md_escape(env_label(row))
         median = "n/a" if math.isnan(float(row["median"])) else f"{float(row['median']):.{digits}f}"
-        lines.append(
+        line = (
             f"| {env} | {_md_escape(row['agent'])} | {row['n_runs']} | {_ci(row, 'iqm', digits)} | "
             f"{_ci(row, 'mean', digits)} | {median} | {_ci(row, 'success', digits)} |"
         )
+        if normalised:
+            line += f" {_ci(row, NORMALISED, digits) if NORMALISED in row else 'n/a'} |"
+        lines.append(line)
     lines.append("")
     for x, y in dict.fromkeys((r["x"], r["y"]) for r in improvement):  # one section per pair, in order
         lines += [
@@ -132,10 +153,13 @@ def markdown_report(
         lines += ["## Failed runs", ""]
         lines += [f"- {f.get('agent')} seed {f.get('seed')}: {f.get('error')}" for f in failures]
         lines.append("")
-    if figures:
+    if throughput is not None:
+        lines += throughput_section(throughput)
+    if figures or notes:
         lines += ["## Figures", ""]
-        for caption, name in figures.items():
+        for caption, name in (figures or {}).items():
             lines += [f"![{caption}]({name})", ""]
+        lines += [f"{note}\n" for note in notes]
     if machine:
         lines += ["## Machine", ""]
         lines += [f"- {k}: {v}" for k, v in machine.items()]
@@ -198,6 +222,76 @@ def _jsonable(obj: Any) -> Any:
     return obj
 
 
+NORMALISED = "iqm_normalised"  # summary-row key of the IQM on the family's normalised scale
+
+
+def with_normalised(rows: Sequence[Record], records: Sequence[Mapping[str, Any]]) -> list[Record]:
+    """Summary rows with the IQM and its CI on the env family's normalised scale (``normalised_score_of``:
+    POPGym's ``(return + 1) / 2``) where the env has one. A pooled row gets it when every env it pools
+    maps to the same scale. The map is increasing and affine, so it carries the IQM and its CI over."""
+    out: list[Record] = []
+    for row in rows:
+        row = dict(row)
+        if row.get("env_id"):
+            ids = {str(row["env_id"])}
+        else:  # pooled over the variants: the env ids of this agent's OOD records
+            ids = {str(r["env_id"]) for r in records if r["agent"] == row["agent"] and not r.get("is_train")}
+        for key in ("iqm", "iqm_lo", "iqm_hi"):
+            value = float(row[key])
+            scores = {normalised_score_of(env_id, value) for env_id in ids}
+            if not ids or None in scores or len(scores) != 1 or math.isnan(value):
+                break
+            row[key.replace("iqm", NORMALISED)] = scores.pop()
+        else:
+            out.append(row)
+            continue
+        for key in (NORMALISED, f"{NORMALISED}_lo", f"{NORMALISED}_hi"):
+            row.pop(key, None)
+        out.append(row)
+    return out
+
+
+def throughput_section(throughput: Mapping[str, Sequence[float]]) -> list[str]:
+    """The report's training throughput: median steps/s per agent over its runs with a known time."""
+    lines = [
+        "## Training throughput",
+        "",
+        "Environment steps per second of training wall time (the whole training call, building the envs",
+        "and the model included), median over the runs trained from scratch in one go, whose record keeps",
+        "that time; resumed runs and runs from older records are left out.",
+        "",
+        "| Agent | Steps/s (median) | Runs |",
+        "|---|---:|---:|",
+    ]
+    for agent, rates in throughput.items():
+        median = f"{float(np.median(rates)):,.0f}" if len(rates) else "n/a"
+        lines.append(f"| {_md_escape(agent)} | {median} | {len(rates)} |")
+    return [*lines, ""]
+
+
+def curve_notes(curves: Mapping[str, Sequence[Curve]], agents: Sequence[str], drawn: bool) -> list[str]:
+    """Why the learning-curve figure is missing or lacks an agent, and when it shows single points."""
+    reason = (
+        "none of {whose} runs logged a training episode return (SB3's rollout/ep_rew_mean is logged per "
+        "rollout once an episode has ended), e.g. the budget ended before any training episode did"
+    )
+    missing = [a for a in agents if not any(c is not None and len(c[0]) for c in curves.get(a, ()))]
+    if not drawn:
+        return [f"No learning-curve figure: {reason.format(whose='the')}."]
+    notes = [f"No learning curve for {a}: {reason.format(whose='its')}." for a in missing]
+    single = [
+        a
+        for a in agents
+        if a not in missing and all(len(c[0]) <= 1 for c in curves.get(a, ()) if c is not None)
+    ]
+    if single:
+        notes.append(
+            f"One logged point per run for {', '.join(single)} (a single rollout with a finished episode): "
+            "drawn as markers."
+        )
+    return notes
+
+
 BASELINE_AGENT = "lstm_ppo"
 
 
@@ -222,18 +316,21 @@ def write_report(
     title: str = "Agent comparison",
     machine: Mapping[str, Any] | None = None,
     pairs: Sequence[tuple[str, str]] | None = None,
+    throughput: Mapping[str, Sequence[float]] | None = None,
 ) -> dict[str, Path]:
     """Write ``report.md``, ``results.json``, ``results.csv`` and the PNGs into ``out_dir``; return paths.
 
     Each pair (x, y) of ``pairs`` adds P(x > y) per env; by default every other agent against
     ``lstm_ppo`` when it takes part (the baseline the project's question is about), else the first two
-    agents.
+    agents. ``curves`` (each agent's learning curves) draws the learning-curve figure, and the report says
+    why an agent (or the figure) has none. ``throughput`` (each agent's training steps/s, one value per run
+    trained from scratch) adds the throughput table.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     records = [dict(r) for r in records]
     machine = dict(machine) if machine is not None else machine_info()
-    rows = summary_rows(records, reps=reps, seed=seed)
+    rows = with_normalised(summary_rows(records, reps=reps, seed=seed), records)
     agents = agents_in(records)
     if pairs is None:
         pairs = default_pairs(agents)
@@ -241,7 +338,8 @@ def write_report(
 
     paths: dict[str, Path] = {}
     figures: dict[str, str] = {}
-    if curves:
+    notes: list[str] = []
+    if curves is not None and records:
         train = next((r for r in records if r.get("is_train")), None)
         curve_title = f"Training return on {train['env_id']}" if train and train.get("env_id") else None
         p = plot_learning_curves(
@@ -250,6 +348,7 @@ def write_report(
         if p is not None:
             paths["learning_curves"] = p
             figures["Learning curves (IQM over seeds, 95% CI band)"] = p.name
+        notes = curve_notes(curves, agents, drawn=p is not None)
     p = plot_ood_bars(rows, out / "ood_bars.png")
     if p is not None:
         paths["ood_bars"] = p
@@ -270,11 +369,23 @@ def write_report(
         "probability_of_improvement": improvement,
         "failures": list(failures),
         "records": records,
+        **({"throughput_steps_per_s": {a: list(v) for a, v in throughput.items()}} if throughput else {}),
     }
     (out / "results.json").write_text(json.dumps(_jsonable(payload), indent=2) + "\n")
     paths["results_json"] = out / "results.json"
 
-    text = markdown_report(rows, improvement, command, meta, machine, figures, failures=failures, title=title)
+    text = markdown_report(
+        rows,
+        improvement,
+        command,
+        meta,
+        machine,
+        figures,
+        failures=failures,
+        title=title,
+        notes=notes,
+        throughput=throughput,
+    )
     (out / "report.md").write_text(text)
     paths["report"] = out / "report.md"
     return paths

@@ -21,8 +21,7 @@ import re
 import shutil
 import signal
 import sys
-import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -52,6 +51,7 @@ from rims_rl.app.checkpoint import (
 from rims_rl.app.config import RunConfig, resolve_config
 from rims_rl.app.errors import UserError, user_input
 from rims_rl.app.rundir import write_status
+from rims_rl.app.signals import signal_handlers, stop_signals
 from rims_rl.callbacks import CoreStatsCallback
 from rims_rl.envs import make_vec_env_for
 from rims_rl.envs.untrusted import load_json
@@ -208,32 +208,6 @@ def diverged(run_dir: Path, step: int, what: str) -> TrainingDiverged:
     )
 
 
-#: The signals that stop training (``sigint_stops``); a compare worker narrows them to SIGINT, which its
-#: parent relays, and ignores SIGTERM, so one pre-emption is never counted twice.
-_stop_signals: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM)
-
-
-def set_stop_signals(signals: Sequence[int]) -> None:
-    """Choose the signals that stop training in this process (default SIGINT and SIGTERM)."""
-    global _stop_signals
-    _stop_signals = tuple(signals)
-
-
-@contextlib.contextmanager
-def signal_handlers(signals: Sequence[int], handler: Any) -> Iterator[None]:
-    """``handler`` (a function or ``signal.SIG_IGN``) for ``signals`` inside the block, the previous ones
-    after; a no-op outside the main thread, where Python cannot install signal handlers."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {sig: signal.signal(sig, handler) for sig in signals}
-    try:
-        yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
-
-
 def sigint_stops(callback: RunCallback) -> contextlib.AbstractContextManager[None]:
     """Ctrl-C (SIGINT) or pre-emption (SIGTERM) asks ``callback`` to stop at the next step and save a
     checkpoint; a second signal interrupts at once."""
@@ -250,7 +224,7 @@ def sigint_stops(callback: RunCallback) -> contextlib.AbstractContextManager[Non
             flush=True,
         )
 
-    return signal_handlers(_stop_signals, handler)
+    return signal_handlers(stop_signals(), handler)
 
 
 def _make_logger(run_dir: Path, start_step: int, verbose: int) -> Logger:
@@ -433,7 +407,7 @@ def _train(
             else f"no checkpoint had been written; start again after removing {run_dir}"
         )
         if isinstance(err, KeyboardInterrupt):  # a second Ctrl-C: stopped at once, nothing saved now
-            with signal_handlers(_stop_signals, signal.SIG_IGN):  # a third Ctrl-C: no traceback
+            with signal_handlers(stop_signals(), signal.SIG_IGN):  # a third Ctrl-C: no traceback
                 _note_status(run_dir, "interrupted", step, last, "aborted by a second signal")
             raise TrainingInterrupted(
                 f"aborted at step {model.num_timesteps} of {config.timesteps} without saving; {keep}",

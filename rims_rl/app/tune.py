@@ -20,8 +20,9 @@ from typing import Any
 
 from rims_rl.agents import parse_value
 from rims_rl.app.atomic import atomic_write_bytes, atomic_write_json
-from rims_rl.app.compare import DEFAULT_AGENTS, Backend, run_compare
+from rims_rl.app.compare import DEFAULT_AGENTS, CompareRequest, run_compare
 from rims_rl.app.errors import UserError, output_path, user_input
+from rims_rl.app.jobs import Backend
 from rims_rl.app.stats import iqm
 from rims_rl.envs import get_suite
 
@@ -88,8 +89,8 @@ def run_tune(
     # Configuration-major order: a tuning that outlasts a session has tried every agent about equally.
     for i, config in enumerate(configs):
         for agent in agents:
-            result = run_compare(
-                agents=[agent],
+            request = CompareRequest(
+                agents=(agent,),
                 env=train.env_id,
                 seeds=seed_list,
                 timesteps=timesteps,
@@ -100,8 +101,8 @@ def run_tune(
                 deterministic=deterministic,
                 device=device,
                 progress=False,
-                backend=backend,
             )
+            result = run_compare(request, backend)
             records = json.loads(result.files["results_json"].read_text())["records"]
             returns = [float(r["mean_return"]) for r in records if r["is_train"]]
             trials.append(Trial(agent, config, iqm(returns) if returns else float("nan"), returns))
@@ -110,11 +111,39 @@ def run_tune(
     return chosen
 
 
+TIE_RULE = "the first in grid order (the order of --grid's values) is chosen"
+
+
 def _best(trials: Sequence[Trial]) -> dict[str, Any]:
     scored = [t for t in trials if t.score == t.score]  # NaN: no episode finished
     if not scored:
         return {}
     return max(scored, key=lambda t: t.score).overrides  # the first of equal scores (grid order)
+
+
+def _config_text(overrides: Mapping[str, Any]) -> str:
+    return " ".join(f"{k}={v}" for k, v in overrides.items()) or "preset"
+
+
+def tie_note(agent: str, trials: Sequence[Trial], chosen: Mapping[str, Any]) -> str | None:
+    """When the chosen configuration's score is shared by another one: which tie, and the rule that
+    broke it (``TIE_RULE``); None when the choice is unique."""
+    best = next((t for t in trials if t.agent == agent and t.overrides == chosen), None)
+    if best is None:
+        return None
+    tied = [t for t in trials if t.agent == agent and t.score == best.score]
+    if len(tied) < 2:
+        return None
+    every = len(tied) == sum(1 for t in trials if t.agent == agent)
+    names = ", ".join(_config_text(t.overrides) for t in tied)
+    what = f"all {len(tied)} configurations" if every else f"{len(tied)} configurations"
+    return (
+        f"{agent}: {what} tie at score {best.score:.3f} ({names}); {TIE_RULE}: {_config_text(best.overrides)}"
+    )
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
 def write_tune_report(
@@ -129,6 +158,7 @@ def write_tune_report(
 ) -> None:
     """``tune.json`` (read by ``compare --tuned``) and ``tune.md``: every trial and each agent's choice."""
     agents = list(chosen)
+    ties = {a: note for a in agents if (note := tie_note(a, trials, chosen[a])) is not None}
     data = {
         "suite": suite,
         "selected_on": env_id,
@@ -136,26 +166,33 @@ def write_tune_report(
         "seeds": list(seeds),
         "timesteps": timesteps,
         "agents": {
-            a: {"chosen": chosen[a], "tried": [asdict(t) for t in trials if t.agent == a]} for a in agents
+            a: {
+                "chosen": chosen[a],
+                "tried": [asdict(t) for t in trials if t.agent == a],
+                **({"tie": ties[a]} if a in ties else {}),
+            }
+            for a in agents
         },
     }
     lines = [
         f"# Tuning on {suite}: chosen on its training env {env_id} only",
         "",
-        f"Same budget for every agent: {len(trials) // max(1, len(agents))} configurations x {len(seeds)} "
-        f"seeds ({', '.join(map(str, seeds))}; comparisons use seeds from 0), timesteps "
-        f"{timesteps if timesteps is not None else 'preset'}. Score: IQM over seeds of the final evaluation "
-        "return on the training env.",
+        f"Same budget for every agent: {_plural(len(trials) // max(1, len(agents)), 'configuration')} x "
+        f"{_plural(len(seeds), 'seed')} ({', '.join(map(str, seeds))}; comparisons use seeds from 0), "
+        f"timesteps {timesteps if timesteps is not None else 'preset'}. Score: IQM over seeds of the final "
+        "evaluation return on the training env.",
         "",
         "| agent | configuration | score | returns per seed | chosen |",
         "|---|---|---:|---|:---:|",
     ]
     for t in sorted(trials, key=lambda t: agents.index(t.agent)):  # stable: grid order per agent
         mark = "yes" if t.overrides == chosen.get(t.agent) else ""
-        config = " ".join(f"{k}={v}" for k, v in t.overrides.items()) or "preset"
+        config = _config_text(t.overrides)
         lines.append(
             f"| {t.agent} | {config} | {t.score:.3f} | {', '.join(f'{r:.3f}' for r in t.returns)} | {mark} |"
         )
+    if ties:
+        lines += ["", "Ties:", ""] + [f"- {note}" for note in ties.values()]
     with output_path(out_dir):
         atomic_write_json(out_dir / "tune.json", data)
         atomic_write_bytes(out_dir / "tune.md", ("\n".join(lines) + "\n").encode())
