@@ -869,7 +869,7 @@ def _popgym_records() -> list[dict]:
 
 def test_the_report_shows_popgyms_normalised_score_beside_the_raw_return(tmp_path: Path) -> None:
     """(return + 1) / 2 of the IQM and its CI, where the env family has that scale; none for MiniGrid."""
-    from rims_rl.envs.popgym import normalised_score_of
+    from rims_rl.app.report import normalised_score_of
 
     text = write_report(tmp_path / "p", _popgym_records(), reps=200, machine={})["report"].read_text()
     assert "Normalised IQM [95% CI] |" in text

@@ -35,7 +35,7 @@ from rims_rl.app.summary import (
     score_record,
     summary_rows,
 )
-from rims_rl.envs.popgym import normalised_score_of
+from rims_rl.envs.registry import family_of_id
 
 CSV_FIELDS: tuple[str, ...] = (
     "agent",
@@ -223,6 +223,16 @@ def _jsonable(obj: Any) -> Any:
 
 
 NORMALISED = "iqm_normalised"  # summary-row key of the IQM on the family's normalised scale
+
+
+def normalised_score_of(env_id: str, value: float) -> float | None:
+    """``value`` on the env family's normalised scale, or None where the family has none (or the id is
+    not one we build: a record from elsewhere keeps its raw score only)."""
+    try:
+        scale = family_of_id(env_id).normalised_score
+    except ValueError:
+        return None
+    return None if scale is None else float(scale(value))
 
 
 def with_normalised(rows: Sequence[Record], records: Sequence[Mapping[str, Any]]) -> list[Record]:
