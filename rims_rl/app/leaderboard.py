@@ -272,7 +272,8 @@ def equal_return_rows(
 def _cell_text(cell: Cell | None, pending: str | None, applicable: bool) -> str:
     if cell is None:
         return "pending" + (f" ({pending})" if pending else "") if applicable else "n/a"
-    flag = "" if cell.seeds >= FULL_SEEDS else f" ({cell.seeds} seeds, not yet {FULL_SEEDS})"
+    seeds = f"{cell.seeds} seed" + ("" if cell.seeds == 1 else "s")
+    flag = "" if cell.seeds >= FULL_SEEDS else f" ({seeds}, not yet {FULL_SEEDS})"
     rate = f"; {cell.steps_per_s:,.0f} steps/s" if cell.steps_per_s else ""
     return f"{cell.train.fmt()} / **{cell.ood.fmt()}**, n={cell.seeds}{rate}{flag}"
 
