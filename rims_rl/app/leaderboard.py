@@ -273,7 +273,8 @@ def _cell_text(cell: Cell | None, pending: str | None, applicable: bool) -> str:
     if cell is None:
         return "pending" + (f" ({pending})" if pending else "") if applicable else "n/a"
     seeds = f"{cell.seeds} seed" + ("" if cell.seeds == 1 else "s")
-    flag = "" if cell.seeds >= FULL_SEEDS else f" ({seeds}, not yet {FULL_SEEDS})"
+    rest = f"; the rest: {pending}" if pending else ""
+    flag = "" if cell.seeds >= FULL_SEEDS else f" ({seeds}, not yet {FULL_SEEDS}{rest})"
     rate = f"; {cell.steps_per_s:,.0f} steps/s" if cell.steps_per_s else ""
     return f"{cell.train.fmt()} / **{cell.ood.fmt()}**, n={cell.seeds}{rate}{flag}"
 
@@ -292,7 +293,9 @@ def markdown(
     for suite in spec.suites:
         for agent in spec.agents:
             cmd = suite.pending.get(agent)
-            if (agent, suite.suite) not in cells and cmd and cmd not in commands:
+            cell = cells.get((agent, suite.suite))
+            unfinished = cell is None or cell.seeds < FULL_SEEDS
+            if unfinished and cmd and cmd not in commands:
                 commands[cmd] = f"P{len(commands) + 1}"
     lines = [
         "# Leaderboard: recurrent cores on memory and OOD suites",
