@@ -31,6 +31,7 @@ from rims_rl.app.checkpoint import list_pretrained, pretrained_alias, resolve_ch
 from rims_rl.app.compare import CompareInterrupted, CompareRequest, command_line_of, run_compare
 from rims_rl.app.errors import UserError
 from rims_rl.app.evaluation import (
+    EVAL_PROTOCOL,
     EvalResult,
     env_overrides,
     evaluate_checkpoint,
@@ -46,14 +47,14 @@ from rims_rl.app.runs import DEFAULT_RUNS_ROOT, TrainingDiverged, TrainingInterr
 from rims_rl.app.tune import run_tune
 
 # The embedded default (``python train.py`` / ``make run``): rims_ppo with its MiniGrid preset on
-# Empty-5x5, which it solves (return 0.95, 100% greedy success) in under 50k steps, a few minutes on 2
-# CPU cores.
+# Empty-5x5, which it solves in under 50k steps (about 14 CPU-minutes), then scored with the evaluation
+# protocol every entry point shares (``EVAL_PROTOCOL``).
 DEFAULT_AGENT = "rims_ppo"
 DEFAULT_ENV = "MiniGrid-Empty-5x5-v0"
 DEFAULT_TIMESTEPS = 49_152
 DEFAULT_N_ENVS = 16
 DEFAULT_OVERRIDES: list[str] = []
-DEFAULT_EVAL_EPISODES = 50
+DEFAULT_EVAL_EPISODES = EVAL_PROTOCOL.episodes
 
 EXIT_USAGE = 2  # user errors (argparse uses 2 too)
 EXIT_DIVERGED = 1
@@ -123,7 +124,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"TensorBoard   : tensorboard --logdir {run_dir / 'tb'}")
     print(f"model         : {run_dir / 'model.zip'}")
     if args.eval_episodes > 0:
-        return _evaluate_and_print(run_dir, None, args.eval_episodes, True, (args.seed or 0) + 1000, run_dir)
+        return _evaluate_and_print(
+            run_dir, None, args.eval_episodes, EVAL_PROTOCOL.deterministic, EVAL_PROTOCOL.seed, run_dir
+        )
     return 0
 
 
@@ -328,7 +331,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
             out=args.out,
             eval_episodes=args.eval_episodes,
             workers=args.workers,
-            deterministic=not args.stochastic,
+            deterministic=args.deterministic,
         )
     except CompareInterrupted as err:
         print(
@@ -352,6 +355,25 @@ def _add_core_argument(p: argparse.ArgumentParser) -> None:
         help="use this recurrent core (a registered name: `list cores`) with the agent's PPO settings and "
         "output width; set its options with --set core.KEY=VALUE",
     )
+
+
+def _add_eval_arguments(p: argparse.ArgumentParser, episodes_flag: str) -> None:
+    """Episodes and action mode, defaulting to ``EVAL_PROTOCOL`` in every command that scores a policy."""
+    p.add_argument(
+        episodes_flag,
+        type=int,
+        default=EVAL_PROTOCOL.episodes,
+        help=f"evaluation episodes per env (default {EVAL_PROTOCOL.episodes})",
+    )
+    det = p.add_mutually_exclusive_group()
+    det.add_argument(
+        "--stochastic",
+        dest="deterministic",
+        action="store_false",
+        default=EVAL_PROTOCOL.deterministic,
+        help="sample actions (the default: the agents are trained as stochastic policies)",
+    )
+    det.add_argument("--deterministic", dest="deterministic", action="store_true", help="greedy actions")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -392,7 +414,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-dir", help="run directory (default runs/<agent>-<env>-s<seed>-<timestamp>)")
     p.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (default: budget/10)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped or killed run to its budget")
-    p.add_argument("--eval-episodes", type=int, default=0, help="evaluate the final model (0: skip)")
+    p.add_argument(
+        "--eval-episodes",
+        type=int,
+        default=0,
+        help="evaluate the final model on this many episodes, sampled, seed 10000 (default 0: skip)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
 
@@ -401,17 +428,13 @@ def build_parser() -> argparse.ArgumentParser:
     where = p.add_mutually_exclusive_group()
     where.add_argument("--env", help="env id (default: the env the checkpoint was trained on)")
     where.add_argument("--suite", help="a suite name or YAML file: the train env and every OOD variant")
-    p.add_argument("--episodes", type=int, default=20, help="episodes per env (default 20)")
-    det = p.add_mutually_exclusive_group()
-    det.add_argument(
-        "--deterministic",
-        dest="deterministic",
-        action="store_true",
-        default=True,
-        help="greedy actions (default)",
+    _add_eval_arguments(p, "--episodes")
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=EVAL_PROTOCOL.seed,
+        help=f"seed of the evaluation envs (default {EVAL_PROTOCOL.seed}, as compare and the model cards)",
     )
-    det.add_argument("--stochastic", dest="deterministic", action="store_false", help="sample actions")
-    p.add_argument("--seed", type=int, default=0, help="seed of the evaluation episodes (default 0)")
     p.add_argument(
         "--out",
         help="directory for eval*.json / eval*.csv (default: next to the checkpoint; "
@@ -468,13 +491,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ray-address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
     p.add_argument("--tuned", metavar="TUNE_JSON", help="each agent's settings chosen by `tune` (tune.json)")
     p.add_argument("--out", help="output directory (default runs/compare-<suite or env>; re-running resumes)")
-    p.add_argument("--eval-episodes", type=int, default=20, help="evaluation episodes per env (default 20)")
-    p.add_argument(
-        "--stochastic",
-        dest="deterministic",
-        action="store_false",
-        help="evaluate with sampled actions (torch-ac's default) instead of greedy ones",
-    )
+    _add_eval_arguments(p, "--eval-episodes")
     p.add_argument(
         "--set",
         action="append",
@@ -505,10 +522,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--timesteps", type=int, help="budget per run (default: the preset's)")
     p.add_argument("--out", default="runs/tune", help="output directory (default runs/tune)")
-    p.add_argument("--eval-episodes", type=int, default=10, help="evaluation episodes per run (default 10)")
-    p.add_argument(
-        "--stochastic", action="store_true", help="score with sampled actions (default: greedy), as compare"
-    )
+    _add_eval_arguments(p, "--eval-episodes")
     p.add_argument("--workers", type=int, default=1, help="runs in parallel (default 1)")
     p.set_defaults(func=cmd_tune)
 

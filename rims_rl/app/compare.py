@@ -32,10 +32,10 @@ from rims_rl.app.atomic import atomic_write_json
 from rims_rl.app.config import resolve_config
 from rims_rl.app.curves import read_learning_curve
 from rims_rl.app.errors import UserError, output_path, user_input
+from rims_rl.app.evaluation import EVAL_PROTOCOL
 from rims_rl.app.executors import EXECUTORS, check_ray_address, make_executor
 from rims_rl.app.jobs import LOCAL, Backend, JobResult, run_job
 from rims_rl.app.records import (
-    EVAL_SEED,
     RECORDS_DIR,
     RunJob,
     config_mismatch,
@@ -84,12 +84,12 @@ class CompareRequest:
     """Runs in parallel with the local executor; None for one per CPU (at most one per run)."""
     out: str | Path | None = None
     """Output folder; None for ``runs/compare-<suite or env>`` (re-running a command resumes it)."""
-    eval_episodes: int = 10
+    eval_episodes: int = EVAL_PROTOCOL.episodes
     """Evaluation episodes per env and run."""
     overrides: Mapping[str, Any] | Sequence[str] = ()
     """``--set`` overrides for every agent (``KEY=VALUE`` strings or a mapping); they win over ``tuned``."""
-    deterministic: bool = True
-    """Evaluate with greedy actions (False: sampled)."""
+    deterministic: bool = EVAL_PROTOCOL.deterministic
+    """Evaluate with greedy actions (False: sampled, the default protocol)."""
     device: str = "auto"
     """Torch device of every run."""
     reps: int = 2000
@@ -350,7 +350,7 @@ def _write_results(
         "n_envs": request.n_envs if request.n_envs is not None else "preset",
         "eval_episodes": request.eval_episodes,
         "deterministic_eval": request.deterministic,
-        "eval_seed": EVAL_SEED,
+        "eval_seed": EVAL_PROTOCOL.seed,
         "overrides": " ".join(f"{k}={v}" for k, v in plan.overrides.items()) or "none",
         **({"tuned": tuned} if plan.tuned else {}),
         "bootstrap_reps": request.reps,

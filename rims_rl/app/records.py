@@ -29,13 +29,13 @@ from rims_rl.app.atomic import atomic_write_json
 from rims_rl.app.config import RunConfig
 from rims_rl.app.curves import Curve, read_learning_curve
 from rims_rl.app.errors import UserError
+from rims_rl.app.evaluation import EVAL_PROTOCOL
 from rims_rl.app.summary import ScoreRecord, score_record
 from rims_rl.envs import EnvSpec, Suite, get_suite
 from rims_rl.envs.untrusted import MissingFileError, UntrustedFileError, load_json
 
 EVAL_NAME = "compare_eval.json"
 RECORDS_DIR = "records"
-EVAL_SEED = 10_000  # shared by every run: all agents are scored on the same episodes
 
 #: The job fields that make a run *this* experiment (what ``compare`` chooses); another value of any
 #: means ``--out`` is being reused for other settings.
@@ -43,7 +43,6 @@ IDENTITY: tuple[str, ...] = ("agent", "seed", "suite", "env_id", "timesteps", "n
 
 __all__ = [
     "EVAL_NAME",
-    "EVAL_SEED",
     "IDENTITY",
     "RECORDS_DIR",
     "RunJob",
@@ -80,11 +79,11 @@ class RunJob:
     """Parallel training envs; None for the preset's."""
     overrides: dict[str, Any] = field(default_factory=dict)
     """``--set`` overrides (tuned values under them), applied to the preset."""
-    eval_episodes: int = 10
+    eval_episodes: int = EVAL_PROTOCOL.episodes
     """Evaluation episodes per env."""
-    eval_seed: int = EVAL_SEED
-    """Seed of the evaluation episodes, the same for every run."""
-    deterministic: bool = True
+    eval_seed: int = EVAL_PROTOCOL.seed
+    """Seed of the evaluation episodes, the same for every run: all agents are scored on the same episodes."""
+    deterministic: bool = EVAL_PROTOCOL.deterministic
     """Greedy (True) or sampled actions in evaluation."""
     device: str = "auto"
     """Torch device (not part of the record: a run may move)."""

@@ -22,6 +22,7 @@ from rims_rl.agents import parse_value
 from rims_rl.app.atomic import atomic_write_bytes, atomic_write_json
 from rims_rl.app.compare import DEFAULT_AGENTS, CompareRequest, run_compare
 from rims_rl.app.errors import UserError, output_path, user_input
+from rims_rl.app.evaluation import EVAL_PROTOCOL
 from rims_rl.app.jobs import Backend
 from rims_rl.app.stats import iqm
 from rims_rl.envs import get_suite
@@ -67,10 +68,10 @@ def run_tune(
     seeds: int = 2,
     timesteps: int | None = None,
     out: str | Path = "runs/tune",
-    eval_episodes: int = 10,
+    eval_episodes: int = EVAL_PROTOCOL.episodes,
     workers: int = 1,
     device: str = "auto",
-    deterministic: bool = True,
+    deterministic: bool = EVAL_PROTOCOL.deterministic,
     backend: Backend | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Tune every agent on ``suite``'s training env with the same grid and seeds; return the choices."""
