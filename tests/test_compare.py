@@ -305,18 +305,18 @@ def test_cli_compare_arguments_reach_run_compare(tmp_path: Path, monkeypatch: py
     assert f"```\n{command}\n```" in text
     stored = json.loads((tmp_path / "runs" / "rims_ppo-seed0" / "compare_eval.json").read_text())
     assert stored["job"]["overrides"] == {"ppo.n_steps": 16, "ppo.batch_size": 16}
-    assert stored["job"]["deterministic"] is True
+    assert stored["job"]["deterministic"] is False  # the evaluation protocol: sampled actions
 
 
-def test_cli_compare_stochastic_flag(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cli_compare_deterministic_flag(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     _fake_backend(monkeypatch)
     cli = _load_train_cli()
-    argv = _cli_compare_argv(tmp_path, "--stochastic")
+    argv = _cli_compare_argv(tmp_path, "--deterministic")
     monkeypatch.setattr("sys.argv", ["train.py", *argv])
     assert cli.main(argv) == 0
     stored = json.loads((tmp_path / "runs" / "lstm_ppo-seed0" / "compare_eval.json").read_text())
-    assert stored["job"]["deterministic"] is False
-    assert "deterministic_eval=False" in (tmp_path / "report.md").read_text()
+    assert stored["job"]["deterministic"] is True
+    assert "deterministic_eval=True" in (tmp_path / "report.md").read_text()
 
 
 # --------------------------------------------------------------------- end to end: real training
