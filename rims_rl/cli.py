@@ -242,8 +242,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------------------------- list
 def cmd_list(args: argparse.Namespace) -> int:
-    """``list``: agents, suites (with what their variants change) and supported env ids."""
+    """``list``: an overview of agents, cores, suites, env families and pretrained models; ``list envs``
+    every env id (narrowed by TEXT and ``--family``), ``list pretrained`` each model's suite and card."""
     what = args.what
+    if (args.text is not None or args.family is not None) and what not in ("all", "envs"):
+        return error(f"TEXT and --family narrow `list envs`, not `list {what}`")
+    if args.text is not None or args.family is not None:
+        what = "envs"
     if what in ("all", "agents"):
         print("agents:")
         for name in catalog.agents():
@@ -257,20 +262,31 @@ def cmd_list(args: argparse.Namespace) -> int:
         for name, desc in catalog.suites().items():
             print(f"  {name:24s} {desc}")
         print("  atari-modes-<game>       any ALE game: default mode -> other modes/difficulties")
-    if what in ("all", "envs"):
+    if what == "envs":
+        found = catalog.env_ids_by_family(args.text, args.family)
+        for family, ids in found.items():
+            print(f"{family} envs ({len(ids)}):")
+            for i in ids:
+                print(f"  {i}")
+        if not found:
+            print(f"no env id contains {args.text!r}" + (f" in family {args.family}" if args.family else ""))
+    if what == "all":
         for family, ids in catalog.env_ids_by_family().items():
-            if what == "envs":  # every id, one a line
-                print(f"{family} envs ({len(ids)}):")
-                for i in ids:
-                    print(f"  {i}")
-            else:
-                more = ", ..." if len(ids) > 8 else ""
-                print(f"{family} envs ({len(ids)}): {', '.join(ids[:8])}{more}")
-        if what == "all":
-            print("  (every env id: `python train.py list envs`)")
-    if what in ("all", "pretrained"):
+            more = ", ..." if len(ids) > 4 else ""
+            print(f"{family} envs ({len(ids)}): {', '.join(ids[:4])}{more}")
+        print("  (every env id: `list envs`; narrowed: `list envs DoorKey`, `list envs --family popgym`)")
+    if what == "pretrained":
+        models = catalog.pretrained()
+        print(
+            f"pretrained ({len(models)}; evaluate --checkpoint ALIAS --suite SUITE):"
+            if models
+            else "none yet"
+        )
+        for m in models:
+            print(f"  {m.alias:34s} {m.agent} on {m.train_env}, suite {m.suite or '-'}; card {m.card}")
+    elif what == "all":
         names = list_pretrained()
-        print(f"pretrained: {', '.join(names) if names else 'none yet'}")
+        print(f"pretrained: {', '.join(names) if names else 'none yet'} (details: `list pretrained`)")
     return 0
 
 
@@ -461,8 +477,11 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="?",
         default="all",
         choices=("all", "agents", "cores", "suites", "envs", "pretrained"),
-        help="what to list (default all)",
+        help="what to list (default all: an overview; `envs` every env id, `pretrained` with suites and "
+        "cards)",
     )
+    p.add_argument("text", nargs="?", help="with envs: only the ids containing TEXT (any case)")
+    p.add_argument("--family", help="with envs: only this env family's ids (e.g. minigrid, atari, popgym)")
     p.set_defaults(func=cmd_list)
 
     p = sub.add_parser("compare", help="agents x seeds on a suite, with statistics and a report")
