@@ -84,7 +84,7 @@ def pretrained() -> list[Pretrained]:
             card = {}
         fields = {k: card.get(k) if isinstance(card, dict) else None for k in ("agent", "train_env", "suite")}
         # printable and short, or "?": a hostile card cannot put terminal escapes on the user's screen
-        text = {k: v if _printable(v) else "?" for k, v in fields.items()}
+        text = {k: v if isinstance(v, str) and _printable(v) else "?" for k, v in fields.items()}
         markdown = folder / "MODEL_CARD.md"
         out.append(
             Pretrained(
@@ -98,5 +98,5 @@ def pretrained() -> list[Pretrained]:
     return out
 
 
-def _printable(value: object) -> bool:
-    return isinstance(value, str) and 0 < len(value) <= 200 and value.isprintable()
+def _printable(value: str) -> bool:
+    return 0 < len(value) <= 200 and value.isprintable()
