@@ -14,6 +14,7 @@ from sb3_contrib import RecurrentPPO
 from stable_baselines3.common.env_util import make_vec_env
 
 import rims_rl
+from rims_rl import cli
 from rims_rl.cores.rims import RIMs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,3 +40,8 @@ def test_a_tiny_zoo_training_with_the_shipped_hyperparameter_file(tmp_path: Path
         policy_class = json.loads(zf.read("data"))["policy_class"]
     assert policy_class["__module__"] == "rims_rl.policies"  # the zoo built our MlpRimsPolicy
     assert policy_class["__doc__"] == rims_rl.MlpRimsPolicy.__doc__
+    # ... and our CLI evaluates the zoo's file safely (no --trust-checkpoint: nothing is unpickled)
+    argv = ["evaluate", "--checkpoint", str(saved), "--env", "CartPole-v1", "--episodes", "2"]
+    assert cli.main([*argv, "--out", str(tmp_path / "eval")]) == 0
+    (row,) = json.loads((tmp_path / "eval" / "eval-CartPole-v1.json").read_text())
+    assert row["episodes"] == 2 and row["num_timesteps"] >= 512

@@ -1,9 +1,11 @@
 """Other people's SB3 / sb3-contrib checkpoints, loaded without unpickling anything.
 
 An SB3 zip's ``data`` entry is JSON; each field that SB3 could not write as JSON holds a cloudpickle blob
-(``:serialized:``) *beside* readable attributes. We read only the readable parts: the policy class name
-(from the qualified name of its ``__init__``), the spaces' shape and dtype, plain-JSON ``policy_kwargs``,
-the step count. The policy is rebuilt from a known class and the tensors are read with
+(``:serialized:``) *beside* readable attributes. We read only the readable parts: the policy class (the
+module and name its pickle refers to, read from the pickle's opcodes without running them; else the
+qualified name of its ``__init__``), the spaces' shape and dtype, plain-JSON ``policy_kwargs``, the step
+count. SB3's own policies and ours (``MlpRimsPolicy`` ..., e.g. saved by RL Zoo) are rebuilt this way:
+the policy is rebuilt from a known class and the tensors are read with
 ``torch.load(weights_only=True)`` (``checkpoint.load_weights``). What cannot be read this way is refused
 with a pointer to ``--trust-checkpoint``.
 
@@ -15,6 +17,9 @@ from it unless the user gives ``env.frame_stack``.
 from __future__ import annotations
 
 import ast
+import base64
+import binascii
+import pickletools
 import re
 import zipfile
 from collections.abc import Mapping
@@ -42,19 +47,23 @@ from torch import nn
 from rims_rl.agents.config import check_lstm_kwargs, check_model_size
 from rims_rl.app.checkpoint import META_NAME, CheckpointError, load_weights
 from rims_rl.envs.untrusted import UntrustedFileError, check_tree, parse_json
+from rims_rl.policies import CnnRimsPolicy, MlpRimsPolicy, MultiInputRimsPolicy
 
+_POLICY_CLASSES: tuple[type, ...] = (
+    RecurrentActorCriticPolicy,
+    RecurrentActorCriticCnnPolicy,
+    RecurrentMultiInputActorCriticPolicy,
+    ActorCriticPolicy,
+    ActorCriticCnnPolicy,
+    MultiInputActorCriticPolicy,
+    MlpRimsPolicy,
+    CnnRimsPolicy,
+    MultiInputRimsPolicy,
+)
 #: Policy classes a foreign checkpoint may name (by class name; nothing is imported from the file).
-POLICIES: dict[str, type] = {
-    cls.__name__: cls
-    for cls in (
-        RecurrentActorCriticPolicy,
-        RecurrentActorCriticCnnPolicy,
-        RecurrentMultiInputActorCriticPolicy,
-        ActorCriticPolicy,
-        ActorCriticCnnPolicy,
-        MultiInputActorCriticPolicy,
-    )
-}
+POLICIES: dict[str, type] = {cls.__name__: cls for cls in _POLICY_CLASSES}
+#: The same classes by the (module, qualified name) a pickle refers to them by.
+_PICKLED_POLICIES: dict[tuple[str, str], type] = {(c.__module__, c.__qualname__): c for c in _POLICY_CLASSES}
 #: Classes that SB3 policies take as arguments, by the ``repr`` SB3 writes beside their pickle.
 KNOWN_CLASSES: dict[str, type] = {
     f"<class '{cls.__module__}.{cls.__qualname__}'>": cls
@@ -122,18 +131,13 @@ def read_foreign(path: str | Path) -> ForeignCheckpoint:
     except UntrustedFileError as err:
         raise CheckpointError(str(err)) from err
     policy_class = data.get("policy_class") if isinstance(data, dict) else None
-    match = (
-        _INIT_RE.match(str((policy_class or {}).get("__init__", "")))
-        if isinstance(policy_class, dict)
-        else None
-    )
-    if match is None or match.group(1) not in POLICIES:
+    policy = _policy_name(policy_class)
+    if policy is None:
         raise CheckpointError(
             f"{where}: its policy class is not one this loader can rebuild without unpickling "
             f"({', '.join(POLICIES)}); if you trust the file, pass --trust-checkpoint"
         )
-    policy = match.group(1)
-    recurrent = policy.startswith("Recurrent")
+    recurrent = issubclass(POLICIES[policy], RecurrentActorCriticPolicy)
     algo = "RecurrentPPO" if recurrent else ("PPO" if "clip_range" in data else "A2C")
     kwargs = _readable_kwargs(data.get("policy_kwargs") or {}, where)
     try:  # bounded before anything is built: a crafted size would hang or fill the memory
@@ -155,6 +159,43 @@ def read_foreign(path: str | Path) -> ForeignCheckpoint:
         observation_shape=tuple(shape),
         num_timesteps=steps if isinstance(steps, int) and steps >= 0 else 0,
     )
+
+
+def _policy_name(policy_class: Any) -> str | None:
+    """The name (a key of ``POLICIES``) of the class SB3 stored, or None for any other class.
+
+    The class's pickle is read as a list of opcodes (``pickletools.genops`` parses, it never imports or
+    calls): a class pickled by reference is one ``GLOBAL``/``STACK_GLOBAL`` of its module and name. Where
+    the pickle is absent or unreadable, the qualified name of the class's own ``__init__`` is the fallback
+    (a subclass without one, such as ``MlpRimsPolicy``, shows its parent's there).
+    """
+    if not isinstance(policy_class, dict):
+        return None
+    blob = policy_class.get(":serialized:")
+    if isinstance(blob, str):
+        ref = _pickled_reference(blob)
+        if ref is not None:
+            cls = _PICKLED_POLICIES.get(ref)
+            return None if cls is None else cls.__name__
+    match = _INIT_RE.match(str(policy_class.get("__init__", "")))
+    return match.group(1) if match is not None and match.group(1) in POLICIES else None
+
+
+def _pickled_reference(blob: str) -> tuple[str, str] | None:
+    """``(module, qualname)`` of a pickle that is exactly one global reference; None for anything else."""
+    try:
+        raw = base64.b64decode(blob, validate=True)
+        ops = [(op.name, arg) for op, arg, _ in pickletools.genops(raw)]
+    except (binascii.Error, ValueError):
+        return None
+    names = [n for n, _ in ops if n not in ("PROTO", "FRAME", "MEMOIZE", "STOP")]
+    strings = [a for n, a in ops if n in ("SHORT_BINUNICODE", "BINUNICODE", "UNICODE") and isinstance(a, str)]
+    if names == ["GLOBAL"]:
+        module, _, name = str(ops[[n for n, _ in ops].index("GLOBAL")][1]).partition(" ")
+        return module, name
+    if len(names) == 3 and names[2] == "STACK_GLOBAL" and len(strings) == 2:
+        return strings[0], strings[1]
+    return None
 
 
 def _readable_kwargs(value: Any, where: str) -> dict[str, Any]:

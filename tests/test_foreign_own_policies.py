@@ -1,0 +1,78 @@
+"""Our own policy classes saved by plain SB3 (RL Zoo does this: no rims_config.json in the zip) rebuild
+safely: the class is read from its pickle's opcodes, never by unpickling, and only a known class passes."""
+
+from __future__ import annotations
+
+import base64
+import json
+import pickle
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sb3_contrib import RecurrentPPO
+
+from rims_rl.app.checkpoint import CheckpointError
+from rims_rl.app.foreign import load_foreign, read_foreign
+from rims_rl.envs import make_vec_env_for
+
+ENV = "CartPole-v1"
+KWARGS = {"core": "rims", "rims_kwargs": {"n_units": 4, "unit_size": 8, "k": 2}}
+
+
+@pytest.fixture(scope="module")
+def zoo_zip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    env = make_vec_env_for(ENV, n_envs=1, seed=0, vec_cls="dummy")
+    model = RecurrentPPO("MlpRimsPolicy", env, n_steps=8, batch_size=8, policy_kwargs=KWARGS, seed=0)
+    model.learn(16)
+    path = tmp_path_factory.mktemp("zoo") / "rims.zip"
+    model.save(path)  # what RL Zoo writes
+    env.close()
+    return path
+
+
+def _with_policy_class(path: Path, tmp: Path, edit: dict) -> Path:
+    out = tmp / "edited.zip"
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(out, "w") as zf:
+        for name in src.namelist():
+            data = src.read(name)
+            if name == "data":
+                meta = json.loads(data)
+                meta["policy_class"].update(edit)
+                data = json.dumps(meta).encode()
+            zf.writestr(name, data)
+    return out
+
+
+def test_our_policy_saved_by_sb3_predicts_what_sb3s_own_loader_predicts(zoo_zip: Path) -> None:
+    foreign = read_foreign(zoo_zip)
+    assert (foreign.policy, foreign.algo) == ("MlpRimsPolicy", "RecurrentPPO")
+    env = make_vec_env_for(ENV, n_envs=1, seed=0, vec_cls="dummy")
+    trusted = RecurrentPPO.load(zoo_zip, env=env)  # SB3's loader (unpickles): the reference
+    rebuilt = load_foreign(zoo_zip, foreign, env)
+    obs, starts, s1, s2 = env.reset(), np.ones(1, dtype=bool), None, None
+    for _ in range(5):
+        a1, s1 = trusted.predict(obs, state=s1, episode_start=starts, deterministic=True)
+        a2, s2 = rebuilt.predict(obs, state=s2, episode_start=starts, deterministic=True)
+        assert np.array_equal(a1, a2) and np.allclose(s1[0], s2[0])
+        obs, _, starts, _ = env.step(a1)
+    env.close()
+
+
+@pytest.mark.parametrize(
+    "blob",
+    [
+        pickle.dumps(print, protocol=4),  # a known-safe global, but not a policy class
+        pickle.dumps(("rims_rl.policies", "MlpRimsPolicy")),  # strings only: no reference at all
+        b"\x80\x05not a pickle",
+    ],
+    ids=["other-global", "no-global", "garbage"],
+)
+def test_a_pickle_that_is_not_a_known_policy_class_is_refused(
+    zoo_zip: Path, tmp_path: Path, blob: bytes
+) -> None:
+    # The readable __module__ / __doc__ still claim MlpRimsPolicy: only the pickle's reference counts.
+    edited = _with_policy_class(zoo_zip, tmp_path, {":serialized:": base64.b64encode(blob).decode()})
+    with pytest.raises(CheckpointError, match="--trust-checkpoint"):
+        read_foreign(edited)
