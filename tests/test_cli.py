@@ -175,7 +175,7 @@ def test_a_run_directory_in_use_is_refused(run_dir: Path, capsys: pytest.Capture
 
 
 def test_names_from_an_untrusted_checkpoint_never_leave_the_output_folder(tmp_path: Path) -> None:
-    from rims_rl.app.evaluation import safe_name
+    from rims_rl.checks import safe_name
 
     for hostile in ("../../../../tmp/x", "/etc/passwd", "..", "a/../../b"):
         name = safe_name(hostile)
