@@ -338,3 +338,52 @@ def test_chunk_length_trains_on_chunked_minibatches() -> None:
         apply_overrides(tiny("rims_ppo"), {"ppo.chunk_length": 5})
     with pytest.raises(ValueError, match="recurrent agents"):
         apply_overrides(tiny("ppo"), {"ppo.chunk_length": 8})
+
+
+def test_the_algorithm_is_an_explicit_setting_that_chunk_length_selects() -> None:
+    """``ppo.chunk_length`` picks the algorithm (the grid's ``null,32``) unless ``algo`` is set with it."""
+    from rims_rl.agents import ALGORITHMS
+    from rims_rl.agents.config import ALGOS
+    from rims_rl.ppo import DEFAULT_CHUNK_LENGTH
+
+    assert tuple(ALGORITHMS) == ALGOS
+    base = tiny("rims_ppo")
+    chunked = apply_overrides(base, {"ppo.chunk_length": 8})
+    assert (base.algo, chunked.algo) == ("RecurrentPPO", "ChunkedRecurrentPPO")
+    assert chunked.to_dict()["algo"] == "ChunkedRecurrentPPO" and chunked.recurrent
+    assert apply_overrides(chunked, {"ppo.chunk_length": None}).algo == "RecurrentPPO"
+    assert apply_overrides(base, {"algo": "ChunkedRecurrentPPO"}).ppo.chunk_length == DEFAULT_CHUNK_LENGTH
+    assert apply_overrides(chunked, {"algo": "RecurrentPPO"}).ppo.chunk_length is None
+    with pytest.raises(ValueError, match="algo is RecurrentPPO.*ppo.chunk_length=null"):
+        apply_overrides(base, {"algo": "RecurrentPPO", "ppo.chunk_length": 8})
+    with pytest.raises(ValueError, match="ChunkedRecurrentPPO needs ppo.chunk_length"):
+        apply_overrides(base, {"algo": "ChunkedRecurrentPPO", "ppo.chunk_length": None})
+    with pytest.raises(ValueError, match="algo is RecurrentPPO"):  # a preset's JSON says what it means
+        AgentPreset.from_dict({**base.to_dict(), "ppo": {**base.ppo.to_dict(), "chunk_length": 8}})
+
+
+def test_configs_and_checkpoint_entries_from_before_the_algo_setting_still_load() -> None:
+    """config.json said ``algo: RecurrentPPO`` (or nothing) beside a chunk_length; checkpoint entries may
+    lack ``algo``: both load as the chunked algorithm, inferred from the chunk length."""
+    import copy
+
+    from rims_rl.app.checkpoint import META_FORMAT, CheckpointMeta
+    from rims_rl.app.config import RunConfig, resolve_config
+
+    over = {"ppo.n_steps": 16, "ppo.batch_size": 16, "ppo.chunk_length": 8}
+    config = resolve_config("lstm_ppo", "MiniGrid-Empty-5x5-v0", n_envs=2, overrides=over, timesteps=32)
+    assert config.to_dict()["model"]["algo"] == "ChunkedRecurrentPPO"
+    old = copy.deepcopy(config.to_dict())
+    old["model"]["algo"] = "RecurrentPPO"
+    assert RunConfig.from_dict(old) == config
+    del old["model"]["algo"]
+    assert RunConfig.from_dict(old) == config
+    meta = CheckpointMeta.from_dict({"format": META_FORMAT, "num_timesteps": 32, "config": old})
+    assert meta.algo == "ChunkedRecurrentPPO" and meta.config == config
+    with pytest.raises(ValueError, match="not the config's model.algo"):
+        CheckpointMeta.from_dict({"format": META_FORMAT, "algo": "PPO", "config": old})
+    del old["model"]["ppo"]["chunk_length"]
+    plain = RunConfig.from_dict({**old, "model": {**old["model"], "algo": "RecurrentPPO"}})
+    assert plain.model.algo == "RecurrentPPO"
+    with pytest.raises(ValueError, match="lacks 'algo'"):  # nothing to infer it from
+        RunConfig.from_dict(old)

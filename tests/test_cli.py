@@ -18,6 +18,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 import train  # noqa: E402
+from rims_rl.app.checkpoint import read_meta  # noqa: E402
 
 ENV = "MiniGrid-Empty-5x5-v0"
 TINY = ["--n-envs", "2", "--set", "ppo.n_steps=16", "--set", "ppo.batch_size=16", "--set", "ppo.n_epochs=1"]
@@ -139,6 +140,8 @@ def test_other_cores_and_chunked_training_train_save_and_evaluate_on_a_suite(
     assert train.main([*argv, str(run), "--no-progress", *TINY, *extra]) == 0, capsys.readouterr().err
     config = json.loads((run / "config.json").read_text())
     assert config["model"]["agent"] == agent
+    algo = "ChunkedRecurrentPPO" if extra else "RecurrentPPO"  # chunk_length selects it, recorded as algo
+    assert config["model"]["algo"] == algo and read_meta(run / "model.zip").algo == algo
     code = train.main(
         ["evaluate", "--checkpoint", str(run), "--suite", "minigrid-multiroom", "--episodes", "1"]
     )

@@ -139,7 +139,7 @@ class RunConfig:
         if model.get("algo") in (None, "RecurrentPPO"):  # before algo named the chunked algorithm
             ppo = model.get("ppo")
             chunks = ppo.get("chunk_length") if isinstance(ppo, Mapping) else None
-            model["algo"] = infer_algo(model.get("algo"), chunks)
+            model = {**model, "algo": infer_algo(model.get("algo"), chunks)} if chunks is not None else model
         preset = AgentPreset.from_dict(model)
         name, env_id, kwargs = env.get("name"), env.get("env_id"), env.get("kwargs", {})
         if not isinstance(name, str) or not isinstance(env_id, str) or not isinstance(kwargs, Mapping):
