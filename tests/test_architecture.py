@@ -164,7 +164,8 @@ def test_the_leaf_check_catches_any_other_import(line: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "rel", ["envs/make.py", "rims_rl/policies.py", "agents/config.py", "rims_rl/app/runs.py", "rims_rl/cli.py"]
+    "rel",
+    ["envs/make.py", "rims_rl/policies.py", "agents/config.py", "rims_rl/app/runs.py", "rims_rl/cli.py"],
 )
 def test_every_layer_may_import_the_leaf(rel: str) -> None:
     assert check_layers({rel: "from rims_rl.checks import check_positive\nimport rims_rl.checks\n"}) == []
