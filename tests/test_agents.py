@@ -12,6 +12,7 @@ from gymnasium import spaces
 from sb3_contrib import RecurrentPPO
 from stable_baselines3 import PPO
 from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.vec_env import VecEnv
 
 from rims_rl.agents import (
     AGENTS,
@@ -214,9 +215,8 @@ def test_recurrent_kwargs_are_refused_for_ppo() -> None:
 
 
 @pytest.mark.parametrize("agent", [a for a in AGENTS if "classic" in families_of(a)])
-def test_build_model_classic(agent: str) -> None:
-    env = make_vec_env(lambda: CueMemoryEnv(3), n_envs=2, seed=0)
-    model = build_model(tiny(agent), env, seed=0)
+def test_build_model_classic(agent: str, cue_env: VecEnv) -> None:
+    model = build_model(tiny(agent), cue_env, seed=0)
     if agent == "ppo":
         assert type(model) is PPO
     else:
@@ -226,17 +226,16 @@ def test_build_model_classic(agent: str) -> None:
     assert model.lr_schedule(0.5) == pytest.approx(5e-4)
 
 
-def test_build_model_with_stock_sb3_contrib_policy() -> None:
+def test_build_model_with_stock_sb3_contrib_policy(cue_env: VecEnv) -> None:
     """The benchmark's stock row: same config, sb3-contrib's own policy class (no RIMs keys passed on)."""
     from sb3_contrib.ppo_recurrent.policies import MlpLstmPolicy
 
-    env = make_vec_env(lambda: CueMemoryEnv(3), n_envs=2, seed=0)
     config = tiny("lstm_ppo")
-    model = build_model(config, env, seed=0, policy="MlpLstmPolicy")
+    model = build_model(config, cue_env, seed=0, policy="MlpLstmPolicy")
     assert type(model.policy) is MlpLstmPolicy
     assert model.policy.lstm_actor.hidden_size == config.policy_kwargs["lstm_hidden_size"]
     model.learn(config.ppo.n_steps * 2)
-    assert type(build_model(tiny("rims_ppo"), env, policy=MlpRimsPolicy).policy.lstm_actor) is RIMs
+    assert type(build_model(tiny("rims_ppo"), cue_env, policy=MlpRimsPolicy).policy.lstm_actor) is RIMs
 
 
 class _FakeMiniGrid(gym.Env):
@@ -295,12 +294,11 @@ def test_spatial_agent_reads_the_minigrid_view_as_slots() -> None:
 
 
 @pytest.mark.parametrize("agent", ["rims_ppo", "lstm_ppo"])
-def test_save_load_predict_identical_and_continue_training(tmp_path, agent: str) -> None:
-    env = make_vec_env(lambda: CueMemoryEnv(3), n_envs=2, seed=0)
-    model = build_model(tiny(agent), env, seed=0)
+def test_save_load_predict_identical_and_continue_training(tmp_path, agent: str, cue_env: VecEnv) -> None:
+    model = build_model(tiny(agent), cue_env, seed=0)
     model.learn(32)
     model.save(tmp_path / "model.zip")
-    loaded = RecurrentPPO.load(tmp_path / "model.zip", env=env)
+    loaded = RecurrentPPO.load(tmp_path / "model.zip", env=cue_env)
     assert type(loaded.policy) is MlpRimsPolicy and loaded.policy.core == model.policy.core
 
     rng = np.random.default_rng(0)
@@ -324,16 +322,15 @@ def test_save_load_predict_identical_and_continue_training(tmp_path, agent: str)
     )
 
 
-def test_chunk_length_trains_on_chunked_minibatches() -> None:
+def test_chunk_length_trains_on_chunked_minibatches(cue_env: VecEnv) -> None:
     """``--set ppo.chunk_length=8`` selects ChunkedRecurrentPPO (sb3-contrib's whole sequences otherwise)."""
     from rims_rl.ppo import ChunkedRecurrentPPO
 
-    env = make_vec_env(lambda: CueMemoryEnv(3), n_envs=2, seed=0)
     preset = apply_overrides(tiny("rims_ppo"), {"ppo.chunk_length": 8})
-    model = build_model(preset, env, seed=0)
+    model = build_model(preset, cue_env, seed=0)
     assert type(model) is ChunkedRecurrentPPO and model.chunk_length == 8
     model.learn(32)
-    assert type(build_model(tiny("rims_ppo"), env, seed=0)) is RecurrentPPO
+    assert type(build_model(tiny("rims_ppo"), cue_env, seed=0)) is RecurrentPPO
     with pytest.raises(ValueError, match="multiple of ppo.chunk_length"):
         apply_overrides(tiny("rims_ppo"), {"ppo.chunk_length": 5})
     with pytest.raises(ValueError, match="recurrent agents"):
