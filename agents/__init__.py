@@ -24,21 +24,24 @@ from stable_baselines3.common.vec_env import VecEnv
 from torch import nn
 
 from rims_rl.agents.config import (
+    CHUNKED,
     AgentPreset,
     PPOSettings,
-    hint,
+    infer_algo,
     policy_parameters,
     resolve_schedule,
 )
 from rims_rl.agents.presets import AGENTS, FAMILIES, families_of, shipped_presets
+from rims_rl.checks import hint
 from rims_rl.cores import core_settings, get_core
 from rims_rl.extractors import minigrid_policy_kwargs
 from rims_rl.policies import POLICIES, RimsActorCriticPolicy
-from rims_rl.ppo import ChunkedRecurrentPPO
+from rims_rl.ppo import DEFAULT_CHUNK_LENGTH, ChunkedRecurrentPPO
 from rims_rl.spatial import SpatialCNN
 
 __all__ = [
     "AGENTS",
+    "ALGORITHMS",
     "CORE_SEP",
     "check_agent",
     "with_core",
@@ -48,12 +51,18 @@ __all__ = [
     "apply_overrides",
     "build_model",
     "get_preset",
+    "infer_algo",
     "parse_overrides",
     "resolve_schedule",
     "sb3_policy_name",
 ]
 
-_ALGOS: dict[str, type[BaseAlgorithm]] = {"RecurrentPPO": RecurrentPPO, "PPO": PPO}
+#: The class of each algorithm an ``AgentPreset`` may name (``ALGOS``), by its name.
+ALGORITHMS: dict[str, type[BaseAlgorithm]] = {
+    "RecurrentPPO": RecurrentPPO,
+    CHUNKED: ChunkedRecurrentPPO,
+    "PPO": PPO,
+}
 _ACTIVATIONS: dict[str, type[nn.Module]] = {
     "tanh": nn.Tanh,
     "relu": nn.ReLU,
@@ -197,6 +206,10 @@ def apply_overrides(preset: AgentPreset, overrides: Mapping[str, Any]) -> AgentP
     String values are parsed like CLI values. Unknown keys raise ``ValueError`` naming close valid keys;
     keys valid for the algorithm or policy but absent from the preset are added. ``core.KEY`` sets the
     recurrent core's own setting KEY.
+
+    ``ppo.chunk_length`` selects the algorithm unless ``algo`` is set too (``infer_algo``): a number
+    selects ``ChunkedRecurrentPPO``, null ``RecurrentPPO``. An explicit ``algo=ChunkedRecurrentPPO`` gets
+    the default chunk length if none is set; another explicit algo drops the preset's chunk length.
     """
     config = preset.to_dict()
     for key, raw_value in overrides.items():
@@ -227,6 +240,11 @@ def apply_overrides(preset: AgentPreset, overrides: Mapping[str, Any]) -> AgentP
             if not isinstance(child, dict):
                 raise ValueError(f"config key {key!r}: {'.'.join(parts[: depth + 1])!r} is not a section")
             node = child
+    ppo = config["ppo"] if isinstance(config.get("ppo"), dict) else {}
+    if "algo" not in overrides:
+        config["algo"] = infer_algo(config.get("algo"), ppo.get("chunk_length"))
+    elif "ppo.chunk_length" not in overrides:  # the preset's chunk length goes with the algorithm asked for
+        ppo["chunk_length"] = DEFAULT_CHUNK_LENGTH if config.get("algo") == CHUNKED else None
     return AgentPreset.from_dict(config)
 
 
@@ -308,8 +326,7 @@ def build_model(
         raise ValueError(
             f"ppo.batch_size={preset.ppo.batch_size} exceeds the rollout size n_steps*n_envs={batch}"
         )
-    algo = ChunkedRecurrentPPO if preset.ppo.chunk_length is not None else _ALGOS[preset.algo]
-    return algo(
+    return ALGORITHMS[preset.algo](
         policy,
         env,
         policy_kwargs=policy_kwargs,

@@ -11,22 +11,27 @@ constructor here and their values by the constructor itself (``build_model``), a
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import functools
 import inspect
 import math
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.utils import LinearSchedule
 
+from rims_rl.checks import check_int, check_number, check_positive, check_positive_number, hint, is_int
 from rims_rl.policies import RimsActorCriticPolicy
+from rims_rl.ppo import check_chunk_length
 
 _SCHEDULE_RE = re.compile(r"^lin_([0-9.eE+-]+)$")
-ALGOS: tuple[str, ...] = ("RecurrentPPO", "PPO")
+#: The training algorithms, by class name: sb3-contrib's RecurrentPPO (minibatches of whole padded
+#: sequences), ours on random chunks of ``ppo.chunk_length`` steps (``rims_rl.ppo``), SB3's feed-forward PPO.
+CHUNKED = "ChunkedRecurrentPPO"
+RECURRENT_ALGOS: tuple[str, ...] = ("RecurrentPPO", CHUNKED)
+ALGOS: tuple[str, ...] = (*RECURRENT_ALGOS, "PPO")
 FF_POLICIES: tuple[str, ...] = ("MlpPolicy", "CnnPolicy", "MultiInputPolicy")
 RECURRENT_POLICIES: tuple[str, ...] = (
     "MlpRimsPolicy",
@@ -65,10 +70,22 @@ RECURRENT_KWARGS: tuple[str, ...] = (
 )
 
 
-def hint(name: str, valid: Iterable[str]) -> str:
-    """`` (did you mean 'x'?)`` for a misspelt name, else an empty string."""
-    close = difflib.get_close_matches(str(name), list(valid), n=3, cutoff=0.5)
-    return f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
+def infer_algo(algo: Any, chunk_length: Any) -> Any:
+    """The algorithm ``ppo.chunk_length`` selects where no algorithm was named explicitly: the one place
+    the chunked algorithm is inferred.
+
+    ``algo`` is what a preset said without choosing between the recurrent algorithms: a shipped preset's
+    ``RecurrentPPO`` edited by ``--set ppo.chunk_length``, or a config.json or checkpoint written before
+    ``algo`` named the chunked algorithm (``RecurrentPPO`` with a ``chunk_length``), or nothing (None). A
+    recurrent or missing algo becomes ``ChunkedRecurrentPPO`` when ``chunk_length`` is set and
+    ``RecurrentPPO`` when it is not (a missing one stays missing); any other value is returned as it is,
+    for ``AgentPreset`` to check.
+    """
+    if algo is None and chunk_length is None:
+        return None
+    if algo is None or algo in RECURRENT_ALGOS:
+        return CHUNKED if chunk_length is not None else "RecurrentPPO"
+    return algo
 
 
 def resolve_schedule(value: Any, name: str = "value") -> float | Callable[[float], float]:
@@ -83,28 +100,7 @@ def resolve_schedule(value: Any, name: str = "value") -> float | Callable[[float
         return LinearSchedule(start, 0.0, 1.0)
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ValueError(f"{name} must be a number or 'lin_<start>', got {value!r}")
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
-    return float(value)
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _check_int(name: str, value: Any, minimum: int) -> None:
-    if not _is_int(value) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-
-
-def _check_number(name: str, value: Any, low: float, high: float | None = None) -> None:
-    if not _is_number(value) or value < low or (high is not None and value > high):
-        bound = f"in [{low}, {high}]" if high is not None else f">= {low}"
-        raise ValueError(f"{name} must be a number {bound}, got {value!r}")
+    return check_positive_number(name, value)
 
 
 def _from_mapping(cls: type, data: Mapping[str, Any], what: str) -> dict[str, Any]:
@@ -149,31 +145,27 @@ class PPOSettings:
     target_kl: float | None = None
     """Stop an update's epochs once the approximate KL exceeds this (``None``: never)."""
     chunk_length: int | None = None
-    """Recurrent agents: minibatches of random chunks of this many steps from all envs, each from its
-    stored state (``rims_rl.ppo.ChunkedRecurrentPPO``, torch-ac's recurrence); ``None``: sb3-contrib's."""
+    """Algo ``ChunkedRecurrentPPO`` only: minibatches of random chunks of this many steps from all envs,
+    each from its stored state (torch-ac's recurrence); ``None`` for the other algorithms. Setting it with
+    ``--set`` selects that algorithm (``infer_algo``)."""
 
     def __post_init__(self) -> None:
         resolve_schedule(self.learning_rate, "ppo.learning_rate")
         resolve_schedule(self.clip_range, "ppo.clip_range")
         if self.clip_range_vf is not None:
             resolve_schedule(self.clip_range_vf, "ppo.clip_range_vf")
-        _check_int("ppo.n_steps", self.n_steps, 1)
-        _check_int("ppo.batch_size", self.batch_size, 2)
-        _check_int("ppo.n_epochs", self.n_epochs, 1)
-        _check_number("ppo.gamma", self.gamma, 0.0, 1.0)
-        _check_number("ppo.gae_lambda", self.gae_lambda, 0.0, 1.0)
-        _check_number("ppo.ent_coef", self.ent_coef, 0.0)
-        _check_number("ppo.vf_coef", self.vf_coef, 0.0)
-        _check_number("ppo.max_grad_norm", self.max_grad_norm, 0.0)
+        check_positive("ppo.n_steps", self.n_steps)
+        check_int("ppo.batch_size", self.batch_size, 2)
+        check_positive("ppo.n_epochs", self.n_epochs)
+        check_number("ppo.gamma", self.gamma, 0.0, 1.0)
+        check_number("ppo.gae_lambda", self.gae_lambda, 0.0, 1.0)
+        check_number("ppo.ent_coef", self.ent_coef, 0.0)
+        check_number("ppo.vf_coef", self.vf_coef, 0.0)
+        check_number("ppo.max_grad_norm", self.max_grad_norm, 0.0)
         if self.target_kl is not None:
-            _check_number("ppo.target_kl", self.target_kl, 0.0)
+            check_number("ppo.target_kl", self.target_kl, 0.0)
         if self.chunk_length is not None:
-            _check_int("ppo.chunk_length", self.chunk_length, 1)
-            if self.batch_size % self.chunk_length:
-                raise ValueError(
-                    f"ppo.batch_size={self.batch_size} must be a multiple of "
-                    f"ppo.chunk_length={self.chunk_length}"
-                )
+            check_chunk_length(self.chunk_length, self.batch_size, prefix="ppo.")
         if not isinstance(self.normalize_advantage, bool):
             raise ValueError(
                 f"ppo.normalize_advantage must be true or false, got {self.normalize_advantage!r}"
@@ -213,7 +205,7 @@ class AgentPreset:
     family: str
     """The environment family the preset is for (``atari``, ``minigrid``, ``classic``)."""
     algo: str
-    """``RecurrentPPO`` or ``PPO``."""
+    """One of ``ALGOS``: ``RecurrentPPO``, ``ChunkedRecurrentPPO`` (needs ``ppo.chunk_length``) or ``PPO``."""
     policy: str
     """Policy class name, or ``auto`` to pick Mlp/Cnn/MultiInput from the observation space."""
     n_envs: int
@@ -234,12 +226,24 @@ class AgentPreset:
     def __post_init__(self) -> None:
         if self.algo not in ALGOS:
             raise ValueError(f"algo must be one of {ALGOS}, got {self.algo!r}")
-        recurrent = self.algo == "RecurrentPPO"
+        recurrent = self.algo in RECURRENT_ALGOS
+        chunks = self.ppo.chunk_length
+        if self.algo == CHUNKED and chunks is None:
+            raise ValueError(f"algo {CHUNKED} needs ppo.chunk_length (steps per chunk, e.g. 32)")
+        if chunks is not None and not recurrent:
+            raise ValueError(
+                f"ppo.chunk_length applies to recurrent agents (algo {CHUNKED}), not {self.algo}"
+            )
+        if chunks is not None and self.algo != CHUNKED:
+            raise ValueError(
+                f"ppo.chunk_length={chunks} trains with algo {CHUNKED}, but algo is {self.algo}: leave algo "
+                f"out (chunk_length selects it), set algo={CHUNKED}, or set ppo.chunk_length=null"
+            )
         valid = ("auto", *(RECURRENT_POLICIES if recurrent else FF_POLICIES))
         if self.policy not in valid:
             raise ValueError(f"policy for {self.algo} must be one of {valid}, got {self.policy!r}")
-        _check_int("n_envs", self.n_envs, 1)
-        _check_int("n_timesteps", self.n_timesteps, 1)
+        check_positive("n_envs", self.n_envs)
+        check_positive("n_timesteps", self.n_timesteps)
         if self.vec_env is not None and self.vec_env not in VEC_ENVS:
             raise ValueError(f"vec_env must be null or one of {VEC_ENVS}, got {self.vec_env!r}")
         for name in ("policy_kwargs", "env"):
@@ -252,8 +256,6 @@ class AgentPreset:
             raise ValueError(
                 f"ppo.batch_size={self.ppo.batch_size} exceeds the rollout size n_steps*n_envs={buffer}"
             )
-        if self.ppo.chunk_length is not None and not recurrent:
-            raise ValueError("ppo.chunk_length applies to recurrent agents (algo RecurrentPPO)")
         self._check_policy_kwargs(recurrent)
 
     def _check_policy_kwargs(self, recurrent: bool) -> None:
@@ -311,8 +313,8 @@ class AgentPreset:
 
     @property
     def recurrent(self) -> bool:
-        """True for RecurrentPPO agents."""
-        return self.algo == "RecurrentPPO"
+        """True for the recurrent algorithms (RecurrentPPO, ChunkedRecurrentPPO)."""
+        return self.algo in RECURRENT_ALGOS
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> AgentPreset:
@@ -375,9 +377,7 @@ def check_model_size(policy_kwargs: Mapping[str, Any]) -> None:
     pk = policy_kwargs
 
     def size(name: str, value: Any, high: int = MAX_LAYER_SIZE) -> int:
-        if not _is_int(value) or not 1 <= value <= high:
-            raise ValueError(f"policy_kwargs.{name} must be an integer in [1, {high}], got {value!r}")
-        return int(value)
+        return check_int(f"policy_kwargs.{name}", value, 1, high)
 
     arch = pk.get("net_arch")
     lists: list[Any] = []
@@ -436,12 +436,12 @@ def check_lstm_kwargs(lstm_kwargs: Any) -> None:
         if key == "bias" and not isinstance(value, bool):
             raise ValueError(f"policy_kwargs.lstm_kwargs.bias must be true or false, got {value!r}")
         if key == "dropout":
-            _check_number("policy_kwargs.lstm_kwargs.dropout", value, 0.0, 1.0)
+            check_number("policy_kwargs.lstm_kwargs.dropout", value, 0.0, 1.0)
 
 
 def _integers(value: Any, path: str) -> list[tuple[str, int]]:
     """Every integer inside nested mappings and lists, with its dotted path (bools excluded)."""
-    if _is_int(value):
+    if is_int(value):
         return [(path, value)]
     if isinstance(value, Mapping):
         return [found for k, v in value.items() for found in _integers(v, f"{path}.{k}")]

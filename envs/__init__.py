@@ -14,7 +14,6 @@ from rims_rl.envs.atari import (
     validate_atari_options,
 )
 from rims_rl.envs.distractors import NOVEL_PAIRS, TRAIN_PAIRS, DistractorEnv
-from rims_rl.envs.errors import unknown_choice_error
 from rims_rl.envs.make import make_env, make_vec_env_for
 from rims_rl.envs.minigrid import make_minigrid_env, make_minigrid_vec_env
 from rims_rl.envs.mission import decode_mission, encode_mission, mission_slots, parse_mission
@@ -69,6 +68,5 @@ __all__ = [
     "register_family",
     "register_suite",
     "supported_env_ids",
-    "unknown_choice_error",
     "validate_atari_options",
 ]

@@ -32,6 +32,8 @@ from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import VecEnv
 from stable_baselines3.common.vec_env.base_vec_env import VecEnvIndices, VecEnvStepReturn
 
+from rims_rl.checks import check_positive
+
 
 def ale_game_name(env_id: str) -> str:
     """``"ALE/Breakout-v5"`` -> ``"breakout"`` (ale-py's ROM name)."""
@@ -61,8 +63,7 @@ class AleVecEnv(VecEnv):
     ) -> None:
         from ale_py.vector_env import AtariVectorEnv
 
-        if frame_stack < 1:
-            raise ValueError(f"frame_stack must be >= 1, got {frame_stack}")
+        check_positive("frame_stack", frame_stack)
         self.env_id = env_id
         self.training = training
         self.life_loss_done = training and terminal_on_life_loss is not False

@@ -29,9 +29,9 @@ from stable_baselines3.common.atari_wrappers import (
 from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import VecEnv
 
+from rims_rl.checks import check_positive, unknown_choice_error
 from rims_rl.envs.ale_vec import AleVecEnv
 from rims_rl.envs.env_kwargs import Rule, check_rules
-from rims_rl.envs.errors import unknown_choice_error
 from rims_rl.envs.registry import EnvFamily, family_of_id, register_family
 from rims_rl.envs.seeding import seeded
 from rims_rl.envs.vec import VecClass, build_vec_env
@@ -163,8 +163,7 @@ def make_atari_env(
     Chain: ALE(frameskip=1, grayscale) -> Monitor (raw score) -> no-op reset -> max-and-skip ->
     [episodic life] -> fire reset (if the game has FIRE) -> 84x84 -> [clip reward] -> frame stack.
     """
-    if frame_stack < 1:
-        raise ValueError(f"frame_stack must be >= 1, got {frame_stack}")
+    check_positive("frame_stack", frame_stack)
     validate_atari_options(env_id, mode, difficulty)
     env = gym.make(
         env_id,

@@ -17,8 +17,8 @@ import gymnasium as gym
 from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import VecEnv
 
+from rims_rl.checks import unknown_choice_error
 from rims_rl.envs.env_kwargs import MAX_EPISODE_STEPS, Rule, check_rules
-from rims_rl.envs.errors import unknown_choice_error
 from rims_rl.envs.registry import EnvFamily, register_family
 from rims_rl.envs.seeding import seeded
 from rims_rl.envs.vec import VecClass, build_vec_env

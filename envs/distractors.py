@@ -19,7 +19,7 @@ from minigrid.core.mission import MissionSpace
 from minigrid.core.world_object import Ball, Box, Key, WorldObj
 from minigrid.minigrid_env import MiniGridEnv
 
-from rims_rl.envs.errors import unknown_choice_error
+from rims_rl.checks import unknown_choice_error
 
 ObjectPair = tuple[str, str]  # (colour, type)
 OBJECT_TYPES: tuple[str, ...] = ("key", "ball", "box")

@@ -14,13 +14,14 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+from rims_rl.checks import check_positive
+
 
 class CueMemoryEnv(gym.Env):
     """Remember a binary cue for ``delay`` steps; episode length ``delay + 1``."""
 
     def __init__(self, delay: int = 4) -> None:
-        if delay < 1:
-            raise ValueError(f"delay must be >= 1, got {delay}")
+        check_positive("delay", delay)
         self.delay = delay
         self.observation_space = spaces.Box(0.0, 1.0, (3,), np.float32)
         self.action_space = spaces.Discrete(2)

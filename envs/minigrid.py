@@ -20,9 +20,9 @@ from minigrid.wrappers import ImgObsWrapper
 from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import VecEnv
 
+from rims_rl.checks import unknown_choice_error
 from rims_rl.envs.distractors import register_distractor_envs
 from rims_rl.envs.env_kwargs import MAX_EPISODE_STEPS, MAX_GRID, Rule, check_value, rule_from_default
-from rims_rl.envs.errors import unknown_choice_error
 from rims_rl.envs.mission import MissionObsWrapper, mission_slots
 from rims_rl.envs.registry import EnvFamily, family_of_id, register_family
 from rims_rl.envs.seeding import seeded

@@ -29,7 +29,7 @@ from gymnasium.envs.registration import load_env_creator
 from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import VecEnv
 
-from rims_rl.envs.errors import unknown_choice_error
+from rims_rl.checks import check_int, unknown_choice_error
 from rims_rl.envs.registry import EnvFamily, family_of_id, register_family
 from rims_rl.envs.seeding import seeded
 from rims_rl.envs.vec import VecClass, build_vec_env
@@ -225,10 +225,8 @@ def validate_popgym_kwargs(env_id: str, env_kwargs: Mapping[str, Any]) -> None:
             raise unknown_choice_error("keyword argument", key, allowed, where=f"for {env_id}")
     for key, (low, high) in INT_BOUNDS.items():
         value = env_kwargs.get(key)
-        if value is not None and (
-            not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high
-        ):
-            raise ValueError(f"{key} for {env_id} must be an integer in [{low}, {high}], got {value!r}")
+        if value is not None:
+            check_int(f"{key} for {env_id}", value, low, high)
 
 
 def make_popgym_env(env_id: str, seed: int | None = None, **env_kwargs: Any) -> gym.Env:

@@ -26,7 +26,7 @@ from typing import Any, Literal, Protocol
 import gymnasium as gym
 from stable_baselines3.common.vec_env import VecEnv
 
-from rims_rl.envs.errors import unknown_choice_error
+from rims_rl.checks import unknown_choice_error
 from rims_rl.envs.vec import VecClass
 
 

@@ -22,8 +22,8 @@ from typing import Any
 
 import gymnasium as gym
 
+from rims_rl.checks import unknown_choice_error
 from rims_rl.envs.atari import ATARI_PREFIX, DEFAULT_STICKY, atari_game_info, is_atari_id
-from rims_rl.envs.errors import unknown_choice_error
 from rims_rl.envs.make import as_spec, check_spec_kwargs
 from rims_rl.envs.popgym import SUITES as POPGYM_SUITES
 from rims_rl.envs.registry import EnvFamily, register_all_envs

@@ -12,7 +12,7 @@ from typing import Literal
 import gymnasium as gym
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
 
-from rims_rl.envs.errors import unknown_choice_error
+from rims_rl.checks import check_positive, unknown_choice_error
 
 #: "ale" (ale-py's native vector env) is accepted for Atari only, see ``envs.atari.make_atari_vec_env``.
 VecClass = Literal["dummy", "subproc", "ale"] | type[VecEnv] | None
@@ -36,8 +36,7 @@ def build_vec_env(
     thunks: Sequence[Callable[[], gym.Env]], seed: int | None, vec_cls: VecClass = None
 ) -> VecEnv:
     """Vectorise env factories; env ``i`` gets ``seed + i`` at its first reset (SB3 convention)."""
-    if len(thunks) < 1:
-        raise ValueError(f"n_envs must be >= 1, got {len(thunks)}")
+    check_positive("n_envs", len(thunks))
     cls = resolve_vec_cls(vec_cls, len(thunks))
     subproc = isinstance(cls, type) and issubclass(cls, SubprocVecEnv)
     if subproc:

@@ -45,6 +45,7 @@ from rims_rl.app.evaluation import (
 from rims_rl.app.leaderboard import write_leaderboard
 from rims_rl.app.runs import DEFAULT_RUNS_ROOT, TrainingDiverged, TrainingInterrupted, train_run
 from rims_rl.app.tune import run_tune
+from rims_rl.checks import check_positive
 
 # The embedded default (``python train.py`` / ``make run``): rims_ppo with its MiniGrid preset on
 # Empty-5x5, which it solves in under 50k steps (about 14 CPU-minutes), then scored with the evaluation
@@ -222,8 +223,7 @@ def _record_video(
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """``evaluate``: a checkpoint (.zip, run dir or pretrained alias) on an env or a whole suite."""
-    if args.episodes < 1:
-        return error(f"--episodes must be >= 1, got {args.episodes}")
+    check_positive("--episodes", args.episodes, error=UserError)
     if args.suite is not None:
         catalog.suite(args.suite)  # a misspelt suite name lists the suites, not env ids
     target = args.suite if args.suite is not None else args.env

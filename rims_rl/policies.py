@@ -21,7 +21,6 @@ the loop as the fallback).
 
 from __future__ import annotations
 
-import difflib
 from contextlib import ExitStack
 from typing import Any, NamedTuple, cast
 
@@ -40,6 +39,7 @@ from stable_baselines3.common.torch_layers import (
 from stable_baselines3.common.type_aliases import Schedule
 from torch import nn
 
+from rims_rl.checks import check_number, check_positive, hint
 from rims_rl.cores.base import RecurrentCore
 from rims_rl.cores.registry import core_settings, get_core
 from rims_rl.cores.stack import StackedCore
@@ -59,12 +59,6 @@ class WidthError(TypeError, ValueError):
     """A width of the wrong type, where ``nn.LSTM`` raises ``TypeError``; also a ``ValueError``."""
 
 
-def _close(name: str, valid: tuple[str, ...]) -> str:
-    """A 'did you mean' hint for an unknown key."""
-    close = difflib.get_close_matches(name, valid, n=3, cutoff=0.5)
-    return f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-
-
 class CoreConfig(NamedTuple):
     """A policy's core settings, checked: what ``_build_core`` builds for the actor (and critic)."""
 
@@ -77,10 +71,7 @@ class CoreConfig(NamedTuple):
 
 def _check_width(name: str, value: object) -> None:
     """nn.LSTM's checks of a width, with its exception types (TypeError for a non-integer)."""
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise WidthError(f"{name} must be a positive integer, got {value!r}")
-    if value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    check_positive(name, value, type_error=WidthError)
 
 
 def resolve_core_config(
@@ -123,7 +114,7 @@ def resolve_core_config(
     for key in kwargs:
         if key not in valid:
             raise ValueError(
-                f"unknown {label} key {key!r} for core={core!r}{_close(key, valid)} "
+                f"unknown {label} key {key!r} for core={core!r}{hint(key, valid)} "
                 f"(valid: {', '.join(valid) or 'none'})"
             )
     lstm_kw = dict(lstm_kwargs or {})
@@ -147,9 +138,7 @@ def resolve_core_config(
                     )
                 kwargs[target] = value
             elif key == "dropout":
-                if not isinstance(value, int | float) or isinstance(value, bool) or not 0.0 <= value <= 1.0:
-                    raise ValueError(f"lstm_kwargs dropout must be a number in [0, 1], got {value!r}")
-                dropout = float(value)
+                dropout = check_number("lstm_kwargs dropout", value, 0.0, 1.0)
             elif key not in _LSTM_NOOPS or value != _LSTM_NOOPS[key]:
                 raise ValueError(
                     f"lstm_kwargs {key}={value!r} has no equivalent in core={core!r}; remove it "

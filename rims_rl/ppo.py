@@ -32,7 +32,11 @@ from sb3_contrib.common.recurrent.type_aliases import (
 )
 from stable_baselines3.common.buffers import RolloutBuffer
 
+from rims_rl.checks import check_positive
 from rims_rl.dropout import NO_KEY
+
+#: Steps per chunk when ``ChunkedRecurrentPPO`` is asked for without a ``chunk_length``.
+DEFAULT_CHUNK_LENGTH = 32
 
 #: Per-step arrays of the buffer, stored ``[n_steps, n_envs, ...]``, sampled env-major.
 _STEP_ARRAYS = ("actions", "values", "log_probs", "advantages", "returns", "episode_starts", "dropout_keys")
@@ -55,10 +59,16 @@ def chunk_layout(n_steps: int, n_envs: int, chunk_length: int) -> ChunkLayout:
     return ChunkLayout(first, length)
 
 
-def check_chunk_length(chunk_length: Any) -> None:
-    """Raise ``ValueError`` unless ``chunk_length`` is a positive integer."""
-    if not isinstance(chunk_length, int) or isinstance(chunk_length, bool) or chunk_length < 1:
-        raise ValueError(f"chunk_length must be a positive integer, got {chunk_length!r}")
+def check_chunk_length(chunk_length: Any, batch_size: int | None = None, prefix: str = "") -> int:
+    """``chunk_length`` if it is a positive integer that divides ``batch_size`` (when given), else
+    ``ValueError``: the one check of it, for the buffer, the algorithm and the agent settings (whose names
+    carry the ``prefix``, e.g. ``ppo.``)."""
+    check_positive(f"{prefix}chunk_length", chunk_length)
+    if batch_size is not None and batch_size % chunk_length != 0:
+        raise ValueError(
+            f"{prefix}batch_size={batch_size} must be a multiple of {prefix}chunk_length={chunk_length}"
+        )
+    return int(chunk_length)
 
 
 class _ChunkFields(NamedTuple):
@@ -94,7 +104,7 @@ class _ChunkSampling(RolloutBuffer, Generic[_SamplesT]):
     hidden_states_vf: np.ndarray
     cell_states_vf: np.ndarray
 
-    def __init__(self, *args: Any, chunk_length: int = 32, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, chunk_length: int = DEFAULT_CHUNK_LENGTH, **kwargs: Any) -> None:
         check_chunk_length(chunk_length)
         self.chunk_length = chunk_length
         super().__init__(*args, **kwargs)
@@ -209,21 +219,14 @@ class ChunkedRecurrentPPO(RecurrentPPO):
     ``batch_size // chunk_length`` chunks). Every other argument is ``RecurrentPPO``'s.
     """
 
-    def __init__(self, policy: Any, env: Any, chunk_length: int = 32, **kwargs: Any) -> None:
+    def __init__(
+        self, policy: Any, env: Any, chunk_length: int = DEFAULT_CHUNK_LENGTH, **kwargs: Any
+    ) -> None:
         self.chunk_length = chunk_length  # read by _setup_model, which RecurrentPPO.__init__ calls
         super().__init__(policy, env, **kwargs)
 
     def _setup_model(self) -> None:
-        if (
-            not isinstance(self.chunk_length, int)
-            or isinstance(self.chunk_length, bool)
-            or self.chunk_length < 1
-        ):
-            raise ValueError(f"chunk_length must be a positive integer, got {self.chunk_length!r}")
-        if self.batch_size is not None and self.batch_size % self.chunk_length != 0:
-            raise ValueError(
-                f"batch_size={self.batch_size} must be a multiple of chunk_length={self.chunk_length}"
-            )
+        check_chunk_length(self.chunk_length, self.batch_size)
         super()._setup_model()
         stock = self.rollout_buffer
         assert isinstance(stock, (RecurrentRolloutBuffer, RecurrentDictRolloutBuffer))

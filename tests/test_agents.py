@@ -12,6 +12,7 @@ from gymnasium import spaces
 from sb3_contrib import RecurrentPPO
 from stable_baselines3 import PPO
 from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.vec_env import VecEnv
 
 from rims_rl.agents import (
     AGENTS,
@@ -214,9 +215,8 @@ def test_recurrent_kwargs_are_refused_for_ppo() -> None:
 
 
 @pytest.mark.parametrize("agent", [a for a in AGENTS if "classic" in families_of(a)])
-def test_build_model_classic(agent: str) -> None:
-    env = make_vec_env(lambda: CueMemoryEnv(3), n_envs=2, seed=0)
-    model = build_model(tiny(agent), env, seed=0)
+def test_build_model_classic(agent: str, cue_env: VecEnv) -> None:
+    model = build_model(tiny(agent), cue_env, seed=0)
     if agent == "ppo":
         assert type(model) is PPO
     else:
@@ -226,17 +226,16 @@ def test_build_model_classic(agent: str) -> None:
     assert model.lr_schedule(0.5) == pytest.approx(5e-4)
 
 
-def test_build_model_with_stock_sb3_contrib_policy() -> None:
+def test_build_model_with_stock_sb3_contrib_policy(cue_env: VecEnv) -> None:
     """The benchmark's stock row: same config, sb3-contrib's own policy class (no RIMs keys passed on)."""
     from sb3_contrib.ppo_recurrent.policies import MlpLstmPolicy
 
-    env = make_vec_env(lambda: CueMemoryEnv(3), n_envs=2, seed=0)
     config = tiny("lstm_ppo")
-    model = build_model(config, env, seed=0, policy="MlpLstmPolicy")
+    model = build_model(config, cue_env, seed=0, policy="MlpLstmPolicy")
     assert type(model.policy) is MlpLstmPolicy
     assert model.policy.lstm_actor.hidden_size == config.policy_kwargs["lstm_hidden_size"]
     model.learn(config.ppo.n_steps * 2)
-    assert type(build_model(tiny("rims_ppo"), env, policy=MlpRimsPolicy).policy.lstm_actor) is RIMs
+    assert type(build_model(tiny("rims_ppo"), cue_env, policy=MlpRimsPolicy).policy.lstm_actor) is RIMs
 
 
 class _FakeMiniGrid(gym.Env):
@@ -295,12 +294,11 @@ def test_spatial_agent_reads_the_minigrid_view_as_slots() -> None:
 
 
 @pytest.mark.parametrize("agent", ["rims_ppo", "lstm_ppo"])
-def test_save_load_predict_identical_and_continue_training(tmp_path, agent: str) -> None:
-    env = make_vec_env(lambda: CueMemoryEnv(3), n_envs=2, seed=0)
-    model = build_model(tiny(agent), env, seed=0)
+def test_save_load_predict_identical_and_continue_training(tmp_path, agent: str, cue_env: VecEnv) -> None:
+    model = build_model(tiny(agent), cue_env, seed=0)
     model.learn(32)
     model.save(tmp_path / "model.zip")
-    loaded = RecurrentPPO.load(tmp_path / "model.zip", env=env)
+    loaded = RecurrentPPO.load(tmp_path / "model.zip", env=cue_env)
     assert type(loaded.policy) is MlpRimsPolicy and loaded.policy.core == model.policy.core
 
     rng = np.random.default_rng(0)
@@ -324,17 +322,65 @@ def test_save_load_predict_identical_and_continue_training(tmp_path, agent: str)
     )
 
 
-def test_chunk_length_trains_on_chunked_minibatches() -> None:
+def test_chunk_length_trains_on_chunked_minibatches(cue_env: VecEnv) -> None:
     """``--set ppo.chunk_length=8`` selects ChunkedRecurrentPPO (sb3-contrib's whole sequences otherwise)."""
     from rims_rl.ppo import ChunkedRecurrentPPO
 
-    env = make_vec_env(lambda: CueMemoryEnv(3), n_envs=2, seed=0)
     preset = apply_overrides(tiny("rims_ppo"), {"ppo.chunk_length": 8})
-    model = build_model(preset, env, seed=0)
+    model = build_model(preset, cue_env, seed=0)
     assert type(model) is ChunkedRecurrentPPO and model.chunk_length == 8
     model.learn(32)
-    assert type(build_model(tiny("rims_ppo"), env, seed=0)) is RecurrentPPO
+    assert type(build_model(tiny("rims_ppo"), cue_env, seed=0)) is RecurrentPPO
     with pytest.raises(ValueError, match="multiple of ppo.chunk_length"):
         apply_overrides(tiny("rims_ppo"), {"ppo.chunk_length": 5})
     with pytest.raises(ValueError, match="recurrent agents"):
         apply_overrides(tiny("ppo"), {"ppo.chunk_length": 8})
+
+
+def test_the_algorithm_is_an_explicit_setting_that_chunk_length_selects() -> None:
+    """``ppo.chunk_length`` picks the algorithm (the grid's ``null,32``) unless ``algo`` is set with it."""
+    from rims_rl.agents import ALGORITHMS
+    from rims_rl.agents.config import ALGOS
+    from rims_rl.ppo import DEFAULT_CHUNK_LENGTH
+
+    assert tuple(ALGORITHMS) == ALGOS
+    base = tiny("rims_ppo")
+    chunked = apply_overrides(base, {"ppo.chunk_length": 8})
+    assert (base.algo, chunked.algo) == ("RecurrentPPO", "ChunkedRecurrentPPO")
+    assert chunked.to_dict()["algo"] == "ChunkedRecurrentPPO" and chunked.recurrent
+    assert apply_overrides(chunked, {"ppo.chunk_length": None}).algo == "RecurrentPPO"
+    assert apply_overrides(base, {"algo": "ChunkedRecurrentPPO"}).ppo.chunk_length == DEFAULT_CHUNK_LENGTH
+    assert apply_overrides(chunked, {"algo": "RecurrentPPO"}).ppo.chunk_length is None
+    with pytest.raises(ValueError, match="algo is RecurrentPPO.*ppo.chunk_length=null"):
+        apply_overrides(base, {"algo": "RecurrentPPO", "ppo.chunk_length": 8})
+    with pytest.raises(ValueError, match="ChunkedRecurrentPPO needs ppo.chunk_length"):
+        apply_overrides(base, {"algo": "ChunkedRecurrentPPO", "ppo.chunk_length": None})
+    with pytest.raises(ValueError, match="algo is RecurrentPPO"):  # a preset's JSON says what it means
+        AgentPreset.from_dict({**base.to_dict(), "ppo": {**base.ppo.to_dict(), "chunk_length": 8}})
+
+
+def test_configs_and_checkpoint_entries_from_before_the_algo_setting_still_load() -> None:
+    """config.json said ``algo: RecurrentPPO`` (or nothing) beside a chunk_length; checkpoint entries may
+    lack ``algo``: both load as the chunked algorithm, inferred from the chunk length."""
+    import copy
+
+    from rims_rl.app.checkpoint import META_FORMAT, CheckpointMeta
+    from rims_rl.app.config import RunConfig, resolve_config
+
+    over = {"ppo.n_steps": 16, "ppo.batch_size": 16, "ppo.chunk_length": 8}
+    config = resolve_config("lstm_ppo", "MiniGrid-Empty-5x5-v0", n_envs=2, overrides=over, timesteps=32)
+    assert config.to_dict()["model"]["algo"] == "ChunkedRecurrentPPO"
+    old = copy.deepcopy(config.to_dict())
+    old["model"]["algo"] = "RecurrentPPO"
+    assert RunConfig.from_dict(old) == config
+    del old["model"]["algo"]
+    assert RunConfig.from_dict(old) == config
+    meta = CheckpointMeta.from_dict({"format": META_FORMAT, "num_timesteps": 32, "config": old})
+    assert meta.algo == "ChunkedRecurrentPPO" and meta.config == config
+    with pytest.raises(ValueError, match="not the config's model.algo"):
+        CheckpointMeta.from_dict({"format": META_FORMAT, "algo": "PPO", "config": old})
+    del old["model"]["ppo"]["chunk_length"]
+    plain = RunConfig.from_dict({**old, "model": {**old["model"], "algo": "RecurrentPPO"}})
+    assert plain.model.algo == "RecurrentPPO"
+    with pytest.raises(ValueError, match="lacks 'algo'"):  # nothing to infer it from
+        RunConfig.from_dict(old)

@@ -1,4 +1,5 @@
-"""The layers import one way: library <- agents <- application <- CLI; envs/ imports no project code.
+"""The layers import one way: library <- agents <- application <- CLI; envs/ imports no project code but
+the leaf, ``rims_rl.checks``, which every layer may import and which imports only the standard library.
 
 The folders agents/ and envs/ install as the packages ``rims_rl.agents`` and ``rims_rl.envs`` (nothing generic
 at the top of site-packages), so the layers are told apart by module prefix.
@@ -11,6 +12,7 @@ saying why it is deferred.
 from __future__ import annotations
 
 import ast
+import sys
 from pathlib import Path
 
 import pytest
@@ -28,6 +30,9 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "app": ("rims_rl",),  # never the CLI (checked below)
     "cli": ("rims_rl.app", "rims_rl.cli"),
 }
+#: The one leaf: the checks of user-given values, importable from every layer (envs/ included) because it
+#: holds no behaviour of the project's, only the wording of a refusal; it imports the standard library only.
+LEAF = "rims_rl.checks"
 #: Function-level project imports that are allowed, each deferred for a reason given at the import.
 DEFERRED: set[tuple[str, str]] = set()
 
@@ -113,9 +118,57 @@ def check_layers(sources: dict[str, str]) -> list[str]:
             }.get(layer, ())
             if module.startswith(barred):
                 ok = False
+            if module == LEAF or module.startswith(LEAF + "."):
+                ok = True
             if not ok:
                 problems.append(f"{rel}:{line} imports {module} ({layer} layer)")
     return problems
+
+
+def leaf_problems(text: str) -> list[str]:
+    """Every import of the leaf's source that is not the standard library, as ``line: module``."""
+    problems = []
+    for node in ast.walk(ast.parse(text)):
+        names = []
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            names = ["." if node.level else (node.module or "")]
+        elif isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", "")) in (
+            "import_module",
+            "__import__",
+        ):
+            names = ["<dynamic import>"]
+        for name in names:
+            if name.split(".")[0] not in (*sys.stdlib_module_names, "__future__"):
+                problems.append(f"{node.lineno}: {name}")
+    return problems
+
+
+def test_the_leaf_imports_only_the_standard_library() -> None:
+    assert leaf_problems((ROOT / "rims_rl/checks.py").read_text()) == []
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "import torch",
+        "from rims_rl.envs import make_env",
+        "from . import policies",
+        "def f():\n    import numpy",
+        "import importlib\nimportlib.import_module('rims_rl.app')",
+    ],
+)
+def test_the_leaf_check_catches_any_other_import(line: str) -> None:
+    assert leaf_problems((ROOT / "rims_rl/checks.py").read_text() + "\n\n" + line + "\n")
+
+
+@pytest.mark.parametrize(
+    "rel",
+    ["envs/make.py", "rims_rl/policies.py", "agents/config.py", "rims_rl/app/runs.py", "rims_rl/cli.py"],
+)
+def test_every_layer_may_import_the_leaf(rel: str) -> None:
+    assert check_layers({rel: "from rims_rl.checks import check_positive\nimport rims_rl.checks\n"}) == []
 
 
 def test_imports_go_one_way() -> None:

@@ -14,21 +14,20 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from conftest import TINY_ENV, TINY_FLAGS
 
 ROOT = Path(__file__).resolve().parent.parent
 
 import train  # noqa: E402
-
-ENV = "MiniGrid-Empty-5x5-v0"
-TINY = ["--n-envs", "2", "--set", "ppo.n_steps=16", "--set", "ppo.batch_size=16", "--set", "ppo.n_epochs=1"]
+from rims_rl.app.checkpoint import read_meta  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A finished 64-step rims_ppo run (config.json, checkpoints, model.zip)."""
     out = tmp_path_factory.mktemp("cli") / "run"
-    argv = ["train", "--env", ENV, "--timesteps", "64", "--run-dir", str(out), "--no-progress"]
-    argv += ["--checkpoint-every", "32", *TINY]
+    argv = ["train", "--env", TINY_ENV, "--timesteps", "64", "--run-dir", str(out), "--no-progress"]
+    argv += ["--checkpoint-every", "32", *TINY_FLAGS]
     assert train.main(argv) == 0
     return out
 
@@ -47,14 +46,17 @@ def _fails_cleanly(argv: list[str], capsys: pytest.CaptureFixture[str], *needles
 @pytest.mark.parametrize(
     ("flags", "needles"),
     [
-        (["--agent", "rimz_ppo", "--env", ENV], ("rims_ppo",)),  # closest agent named
+        (["--agent", "rimz_ppo", "--env", TINY_ENV], ("rims_ppo",)),  # closest agent named
         (["--env", "MiniGrid-Emtpy-5x5-v0"], ("MiniGrid-Empty-5x5-v0",)),
         (["--suite", "minigrid-doorky"], ("minigrid-doorkey",)),
         (["--env", "ALE/Pong-v5", "--set", "env.mode=99"], ("mode 99", "0")),
-        (["--env", ENV, "--set", "policy_kwargs.rims_kwargs.k=9"], ("k",)),  # k > n_units
-        (["--env", ENV, "--timesteps", "-5"], ("timesteps",)),
-        (["--env", ENV, "--n-envs", "2", "--set", "ppo.n_steps=4", "--set", "ppo.batch_size=64"], ("batch",)),
-        (["--env", ENV, "--set", "ppo.learning_rat=1e-3"], ("learning_rate",)),
+        (["--env", TINY_ENV, "--set", "policy_kwargs.rims_kwargs.k=9"], ("k",)),  # k > n_units
+        (["--env", TINY_ENV, "--timesteps", "-5"], ("timesteps",)),
+        (
+            ["--env", TINY_ENV, "--n-envs", "2", "--set", "ppo.n_steps=4", "--set", "ppo.batch_size=64"],
+            ("batch",),
+        ),
+        (["--env", TINY_ENV, "--set", "ppo.learning_rat=1e-3"], ("learning_rate",)),
     ],
 )
 def test_bad_train_arguments_fail_before_anything_is_written(
@@ -68,7 +70,7 @@ def test_bad_train_arguments_fail_before_anything_is_written(
 def test_train_writes_a_complete_run_directory(run_dir: Path) -> None:
     config = json.loads((run_dir / "config.json").read_text())
     model = config["model"]
-    assert model["agent"] == "rims_ppo" and config["env"]["env_id"] == ENV and config["seed"] == 0
+    assert model["agent"] == "rims_ppo" and config["env"]["env_id"] == TINY_ENV and config["seed"] == 0
     assert model["n_timesteps"] == 64 and model["ppo"]["n_steps"] == 16 and model["n_envs"] == 2
     # One home for every value: the run's budget and env count are not repeated beside the preset.
     assert not {"agent", "timesteps", "n_envs", "vec_env", "rollout_size"} & set(config)
@@ -88,15 +90,15 @@ def test_evaluate_prints_table_and_writes_json_csv(
     run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "eval"
-    argv = ["evaluate", "--checkpoint", str(run_dir), "--env", ENV, "--episodes", "2", "--out", str(out)]
+    argv = ["evaluate", "--checkpoint", str(run_dir), "--env", TINY_ENV, "--episodes", "2", "--out", str(out)]
     assert train.main(argv) == 0
     printed = capsys.readouterr().out
-    assert "mean return" in printed and "95% CI" in printed and ENV in printed
-    (result,) = json.loads((out / f"eval-{ENV}.json").read_text())
+    assert "mean return" in printed and "95% CI" in printed and TINY_ENV in printed
+    (result,) = json.loads((out / f"eval-{TINY_ENV}.json").read_text())
     assert result["episodes"] == 2 and len(result["returns"]) == 2
     assert result["success_rate"] in (0.0, 0.5, 1.0)
     assert result["ci95_low"] <= result["mean_return"] <= result["ci95_high"]
-    assert (out / f"eval-{ENV}.csv").read_text().startswith("env,env_id,episodes,mean_return")
+    assert (out / f"eval-{TINY_ENV}.csv").read_text().startswith("env,env_id,episodes,mean_return")
 
 
 def test_resume_of_a_finished_run_does_nothing(run_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -113,7 +115,7 @@ def test_list_names_agents_suites_and_envs(capsys: pytest.CaptureFixture[str]) -
         assert name in out
     assert train.main(["list", "envs"]) == 0
     out = capsys.readouterr().out
-    for name in ("atari envs", ENV, "ALE/Breakout-v5", "popgym-RepeatFirst-v0", "CartPole-v1"):
+    for name in ("atari envs", TINY_ENV, "ALE/Breakout-v5", "popgym-RepeatFirst-v0", "CartPole-v1"):
         assert name in out
 
 
@@ -136,9 +138,11 @@ def test_other_cores_and_chunked_training_train_save_and_evaluate_on_a_suite(
     """Each modular core (and chunked minibatches) through the CLI: train, save, load safely, evaluate."""
     run = tmp_path / "run"
     argv = ["train", "--agent", agent, "--suite", "minigrid-multiroom", "--timesteps", "32", "--run-dir"]
-    assert train.main([*argv, str(run), "--no-progress", *TINY, *extra]) == 0, capsys.readouterr().err
+    assert train.main([*argv, str(run), "--no-progress", *TINY_FLAGS, *extra]) == 0, capsys.readouterr().err
     config = json.loads((run / "config.json").read_text())
     assert config["model"]["agent"] == agent
+    algo = "ChunkedRecurrentPPO" if extra else "RecurrentPPO"  # chunk_length selects it, recorded as algo
+    assert config["model"]["algo"] == algo and read_meta(run / "model.zip").algo == algo
     code = train.main(
         ["evaluate", "--checkpoint", str(run), "--suite", "minigrid-multiroom", "--episodes", "1"]
     )
@@ -158,7 +162,17 @@ def test_a_bug_during_training_keeps_its_traceback_and_marks_the_run_failed(
 
     monkeypatch.setattr(RIMs, "forward", broken)
     run = tmp_path / "run"
-    argv = ["train", "--env", ENV, "--timesteps", "32", "--run-dir", str(run), "--no-progress", *TINY]
+    argv = [
+        "train",
+        "--env",
+        TINY_ENV,
+        "--timesteps",
+        "32",
+        "--run-dir",
+        str(run),
+        "--no-progress",
+        *TINY_FLAGS,
+    ]
     with pytest.raises(ValueError, match="a bug inside the core"):
         train.main(argv)
     status = json.loads((run / "status.json").read_text())
@@ -175,7 +189,7 @@ def test_a_run_directory_in_use_is_refused(run_dir: Path, capsys: pytest.Capture
 
 
 def test_names_from_an_untrusted_checkpoint_never_leave_the_output_folder(tmp_path: Path) -> None:
-    from rims_rl.app.evaluation import safe_name
+    from rims_rl.checks import safe_name
 
     for hostile in ("../../../../tmp/x", "/etc/passwd", "..", "a/../../b"):
         name = safe_name(hostile)
@@ -196,8 +210,17 @@ def test_one_training_run_builds_each_core_once(tmp_path: Path, monkeypatch: pyt
         original(self, *args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(RIMs, "__init__", counting)
-    argv = ["train", "--env", ENV, "--timesteps", "32", "--run-dir", str(tmp_path / "r"), "--no-progress"]
-    assert train.main([*argv, *TINY]) == 0
+    argv = [
+        "train",
+        "--env",
+        TINY_ENV,
+        "--timesteps",
+        "32",
+        "--run-dir",
+        str(tmp_path / "r"),
+        "--no-progress",
+    ]
+    assert train.main([*argv, *TINY_FLAGS]) == 0
     assert len(built) == 1  # the MiniGrid preset shares one core between actor and critic
 
 
@@ -219,7 +242,7 @@ def test_resume_refuses_flags_it_would_ignore(
 
 def test_train_refuses_values_it_used_to_accept(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     target = tmp_path / "run"
-    base = ["train", "--env", ENV, "--run-dir", str(target), "--no-progress", *TINY]
+    base = ["train", "--env", TINY_ENV, "--run-dir", str(target), "--no-progress", *TINY_FLAGS]
     _fails_cleanly([*base, "--eval-episodes", "-3"], capsys, "--eval-episodes")
     _fails_cleanly([*base, "--set", "ppo.learning_rate=Infinity"], capsys, "learning_rate")
     _fails_cleanly([*base, "--set", "n_envs=2.7"], capsys, "n_envs")
@@ -237,7 +260,7 @@ def test_a_huge_budget_is_rounded_exactly() -> None:
 
     requested = 99999999999999999999999999
     overrides = {"ppo.n_steps": 16, "ppo.batch_size": 16}
-    config = resolve_config("rims_ppo", ENV, timesteps=requested, n_envs=2, overrides=overrides)
+    config = resolve_config("rims_ppo", TINY_ENV, timesteps=requested, n_envs=2, overrides=overrides)
     assert config.timesteps % 32 == 0 and 0 <= config.timesteps - requested < 32
 
 
@@ -245,7 +268,17 @@ def test_resume_with_only_unreadable_checkpoints_refuses_to_start_over(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     run = tmp_path / "run"
-    argv = ["train", "--env", ENV, "--timesteps", "96", "--run-dir", str(run), "--no-progress", *TINY]
+    argv = [
+        "train",
+        "--env",
+        TINY_ENV,
+        "--timesteps",
+        "96",
+        "--run-dir",
+        str(run),
+        "--no-progress",
+        *TINY_FLAGS,
+    ]
     assert train.main([*argv, "--checkpoint-every", "32"]) == 0
     (run / "model.zip").unlink()
     for checkpoint in (run / "checkpoints").glob("step_*.zip"):
@@ -304,7 +337,7 @@ def test_a_suite_file_works_from_the_cli_and_in_a_fresh_process(
     suite.write_text(SUITE_YAML)
     run = tmp_path / "run"
     argv = ["train", "--suite", str(suite), "--timesteps", "32", "--run-dir", str(run), "--no-progress"]
-    assert train.main([*argv, *TINY]) == 0, capsys.readouterr().err
+    assert train.main([*argv, *TINY_FLAGS]) == 0, capsys.readouterr().err
     assert json.loads((run / "config.json").read_text())["suite"] == str(suite)
     argv = [
         "evaluate",
@@ -331,7 +364,7 @@ def test_unusable_output_paths_and_missing_targets_give_one_line(
 ) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("in the way")
-    base = ["evaluate", "--checkpoint", str(run_dir), "--env", ENV, "--episodes", "1"]
+    base = ["evaluate", "--checkpoint", str(run_dir), "--env", TINY_ENV, "--episodes", "1"]
     _fails_cleanly([*base, "--out", str(blocker / "sub")], capsys, "cannot write to")
     _fails_cleanly(
         [*base, "--out", str(tmp_path / "ok"), "--video", str(blocker / "v")], capsys, "cannot write"

@@ -7,18 +7,16 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import TINY_ENV, TINY_FLAGS
 from plugin_core import NAME as PLUGIN
 
 import train
 
-ENV = "MiniGrid-Empty-5x5-v0"
-TINY = ["--n-envs", "2", "--set", "ppo.n_steps=16", "--set", "ppo.batch_size=16", "--set", "ppo.n_epochs=1"]
-
 
 def test_train_and_evaluate_with_a_plugin_core(tmp_path: Path) -> None:
     run = tmp_path / "run"
-    argv = ["train", "--agent", "lstm_ppo", "--core", PLUGIN, "--set", "core.leak=0.3", "--env", ENV]
-    argv += ["--timesteps", "32", "--run-dir", str(run), "--no-progress", "--eval-episodes", "0", *TINY]
+    argv = ["train", "--agent", "lstm_ppo", "--core", PLUGIN, "--set", "core.leak=0.3", "--env", TINY_ENV]
+    argv += ["--timesteps", "32", "--run-dir", str(run), "--no-progress", "--eval-episodes", "0", *TINY_FLAGS]
     assert train.main(argv) == 0
     config = json.loads((run / "config.json").read_text())
     assert config["model"]["agent"] == f"lstm_ppo+{PLUGIN}"
@@ -42,7 +40,7 @@ def test_bad_core_flags_fail_in_one_line(
     flags: list[str], needle: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     run = tmp_path / "run"
-    assert train.main(["train", *flags, "--env", ENV, "--run-dir", str(run), "--no-progress"]) == 2
+    assert train.main(["train", *flags, "--env", TINY_ENV, "--run-dir", str(run), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and needle in err and "Traceback" not in err, err
     assert not run.exists()
@@ -51,7 +49,7 @@ def test_bad_core_flags_fail_in_one_line(
 def test_set_core_key_reaches_the_rims_settings_of_a_rims_agent(tmp_path: Path) -> None:
     from rims_rl.app.config import resolve_config
 
-    config = resolve_config("rims_ppo", ENV, overrides=["core.k=3"])
+    config = resolve_config("rims_ppo", TINY_ENV, overrides=["core.k=3"])
     assert config.model.policy_kwargs["rims_kwargs"]["k"] == 3
 
 
@@ -60,7 +58,7 @@ def test_compare_runs_a_plugin_core_in_its_worker_processes(tmp_path: Path) -> N
     argv = [
         "compare",
         "--env",
-        ENV,
+        TINY_ENV,
         "--agents",
         "lstm_ppo",
         "--core",
@@ -70,6 +68,6 @@ def test_compare_runs_a_plugin_core_in_its_worker_processes(tmp_path: Path) -> N
         "--timesteps",
         "32",
     ]
-    argv += ["--eval-episodes", "1", "--workers", "2", "--out", str(out), *TINY]
+    argv += ["--eval-episodes", "1", "--workers", "2", "--out", str(out), *TINY_FLAGS]
     assert train.main(argv) == 0
     assert (out / "records" / f"lstm_ppo+{PLUGIN}-seed0.json").is_file()

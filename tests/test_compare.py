@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from conftest import TINY_PPO
 
 from rims_rl.app import compare
 from rims_rl.app.compare import CompareRequest, CompareResult, run_compare
@@ -334,7 +335,7 @@ def test_compare_end_to_end_tiny(tmp_path: Path, capsys: pytest.CaptureFixture[s
         workers=2,
         out=tmp_path,
         eval_episodes=2,
-        overrides=["ppo.n_steps=16", "ppo.batch_size=16", "ppo.n_epochs=1"],
+        overrides=dict(TINY_PPO),
         device="cpu",
         reps=200,
         progress=False,

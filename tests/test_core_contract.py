@@ -17,6 +17,7 @@ from plugin_core import NAME as PLUGIN
 from rollout_check import assert_training_reproduces_rollouts
 from sb3_contrib import RecurrentPPO
 from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.vec_env import VecEnv
 
 from rims_rl.copying import make_core
 from rims_rl.cores import ENTRY_POINT_GROUP, RecurrentCore, core_names, get_core
@@ -147,20 +148,19 @@ def test_rollout_is_reproduced_by_evaluate_actions(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", CORES)
-def test_save_load_and_predict_with_state_inside_recurrent_ppo(tmp_path, name: str) -> None:
-    env = make_vec_env(lambda: CueMemoryEnv(3), n_envs=2, seed=0)
+def test_save_load_and_predict_with_state_inside_recurrent_ppo(tmp_path, name: str, cue_env: VecEnv) -> None:
     kwargs = {"core": name, "lstm_hidden_size": WIDTH, "shared_lstm": True, "enable_critic_lstm": False}
     model = RecurrentPPO(
-        MlpRimsPolicy, env, n_steps=8, batch_size=16, n_epochs=1, seed=0, policy_kwargs=kwargs
+        MlpRimsPolicy, cue_env, n_steps=8, batch_size=16, n_epochs=1, seed=0, policy_kwargs=kwargs
     )
     model.learn(16)
     model.save(tmp_path / "model")
-    loaded = RecurrentPPO.load(tmp_path / "model", env=env)
+    loaded = RecurrentPPO.load(tmp_path / "model", env=cue_env)
     assert loaded.policy.core == name
     assert type(loaded.policy.lstm_actor) is type(model.policy.lstm_actor)
     for a, b in zip(model.policy.state_dict().values(), loaded.policy.state_dict().values(), strict=True):
         th.testing.assert_close(a, b, rtol=0, atol=0)
-    obs = np.random.default_rng(0).uniform(0, 1, (2, *env.observation_space.shape)).astype(np.float32)
+    obs = np.random.default_rng(0).uniform(0, 1, (2, *cue_env.observation_space.shape)).astype(np.float32)
     s1 = s2 = None
     starts = np.ones(2, bool)
     for _ in range(4):

@@ -15,6 +15,7 @@ from typing import Any
 
 import gymnasium as gym
 import pytest
+from conftest import TINY_FLAGS
 from sb3_contrib import RecurrentPPO
 
 import train
@@ -28,8 +29,6 @@ from rims_rl.envs import (
     register_family,
 )
 from rims_rl.envs import registry as registry_module
-
-TINY = ["--n-envs", "2", "--set", "ppo.n_steps=16", "--set", "ppo.batch_size=16", "--set", "ppo.n_epochs=1"]
 
 
 @pytest.fixture
@@ -96,7 +95,7 @@ def test_cli_train_validates_the_env_id_once_before_learning(
 
     monkeypatch.setattr(RecurrentPPO, "learn", learn)
     argv = ["train", "--agent", "rims_ppo", "--env", "MiniGrid-DoorKey-5x5-v0", "--timesteps", "32"]
-    argv += ["--run-dir", str(tmp_path / "run"), "--no-progress", "--eval-episodes", "0", *TINY]
+    argv += ["--run-dir", str(tmp_path / "run"), "--no-progress", "--eval-episodes", "0", *TINY_FLAGS]
     assert train.main(argv) == 0
     assert at_learn == [1], id_checks
 
@@ -110,7 +109,7 @@ def test_classic_and_popgym_envs_train_and_evaluate_from_the_cli(
 ) -> None:
     run = tmp_path / "run"
     argv = ["train", "--agent", agent, "--env", env, "--timesteps", "32", "--run-dir", str(run)]
-    assert train.main([*argv, "--no-progress", "--eval-episodes", "0", *TINY]) == 0
+    assert train.main([*argv, "--no-progress", "--eval-episodes", "0", *TINY_FLAGS]) == 0
     config = (run / "config.json").read_text()
     assert f'"family": "{family_of_id(env).preset_family}"' in config  # the family's preset block
     capsys.readouterr()

@@ -10,6 +10,7 @@ from pathlib import Path
 import cloudpickle
 import numpy as np
 import pytest
+from conftest import TINY_ENV
 from sb3_contrib import RecurrentPPO
 from stable_baselines3 import A2C, PPO
 
@@ -19,8 +20,6 @@ import train  # noqa: E402
 from rims_rl.app.evaluation import evaluate_checkpoint  # noqa: E402
 from rims_rl.app.foreign import load_foreign, read_foreign  # noqa: E402
 from rims_rl.envs import make_vec_env_for  # noqa: E402
-
-ENV = "MiniGrid-Empty-5x5-v0"
 
 
 class _Planted:
@@ -34,7 +33,7 @@ class _Planted:
 
 
 def _stock_checkpoint(tmp_path: Path, algo: type = RecurrentPPO) -> Path:
-    env = make_vec_env_for(ENV, n_envs=1, seed=0, vec_cls="dummy")
+    env = make_vec_env_for(TINY_ENV, n_envs=1, seed=0, vec_cls="dummy")
     policy = "MlpLstmPolicy" if algo is RecurrentPPO else "MlpPolicy"
     kwargs = {"lstm_hidden_size": 16} if algo is RecurrentPPO else {"net_arch": [16]}
     extra = {} if algo is A2C else {"batch_size": 8}
@@ -75,7 +74,7 @@ def test_a_stock_checkpoint_evaluates_on_a_suite_without_unpickling(tmp_path: Pa
 
 def test_the_safe_rebuild_predicts_what_sb3s_own_loader_predicts(tmp_path: Path) -> None:
     path = _stock_checkpoint(tmp_path)
-    env = make_vec_env_for(ENV, n_envs=1, seed=0, vec_cls="dummy")
+    env = make_vec_env_for(TINY_ENV, n_envs=1, seed=0, vec_cls="dummy")
     trusted = RecurrentPPO.load(path, env=env)  # SB3's loader (unpickles): the reference
     rebuilt = load_foreign(path, read_foreign(path), env)
     obs = env.reset()
@@ -113,11 +112,21 @@ def test_the_cli_evaluates_a_foreign_checkpoint_and_refuses_what_it_cannot_read(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     path = _stock_checkpoint(tmp_path)
-    argv = ["evaluate", "--checkpoint", str(path), "--env", ENV, "--episodes", "1", "--out", str(tmp_path)]
+    argv = [
+        "evaluate",
+        "--checkpoint",
+        str(path),
+        "--env",
+        TINY_ENV,
+        "--episodes",
+        "1",
+        "--out",
+        str(tmp_path),
+    ]
     assert train.main(argv) == 0, capsys.readouterr().err
     code = train.main(["evaluate", "--checkpoint", str(path), "--episodes", "1"])
     assert code == 2 and "give --env or --suite" in capsys.readouterr().err
-    env = make_vec_env_for(ENV, n_envs=1, seed=0, vec_cls="dummy")
+    env = make_vec_env_for(TINY_ENV, n_envs=1, seed=0, vec_cls="dummy")
     from torch import nn
 
     for activation, readable in ((nn.ReLU, True), (nn.Hardswish, False)):  # a known class, an unknown one
@@ -126,7 +135,7 @@ def test_the_cli_evaluates_a_foreign_checkpoint_and_refuses_what_it_cannot_read(
         )
         custom.save(tmp_path / "custom.zip")
         code = train.main(
-            ["evaluate", "--checkpoint", str(tmp_path / "custom.zip"), "--env", ENV, "--episodes", "1"]
+            ["evaluate", "--checkpoint", str(tmp_path / "custom.zip"), "--env", TINY_ENV, "--episodes", "1"]
         )
         err = capsys.readouterr().err
         assert (code, "--trust-checkpoint" in err) == ((0, False) if readable else (2, True)), err

@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 import torch as th
+from conftest import TINY_ENV, TINY_PPO
 from sb3_contrib import RecurrentPPO
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -28,7 +29,6 @@ import train  # noqa: E402
 from rims_rl.app.runs import train_run  # noqa: E402
 from rims_rl.envs import make_vec_env_for  # noqa: E402
 
-ENV = "MiniGrid-Empty-5x5-v0"
 MEMORY_CAP = 4 * 2**30  # bytes of address space for the child (torch alone takes about 0.7 GiB)
 CASE_SECONDS = 60  # today's code hangs for minutes on each critical case
 
@@ -88,10 +88,10 @@ def ours(tmp_path_factory: pytest.TempPathFactory) -> Path:
     run = tmp_path_factory.mktemp("hostile") / "run"
     train_run(
         "rims_ppo",
-        ENV,
+        TINY_ENV,
         timesteps=32,
         n_envs=2,
-        overrides={"ppo.n_steps": 16, "ppo.batch_size": 16, "ppo.n_epochs": 1},
+        overrides=dict(TINY_PPO),
         run_dir=run,
         progress_bar=False,
         device="cpu",
@@ -102,7 +102,7 @@ def ours(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def stock(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An untrained sb3-contrib RecurrentPPO zip (a foreign checkpoint)."""
-    env = make_vec_env_for(ENV, n_envs=1, seed=0, vec_cls="dummy")
+    env = make_vec_env_for(TINY_ENV, n_envs=1, seed=0, vec_cls="dummy")
     model = RecurrentPPO(
         "MlpLstmPolicy", env, n_steps=8, batch_size=8, policy_kwargs={"lstm_hidden_size": 16}
     )
@@ -174,7 +174,8 @@ def test_crafted_sizes_are_refused_before_anything_is_built(ours: Path, stock: P
         "own-batch-first": set_path(*policy, "lstm_kwargs", value={"batch_first": True}),
     }
     cases = [
-        evaluate(rewrite(stock, tmp_path / f"{k}.zip", "data", c), "--env", ENV) for k, c in foreign.items()
+        evaluate(rewrite(stock, tmp_path / f"{k}.zip", "data", c), "--env", TINY_ENV)
+        for k, c in foreign.items()
     ]
     cases += [evaluate(rewrite(ours, tmp_path / f"{k}.zip", "rims_config.json", c)) for k, c in own.items()]
     results = run_bounded(cases, tmp_path)
@@ -214,7 +215,7 @@ def test_a_checkpoints_env_settings_never_override_the_command_line(ours: Path, 
         "rims_config.json",
         set_path("config", "env", "kwargs", value={"size": 30000}),
     )
-    cases = [evaluate(p, "--env", ENV) for p in paths.values()]
+    cases = [evaluate(p, "--env", TINY_ENV) for p in paths.values()]
     cases += [evaluate(p) for p in paths.values()]
     cases += [evaluate(spec_kwargs)]
     results = run_bounded(cases, tmp_path)
@@ -235,7 +236,7 @@ def test_nan_or_inf_weights_are_refused_before_any_episode(
         for tensor in state.values():
             tensor.fill_(value)
 
-    for src, extra in ((ours, []), (stock, ["--env", ENV])):
+    for src, extra in ((ours, []), (stock, ["--env", TINY_ENV])):
         crafted = rewrite(src, tmp_path / f"poisoned-{src.stem}.zip", "policy.pth", poison)
         code = train.main(evaluate(crafted, *extra))
         err = capsys.readouterr().err
@@ -297,7 +298,7 @@ def test_nested_or_huge_metadata_gives_one_line(
     with zipfile.ZipFile(src) as zin, zipfile.ZipFile(crafted, "w") as zout:
         for name in zin.namelist():
             zout.writestr(name, text if name == entry else zin.read(name))
-    code = train.main(evaluate(crafted, "--env", ENV))
+    code = train.main(evaluate(crafted, "--env", TINY_ENV))
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
     assert needle in err
@@ -307,7 +308,7 @@ def test_nested_or_huge_metadata_gives_one_line(
 def test_a_foreign_checkpoint_records_videos_without_asking_for_trust(
     stock: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code = train.main([*evaluate(stock, "--env", ENV), "--video", str(tmp_path / "videos")])
+    code = train.main([*evaluate(stock, "--env", TINY_ENV), "--video", str(tmp_path / "videos")])
     assert code == 0, capsys.readouterr().err
     assert list((tmp_path / "videos").rglob("*.gif"))
 

@@ -13,6 +13,7 @@ from sb3_contrib.common.recurrent.type_aliases import RNNStates
 from sb3_contrib.ppo_recurrent.policies import MlpLstmPolicy
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.logger import configure
+from stable_baselines3.common.vec_env import VecEnv
 
 from rims_rl.callbacks import CoreStatsCallback
 from rims_rl.cores.rims import RIMs, usage_entropy
@@ -210,11 +211,10 @@ def test_optimizer_check_catches_a_core_swapped_in_after_construction() -> None:
     assert not {id(p) for p in stock.lstm_actor.parameters()} <= owned
 
 
-def test_training_updates_every_rims_parameter() -> None:
-    env = make_vec_env(lambda: CueMemoryEnv(3), n_envs=2, seed=0)
+def test_training_updates_every_rims_parameter(cue_env: VecEnv) -> None:
     model = RecurrentPPO(
         MlpRimsPolicy,
-        env,
+        cue_env,
         n_steps=32,
         batch_size=64,
         n_epochs=2,
@@ -280,11 +280,10 @@ def test_usage_entropy() -> None:
     assert usage_entropy(np.array([1.0, 0, 0, 0])) == pytest.approx(0.0)
 
 
-def test_rims_stats_callback_logs_unit_usage(tmp_path) -> None:
-    env = make_vec_env(lambda: CueMemoryEnv(3), n_envs=2, seed=0)
+def test_rims_stats_callback_logs_unit_usage(tmp_path, cue_env: VecEnv) -> None:
     model = RecurrentPPO(
         MlpRimsPolicy,
-        env,
+        cue_env,
         n_steps=16,
         batch_size=32,
         n_epochs=1,

@@ -12,13 +12,12 @@ import torch as th
 from gymnasium import spaces
 from sb3_contrib import RecurrentPPO
 from sb3_contrib.ppo_recurrent.policies import MlpLstmPolicy
-from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.logger import configure
+from stable_baselines3.common.vec_env import VecEnv
 
 from rims_rl.callbacks import CoreStatsCallback
 from rims_rl.cores import core_names, get_core
 from rims_rl.cores.stack import StackedCore
-from rims_rl.envs.memory import CueMemoryEnv
 from rims_rl.policies import MlpRimsPolicy, resolve_core_config
 
 OBS = spaces.Box(-1.0, 1.0, (5,), np.float32)
@@ -141,11 +140,10 @@ def test_core_lstm_is_mlp_lstm_policy_for_any_lstm_kwargs() -> None:
 
 
 @pytest.mark.parametrize("core", core_names())
-def test_stats_callback_logs_what_the_core_reports(tmp_path, core: str) -> None:
-    env = make_vec_env(lambda: CueMemoryEnv(3), n_envs=2, seed=0)
+def test_stats_callback_logs_what_the_core_reports(tmp_path, core: str, cue_env: VecEnv) -> None:
     kwargs = {"core": core, "lstm_hidden_size": 12}
     model = RecurrentPPO(
-        MlpRimsPolicy, env, n_steps=16, batch_size=32, n_epochs=1, seed=0, policy_kwargs=kwargs
+        MlpRimsPolicy, cue_env, n_steps=16, batch_size=32, n_epochs=1, seed=0, policy_kwargs=kwargs
     )
     model.set_logger(configure(str(tmp_path), ["csv"]))
     with th.no_grad():  # what one rollout step does, to learn which keys the core reports

@@ -25,6 +25,7 @@ import cloudpickle
 import numpy as np
 import pytest
 import torch as th
+from conftest import TINY_ENV, TINY_FLAGS, TINY_PPO
 from stable_baselines3.common.callbacks import BaseCallback
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -42,28 +43,15 @@ from rims_rl.app.evaluation import load_for_eval  # noqa: E402
 from rims_rl.app.runs import TrainingDiverged, train_run  # noqa: E402
 from rims_rl.envs import EnvSpec  # noqa: E402
 
-ENV = "MiniGrid-Empty-5x5-v0"
-TINY = {"ppo.n_steps": 16, "ppo.batch_size": 16, "ppo.n_epochs": 1}
-TINY_FLAGS = [
-    "--n-envs",
-    "2",
-    "--set",
-    "ppo.n_steps=16",
-    "--set",
-    "ppo.batch_size=16",
-    "--set",
-    "ppo.n_epochs=1",
-]
-
 
 def tiny_run(run_dir: Path, timesteps: int = 64, **kwargs: Any) -> Path:
     return train_run(
         "rims_ppo",
-        ENV,
+        TINY_ENV,
         timesteps=timesteps,
         seed=kwargs.pop("seed", 0),
         n_envs=2,
-        overrides=dict(TINY),
+        overrides=dict(TINY_PPO),
         run_dir=run_dir,
         checkpoint_every=32,
         progress_bar=False,
@@ -78,7 +66,7 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _evaluate_fails(checkpoint: Path | str, capsys: pytest.CaptureFixture[str], *needles: str) -> str:
-    code = train.main(["evaluate", "--checkpoint", str(checkpoint), "--env", ENV, "--episodes", "1"])
+    code = train.main(["evaluate", "--checkpoint", str(checkpoint), "--env", TINY_ENV, "--episodes", "1"])
     err = capsys.readouterr().err
     assert code == 2, err
     assert err.startswith("error: ") and "Traceback" not in err
@@ -148,7 +136,7 @@ def test_pickle_payload_refused_by_default_and_runs_only_when_trusted(
     marker = tmp_path / "pwned"
     hostile = tmp_path / "hostile.zip"
     _plant_payload(run_dir / "model.zip", hostile, marker)
-    env_spec = EnvSpec(ENV, ENV, {})
+    env_spec = EnvSpec(TINY_ENV, TINY_ENV, {})
 
     model, _ = load_for_eval(hostile, env_spec)  # safe default: weights only
     assert not marker.exists()
@@ -246,7 +234,7 @@ def test_same_seed_gives_identical_learning_curves(tmp_path: Path) -> None:
 
 # ----------------------------------------------------------------------------- signals (subprocess)
 def _start_training(run: Path, timesteps: int) -> subprocess.Popen[str]:
-    cmd = [sys.executable, str(ROOT / "train.py"), "train", "--env", ENV, "--timesteps", str(timesteps)]
+    cmd = [sys.executable, str(ROOT / "train.py"), "train", "--env", TINY_ENV, "--timesteps", str(timesteps)]
     cmd += [
         "--run-dir",
         str(run),
@@ -395,7 +383,7 @@ def test_a_run_dir_that_cannot_be_a_directory_gives_one_line(
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
     run = blocker / "run" if case == "a file in the way" else tmp_path / ("r" * 300)
-    argv = ["train", "--env", ENV, "--timesteps", "32", "--run-dir", str(run), "--no-progress"]
+    argv = ["train", "--env", TINY_ENV, "--timesteps", "32", "--run-dir", str(run), "--no-progress"]
     code = train.main([*argv, *TINY_FLAGS])
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("error: cannot use") and "Traceback" not in err
@@ -438,7 +426,7 @@ def test_resume_takes_the_newest_good_checkpoint_even_when_the_pointer_lags(
 
 # ------------------------------------------------------------------------- a failing disk, a second Ctrl-C
 def _train_argv(run: Path, timesteps: int = 128) -> list[str]:
-    argv = ["train", "--env", ENV, "--timesteps", str(timesteps), "--run-dir", str(run), "--no-progress"]
+    argv = ["train", "--env", TINY_ENV, "--timesteps", str(timesteps), "--run-dir", str(run), "--no-progress"]
     return [*argv, "--checkpoint-every", "32", "--device", "cpu", *TINY_FLAGS]
 
 
@@ -567,7 +555,7 @@ def test_a_read_only_disk_for_new_runs_resume_and_evaluation_gives_one_line(
         argv = ["evaluate", "--checkpoint", str(run_dir), "--episodes", "2", "--out", str(tmp_path / "e")]
         assert train.main(argv) == 2
         out, err = capsys.readouterr()
-        assert "mean return" in out and ENV in out  # the table came first
+        assert "mean return" in out and TINY_ENV in out  # the table came first
         assert err.startswith("error: cannot write to") and "Read-only file system" in err, err
 
 

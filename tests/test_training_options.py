@@ -17,6 +17,7 @@ from sb3_contrib.ppo_recurrent.policies import MlpLstmPolicy
 from stable_baselines3.common.callbacks import CallbackList
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
+from stable_baselines3.common.vec_env import VecEnv
 from test_policies import ACT, OBS, SMALL_RIMS, lr, random_states
 
 from rims_rl.cores.rims import RIMs
@@ -217,11 +218,10 @@ def test_chunked_training_forward_reproduces_the_rollout(policy: str, chunk_leng
     assert checked == 160 and inner_starts > 0
 
 
-def test_chunked_ppo_learns_saves_and_loads(tmp_path) -> None:
-    env = make_vec_env(lambda: CueMemoryEnv(3), n_envs=2, seed=0)
+def test_chunked_ppo_learns_saves_and_loads(tmp_path, cue_env: VecEnv) -> None:
     model = ChunkedRecurrentPPO(
         MlpRimsPolicy,
-        env,
+        cue_env,
         chunk_length=8,
         n_steps=32,
         batch_size=16,
@@ -239,23 +239,22 @@ def test_chunked_ppo_learns_saves_and_loads(tmp_path) -> None:
     model.learn(64)
     assert any(not th.equal(p, before[n]) for n, p in model.policy.named_parameters())
     model.save(tmp_path / "model.zip")
-    loaded = ChunkedRecurrentPPO.load(tmp_path / "model.zip", env=env)
+    loaded = ChunkedRecurrentPPO.load(tmp_path / "model.zip", env=cue_env)
     assert loaded.chunk_length == 8 and isinstance(loaded.rollout_buffer, ChunkedRecurrentRolloutBuffer)
     assert loaded.policy.critic_grad_through_core is True and loaded.policy.keyed_dropout is True
     assert isinstance(loaded.policy.lstm_actor.comm_dropout, KeyedDropout)
-    obs = env.reset()
+    obs = cue_env.reset()
     a1, _ = model.predict(obs, episode_start=np.ones(2, bool), deterministic=True)
     a2, _ = loaded.predict(obs, episode_start=np.ones(2, bool), deterministic=True)
     assert np.array_equal(a1, a2)
     loaded.learn(64)  # trains on after loading
 
 
-def test_chunked_ppo_rejects_bad_chunk_settings() -> None:
-    env = make_vec_env(lambda: CueMemoryEnv(3), n_envs=2, seed=0)
+def test_chunked_ppo_rejects_bad_chunk_settings(cue_env: VecEnv) -> None:
     with pytest.raises(ValueError, match="multiple of chunk_length"):
-        ChunkedRecurrentPPO(MlpRimsPolicy, env, chunk_length=8, n_steps=32, batch_size=12)
+        ChunkedRecurrentPPO(MlpRimsPolicy, cue_env, chunk_length=8, n_steps=32, batch_size=12)
     with pytest.raises(ValueError, match="positive integer"):
-        ChunkedRecurrentPPO(MlpRimsPolicy, env, chunk_length=0, n_steps=32, batch_size=16)
+        ChunkedRecurrentPPO(MlpRimsPolicy, cue_env, chunk_length=0, n_steps=32, batch_size=16)
 
 
 # ---------------------------------------------------------------- keyed dropout
@@ -316,10 +315,9 @@ def test_keyed_dropout_masks_follow_the_key_not_the_batch_position() -> None:
         drop(x), drop(x)
 
 
-def test_keyed_dropout_needs_the_chunked_buffer_and_a_rims_core() -> None:
-    env = make_vec_env(lambda: CueMemoryEnv(3), n_envs=2, seed=0)
+def test_keyed_dropout_needs_the_chunked_buffer_and_a_rims_core(cue_env: VecEnv) -> None:
     policy_kwargs = {"rims_kwargs": dict(DROPOUT_RIMS), "keyed_dropout": True}
-    model = RecurrentPPO(MlpRimsPolicy, env, n_steps=16, batch_size=16, policy_kwargs=policy_kwargs)
+    model = RecurrentPPO(MlpRimsPolicy, cue_env, n_steps=16, batch_size=16, policy_kwargs=policy_kwargs)
     with pytest.raises(RuntimeError, match="ChunkedRecurrentPPO"):
         model.learn(32)
     with pytest.raises(ValueError, match="keyed_dropout needs a core with attention dropout"):

@@ -29,24 +29,18 @@ from typing import Any
 
 import torch as th
 from gymnasium import spaces
-from sb3_contrib import RecurrentPPO
-from stable_baselines3 import PPO
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.vec_env import VecEnv
 
+from rims_rl.agents import ALGORITHMS, infer_algo
 from rims_rl.app.atomic import atomic_write_bytes
 from rims_rl.app.config import RunConfig
 from rims_rl.app.errors import UserError
 from rims_rl.app.rundir import checkpoints_dir, final_model
 from rims_rl.envs.untrusted import UntrustedFileError, parse_json
-from rims_rl.ppo import ChunkedRecurrentPPO
 
 #: The algorithm classes a checkpoint may name (by class name, never imported from the file).
-ALGOS: dict[str, type[BaseAlgorithm]] = {
-    "RecurrentPPO": RecurrentPPO,
-    "ChunkedRecurrentPPO": ChunkedRecurrentPPO,
-    "PPO": PPO,
-}
+ALGOS: Mapping[str, type[BaseAlgorithm]] = ALGORITHMS
 META_NAME = "rims_config.json"
 MAX_META_BYTES = 16 * 2**20  # our JSON entry is a few KiB
 MAX_TENSOR_BYTES = 2 * 2**30  # policy/optimizer tensors; the paper's Atari RIMs policy is ~10 MiB
@@ -134,7 +128,8 @@ class CheckpointMeta:
     """Our ``rims_config.json`` entry, read without unpickling and validated field by field."""
 
     algo: str
-    """The SB3 algorithm class name (a key of ``ALGOS``)."""
+    """The SB3 algorithm class name (a key of ``ALGOS``); the config's ``model.algo`` when the entry has
+    none."""
     num_timesteps: int
     """Environment steps trained."""
     config: RunConfig
@@ -162,9 +157,12 @@ class CheckpointMeta:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> CheckpointMeta:
         """From the JSON entry; ``ValueError`` names the first bad field."""
-        algo, steps = data.get("algo"), data.get("num_timesteps", 0)
+        config = RunConfig.from_dict(data["config"])
+        algo, steps = data.get("algo", config.model.algo), data.get("num_timesteps", 0)
         if algo not in ALGOS:
             raise ValueError(f"algo must be one of {tuple(ALGOS)}, got {algo!r}")
+        if algo != config.model.algo:
+            raise ValueError(f"algo {algo!r} is not the config's model.algo {config.model.algo!r}")
         if not isinstance(steps, int) or isinstance(steps, bool) or steps < 0:
             raise ValueError(f"num_timesteps must be a non-negative integer, got {steps!r}")
         spaces_ = {k: data.get(k) for k in ("observation_space", "action_space")}
@@ -175,7 +173,7 @@ class CheckpointMeta:
         return cls(
             algo=algo,
             num_timesteps=steps,
-            config=RunConfig.from_dict(data["config"]),
+            config=config,
             observation_space=spaces_["observation_space"],
             action_space=spaces_["action_space"],
             run_dir=run_dir if isinstance(run_dir, str) else None,
@@ -375,8 +373,9 @@ def load_trusted(path: str | Path, env: VecEnv | None, device: str = "auto") -> 
                 raise CheckpointError(str(err)) from err
             if not isinstance(data, dict):
                 raise CheckpointError(f"checkpoint {str(path)!r}: 'data' is not a JSON object")
-            recurrent = "ChunkedRecurrentPPO" if "chunk_length" in data else "RecurrentPPO"
-            algo = recurrent if "_last_lstm_states" in data else "PPO"
+            algo = infer_algo(
+                "RecurrentPPO" if "_last_lstm_states" in data else "PPO", data.get("chunk_length")
+            )
     cls = ALGOS.get(algo or "", None)
     if cls is None:
         raise CheckpointError(f"checkpoint {str(path)!r}: cannot tell its algorithm (no 'data' entry)")

@@ -15,7 +15,6 @@ seeds, so differences between agents are not differences in the episodes they we
 from __future__ import annotations
 
 import os
-import re
 import shlex
 import signal
 import sys
@@ -45,6 +44,7 @@ from rims_rl.app.records import (
 )
 from rims_rl.app.report import write_report
 from rims_rl.app.runs import TrainingInterrupted
+from rims_rl.checks import check_positive, safe_name
 from rims_rl.envs import get_suite
 from rims_rl.envs.untrusted import UntrustedFileError, load_json
 
@@ -160,9 +160,7 @@ def _as_list(value: str | Iterable[str] | None, default: Sequence[str]) -> list[
 def _as_seeds(seeds: int | Iterable[int]) -> list[int]:
     """``3`` -> seeds 0, 1, 2 (the CLI's ``--seeds N``); an explicit list is used as given."""
     if isinstance(seeds, int):
-        if seeds < 1:
-            raise ValueError(f"--seeds must be >= 1; got {seeds}")
-        return list(range(seeds))
+        return list(range(check_positive("--seeds", seeds)))
     return [int(s) for s in seeds]
 
 
@@ -199,8 +197,7 @@ def _plan(request: CompareRequest) -> _Plan:
             get_suite(suite)  # fail fast on a bad name, before spawning anything
         seeds = _as_seeds(request.seeds)
         over = _as_overrides(request.overrides)
-        if not isinstance(eval_episodes, int) or isinstance(eval_episodes, bool) or eval_episodes < 1:
-            raise ValueError(f"--eval-episodes must be a positive integer, got {eval_episodes!r}")
+        check_positive("--eval-episodes", eval_episodes)
     if request.executor == "ray":
         check_ray_address(request.ray_address or os.environ.get("RAY_ADDRESS"))
     tuned = read_tuned(request.tuned, agents) if request.tuned is not None else {}
@@ -398,7 +395,7 @@ def _throughput(results: Sequence[JobResult], agents: Sequence[str]) -> dict[str
 
 def default_out_dir(target: str) -> Path:
     """``runs/compare-<suite or env>``: stable (no timestamp), so re-running a command resumes it."""
-    return Path("runs") / ("compare-" + re.sub(r"[^A-Za-z0-9._-]+", "_", target))
+    return Path("runs") / ("compare-" + safe_name(target))
 
 
 def _fmt(overrides: Mapping[str, Any]) -> str:

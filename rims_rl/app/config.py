@@ -3,8 +3,9 @@
 A ``RunConfig`` holds the agent's ``AgentPreset`` with the run's own values applied (``n_envs``, the
 budget, ``--set`` overrides), the env, the seed and the device, each value once. ``resolve_config`` builds
 it from what the user typed and checks every value before anything is built or written; its errors are
-``UserError``. ``RunConfig.from_dict`` also reads the older layout (top-level ``timesteps``/``n_envs``
-beside the preset), so checkpoints written before this record existed still load.
+``UserError``. ``RunConfig.from_dict`` also reads the older layouts (top-level ``timesteps``/``n_envs``
+beside the preset; ``algo: RecurrentPPO`` with a ``ppo.chunk_length``, from before ``algo`` named the
+chunked algorithm), so checkpoints written before this record existed still load.
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ from typing import Any
 
 import torch
 
-from rims_rl.agents import AgentPreset, apply_overrides, get_preset, parse_overrides
+from rims_rl.agents import AgentPreset, apply_overrides, get_preset, infer_algo, parse_overrides
 from rims_rl.app.errors import UserError, user_input
+from rims_rl.checks import check_int, check_positive
 from rims_rl.envs import EnvFamily, EnvSpec, get_suite
 from rims_rl.envs.make import as_spec, check_spec_kwargs
 
@@ -134,6 +136,10 @@ class RunConfig:
         if "timesteps" in data:  # the layout before RunConfig: run values beside the preset's defaults
             model.update(n_timesteps=data["timesteps"], n_envs=data.get("n_envs", model.get("n_envs")))
             model["vec_env"] = data.get("vec_env", model.get("vec_env"))
+        if model.get("algo") in (None, "RecurrentPPO"):  # before algo named the chunked algorithm
+            ppo = model.get("ppo")
+            chunks = ppo.get("chunk_length") if isinstance(ppo, Mapping) else None
+            model = {**model, "algo": infer_algo(model.get("algo"), chunks)} if chunks is not None else model
         preset = AgentPreset.from_dict(model)
         name, env_id, kwargs = env.get("name"), env.get("env_id"), env.get("kwargs", {})
         if not isinstance(name, str) or not isinstance(env_id, str) or not isinstance(kwargs, Mapping):
@@ -146,8 +152,7 @@ class RunConfig:
             ("timesteps_requested", requested, 1),
             ("checkpoint_every", every, 1),
         ):
-            if not isinstance(value, int) or isinstance(value, bool) or value < low:
-                raise ValueError(f"{what} must be an integer >= {low}, got {value!r}")
+            check_int(what, value, low)
         suite, device = data.get("suite"), data.get("device", "auto")
         if suite is not None and not isinstance(suite, str):
             raise ValueError(f"suite must be a name or null, got {suite!r}")
@@ -228,17 +233,14 @@ def resolve_config(
             preset = preset.replace(n_envs=n_envs)
         preset.check_minibatches()
         _check_device(device, here=True)
-        if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
-            raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+        check_int("seed", seed, 0)
         requested = preset.n_timesteps if timesteps is None else timesteps
-        if not isinstance(requested, int) or isinstance(requested, bool) or requested <= 0:
-            raise ValueError(f"timesteps must be a positive integer, got {requested!r}")
+        check_positive("timesteps", requested)
         rollout = preset.ppo.n_steps * preset.n_envs
         preset = preset.replace(n_timesteps=-(-requested // rollout) * rollout)  # integer ceil: exact
         if checkpoint_every is None:
             checkpoint_every = -(-preset.n_timesteps // (DEFAULT_N_CHECKPOINTS * rollout)) * rollout
-        if not isinstance(checkpoint_every, int) or checkpoint_every <= 0:
-            raise ValueError(f"checkpoint_every must be a positive integer, got {checkpoint_every!r}")
+        check_positive("checkpoint_every", checkpoint_every)
         config = RunConfig(
             model=preset,
             env=EnvRef(spec.name, spec.env_id, dict(spec.kwargs), family=spec.family),

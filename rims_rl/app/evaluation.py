@@ -13,7 +13,6 @@ import csv
 import io
 import json
 import math
-import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -24,7 +23,7 @@ import torch
 from PIL import Image
 from stable_baselines3.common.base_class import BaseAlgorithm
 
-from rims_rl.agents import build_model, parse_overrides
+from rims_rl.agents import build_model, infer_algo, parse_overrides
 from rims_rl.app.atomic import atomic_write_bytes
 from rims_rl.app.checkpoint import (
     CheckpointError,
@@ -37,6 +36,7 @@ from rims_rl.app.checkpoint import (
 )
 from rims_rl.app.errors import UserError, output_path, user_input
 from rims_rl.app.foreign import ForeignCheckpoint, is_foreign, load_foreign, read_foreign
+from rims_rl.checks import check_positive, safe_name
 from rims_rl.envs import EnvSpec, Suite, get_suite, list_suites, make_env, make_vec_env_for
 from rims_rl.envs.make import as_spec, check_spec_kwargs
 from rims_rl.envs.suites import ATARI_SUITE_PREFIX
@@ -217,9 +217,10 @@ def load_for_eval(
     env = make_vec_env_for(spec, n_envs=1, seed=0, training=False, vec_cls="dummy")
     try:
         check_spaces(meta, env.observation_space, env.action_space, f" {spec.env_id}")
-        # No training: the smallest buffer that builds.
+        # No training: the smallest buffer that builds (and no chunks, a matter of training only).
         preset = meta.config.model
-        preset = preset.replace(n_envs=1, ppo=replace(preset.ppo, n_steps=2, batch_size=2, chunk_length=None))
+        ppo = replace(preset.ppo, n_steps=2, batch_size=2, chunk_length=None)
+        preset = preset.replace(n_envs=1, algo=infer_algo(preset.algo, None), ppo=ppo)
         try:
             model = build_model(preset, env, seed=0, device=device)
         except ValueError as err:
@@ -320,8 +321,7 @@ def evaluate_checkpoint(
     sb3-contrib checkpoint (read safely, ``rims_rl.app.foreign``). ``env_kwargs`` (``--set env.KEY=VALUE``)
     go to every env, e.g. the wrappers a foreign checkpoint was trained with.
     """
-    if not isinstance(n_episodes, int) or isinstance(n_episodes, bool) or n_episodes < 1:
-        raise CheckpointError(f"the number of episodes must be a positive integer, got {n_episodes!r}")
+    check_positive("the number of episodes", n_episodes, error=CheckpointError)
     path = resolve_checkpoint(checkpoint)
     extra = dict(env_kwargs or {})
     foreign = None if trust or not is_foreign(path) else read_foreign(path)
@@ -461,12 +461,6 @@ def play_episode(
         obs, reward, term, trunc, _ = env.step(int(action[0]))
         done, start, steps = term or trunc, np.zeros(1, dtype=bool), steps + 1
         yield frame, int(action[0]), float(reward), done
-
-
-def safe_name(name: str) -> str:
-    """``name`` as one safe path component: letters, digits, ``.``, ``_``, ``-``; never ``.`` or ``..``."""
-    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip(".") or "env"
-    return cleaned[:100]
 
 
 def record_gif(

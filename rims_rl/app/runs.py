@@ -17,7 +17,6 @@ import datetime as _dt
 import errno
 import math
 import platform
-import re
 import shutil
 import signal
 import sys
@@ -53,6 +52,7 @@ from rims_rl.app.errors import UserError, user_input
 from rims_rl.app.rundir import write_status
 from rims_rl.app.signals import signal_handlers, stop_signals
 from rims_rl.callbacks import CoreStatsCallback
+from rims_rl.checks import safe_name
 from rims_rl.envs import make_vec_env_for
 from rims_rl.envs.untrusted import load_json
 
@@ -86,7 +86,7 @@ class TrainingDiverged(RuntimeError):
 def default_run_dir(agent: str, env_id: str, seed: int, root: str | Path = DEFAULT_RUNS_ROOT) -> Path:
     """``runs/<agent>-<env>-s<seed>-<timestamp>`` (env id made file-name safe)."""
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    env = re.sub(r"[^A-Za-z0-9._-]+", "_", env_id.replace("/", "_"))
+    env = safe_name(env_id.replace("/", "_"))
     path = Path(root) / f"{agent}-{env}-s{seed}-{stamp}"
     n = 1
     while path.exists():

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import ArrayLike
 
+from rims_rl.checks import check_positive
+
 Statistic = str | Callable[[np.ndarray], float]
 # Task name -> run scores, or a (runs, tasks) matrix as rliable takes, or one task's run scores.
 ScoresLike = Mapping[str, ArrayLike] | ArrayLike
@@ -161,8 +163,7 @@ def stratified_bootstrap_ci(
     """
     if not 0.0 < confidence < 1.0:
         raise ValueError(f"confidence must be in (0, 1); got {confidence}")
-    if reps < 1:
-        raise ValueError(f"reps must be >= 1; got {reps}")
+    check_positive("reps", reps)
     strata = _strata(scores)
     if not strata:
         nan = float("nan")

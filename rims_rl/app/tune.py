@@ -25,6 +25,7 @@ from rims_rl.app.errors import UserError, output_path, user_input
 from rims_rl.app.evaluation import EVAL_PROTOCOL
 from rims_rl.app.jobs import Backend
 from rims_rl.app.stats import iqm
+from rims_rl.checks import check_positive
 from rims_rl.envs import get_suite
 
 TUNE_SEED0 = 1000  # tuning seeds: 1000, 1001, ...; comparisons use 0, 1, ...
@@ -80,8 +81,7 @@ def run_tune(
     configs = configurations(grid)
     with user_input():
         train = get_suite(suite).train
-        if not isinstance(seeds, int) or seeds < 1:
-            raise ValueError(f"--seeds must be a positive integer, got {seeds!r}")
+        check_positive("--seeds", seeds)
     seed_list = list(range(TUNE_SEED0, TUNE_SEED0 + seeds))
     out_dir = Path(out)
     trials: list[Trial] = []

@@ -4,7 +4,8 @@
 ``docs/cores.md`` shows how to add a core from an outside package.
 """
 
-from rims_rl.cores.base import RecurrentCore, State, check_positive
+from rims_rl.checks import check_positive
+from rims_rl.cores.base import RecurrentCore, State
 from rims_rl.cores.registry import ENTRY_POINT_GROUP, core_names, core_settings, get_core, register_core
 
 __all__ = [

@@ -62,7 +62,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from rims_rl.cores.base import RecurrentCore, State, check_positive
+from rims_rl.checks import check_positive
+from rims_rl.cores.base import RecurrentCore, State
 
 DEFAULT_MODULES = 6
 

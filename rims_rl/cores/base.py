@@ -46,13 +46,9 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from rims_rl.checks import check_positive
+
 State = tuple[Tensor, Tensor]
-
-
-def check_positive(name: str, value: object) -> None:
-    """``ValueError`` naming ``name`` unless ``value`` is a positive integer (``bool`` is not one)."""
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
 class RecurrentCore(nn.Module):

@@ -14,11 +14,11 @@ Entry points are read on first use and again when a name is not found (a package
 
 from __future__ import annotations
 
-import difflib
 import inspect
 from importlib.metadata import entry_points
 from typing import Any
 
+from rims_rl.checks import hint
 from rims_rl.cores.base import RecurrentCore
 
 ENTRY_POINT_GROUP = "rims_rl.cores"
@@ -82,11 +82,10 @@ def get_core(name: str) -> type[RecurrentCore]:
         cores = _all()
     if name not in cores:
         names = tuple(sorted(cores))
-        close = difflib.get_close_matches(str(name), names, n=3, cutoff=0.5)
-        hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        close = hint(name, names)
         if not names:
-            hint = "; no cores are registered: install rims-rl (pip install -e .) so its entry points exist"
-        raise ValueError(f"unknown core {name!r}{hint} (registered: {', '.join(names)})")
+            close = "; no cores are registered: install rims-rl (pip install -e .) so its entry points exist"
+        raise ValueError(f"unknown core {name!r}{close} (registered: {', '.join(names)})")
     return cores[name]
 
 

@@ -38,7 +38,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rims_rl.cores.base import RecurrentCore, State, check_positive
+from rims_rl.checks import check_positive
+from rims_rl.cores.base import RecurrentCore, State
 from rims_rl.cores.rims_fused import _fused_loop, _RIMsSequence
 from rims_rl.dropout import KeyedDropout
 

@@ -84,7 +84,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rims_rl.cores.base import RecurrentCore, State, check_positive
+from rims_rl.checks import check_positive
+from rims_rl.cores.base import RecurrentCore, State
 
 MIN_D_MODEL = 64
 
