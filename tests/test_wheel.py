@@ -63,8 +63,9 @@ def test_the_installed_script_evaluates_a_pretrained_alias_outside_the_checkout(
         [sys.executable, "-c", probe], env=env, cwd=outside, capture_output=True, text=True
     )
     assert where.stdout.startswith(str(target)), where.stdout + where.stderr
+    script = target / "bin" / "rims-rl"  # the console script pip wrote, run as a user would
     done = subprocess.run(
-        [sys.executable, "-c", "from rims_rl.cli import run; run()", *args],
+        [str(script), *args],
         env=env,
         cwd=outside,
         capture_output=True,
@@ -74,4 +75,3 @@ def test_the_installed_script_evaluates_a_pretrained_alias_outside_the_checkout(
     assert done.returncode == 0, done.stderr[-2000:]
     assert str(target / "rims_rl" / "pretrained" / "doorkey-5x5-rims_ppo") in done.stdout
     assert (outside / "runs" / "eval" / "doorkey-5x5-rims_ppo" / "eval-minigrid-doorkey.json").is_file()
-    assert (target / "bin" / "rims-rl").is_file()  # the console script pip wrote
