@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -160,6 +161,12 @@ def match_hidden(count: Callable[[int], int], target: int, step: int = 1, upper:
             lo = mid + 1
     if lo > 1 and target - count((lo - 1) * step) <= count(lo * step) - target:
         lo -= 1
+    closest = count(lo * step)
+    if abs(closest - target) > 0.1 * target:  # e.g. a TLB whose d_model floor alone outweighs the target
+        raise ValueError(
+            f"no hidden size comes within 10% of {target} parameters (the closest, {lo * step}, has "
+            f"{closest}): the core's fixed widths set its size; choose them instead (e.g. --d-model)"
+        )
     return lo * step
 
 
@@ -175,7 +182,13 @@ def resolve_hidden(args: A, count_model: Callable[[str, int], int]) -> A:
     if args.match_params is None:
         return args
     target = count_model(args.match_params, args.hidden)
-    hidden = match_hidden(lambda h: count_model(args.model, h), target, step=hidden_step(args, args.model))
+    try:
+        hidden = match_hidden(
+            lambda h: count_model(args.model, h), target, step=hidden_step(args, args.model)
+        )
+    except ValueError as err:  # the user's choice of flags, not a bug: one line, exit 2
+        print(f"error: --match-params {args.match_params} for {args.model}: {err}", file=sys.stderr)
+        raise SystemExit(2) from err
     return dataclasses.replace(args, hidden=hidden, matched_from_hidden=args.hidden)
 
 

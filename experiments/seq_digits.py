@@ -133,8 +133,9 @@ class DigitsModel(nn.Module):
     def __init__(self, core: nn.Module, n_classes: int = 10) -> None:
         super().__init__()
         self.core = core
-        # torch types an unknown Module attribute as Tensor | Module (its __getattr__); cores set an int.
-        self.head = nn.Linear(cast(int, core.hidden_size), n_classes)
+        # The output width, not hidden_size (a core's state width, wider for the TLB); torch types an
+        # unknown Module attribute as Tensor | Module (its __getattr__), cores set an int.
+        self.head = nn.Linear(cast(int, core.output_size), n_classes)
 
     def forward(self, pixels: Tensor) -> Tensor:
         """pixels [T, B, 1] -> logits [B, n_classes]."""

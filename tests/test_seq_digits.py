@@ -106,3 +106,21 @@ def test_paper_table_digits(tmp_path: Path) -> None:
     table = _load("paper_table").main(["digits", str(tmp_path / "rims"), str(tmp_path / "lstm")])
     assert "| 3x3 (train size) | 4x4 |" in table
     assert table.splitlines()[3].startswith("| LSTM, hidden 8 |")
+
+
+@pytest.mark.parametrize("kind", ["tlb", "assembly", "gru"])
+def test_the_classifier_reads_each_cores_output_width(kind: str) -> None:
+    # The TLB's state (its hidden_size attribute) is wider than its output: the head must take the output.
+    script = _load("seq_digits")
+    args = script.parse_args(["--model", kind, "--hidden", "12", "--n-modules", "4"])
+    model = script.build_model(args)
+    logits = model(script.as_sequence(torch.rand(3, 4, 4)))
+    assert logits.shape == (3, 10)
+
+
+def test_match_params_refuses_a_match_it_cannot_make(capsys: pytest.CaptureFixture[str]) -> None:
+    script = _load("seq_digits")
+    with pytest.raises(SystemExit) as exit_:
+        script.main(["--model", "tlb", "--match-params", "rims", "--hidden", "60", "--steps", "1"])
+    assert exit_.value.code == 2
+    assert "--d-model" in capsys.readouterr().err
