@@ -16,8 +16,10 @@ from sb3_contrib import RecurrentPPO
 from rims_rl.app.checkpoint import CheckpointError
 from rims_rl.app.foreign import load_foreign, read_foreign
 from rims_rl.envs import make_vec_env_for
+from rims_rl.extractors import MiniGridCNN
 
 ENV = "CartPole-v1"
+MINIGRID = "MiniGrid-Empty-5x5-v0"
 KWARGS = {"core": "rims", "rims_kwargs": {"n_units": 4, "unit_size": 8, "k": 2}}
 
 
@@ -45,12 +47,36 @@ def _with_policy_class(path: Path, tmp: Path, edit: dict) -> Path:
     return out
 
 
-def test_our_policy_saved_by_sb3_predicts_what_sb3s_own_loader_predicts(zoo_zip: Path) -> None:
-    foreign = read_foreign(zoo_zip)
-    assert (foreign.policy, foreign.algo) == ("MlpRimsPolicy", "RecurrentPPO")
-    env = make_vec_env_for(ENV, n_envs=1, seed=0, vec_cls="dummy")
-    trusted = RecurrentPPO.load(zoo_zip, env=env)  # SB3's loader (unpickles): the reference
-    rebuilt = load_foreign(zoo_zip, foreign, env)
+@pytest.fixture(scope="module")
+def zoo_cnn_zip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A MiniGrid agent with our extractor class in its policy_kwargs (pickled by SB3 beside its repr)."""
+    env = make_vec_env_for(MINIGRID, n_envs=1, seed=0, vec_cls="dummy")
+    kwargs = {
+        **KWARGS,
+        "features_extractor_class": MiniGridCNN,
+        "features_extractor_kwargs": {"features_dim": 16},
+    }
+    model = RecurrentPPO("CnnRimsPolicy", env, n_steps=8, batch_size=8, policy_kwargs=kwargs, seed=0)
+    model.learn(16)
+    path = tmp_path_factory.mktemp("zoo") / "rims-cnn.zip"
+    model.save(path)
+    env.close()
+    return path
+
+
+@pytest.mark.parametrize(
+    ("fixture", "env_id", "policy"),
+    [("zoo_zip", ENV, "MlpRimsPolicy"), ("zoo_cnn_zip", MINIGRID, "CnnRimsPolicy")],
+)
+def test_our_policy_saved_by_sb3_predicts_what_sb3s_own_loader_predicts(
+    fixture: str, env_id: str, policy: str, request: pytest.FixtureRequest
+) -> None:
+    path = request.getfixturevalue(fixture)
+    foreign = read_foreign(path)
+    assert (foreign.policy, foreign.algo) == (policy, "RecurrentPPO")
+    env = make_vec_env_for(env_id, n_envs=1, seed=0, vec_cls="dummy")
+    trusted = RecurrentPPO.load(path, env=env)  # SB3's loader (unpickles): the reference
+    rebuilt = load_foreign(path, foreign, env)
     obs, starts, s1, s2 = env.reset(), np.ones(1, dtype=bool), None, None
     for _ in range(5):
         a1, s1 = trusted.predict(obs, state=s1, episode_start=starts, deterministic=True)

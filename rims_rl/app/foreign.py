@@ -41,13 +41,16 @@ from stable_baselines3.common.policies import (
     ActorCriticPolicy,
     MultiInputActorCriticPolicy,
 )
+from stable_baselines3.common.torch_layers import CombinedExtractor, FlattenExtractor, NatureCNN
 from stable_baselines3.common.vec_env import VecEnv
 from torch import nn
 
 from rims_rl.agents.config import check_lstm_kwargs, check_model_size
 from rims_rl.app.checkpoint import META_NAME, CheckpointError, load_weights
 from rims_rl.envs.untrusted import UntrustedFileError, check_tree, parse_json
+from rims_rl.extractors import MiniGridCNN, MiniGridDictExtractor
 from rims_rl.policies import CnnRimsPolicy, MlpRimsPolicy, MultiInputRimsPolicy
+from rims_rl.spatial import SpatialCNN, SpatialCnnRimsPolicy
 
 _POLICY_CLASSES: tuple[type, ...] = (
     RecurrentActorCriticPolicy,
@@ -59,12 +62,14 @@ _POLICY_CLASSES: tuple[type, ...] = (
     MlpRimsPolicy,
     CnnRimsPolicy,
     MultiInputRimsPolicy,
+    SpatialCnnRimsPolicy,
 )
 #: Policy classes a foreign checkpoint may name (by class name; nothing is imported from the file).
 POLICIES: dict[str, type] = {cls.__name__: cls for cls in _POLICY_CLASSES}
 #: The same classes by the (module, qualified name) a pickle refers to them by.
 _PICKLED_POLICIES: dict[tuple[str, str], type] = {(c.__module__, c.__qualname__): c for c in _POLICY_CLASSES}
-#: Classes that SB3 policies take as arguments, by the ``repr`` SB3 writes beside their pickle.
+#: Classes that SB3 policies take as arguments (optimisers, activations, feature extractors: SB3's and
+#: ours), by the ``repr`` SB3 writes beside their pickle.
 KNOWN_CLASSES: dict[str, type] = {
     f"<class '{cls.__module__}.{cls.__qualname__}'>": cls
     for cls in (
@@ -78,11 +83,19 @@ KNOWN_CLASSES: dict[str, type] = {
         nn.GELU,
         nn.LeakyReLU,
         nn.SiLU,
+        FlattenExtractor,
+        NatureCNN,
+        CombinedExtractor,
+        MiniGridCNN,
+        MiniGridDictExtractor,
+        SpatialCNN,
     )
 }
 MAX_DATA_BYTES = 16 * 2**20
 MAX_LITERAL_CHARS = 10_000  # a readable policy_kwargs value ("[64, 64]", "{'pi': [64], 'vf': [64]}")
 _INIT_RE = re.compile(r"<function (\w+)\.__init__ at ")
+#: A policy_kwargs value that is neither a literal nor an object's ``repr``: a plain string, kept as data.
+_PLAIN_TEXT = re.compile(r"[A-Za-z0-9_.\-/ ]{1,200}")
 
 
 @dataclass(frozen=True)
@@ -199,8 +212,9 @@ def _pickled_reference(blob: str) -> tuple[str, str] | None:
 
 
 def _readable_kwargs(value: Any, where: str) -> dict[str, Any]:
-    """``policy_kwargs`` from their readable form: plain JSON, or (beside SB3's pickle) each value's
-    ``repr``, which must be a literal (``ast.literal_eval``) or one of ``KNOWN_CLASSES``."""
+    """``policy_kwargs`` from their readable form: plain JSON, or (beside SB3's pickle) each value as SB3
+    wrote it: JSON values as they are, others as their ``str``, which must be a literal
+    (``ast.literal_eval``), one of ``KNOWN_CLASSES`` or plain text (a JSON string such as ``core='rims'``)."""
     refuse = CheckpointError(
         f"{where}: its policy_kwargs hold objects (custom classes or functions) that cannot be read safely; "
         "if you trust the file, pass --trust-checkpoint"
@@ -234,6 +248,11 @@ def _readable_kwargs(value: Any, where: str) -> dict[str, Any]:
         except UntrustedFileError as err:
             raise CheckpointError(f"{where}: {err}") from err
         except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError) as err:
+            if _PLAIN_TEXT.fullmatch(
+                text
+            ):  # a string value SB3 kept as JSON (ours: core='rims', cell='lstm')
+                out[key] = text
+                continue
             raise refuse from err
     return out
 
