@@ -119,8 +119,11 @@ def package(compare_dir: Path, agent: str, seed: int, alias: str, selection: str
     lines += [
         "",
         f"Load: `python train.py evaluate --checkpoint {alias} --suite {card['suite'] or train_env}"
-        + (" --deterministic`" if card["eval_deterministic"] else "`")
-        + " (the default evaluation protocol: 32 episodes per env from seed 10000, sampled actions)",
+        + (
+            " --deterministic` (32 episodes per env from seed 10000, greedy actions)"
+            if card["eval_deterministic"]
+            else "` (the default evaluation protocol: 32 episodes per env from seed 10000, sampled actions)"
+        ),
         "(safe by default: rebuilt from the JSON config in the zip, tensors read with weights_only=True).",
         "",
     ]

@@ -269,7 +269,8 @@ def cmd_list(args: argparse.Namespace) -> int:
             for i in ids:
                 print(f"  {i}")
         if not found:
-            print(f"no env id contains {args.text!r}" + (f" in family {args.family}" if args.family else ""))
+            what_ids = f"contains {args.text!r}" if args.text is not None else "is listed"
+            print(f"no env id {what_ids}" + (f" in family {args.family}" if args.family else ""))
     if what == "all":
         for family, ids in catalog.env_ids_by_family().items():
             more = ", ..." if len(ids) > 4 else ""
@@ -564,7 +565,13 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args, extra = parser.parse_known_args(argv)
+        # `list envs --family F TEXT`: argparse leaves a positional given after an option over
+        listing = getattr(args, "command", None) == "list" and args.text is None
+        if listing and len(extra) == 1 and not extra[0].startswith("-"):
+            args.text = extra.pop()
+        if extra:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
     except SystemExit as exit_:  # argparse already printed its message
         return int(exit_.code or 0)
     try:

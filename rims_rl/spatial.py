@@ -32,6 +32,10 @@ from rims_rl.policies import POLICIES, RimsActorCriticPolicy
 NATURE_CONVS: tuple[tuple[int, int, int], ...] = ((32, 8, 4), (64, 4, 2), (64, 3, 1))
 
 
+MAX_CONV_PARAMETERS = 10_000_000  # NatureCNN's convolutions hold ~78k
+MAX_FEATURES = 1 << 20  # positions x slot_size (NatureCNN on 84x84: 49 x 64)
+
+
 class SpatialCNN(BaseFeaturesExtractor):
     """Convolutions whose output positions are kept apart: ``[B, n_slots * slot_size]``, slot-major.
 
@@ -62,6 +66,12 @@ class SpatialCNN(BaseFeaturesExtractor):
             )
         layers: list[nn.Module] = []
         channels = observation_space.shape[0]
+        # Sizes checked before anything is allocated (they may come from an untrusted checkpoint): the
+        # convolutions' weights, then the flat feature width that every layer after them is sized from.
+        widths = [channels] + [out for out, _, _ in convs]
+        conv_params = sum(o * i * k * k for (o, k, _), i in zip(convs, widths, strict=False))
+        if conv_params > MAX_CONV_PARAMETERS:
+            raise ValueError(f"convs describe {conv_params:,} weights; at most {MAX_CONV_PARAMETERS:,}")
         if channel_max is not None and len(channel_max) != channels:
             raise ValueError(
                 f"channel_max has {len(channel_max)} values for {channels} input channels "
@@ -73,6 +83,12 @@ class SpatialCNN(BaseFeaturesExtractor):
         cnn = nn.Sequential(*layers)
         with th.no_grad():
             height, width = cnn(th.zeros(1, *observation_space.shape)).shape[2:]
+        if height * width * slot_size > MAX_FEATURES:
+            raise ValueError(
+                f"{height}x{width} positions x slot_size {slot_size} = {height * width * slot_size:,} "
+                "features; "
+                f"at most {MAX_FEATURES:,} (fewer positions: larger strides; or a smaller slot_size)"
+            )
         super().__init__(observation_space, height * width * slot_size)
         self.cnn = cnn
         self.n_slots = height * width

@@ -445,6 +445,10 @@ def test_compare_continues_from_committed_records_alone(
 
     with pytest.raises(UserError, match="records a run with other settings"):
         compare_run(**{**kw, "timesteps": 256})
+    # Other evaluation settings (e.g. new defaults) and no model to re-evaluate: refused, not retrained.
+    with pytest.raises(UserError, match="evaluated with other settings .*eval_episodes=2"):
+        compare_run(**{**kw, "eval_episodes": 3})
+    assert sorted(calls) == [("lstm_ppo", 2), ("rims_ppo", 2)]  # nothing trained since seed 2
 
 
 def test_compare_on_a_local_ray_instance_gives_the_local_pools_report(

@@ -66,3 +66,19 @@ def test_sb3_policies_construct_and_predict(env_id: str) -> None:
     )
     assert ppo.predict(obs)[0].shape == (2,)
     venv.close()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"convs": [[4096, 16, 1]] * 4, "slot_size": 4096}, "weights"),  # ~13G weights
+        ({"convs": [[4096, 1, 1]], "slot_size": 4096}, "features"),  # 84x84 positions x 4096
+    ],
+)
+def test_spatial_cnn_refuses_sizes_from_an_untrusted_file_before_allocating(
+    kwargs: dict, message: str
+) -> None:
+    from rims_rl.spatial import SpatialCNN
+
+    with pytest.raises(ValueError, match=message):
+        SpatialCNN(spaces.Box(0, 255, (3, 84, 84), np.uint8), **kwargs)

@@ -102,3 +102,40 @@ def test_a_pickle_that_is_not_a_known_policy_class_is_refused(
     edited = _with_policy_class(zoo_zip, tmp_path, {":serialized:": base64.b64encode(blob).decode()})
     with pytest.raises(CheckpointError, match="--trust-checkpoint"):
         read_foreign(edited)
+
+
+def test_the_init_fallback_needs_the_classes_own_module(zoo_zip: Path, tmp_path: Path) -> None:
+    # A blob that is not a plain reference (as for a class defined in a user's script, pickled by value):
+    # the __init__ name decides only if __module__ agrees, so a script's subclass is not built as stock.
+    blob = base64.b64encode(pickle.dumps({"a class": "by value"})).decode()
+    stock = "sb3_contrib.common.recurrent.policies"
+    init = "<function RecurrentActorCriticPolicy.__init__ at 0x7f>"
+    for module, ok in (("__main__", False), (stock, True)):
+        edit = {":serialized:": blob, "__init__": init, "__module__": module}
+        edited = _with_policy_class(zoo_zip, tmp_path, edit)
+        if ok:
+            assert read_foreign(edited).policy == "RecurrentActorCriticPolicy"
+        else:
+            with pytest.raises(CheckpointError, match="--trust-checkpoint"):
+                read_foreign(edited)
+
+
+def test_a_long_blob_is_not_parsed(monkeypatch: pytest.MonkeyPatch) -> None:
+    import pickletools
+
+    from rims_rl.app import foreign
+
+    def refuse(*_: object) -> None:
+        raise AssertionError("a blob far longer than a class reference was parsed")
+
+    monkeypatch.setattr(pickletools, "genops", refuse)
+    assert foreign._pickled_reference("A" * 2_000_000) is None
+
+
+def test_an_older_protocols_reference_is_read() -> None:
+    from rims_rl.app import foreign
+    from rims_rl.policies import MlpRimsPolicy
+
+    for protocol in (2, 3, 4, 5):
+        blob = base64.b64encode(pickle.dumps(MlpRimsPolicy, protocol=protocol)).decode()
+        assert foreign._pickled_reference(blob) == ("rims_rl.policies", "MlpRimsPolicy"), protocol

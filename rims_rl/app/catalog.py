@@ -68,7 +68,7 @@ class Pretrained(NamedTuple):
     train_env: str
     suite: str | None
     card: str
-    """The model card's path (MODEL_CARD.md), or ``card.json``'s when the folder has no Markdown card."""
+    """The model card's path (MODEL_CARD.md, else card.json), ``-`` without either."""
 
 
 def pretrained() -> list[Pretrained]:
@@ -85,14 +85,14 @@ def pretrained() -> list[Pretrained]:
         fields = {k: card.get(k) if isinstance(card, dict) else None for k in ("agent", "train_env", "suite")}
         # printable and short, or "?": a hostile card cannot put terminal escapes on the user's screen
         text = {k: v if isinstance(v, str) and _printable(v) else "?" for k, v in fields.items()}
-        markdown = folder / "MODEL_CARD.md"
+        card_file = next((f for f in (folder / "MODEL_CARD.md", folder / "card.json") if f.is_file()), None)
         out.append(
             Pretrained(
-                alias=alias,
+                alias=alias if _printable(alias) else repr(alias),  # a folder name is untrusted too
                 agent=text["agent"],
                 train_env=text["train_env"],
                 suite=text["suite"] if fields["suite"] is not None else None,
-                card=str(markdown if markdown.is_file() else folder / "card.json"),
+                card="-" if card_file is None else _shown(str(card_file)),
             )
         )
     return out
@@ -100,3 +100,8 @@ def pretrained() -> list[Pretrained]:
 
 def _printable(value: str) -> bool:
     return 0 < len(value) <= 200 and value.isprintable()
+
+
+def _shown(text: str) -> str:
+    """``text`` if it prints as itself, else its ``repr`` (escapes visible, never interpreted)."""
+    return text if text.isprintable() else repr(text)

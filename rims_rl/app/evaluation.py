@@ -243,8 +243,8 @@ def run_episodes(
 ) -> tuple[list[float], list[int]]:
     """Returns and lengths of ``n_episodes`` full episodes (Monitor's ``info['episode']``).
 
-    ``seed`` seeds the envs and the sampled actions (on a private copy of torch's CPU generator), so the
-    same call gives the same episodes: a model card's numbers can be reproduced, not just approached.
+    ``seed`` seeds the envs and the sampled actions (on private copies of torch's generators, restored
+    afterwards), so the same call gives the same episodes.
     ``expected``: checkpoint metadata whose ``observation_space``/``action_space`` the env must match.
     """
     n_envs = max(1, min(8, n_episodes)) if n_envs is None else n_envs
@@ -260,7 +260,9 @@ def run_episodes(
     returns: list[float] = []
     lengths: list[int] = []
     try:
-        with torch.random.fork_rng(devices=[]):
+        # manual_seed seeds every device: fork (and afterwards restore) the model's CUDA generator too
+        cuda = [model.device.index or 0] if model.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda):
             torch.manual_seed(seed)
             obs = env.reset()
             assert not isinstance(obs, tuple), "tuple observation spaces are not supported"

@@ -92,9 +92,12 @@ KNOWN_CLASSES: dict[str, type] = {
     )
 }
 MAX_DATA_BYTES = 16 * 2**20
+MAX_REFERENCE_CHARS = 1024  # base64 of a pickled class reference (module + name) is ~80 characters
 MAX_LITERAL_CHARS = 10_000  # a readable policy_kwargs value ("[64, 64]", "{'pi': [64], 'vf': [64]}")
 _INIT_RE = re.compile(r"<function (\w+)\.__init__ at ")
-#: A policy_kwargs value that is neither a literal nor an object's ``repr``: a plain string, kept as data.
+#: A policy_kwargs value that is neither a literal nor an object's ``repr``: a plain string, kept as data,
+#: only for the policy arguments that take a string (any other would be an object's ``str``).
+STRING_KWARGS = frozenset({"core"})
 _PLAIN_TEXT = re.compile(r"[A-Za-z0-9_.\-/ ]{1,200}")
 
 
@@ -179,8 +182,10 @@ def _policy_name(policy_class: Any) -> str | None:
 
     The class's pickle is read as a list of opcodes (``pickletools.genops`` parses, it never imports or
     calls): a class pickled by reference is one ``GLOBAL``/``STACK_GLOBAL`` of its module and name. Where
-    the pickle is absent or unreadable, the qualified name of the class's own ``__init__`` is the fallback
-    (a subclass without one, such as ``MlpRimsPolicy``, shows its parent's there).
+    the pickle is absent or is not such a reference, the qualified name of the class's own ``__init__`` is
+    the fallback, and only if the readable ``__module__`` is that class's module too: a class defined in a
+    user's script (pickled by value, ``__module__`` ``'__main__'``) is not taken for the stock class whose
+    ``__init__`` it inherits.
     """
     if not isinstance(policy_class, dict):
         return None
@@ -191,17 +196,27 @@ def _policy_name(policy_class: Any) -> str | None:
             cls = _PICKLED_POLICIES.get(ref)
             return None if cls is None else cls.__name__
     match = _INIT_RE.match(str(policy_class.get("__init__", "")))
-    return match.group(1) if match is not None and match.group(1) in POLICIES else None
+    if match is None or match.group(1) not in POLICIES:
+        return None
+    name = match.group(1)
+    return name if policy_class.get("__module__") == POLICIES[name].__module__ else None
 
 
 def _pickled_reference(blob: str) -> tuple[str, str] | None:
-    """``(module, qualname)`` of a pickle that is exactly one global reference; None for anything else."""
+    """``(module, qualname)`` of a pickle that is exactly one global reference; None for anything else.
+
+    A reference is under 200 bytes: a longer blob is not one, and is not parsed (a crafted 16 MiB blob
+    would be millions of opcodes held in memory).
+    """
+    if len(blob) > MAX_REFERENCE_CHARS:
+        return None
     try:
         raw = base64.b64decode(blob, validate=True)
         ops = [(op.name, arg) for op, arg, _ in pickletools.genops(raw)]
     except (binascii.Error, ValueError):
         return None
-    names = [n for n, _ in ops if n not in ("PROTO", "FRAME", "MEMOIZE", "STOP")]
+    bookkeeping = ("PROTO", "FRAME", "MEMOIZE", "PUT", "BINPUT", "LONG_BINPUT", "STOP")
+    names = [n for n, _ in ops if n not in bookkeeping]
     strings = [a for n, a in ops if n in ("SHORT_BINUNICODE", "BINUNICODE", "UNICODE") and isinstance(a, str)]
     if names == ["GLOBAL"]:
         module, _, name = str(ops[[n for n, _ in ops].index("GLOBAL")][1]).partition(" ")
@@ -248,9 +263,7 @@ def _readable_kwargs(value: Any, where: str) -> dict[str, Any]:
         except UntrustedFileError as err:
             raise CheckpointError(f"{where}: {err}") from err
         except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError) as err:
-            if _PLAIN_TEXT.fullmatch(
-                text
-            ):  # a string value SB3 kept as JSON (ours: core='rims', cell='lstm')
+            if key in STRING_KWARGS and _PLAIN_TEXT.fullmatch(text):  # a JSON string SB3 kept as it is
                 out[key] = text
                 continue
             raise refuse from err

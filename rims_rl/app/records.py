@@ -233,7 +233,8 @@ def config_mismatch(job: RunJob) -> str | None:
     matches or is absent.
 
     Compared: agent, seed, env/suite, requested timesteps, n_envs and overrides, i.e. what ``compare``
-    chooses (``IDENTITY``); a mismatch means ``--out`` is being reused for other settings.
+    chooses (``IDENTITY``); a mismatch means ``--out`` is being reused for other settings. A record of
+    this run with other evaluation settings counts too when no run directory is left to re-evaluate.
     """
     record = read_record(job.run_dir)
     if record is not None:  # a committed record: the run may exist only as this file
@@ -242,6 +243,15 @@ def config_mismatch(job: RunJob) -> str | None:
             return (
                 f"{record_path(job.run_dir)} records a run with other settings ({'; '.join(diffs)}); "
                 "use another --out or delete that record"
+            )
+        if record.settings != job.eval_settings() and not rundir.is_run_dir(job.run_dir):
+            # this very run, scored another way, with no model here to re-score: training it again would
+            # silently replace a result (e.g. one committed under other evaluation defaults)
+            stored = ", ".join(f"{k}={v}" for k, v in sorted(record.settings.items()) if k != "target")
+            return (
+                f"{record_path(job.run_dir)} holds this run evaluated with other settings ({stored}) and "
+                "its model is not here to re-evaluate: give those evaluation flags (--eval-episodes, "
+                "--deterministic/--stochastic) to reuse it, or delete the record to train it again"
             )
     config = stored_config(job)
     if config is None:
