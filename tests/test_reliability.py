@@ -148,15 +148,36 @@ def test_pickle_payload_refused_by_default_and_runs_only_when_trusted(
     assert marker.exists()
 
 
-def test_plain_sb3_zip_is_refused_without_trust_flag(
+def test_plain_sb3_zip_of_our_policy_is_rebuilt_without_trust_flag(
     run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    plain = tmp_path / "plain.zip"
-    with zipfile.ZipFile(run_dir / "model.zip") as zin, zipfile.ZipFile(plain, "w") as zout:
-        for item in zin.namelist():
-            if item != "rims_config.json":
-                zout.writestr(item, zin.read(item))
-    _evaluate_fails(plain, capsys, "--trust-checkpoint")
+    """Without our metadata (as RL Zoo saves it) our policy class is rebuilt from the zip's readable JSON;
+    one whose class cannot be read that way is refused with the --trust-checkpoint pointer."""
+    plain, unknown = tmp_path / "plain.zip", tmp_path / "unknown.zip"
+    with zipfile.ZipFile(run_dir / "model.zip") as zin:
+        for out, policy_module in ((plain, None), (unknown, "somebody.elses.module")):
+            with zipfile.ZipFile(out, "w") as zout:
+                for item in zin.namelist():
+                    data = zin.read(item)
+                    if item == "data" and policy_module is not None:
+                        meta = json.loads(data)
+                        meta["policy_class"] = {"__module__": policy_module, ":serialized:": "AAAA"}
+                        data = json.dumps(meta).encode()
+                    if item != "rims_config.json":
+                        zout.writestr(item, data)
+    argv = [
+        "evaluate",
+        "--checkpoint",
+        str(plain),
+        "--env",
+        TINY_ENV,
+        "--episodes",
+        "1",
+        "--out",
+        str(tmp_path),
+    ]
+    assert train.main(argv) == 0, capsys.readouterr().err
+    _evaluate_fails(unknown, capsys, "--trust-checkpoint")
 
 
 # ------------------------------------------------------------------------------------ atomic writes
