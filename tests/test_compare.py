@@ -21,7 +21,7 @@ from rims_rl.app.evaluation import EvalResult
 from rims_rl.app.jobs import Backend
 from rims_rl.app.report import write_report
 from rims_rl.app.summary import summary_rows
-from rims_rl.envs import Suite, get_suite
+from rims_rl.envs import EnvSpec, Suite, get_suite
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -566,7 +566,7 @@ def test_tune_gives_every_agent_the_same_budget_and_selects_on_the_training_env_
     evaluated: list[str] = []
 
     def evaluate(checkpoint: Path, target: object, n_episodes: int, **kw: Any) -> list[EvalResult]:
-        evaluated.append(str(target))
+        evaluated.append(target.env_id if isinstance(target, EnvSpec) else str(target))
         config = json.loads((Path(checkpoint).parent / "config.json").read_text())
         epochs = config["overrides"].get("ppo.n_epochs", 1)
         (result,) = backend.evaluate(checkpoint, get_suite("minigrid-doorkey"), n_episodes)[:1]

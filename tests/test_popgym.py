@@ -190,3 +190,29 @@ def test_tune_trains_on_the_suites_training_env_kwargs(tmp_path) -> None:
     assert json.loads((out / "tune.json").read_text())["agents"]["ppo"]["chosen"] == {
         "ppo.learning_rate": 1e-3
     }
+
+
+def test_tune_evaluates_on_the_training_env_it_trained_on(tmp_path) -> None:
+    """A tuning run is scored on its training env with the same kwargs: CountRecall's padded answers (a
+    default env has fewer actions, and the checkpoint was refused) and its deck count."""
+    import json
+
+    from rims_rl.app.tune import run_tune
+
+    out = tmp_path / "tune"
+    suite = get_suite("popgym-count-recall")
+    run_tune(
+        "popgym-count-recall",
+        {"ppo.learning_rate": [1e-3]},
+        agents=["ppo"],
+        seeds=1,
+        timesteps=64,
+        out=out,
+        eval_episodes=1,
+    )
+    (eval_file,) = out.glob("ppo/config0/runs/*/compare_eval.json")
+    (result,) = json.loads(eval_file.read_text())["raw"]
+    assert result["kwargs"] == dict(suite.train.kwargs)
+    assert json.loads((out / "tune.json").read_text())["agents"]["ppo"]["chosen"] == {
+        "ppo.learning_rate": 1e-3
+    }

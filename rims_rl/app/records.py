@@ -306,9 +306,15 @@ def finished_records(job: RunJob) -> tuple[list[ScoreRecord], RunRecord | None] 
     return None
 
 
-def target_of(job: RunJob) -> Suite | str:
-    """What the job evaluates on: its suite, or its single env id."""
-    return get_suite(job.suite) if job.suite else str(job.env_id)
+def target_of(job: RunJob) -> Suite | EnvSpec:
+    """What the job evaluates on: its suite, or its single env with the ``env.*`` settings it was trained
+    with (``tune`` trains a suite's training env that way: CountRecall's padded actions, a smaller room),
+    so that the policy meets the spaces and the task it learned."""
+    if job.suite:
+        return get_suite(job.suite)
+    env_id = str(job.env_id)
+    kwargs = {key[len("env.") :]: value for key, value in job.overrides.items() if key.startswith("env.")}
+    return EnvSpec(env_id, env_id, kwargs)
 
 
 def _checked_records(job: RunJob, raw: Any, source: Path) -> list[ScoreRecord]:
@@ -318,7 +324,7 @@ def _checked_records(job: RunJob, raw: Any, source: Path) -> list[ScoreRecord]:
     if not isinstance(raw, list):
         raise UserError(f"{source} holds no list of records{fix}")
     target = target_of(job)
-    specs = target.specs() if isinstance(target, Suite) else (EnvSpec(target, target),)
+    specs = target.specs() if isinstance(target, Suite) else (target,)
     train_name = target.train.name if isinstance(target, Suite) else None
     expected = {s.name: s.env_id for s in specs}
     records: list[ScoreRecord] = []
