@@ -273,11 +273,24 @@ def _resolve_policy_kwargs(pk: Mapping[str, Any], observation_space: spaces.Spac
     fe = out.get("features_extractor_class")
     if fe in ("MiniGridCNN", "MiniGridDictExtractor"):
         given = dict(out.get("features_extractor_kwargs") or {})
-        unknown = sorted(set(given) - {"features_dim"})
+        unknown = sorted(set(given) - {"features_dim", "film", "one_hot"})
         if unknown:  # they would be dropped below: say so instead
-            raise ValueError(f"unknown features_extractor_kwargs {unknown} for {fe}; it takes features_dim")
-        dim = given.get("features_dim", 64)
-        out.update(minigrid_policy_kwargs(observation_space, features_dim=dim))
+            raise ValueError(
+                f"unknown features_extractor_kwargs {unknown} for {fe}; it takes features_dim, film, one_hot"
+            )
+        for flag in ("film", "one_hot"):
+            if not isinstance(given.get(flag, False), bool):
+                raise ValueError(
+                    f"features_extractor_kwargs.{flag} must be true or false, got {given[flag]!r}"
+                )
+        out.update(
+            minigrid_policy_kwargs(
+                observation_space,
+                features_dim=given.get("features_dim", 64),
+                film=given.get("film", False),
+                one_hot=given.get("one_hot", False),
+            )
+        )
     elif fe == "SpatialCNN":
         given = dict(out.get("features_extractor_kwargs") or {})
         unknown = sorted(set(given) - {"slot_size", "convs", "coordinates", "channel_max"})

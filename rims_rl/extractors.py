@@ -7,6 +7,7 @@ pixels, so we scale each channel by its fixed maximum and tell SB3 not to divide
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch as th
@@ -21,8 +22,12 @@ MINIGRID_CHANNEL_MAX: tuple[float, ...] = (10.0, 5.0, 2.0)
 
 
 class MiniGridCNN(BaseFeaturesExtractor):
-    """conv2x2(16) -> maxpool -> conv2x2(32) -> conv2x2(64) -> linear(features_dim), inputs scaled to [0, 1].
+    """conv2x2(16) -> maxpool -> conv2x2(32) -> conv2x2(64) -> linear(features_dim).
 
+    Inputs are scaled to [0, 1] per channel, or, with ``one_hot=True``, each channel's integer code becomes
+    its own one-hot planes (11 + 6 + 3 = 20 for MiniGrid): a scaled colour code puts "red" between
+    "green" and "blue", so a unit that must fire for one colour needs two thresholds, while a one-hot
+    plane makes every (colour, type) conjunction a single 2x2 filter (BabyAI embeds the codes likewise).
     Accepts channel-last (as MiniGrid emits) or channel-first (after SB3's ``VecTransposeImage``).
     """
 
@@ -33,20 +38,26 @@ class MiniGridCNN(BaseFeaturesExtractor):
         observation_space: spaces.Box,
         features_dim: int = 64,
         channel_max: tuple[float, ...] = MINIGRID_CHANNEL_MAX,
+        one_hot: bool = False,
     ) -> None:
         super().__init__(observation_space, features_dim)
         shape = observation_space.shape
         n_ch = len(channel_max)
         if shape is None or len(shape) != 3 or n_ch not in (shape[0], shape[-1]):
             raise ValueError(f"MiniGridCNN expects an (H, W, {n_ch}) or ({n_ch}, H, W) image, got {shape}")
+        if not isinstance(one_hot, bool):
+            raise ValueError(f"one_hot must be true or false, got {one_hot!r}")
         # SB3 transposes (7,7,3) -> (3,7,7); an untransposed cube like (3,3,3) stays channel-last.
         self.channels_first = shape[0] == n_ch and shape[-1] != n_ch
         height, width = (shape[1], shape[2]) if self.channels_first else (shape[0], shape[1])
         if min(height, width) < 7:
             raise ValueError(f"MiniGridCNN needs a view of at least 7x7, got {height}x{width}")
         self.register_buffer("scale", 1.0 / th.tensor(channel_max, dtype=th.float32).view(1, n_ch, 1, 1))
+        self.one_hot = one_hot
+        self.code_counts = tuple(int(m) + 1 for m in channel_max)
+        in_ch = sum(self.code_counts) if one_hot else n_ch
         self.cnn = nn.Sequential(
-            nn.Conv2d(n_ch, 16, 2),
+            nn.Conv2d(in_ch, 16, 2),
             nn.ReLU(),
             nn.MaxPool2d(2),
             nn.Conv2d(16, 32, 2),
@@ -55,43 +66,110 @@ class MiniGridCNN(BaseFeaturesExtractor):
             nn.ReLU(),
             nn.Flatten(),
         )
+        self.conv_channels = tuple(m.out_channels for m in self.cnn if isinstance(m, nn.Conv2d))
         with th.no_grad():
-            n_flat = self.cnn(th.zeros(1, n_ch, height, width)).shape[1]
+            n_flat = self.cnn(th.zeros(1, in_ch, height, width)).shape[1]
         self.linear = nn.Sequential(nn.Linear(n_flat, features_dim), nn.ReLU())
 
-    def forward(self, observations: th.Tensor) -> th.Tensor:
+    def _planes(self, observations: th.Tensor) -> th.Tensor:
+        """(B, C, H, W) network input: scaled codes, or one-hot planes per channel."""
         x = observations.float()
         if not self.channels_first:
             x = x.permute(0, 3, 1, 2)
-        return self.linear(self.cnn(x * self.scale))
+        if not self.one_hot:
+            return x * self.scale
+        codes = x.round().long()
+        planes = [
+            nn.functional.one_hot(codes[:, c].clamp(0, n - 1), n).permute(0, 3, 1, 2)
+            for c, n in enumerate(self.code_counts)
+        ]
+        return th.cat(planes, dim=1).float()
+
+    def encode(self, observations: th.Tensor, film: Sequence[tuple[th.Tensor, th.Tensor]] = ()) -> th.Tensor:
+        """Features; ``film`` holds one (gamma, beta) of shape (B, channels) per convolution, applied to
+        its output before the ReLU (FiLM, Perez et al. 2018): how a mission conditions what is seen."""
+        if film and len(film) != len(self.conv_channels):
+            raise ValueError(f"film needs {len(self.conv_channels)} (gamma, beta) pairs, got {len(film)}")
+        x = self._planes(observations)
+        layer = 0
+        for module in self.cnn:
+            x = module(x)
+            if film and isinstance(module, nn.Conv2d):
+                gamma, beta = film[layer]
+                x = gamma[:, :, None, None] * x + beta[:, :, None, None]
+                layer += 1
+        return self.linear(x)
+
+    def forward(self, observations: th.Tensor) -> th.Tensor:
+        return self.encode(observations)
 
 
 class MiniGridDictExtractor(BaseFeaturesExtractor):
-    """``MiniGridCNN`` on ``obs["image"]``, concatenated with the one-hot ``obs["mission"]`` vector."""
+    """``MiniGridCNN`` on ``obs["image"]``, concatenated with the one-hot ``obs["mission"]`` vector.
 
-    def __init__(self, observation_space: spaces.Dict, cnn_features_dim: int = 64) -> None:
+    With ``film=True`` the mission also scales and shifts every convolution's channels, so the features
+    can say "the named object is here" rather than leaving the policy to intersect "a red thing is here"
+    with "red was named" (the conjunction plain concatenation did not learn on our distractor room).
+    """
+
+    def __init__(
+        self,
+        observation_space: spaces.Dict,
+        cnn_features_dim: int = 64,
+        film: bool = False,
+        one_hot: bool = False,
+    ) -> None:
         image_space, mission_space = observation_space["image"], observation_space["mission"]
         assert isinstance(image_space, spaces.Box) and isinstance(mission_space, spaces.Box)
+        if not isinstance(film, bool):
+            raise ValueError(f"film must be true or false, got {film!r}")
         mission_dim = int(mission_space.shape[0])
         super().__init__(observation_space, cnn_features_dim + mission_dim)
-        self.cnn = MiniGridCNN(image_space, cnn_features_dim)
+        self.cnn = MiniGridCNN(image_space, cnn_features_dim, one_hot=one_hot)
+        self.film = (
+            nn.ModuleList(nn.Linear(mission_dim, 2 * c) for c in self.cnn.conv_channels) if film else None
+        )
+        if self.film is not None:  # start as the identity: gamma 1, beta 0
+            for layer in self.film:
+                nn.init.zeros_(layer.weight)
+                nn.init.zeros_(layer.bias)
 
     def forward(self, observations: dict[str, th.Tensor]) -> th.Tensor:
-        return th.cat([self.cnn(observations["image"]), observations["mission"].float()], dim=1)
+        mission = observations["mission"].float()
+        film: list[tuple[th.Tensor, th.Tensor]] = []
+        if self.film is not None:
+            for layer in self.film:
+                delta_gamma, beta = layer(mission).chunk(2, dim=1)
+                film.append((1.0 + delta_gamma, beta))
+        return th.cat([self.cnn.encode(observations["image"], film), mission], dim=1)
 
 
 def minigrid_policy_kwargs(
-    observation_space: spaces.Space | None = None, features_dim: int = 64
+    observation_space: spaces.Space | None = None,
+    features_dim: int = 64,
+    film: bool = False,
+    one_hot: bool = False,
 ) -> dict[str, Any]:
-    """SB3 ``policy_kwargs`` for MiniGrid: our extractor (Dict-aware) and ``normalize_images=False``."""
+    """SB3 ``policy_kwargs`` for MiniGrid: our extractor (Dict-aware) and ``normalize_images=False``.
+
+    ``film`` needs a mission to condition on: refused for image-only observations.
+    """
     if isinstance(observation_space, spaces.Dict):
+        kwargs: dict[str, Any] = {"cnn_features_dim": features_dim}
+        kwargs.update({k: True for k, on in (("film", film), ("one_hot", one_hot)) if on})
         return {
             "features_extractor_class": MiniGridDictExtractor,
-            "features_extractor_kwargs": {"cnn_features_dim": features_dim},
+            "features_extractor_kwargs": kwargs,
             "normalize_images": False,
         }
+    if film:
+        raise ValueError(
+            "features_extractor_kwargs.film conditions the CNN on the mission, but this env has no mission "
+            "in its observations: drop film, or use a task whose mission varies (Fetch, GoToObject, RimsRL/)"
+        )
+    kwargs = {"features_dim": features_dim, **({"one_hot": True} if one_hot else {})}
     return {
         "features_extractor_class": MiniGridCNN,
-        "features_extractor_kwargs": {"features_dim": features_dim},
+        "features_extractor_kwargs": kwargs,
         "normalize_images": False,
     }
