@@ -293,11 +293,11 @@ def _resolve_policy_kwargs(pk: Mapping[str, Any], observation_space: spaces.Spac
         )
     elif fe == "SpatialCNN":
         given = dict(out.get("features_extractor_kwargs") or {})
-        unknown = sorted(set(given) - {"slot_size", "convs", "coordinates", "channel_max"})
+        unknown = sorted(set(given) - {"slot_size", "convs", "coordinates", "channel_max", "one_hot"})
         if unknown:  # a TypeError deep inside the policy constructor otherwise
             raise ValueError(
                 f"unknown features_extractor_kwargs {unknown} for SpatialCNN; it takes slot_size, convs, "
-                "coordinates, channel_max"
+                "coordinates, channel_max, one_hot"
             )
         out["features_extractor_class"] = SpatialCNN
     elif isinstance(fe, str):

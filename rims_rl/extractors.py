@@ -21,6 +21,19 @@ from torch import nn
 MINIGRID_CHANNEL_MAX: tuple[float, ...] = (10.0, 5.0, 2.0)
 
 
+def one_hot_planes(codes: th.Tensor, code_counts: Sequence[int]) -> th.Tensor:
+    """``[B, C, H, W]`` integer codes -> ``[B, sum(code_counts), H, W]`` one-hot planes, channel by
+    channel (codes outside ``[0, count)`` are clamped into it)."""
+    if codes.shape[1] != len(code_counts):
+        raise ValueError(f"{codes.shape[1]} channels for {len(code_counts)} code counts")
+    ints = codes.round().long()
+    planes = [
+        nn.functional.one_hot(ints[:, c].clamp(0, n - 1), n).permute(0, 3, 1, 2)
+        for c, n in enumerate(code_counts)
+    ]
+    return th.cat(planes, dim=1).float()
+
+
 class MiniGridCNN(BaseFeaturesExtractor):
     """conv2x2(16) -> maxpool -> conv2x2(32) -> conv2x2(64) -> linear(features_dim).
 
@@ -76,14 +89,7 @@ class MiniGridCNN(BaseFeaturesExtractor):
         x = observations.float()
         if not self.channels_first:
             x = x.permute(0, 3, 1, 2)
-        if not self.one_hot:
-            return x * self.scale
-        codes = x.round().long()
-        planes = [
-            nn.functional.one_hot(codes[:, c].clamp(0, n - 1), n).permute(0, 3, 1, 2)
-            for c, n in enumerate(self.code_counts)
-        ]
-        return th.cat(planes, dim=1).float()
+        return one_hot_planes(x, self.code_counts) if self.one_hot else x * self.scale
 
     def encode(self, observations: th.Tensor, film: Sequence[tuple[th.Tensor, th.Tensor]] = ()) -> th.Tensor:
         """Features; ``film`` holds one (gamma, beta) of shape (B, channels) per convolution, applied to

@@ -26,6 +26,7 @@ from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from torch import nn
 
 from rims_rl.cores.base import RecurrentCore, State
+from rims_rl.extractors import one_hot_planes
 from rims_rl.policies import POLICIES, RimsActorCriticPolicy
 
 #: NatureCNN's convolutions, as (out_channels, kernel, stride).
@@ -34,6 +35,17 @@ NATURE_CONVS: tuple[tuple[int, int, int], ...] = ((32, 8, 4), (64, 4, 2), (64, 3
 
 MAX_CONV_PARAMETERS = 10_000_000  # NatureCNN's convolutions hold ~78k
 MAX_FEATURES = 1 << 20  # positions x slot_size (NatureCNN on 84x84: 49 x 64)
+
+
+MAX_CODES = 256  # one-hot planes per input channel (MiniGrid's object channel has 11)
+
+
+def _code_counts(channel_max: tuple[float, ...] | list[float]) -> tuple[int, ...]:
+    """One-hot planes per channel, bounded before any tensor is sized from them (untrusted input)."""
+    counts = tuple(int(m) + 1 for m in channel_max)
+    if any(not 2 <= n <= MAX_CODES for n in counts):
+        raise ValueError(f"one_hot needs each channel_max in [1, {MAX_CODES - 1}], got {list(channel_max)}")
+    return counts
 
 
 class SpatialCNN(BaseFeaturesExtractor):
@@ -45,6 +57,8 @@ class SpatialCNN(BaseFeaturesExtractor):
         say where they are (attention over slots is otherwise blind to position).
     :param channel_max: divide each input channel by this maximum first, for inputs that are codes
         rather than 0-255 pixels (MiniGrid: ``MINIGRID_CHANNEL_MAX`` with ``normalize_images=False``).
+    :param one_hot: read those codes as one-hot planes instead (``channel_max[c] + 1`` planes per
+        channel), as ``MiniGridCNN(one_hot=True)`` does; needs ``channel_max``.
     """
 
     coords: th.Tensor  # registered buffers
@@ -57,6 +71,7 @@ class SpatialCNN(BaseFeaturesExtractor):
         convs: tuple[tuple[int, int, int], ...] | list[list[int]] = NATURE_CONVS,
         coordinates: bool = True,
         channel_max: tuple[float, ...] | list[float] | None = None,
+        one_hot: bool = False,
     ) -> None:
         shape = getattr(observation_space, "shape", None)
         if not isinstance(observation_space, spaces.Box) or shape is None or len(shape) != 3:
@@ -64,25 +79,33 @@ class SpatialCNN(BaseFeaturesExtractor):
                 f"SpatialCNN reads one image (C, H, W), got {observation_space}; for Dict observations "
                 "(e.g. MiniGrid with the mission) use a CNN extractor that takes them (MiniGridDictExtractor)"
             )
+        if not isinstance(one_hot, bool):
+            raise ValueError(f"one_hot must be true or false, got {one_hot!r}")
+        if one_hot and channel_max is None:
+            raise ValueError("one_hot needs channel_max: the largest code of each input channel")
         layers: list[nn.Module] = []
         channels = observation_space.shape[0]
         # Sizes checked before anything is allocated (they may come from an untrusted checkpoint): the
         # convolutions' weights, then the flat feature width that every layer after them is sized from.
-        widths = [channels] + [out for out, _, _ in convs]
-        conv_params = sum(o * i * k * k for (o, k, _), i in zip(convs, widths, strict=False))
-        if conv_params > MAX_CONV_PARAMETERS:
-            raise ValueError(f"convs describe {conv_params:,} weights; at most {MAX_CONV_PARAMETERS:,}")
         if channel_max is not None and len(channel_max) != channels:
             raise ValueError(
                 f"channel_max has {len(channel_max)} values for {channels} input channels "
                 f"(channel-first observations of shape {observation_space.shape})"
             )
+        code_counts = _code_counts(channel_max) if one_hot and channel_max is not None else ()
+        if code_counts:
+            channels = sum(code_counts)
+        widths = [channels] + [out for out, _, _ in convs]
+        conv_params = sum(o * i * k * k for (o, k, _), i in zip(convs, widths, strict=False))
+        if conv_params > MAX_CONV_PARAMETERS:
+            raise ValueError(f"convs describe {conv_params:,} weights; at most {MAX_CONV_PARAMETERS:,}")
+        in_shape = (channels, *observation_space.shape[1:])
         for out, kernel, stride in convs:
             layers += [nn.Conv2d(channels, out, kernel, stride), nn.ReLU()]
             channels = out
         cnn = nn.Sequential(*layers)
         with th.no_grad():
-            height, width = cnn(th.zeros(1, *observation_space.shape)).shape[2:]
+            height, width = cnn(th.zeros(1, *in_shape)).shape[2:]
         if height * width * slot_size > MAX_FEATURES:
             raise ValueError(
                 f"{height}x{width} positions x slot_size {slot_size} = {height * width * slot_size:,} "
@@ -91,6 +114,7 @@ class SpatialCNN(BaseFeaturesExtractor):
             )
         super().__init__(observation_space, height * width * slot_size)
         self.cnn = cnn
+        self.code_counts = code_counts
         self.n_slots = height * width
         self.slot_size = slot_size
         self.coordinates = coordinates
@@ -101,7 +125,9 @@ class SpatialCNN(BaseFeaturesExtractor):
         self.register_buffer("scale", scale.float().view(1, -1, 1, 1), persistent=False)
 
     def forward(self, observations: th.Tensor) -> th.Tensor:
-        maps = self.cnn(observations.float() * self.scale)  # [B, C, H, W]
+        x = observations.float()
+        x = one_hot_planes(x, self.code_counts) if self.code_counts else x * self.scale
+        maps = self.cnn(x)  # [B, C, H, W]
         slots = maps.flatten(2).transpose(1, 2)  # [B, H*W, C], row-major positions
         if self.coordinates:
             slots = th.cat([slots, self.coords.expand(slots.shape[0], -1, -1)], dim=-1)

@@ -73,6 +73,9 @@ def test_sb3_policies_construct_and_predict(env_id: str) -> None:
     [
         ({"convs": [[4096, 16, 1]] * 4, "slot_size": 4096}, "weights"),  # ~13G weights
         ({"convs": [[4096, 1, 1]], "slot_size": 4096}, "features"),  # 84x84 positions x 4096
+        ({"one_hot": True, "channel_max": [10.0, 5.0, 1e9]}, "channel_max in"),  # a billion planes
+        ({"one_hot": True}, "needs channel_max"),
+        ({"one_hot": "yes", "channel_max": [10.0, 5.0, 2.0]}, "true or false"),
     ],
 )
 def test_spatial_cnn_refuses_sizes_from_an_untrusted_file_before_allocating(
@@ -227,3 +230,20 @@ def test_a_film_one_hot_agent_saves_and_loads_as_it_trained(tmp_path) -> None:
     loaded = model.policy.state_dict()
     assert params["policy"].keys() == loaded.keys()
     assert all(th.equal(params["policy"][k], loaded[k]) for k in loaded)
+
+
+def test_spatial_cnn_reads_the_same_one_hot_planes_per_position() -> None:
+    """Spatial RIMs gets the same input switch as the other agents, so a suite can run all of them alike."""
+    from rims_rl.spatial import SpatialCNN
+
+    box = spaces.Box(0, 255, (3, 7, 7), np.uint8)  # channel-first, as after SB3's transpose
+    spatial = SpatialCNN(
+        box, slot_size=8, convs=[[16, 2, 1]], channel_max=list(MINIGRID_CHANNEL_MAX), one_hot=True
+    )
+    assert spatial.cnn[0].in_channels == sum(spatial.code_counts) == 20
+    image = th.randint(0, 3, (2, 3, 7, 7)).float()
+    cnn = MiniGridCNN(box, one_hot=True)
+    seen: list[th.Tensor] = []
+    spatial.cnn[0].register_forward_hook(lambda _m, inputs, _o: seen.append(inputs[0]))
+    assert spatial(image).shape == (2, 6 * 6 * 8)
+    assert th.equal(seen[0], cnn._planes(image))
