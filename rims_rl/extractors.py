@@ -132,13 +132,11 @@ class MiniGridDictExtractor(BaseFeaturesExtractor):
         mission_dim = int(mission_space.shape[0])
         super().__init__(observation_space, cnn_features_dim + mission_dim)
         self.cnn = MiniGridCNN(image_space, cnn_features_dim, one_hot=one_hot)
-        self.film = (
-            nn.ModuleList(nn.Linear(mission_dim, 2 * c) for c in self.cnn.conv_channels) if film else None
-        )
-        if self.film is not None:  # start as the identity: gamma 1, beta 0
-            for layer in self.film:
-                nn.init.zeros_(layer.weight)
-                nn.init.zeros_(layer.bias)
+        layers = [nn.Linear(mission_dim, 2 * c) for c in self.cnn.conv_channels] if film else []
+        for layer in layers:  # start as the identity: gamma 1, beta 0
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+        self.film = nn.ModuleList(layers) if film else None
 
     def forward(self, observations: dict[str, th.Tensor]) -> th.Tensor:
         mission = observations["mission"].float()
