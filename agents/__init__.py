@@ -10,6 +10,7 @@ into an SB3 model. This package imports only the library (``rims_rl``'s policies
 
 from __future__ import annotations
 
+import inspect
 import json
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -299,6 +300,13 @@ def _resolve_policy_kwargs(pk: Mapping[str, Any], observation_space: spaces.Spac
                 f"unknown features_extractor_kwargs {unknown} for SpatialCNN; it takes slot_size, convs, "
                 "coordinates, channel_max, one_hot"
             )
+        if (given.get("one_hot") or given.get("channel_max") is not None) and out.get(
+            "normalize_images", True
+        ):  # SB3 would divide the codes by 255 first: every code rounds to 0, or is scaled twice
+            raise ValueError(
+                "features_extractor_kwargs.channel_max/one_hot read integer codes, not 0-255 pixels: "
+                "set policy_kwargs.normalize_images=false"
+            )
         out["features_extractor_class"] = SpatialCNN
     elif isinstance(fe, str):
         out["features_extractor_class"] = getattr(torch_layers, fe)
@@ -306,6 +314,37 @@ def _resolve_policy_kwargs(pk: Mapping[str, Any], observation_space: spaces.Spac
     if isinstance(act, str):
         out["activation_fn"] = _ACTIVATIONS[act.lower()]
     return out
+
+
+def _check_extractor_kwargs(
+    algo: type[BaseAlgorithm], policy: str | type, policy_kwargs: Mapping[str, Any]
+) -> None:
+    """``ValueError`` naming ``features_extractor_kwargs`` the extractor does not take (e.g. ``one_hot`` on
+    a NatureCNN), instead of a ``TypeError`` traceback from deep inside the policy constructor; such keys
+    may come from an untrusted checkpoint's metadata."""
+    given = policy_kwargs.get("features_extractor_kwargs") or {}
+    if not given:
+        return
+    if not isinstance(given, Mapping):
+        raise ValueError(f"features_extractor_kwargs must be a mapping, got {given!r}")
+    cls = policy_kwargs.get("features_extractor_class")
+    if cls is None:  # the policy's own default: NatureCNN, FlattenExtractor or CombinedExtractor
+        policy_cls: Any = algo.policy_aliases.get(policy, policy) if isinstance(policy, str) else policy
+        param = inspect.signature(policy_cls).parameters.get("features_extractor_class")
+        cls = None if param is None else param.default
+    if not isinstance(cls, type):
+        return
+    params = inspect.signature(cls).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    takes = [n for n in params if n != "observation_space"]
+    unknown = sorted(set(given) - set(takes))
+    if unknown:
+        raise ValueError(
+            f"features_extractor_kwargs {unknown} are not taken by {cls.__name__} (it takes {takes}); "
+            "drop them, or choose an extractor that has them "
+            "(one_hot: MiniGridCNN, MiniGridDictExtractor, SpatialCNN; film: MiniGridDictExtractor)"
+        )
 
 
 def build_model(
@@ -334,6 +373,7 @@ def build_model(
     ):
         policy_kwargs.pop("core", None)
         policy_kwargs.pop("rims_kwargs", None)
+    _check_extractor_kwargs(ALGORITHMS[preset.algo], policy, policy_kwargs)
     batch = preset.ppo.n_steps * env.num_envs
     if preset.ppo.batch_size > batch:
         raise ValueError(

@@ -41,6 +41,7 @@ class MiniGridCNN(BaseFeaturesExtractor):
     its own one-hot planes (11 + 6 + 3 = 20 for MiniGrid): a scaled colour code puts "red" between
     "green" and "blue", so a unit that must fire for one colour needs two thresholds, while a one-hot
     plane makes every (colour, type) conjunction a single 2x2 filter (BabyAI embeds the codes likewise).
+    A code above its channel's maximum lands in the last plane (MiniGrid's own codes never do).
     Accepts channel-last (as MiniGrid emits) or channel-first (after SB3's ``VecTransposeImage``).
     """
 

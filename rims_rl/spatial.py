@@ -17,6 +17,7 @@ both; with ``core="lstm"``/``"gru"`` the flat vector goes to the LSTM/GRU (a sam
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch as th
@@ -38,6 +39,25 @@ MAX_FEATURES = 1 << 20  # positions x slot_size (NatureCNN on 84x84: 49 x 64)
 
 
 MAX_CODES = 256  # one-hot planes per input channel (MiniGrid's object channel has 11)
+
+
+def _check_channel_max(channel_max: object, channels: int, one_hot: bool) -> tuple[float, ...]:
+    """``channel_max`` as numbers, or ``ValueError`` naming it: it may come from an untrusted checkpoint,
+    and a bad value would otherwise surface as an int() traceback, an infinite scale or a silently
+    truncated number of one-hot planes."""
+    if not isinstance(channel_max, (list, tuple)) or not all(
+        isinstance(m, (int, float)) and not isinstance(m, bool) for m in channel_max
+    ):
+        raise ValueError(f"channel_max must be a list of numbers, one per input channel, got {channel_max!r}")
+    if len(channel_max) != channels:
+        raise ValueError(f"channel_max has {len(channel_max)} values for {channels} input channels")
+    if not all(math.isfinite(m) and m >= 1 for m in channel_max):
+        raise ValueError(f"channel_max values must be finite and at least 1, got {list(channel_max)}")
+    if one_hot and not all(float(m).is_integer() for m in channel_max):
+        raise ValueError(
+            f"one_hot needs whole-number channel_max values (the largest code), got {list(channel_max)}"
+        )
+    return tuple(float(m) for m in channel_max)
 
 
 def _code_counts(channel_max: tuple[float, ...] | list[float]) -> tuple[int, ...]:
@@ -87,11 +107,8 @@ class SpatialCNN(BaseFeaturesExtractor):
         channels = observation_space.shape[0]
         # Sizes checked before anything is allocated (they may come from an untrusted checkpoint): the
         # convolutions' weights, then the flat feature width that every layer after them is sized from.
-        if channel_max is not None and len(channel_max) != channels:
-            raise ValueError(
-                f"channel_max has {len(channel_max)} values for {channels} input channels "
-                f"(channel-first observations of shape {observation_space.shape})"
-            )
+        if channel_max is not None:  # channel-first observations: shape[0] is the channel count
+            channel_max = _check_channel_max(channel_max, channels, one_hot)
         code_counts = _code_counts(channel_max) if one_hot and channel_max is not None else ()
         if code_counts:
             channels = sum(code_counts)

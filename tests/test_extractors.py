@@ -76,6 +76,14 @@ def test_sb3_policies_construct_and_predict(env_id: str) -> None:
         ({"one_hot": True, "channel_max": [10.0, 5.0, 1e9]}, "channel_max in"),  # a billion planes
         ({"one_hot": True}, "needs channel_max"),
         ({"one_hot": "yes", "channel_max": [10.0, 5.0, 2.0]}, "true or false"),
+        ({"one_hot": True, "channel_max": [float("inf"), 5.0, 2.0]}, "finite and at least 1"),
+        ({"channel_max": [float("nan"), 5.0, 2.0]}, "finite and at least 1"),
+        ({"channel_max": [0.0, 5.0, 2.0]}, "finite and at least 1"),  # a division by zero
+        ({"one_hot": True, "channel_max": [[1], 5, 2]}, "list of numbers"),
+        ({"channel_max": "abc"}, "list of numbers"),
+        ({"one_hot": True, "channel_max": [10, 5, True]}, "list of numbers"),  # a bool is not a code
+        ({"one_hot": True, "channel_max": [10.9, 5, 2]}, "whole-number"),  # not truncated to 11 planes
+        ({"channel_max": [10.0, 5.0]}, "2 values for 3 input channels"),
     ],
 )
 def test_spatial_cnn_refuses_sizes_from_an_untrusted_file_before_allocating(
@@ -247,3 +255,49 @@ def test_spatial_cnn_reads_the_same_one_hot_planes_per_position() -> None:
     spatial.cnn[0].register_forward_hook(lambda _m, inputs, _o: seen.append(inputs[0]))
     assert spatial(image).shape == (2, 6 * 6 * 8)
     assert th.equal(seen[0], cnn._planes(image))
+
+
+def _model_with(agent: str, env_id: str, settings: dict) -> None:
+    from conftest import TINY_PPO
+
+    from rims_rl.agents import apply_overrides, build_model, get_preset
+    from rims_rl.envs.registry import family_of_id
+
+    preset = apply_overrides(get_preset(agent, family_of_id(env_id).name), {**TINY_PPO, **settings})
+    env = make_vec_env_for(env_id, n_envs=1, seed=0)
+    try:
+        build_model(preset, env)
+    finally:
+        env.close()
+
+
+@pytest.mark.parametrize(
+    ("agent", "env_id", "settings", "message"),
+    [
+        # an extractor without the switch: one line naming it, not a TypeError from the policy constructor
+        (
+            "lstm_ppo",
+            "CartPole-v1",
+            {"policy_kwargs.features_extractor_kwargs.one_hot": True},
+            r"\['one_hot'\] are not taken by FlattenExtractor",
+        ),
+        (
+            "ppo",
+            "CartPole-v1",
+            {"policy_kwargs.features_extractor_kwargs.film": True},
+            r"\['film'\] are not taken by FlattenExtractor",
+        ),
+        # SB3 would divide the codes by 255: every code rounds to plane 0 and the input never changes
+        (
+            "rims_spatial_ppo",
+            "MiniGrid-Empty-5x5-v0",
+            {"policy_kwargs.features_extractor_kwargs.one_hot": True, "policy_kwargs.normalize_images": True},
+            "normalize_images=false",
+        ),
+    ],
+)
+def test_switches_where_they_cannot_work_are_refused_by_name(
+    agent: str, env_id: str, settings: dict, message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        _model_with(agent, env_id, settings)
