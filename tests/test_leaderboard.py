@@ -87,6 +87,7 @@ def test_cells_are_iqms_of_each_runs_mean_ood_return(tmp_path: Path) -> None:
     table = page.split("## P(row > column)")[0]
     rows = {line.split(" | ")[0]: line for line in table.splitlines() if line.startswith("| ")}
     assert "pending (P1)" in rows["| b"] and "n/a" in rows["| c"] and "(5 seeds, not yet 10)" in rows["| a"]
+    assert "100 steps/s" in rows["| a"] and "steps/s not recorded" in rows["| b"]  # b's records carry no time
     assert "- P1: `python train.py compare --suite s2 --agents b c`" in page
 
 
