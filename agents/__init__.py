@@ -293,13 +293,7 @@ def _resolve_policy_kwargs(pk: Mapping[str, Any], observation_space: spaces.Spac
             )
         )
     elif fe == "SpatialCNN":
-        given = dict(out.get("features_extractor_kwargs") or {})
-        unknown = sorted(set(given) - {"slot_size", "convs", "coordinates", "channel_max", "one_hot"})
-        if unknown:  # a TypeError deep inside the policy constructor otherwise
-            raise ValueError(
-                f"unknown features_extractor_kwargs {unknown} for SpatialCNN; it takes slot_size, convs, "
-                "coordinates, channel_max, one_hot"
-            )
+        given = dict(out.get("features_extractor_kwargs") or {})  # unknown keys: _check_extractor_kwargs
         if (given.get("one_hot") or given.get("channel_max") is not None) and out.get(
             "normalize_images", True
         ):  # SB3 would divide the codes by 255 first: every code rounds to 0, or is scaled twice
@@ -341,9 +335,9 @@ def _check_extractor_kwargs(
     unknown = sorted(set(given) - set(takes))
     if unknown:
         raise ValueError(
-            f"features_extractor_kwargs {unknown} are not taken by {cls.__name__} (it takes {takes}); "
-            "drop them, or choose an extractor that has them "
-            "(one_hot: MiniGridCNN, MiniGridDictExtractor, SpatialCNN; film: MiniGridDictExtractor)"
+            f"unknown features_extractor_kwargs {unknown} for {cls.__name__}; it takes "
+            f"{', '.join(takes) or 'none'} (one_hot: MiniGridCNN, MiniGridDictExtractor, SpatialCNN; "
+            "film: MiniGridDictExtractor)"
         )
 
 

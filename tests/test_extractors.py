@@ -279,13 +279,13 @@ def _model_with(agent: str, env_id: str, settings: dict) -> None:
             "lstm_ppo",
             "CartPole-v1",
             {"policy_kwargs.features_extractor_kwargs.one_hot": True},
-            r"\['one_hot'\] are not taken by FlattenExtractor",
+            r"unknown features_extractor_kwargs \['one_hot'\] for FlattenExtractor; it takes none",
         ),
         (
             "ppo",
             "CartPole-v1",
             {"policy_kwargs.features_extractor_kwargs.film": True},
-            r"\['film'\] are not taken by FlattenExtractor",
+            r"unknown features_extractor_kwargs \['film'\] for FlattenExtractor; it takes none",
         ),
         # SB3 would divide the codes by 255: every code rounds to plane 0 and the input never changes
         (

@@ -275,7 +275,7 @@ def _cell_text(cell: Cell | None, pending: str | None, applicable: bool) -> str:
     seeds = f"{cell.seeds} seed" + ("" if cell.seeds == 1 else "s")
     rest = f"; the rest: {pending}" if pending else ""
     flag = "" if cell.seeds >= FULL_SEEDS else f" ({seeds}, not yet {FULL_SEEDS}{rest})"
-    # records written before compare kept the training time say so, rather than leave a gap
+    # records from before compare kept the training time: say so rather than leave a silent gap
     rate = f"; {cell.steps_per_s:,.0f} steps/s" if cell.steps_per_s else "; steps/s not recorded"
     return f"{cell.train.fmt()} / **{cell.ood.fmt()}**, n={cell.seeds}{rate}{flag}"
 
