@@ -133,3 +133,51 @@ def test_fixed_modules_train_only_the_coupling_and_the_input() -> None:
     changed = {n for n, p in core.named_parameters() if not torch.equal(p, before[n])}
     assert changed == {"a", "input.weight", "input.bias"}
     assert_contracts(core)
+
+
+def reference_forward(
+    core: StableAssembly, x: torch.Tensor, h: torch.Tensor, starts: torch.Tensor
+) -> torch.Tensor:
+    """The module doc's equations step by step, per module, with no folding: what ``forward`` must compute."""
+    a, n, m = core.alpha, core.n_modules, core.module_size
+    w, lmat = core.module_weights(), core.coupling_matrix()
+    outs = []
+    for t in range(x.shape[0]):
+        h = h * (1.0 - starts[t])[:, None]
+        u = core.input(x[t])
+        recur = torch.cat([torch.tanh(h[:, i * m : (i + 1) * m]) @ w[i].T for i in range(n)], dim=1)
+        h = (1.0 - a) * h + a * (recur + h @ lmat.T + u)
+        outs.append(torch.tanh(h))
+    return torch.stack(outs)
+
+
+def test_forward_is_the_documented_equation_and_rollouts_see_every_weight_change() -> None:
+    core = make(3)
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn(9, 5, 3, generator=gen, dtype=torch.float64)
+    h0 = torch.randn(1, 5, 16, generator=gen, dtype=torch.float64)
+    starts = torch.zeros(9, 5, dtype=torch.float64)
+    starts[4, 1] = starts[7, 0] = starts[7, 3] = 1.0
+    state = (h0, torch.zeros_like(h0))
+    with torch.no_grad():
+        want = reference_forward(core, x, h0[0], starts)
+    out, _ = core(x, state, episode_starts=starts)  # autograd path
+    torch.testing.assert_close(out, want, rtol=0, atol=1e-12)
+    with torch.no_grad():
+        torch.testing.assert_close(core(x, state, episode_starts=starts)[0], want, rtol=0, atol=1e-12)
+        # weights changed in place (an optimizer step), then replaced (a checkpoint load): no stale maps
+        core.a.add_(0.3)
+        core.v.mul_(2.0)
+        torch.testing.assert_close(
+            core(x, state, episode_starts=starts)[0],
+            reference_forward(core, x, h0[0], starts),
+            rtol=0,
+            atol=1e-12,
+        )
+        core.load_state_dict(make(5).state_dict())
+        torch.testing.assert_close(
+            core(x, state, episode_starts=starts)[0],
+            reference_forward(core, x, h0[0], starts),
+            rtol=0,
+            atol=1e-12,
+        )
