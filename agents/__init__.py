@@ -15,6 +15,7 @@ import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+import torch
 from gymnasium import spaces
 from sb3_contrib import RecurrentPPO
 from stable_baselines3 import PPO
@@ -373,7 +374,7 @@ def build_model(
         raise ValueError(
             f"ppo.batch_size={preset.ppo.batch_size} exceeds the rollout size n_steps*n_envs={batch}"
         )
-    return ALGORITHMS[preset.algo](
+    model = ALGORITHMS[preset.algo](
         policy,
         env,
         policy_kwargs=policy_kwargs,
@@ -383,3 +384,22 @@ def build_model(
         verbose=verbose,
         **preset.ppo.algo_kwargs(),
     )
+    if preset.channels_last:
+        use_channels_last(model.policy)
+    return model
+
+
+def use_channels_last(policy: nn.Module) -> None:
+    """Run ``policy``'s convolutions in channels-last (NHWC) memory: the same function, faster oneDNN/cuDNN
+    kernels. The conv weights are converted in place (the optimizer keeps the same parameters, and a
+    checkpoint loads into them: ``copy_`` keeps their layout); each convolution converts its input, which
+    costs less than leaving the reorder to the kernel (NatureCNN fwd+bwd, batch 128, one CPU thread: 1.20x
+    faster with both converted, 1.11x with the weights only)."""
+    for module in policy.modules():
+        if isinstance(module, nn.Conv2d):
+            module.weight.data = module.weight.data.contiguous(memory_format=torch.channels_last)
+            module.register_forward_pre_hook(_nhwc_input)
+
+
+def _nhwc_input(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+    return (args[0].contiguous(memory_format=torch.channels_last), *args[1:])

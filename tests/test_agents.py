@@ -384,3 +384,52 @@ def test_configs_and_checkpoint_entries_from_before_the_algo_setting_still_load(
     assert plain.model.algo == "RecurrentPPO"
     with pytest.raises(ValueError, match="lacks 'algo'"):  # nothing to infer it from
         RunConfig.from_dict(old)
+
+
+class _FakeAtari(gym.Env):
+    """An Atari-shaped observation (the smallest frame NatureCNN takes, 4 stacked frames)."""
+
+    observation_space = spaces.Box(0, 255, (36, 36, 4), np.uint8)
+    action_space = spaces.Discrete(4)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return self.observation_space.sample(), {}
+
+    def step(self, action):
+        return self.observation_space.sample(), 0.0, False, False, {}
+
+
+@pytest.mark.parametrize("agent", [a for a in AGENTS if "atari" in families_of(a)])
+def test_channels_last_is_the_same_model_in_nhwc_memory(tmp_path, agent: str) -> None:
+    """The Atari presets keep conv weights NHWC (a CPU speed lever): same features, training and loading
+    keep the layout, and the switch goes off like any other setting."""
+    from stable_baselines3.common.preprocessing import preprocess_obs
+
+    env = make_vec_env(_FakeAtari, n_envs=2, seed=0)
+    preset = tiny(agent, "atari")
+    assert preset.channels_last
+    fast = build_model(preset, env, seed=0)
+    plain = build_model(apply_overrides(preset, {"channels_last": "false"}), env, seed=0)
+
+    def convs(model) -> list[th.Tensor]:
+        return [m.weight for m in model.policy.modules() if isinstance(m, th.nn.Conv2d)]
+
+    def features(model, obs: np.ndarray) -> th.Tensor:
+        x, _ = model.policy.obs_to_tensor(obs)
+        x = preprocess_obs(x, model.policy.observation_space, normalize_images=model.policy.normalize_images)
+        with th.no_grad():
+            return model.policy.features_extractor(x)
+
+    assert convs(fast) and all(w.is_contiguous(memory_format=th.channels_last) for w in convs(fast))
+    assert not any(w.is_contiguous(memory_format=th.channels_last) for w in convs(plain))
+    plain.policy.load_state_dict(fast.policy.state_dict())
+    obs = fast.env.reset()
+    th.testing.assert_close(features(fast, obs), features(plain, obs), rtol=1e-4, atol=1e-5)
+    fast.learn(32)
+    assert all(w.is_contiguous(memory_format=th.channels_last) for w in convs(fast))
+    fast.save(tmp_path / "model.zip")
+    loaded = build_model(preset, env, seed=1)
+    loaded.set_parameters(str(tmp_path / "model.zip"))
+    assert all(w.is_contiguous(memory_format=th.channels_last) for w in convs(loaded))
+    th.testing.assert_close(features(loaded, obs), features(fast, obs))
