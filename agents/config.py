@@ -222,7 +222,9 @@ class AgentPreset:
     """Vectorisation: ``None`` (in-process for MiniGrid, subprocesses for Atari) or one of VEC_ENVS."""
     channels_last: bool = False
     """Convolution weights in channels-last (NHWC) memory: the same model to float rounding, about a
-    quarter more Atari steps/s on a CPU with oneDNN (docs/atari.md); no effect without convolutions."""
+    fifth more Atari steps/s on a CPU with oneDNN (1.19x lstm_ppo on Pong, docs/atari.md); no effect
+    without convolutions. ``policy.parameters_to_vector()`` (SB3's flat view for ARS/CEM-style search,
+    unused by PPO) needs contiguous weights and fails on these: set it false there."""
     source: str = ""
     """Where the values come from."""
 

@@ -181,3 +181,46 @@ def test_forward_is_the_documented_equation_and_rollouts_see_every_weight_change
             rtol=0,
             atol=1e-12,
         )
+
+
+def test_kept_maps_follow_every_input_and_step_aside_for_other_modes() -> None:
+    """The no-grad cache must never hand back maps for other weights, other constants or other modes:
+    a changed alpha, inference mode (no version counters), functorch transforms (no storage),
+    functional_call's swapped-in duals (same storage and version as the parameters), ``.data`` edits."""
+    from torch.autograd import forward_ad
+    from torch.func import functional_call, jvp
+
+    gen = torch.Generator().manual_seed(6)
+    x = torch.randn(6, 4, 3, generator=gen, dtype=torch.float64)
+    h0 = torch.zeros(4, 16, dtype=torch.float64)
+    starts = torch.zeros(6, 4, dtype=torch.float64)
+
+    def check(core: StableAssembly) -> None:
+        torch.testing.assert_close(core(x)[0], reference_forward(core, x, h0, starts), rtol=0, atol=1e-12)
+
+    core = make(7)
+    with torch.no_grad():
+        check(core)
+        core.alpha = 0.25  # a constant folded into the maps
+        check(core)
+        core.v.data.mul_(torch.rand(core.v.shape, generator=gen, dtype=core.v.dtype))  # no version bump,
+        core.invalidate_step_maps()  # as for autograd's saved tensors: the one case to say it by hand
+        check(core)
+    with torch.inference_mode():
+        check(make(8))  # inference tensors have no version counter
+    params = {k: v.detach() for k, v in core.named_parameters()}
+    tangents = {k: torch.randn(v.shape, generator=gen, dtype=v.dtype) for k, v in params.items()}
+
+    def run(p: dict[str, torch.Tensor]) -> torch.Tensor:
+        return functional_call(core, p, (x,))[0]
+
+    _, want = jvp(run, (params,), (tangents,))
+    with torch.no_grad():
+        _, got = jvp(run, (params,), (tangents,))  # functorch wrappers have no storage
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+        core(x)  # keep the plain maps, then swap in duals that share the parameters' storage and version
+        with forward_ad.dual_level():
+            duals = {k: forward_ad.make_dual(v, tangents[k]) for k, v in params.items()}
+            tangent = forward_ad.unpack_dual(functional_call(core, duals, (x,))[0]).tangent
+        assert tangent is not None
+        torch.testing.assert_close(tangent, want, rtol=0, atol=1e-12)

@@ -145,7 +145,7 @@ class StableAssembly(RecurrentCore):
         block = torch.arange(hidden_size) // m
         self.register_buffer("off_block", (block[:, None] != block[None, :]).float(), persistent=False)
         self.fixed_modules = fixed_modules
-        self._maps_cache: tuple[Any, Tensor, Tensor] | None = None  # see step_maps
+        self._maps_cache: tuple[Any, tuple[Tensor, Tensor], Tensor, Tensor] | None = None  # see step_maps
         self.v.requires_grad_(not fixed_modules)  # the optimizer skips it: no gradient ever reaches it
         self.reset_parameters()
 
@@ -201,13 +201,35 @@ class StableAssembly(RecurrentCore):
         a weight changes: the exact spectral norms (SVDs) cost more than a step, and the weights change
         only between PPO updates.
         """
-        if torch.is_grad_enabled():
+        key = self._step_maps_key()
+        if key is None:
             return self._compute_step_maps()
-        key = tuple((p._version, p.data_ptr(), p.dtype, p.device) for p in (self.v, self.a))
-        cached = self._maps_cache
-        if cached is None or cached[0] != key:
-            cached = self._maps_cache = (key, *self._compute_step_maps())
-        return cached[1], cached[2]
+        (v, a), cached = self._map_params(), self._maps_cache
+        if cached is None or cached[0] != key or cached[1][0] is not v or cached[1][1] is not a:
+            cached = self._maps_cache = (key, (v, a), *self._compute_step_maps())
+        return cached[2], cached[3]
+
+    def invalidate_step_maps(self) -> None:
+        """Drop the kept maps: needed only after editing ``v`` or ``a`` through ``.data``, which, as for
+        autograd's saved tensors, bypasses the version counter the cache is keyed on."""
+        self._maps_cache = None
+
+    def _map_params(self) -> tuple[Tensor, Tensor]:
+        return self.v, self.a
+
+    def _step_maps_key(self) -> tuple[Any, ...] | None:
+        """What the maps depend on, or None where keeping them is unsafe or pointless: with autograd on, in
+        inference mode, or for tensors without a version or storage (functorch). Tensors swapped in by
+        ``functional_call`` (forward-mode duals among them) fail the identity check in ``step_maps``."""
+        if torch.is_grad_enabled() or torch.is_inference_mode_enabled():
+            return None
+        try:
+            params = tuple(
+                (p._version, p.data_ptr(), p.shape, p.stride(), p.dtype, p.device) for p in self._map_params()
+            )
+        except RuntimeError:  # inference tensors have no version counter; functorch wrappers no storage
+            return None
+        return (*params, self.alpha, self.gain, self.coupling)
 
     def _compute_step_maps(self) -> tuple[Tensor, Tensor]:
         a = self.alpha
