@@ -12,6 +12,7 @@ import pytest
 from rims_rl.app.errors import UserError
 from rims_rl.app.leaderboard import (
     build_cells,
+    control_rows,
     equal_return_rows,
     improvement_matrix,
     load_spec,
@@ -98,6 +99,7 @@ def test_cells_are_iqms_of_each_runs_mean_ood_return(tmp_path: Path) -> None:
         (lambda s: s.replace("agents: [a, b, c]", "agents: &x [a, b, c]\nother: *x"), "aliases"),
         (lambda s: s.replace("agents: [b, c]", "agents: [b, z]"), "not in 'agents'"),
         (lambda s: s.replace("not_applicable: [c]", "not_applicable: c"), "not_applicable"),
+        (lambda s: s.replace("agents: [a, b, c]", "agents: [a, b, c]\ncontrol: ff"), "'control' must be one"),
     ],
 )
 def test_a_bad_spec_is_one_clear_error(tmp_path: Path, edit, message: str) -> None:
@@ -140,3 +142,24 @@ def test_equal_return_keeps_only_the_runs_that_reached_the_threshold(tmp_path: P
     assert (rows[("s1", "a")].kept, rows[("s1", "a")].total) == (5, 5)
     assert (rows[("s1", "b")].kept, rows[("s1", "b")].total) == (1, 6)
     assert rows[("s1", "b")].ood.point == pytest.approx(0.9)
+
+
+def test_the_control_rows_say_which_suites_need_memory(tmp_path: Path) -> None:
+    """With b as the feed-forward control: a beats it on s1's training env in every pair of runs, ties it
+    where their training scores are equal, and s2 (no control runs) gets no row."""
+    spec_path = _tree(tmp_path)
+    spec_path.write_text(SPEC.replace("agents: [a, b, c]", "agents: [a, b, c]\ncontrol: b"))
+    spec = load_spec(spec_path)
+    cells = build_cells(spec, reps=100)
+    rows = {(r.suite, r.agent): r for r in control_rows(spec, cells, reps=100)}
+    assert set(rows) == {("s1", "a")}
+    assert rows[("s1", "a")].train.point == 1.0 and rows[("s1", "a")].ood.point == 1.0
+    for seed in range(5):  # now a's training scores equal b's: no difference on the training env
+        _record(tmp_path / "s1/records", "a", seed, 0.8, [0.5, 0.5, 0.5])
+    cells = build_cells(spec, reps=100)
+    (row,) = control_rows(spec, cells, reps=100)
+    assert row.train.point == 0.5 and row.ood.point == 1.0
+    page = markdown(spec, cells, {}, None, "cmd", control=[row])
+    assert "## Against the feed-forward control: P(agent > b)" in page
+    assert "| a | 0.50 [0.50, 0.50] / **1.00 [1.00, 1.00]** |" in page
+    assert control_rows(load_spec(_tree(tmp_path)), cells, reps=100) == []  # no control named: no rows

@@ -9,7 +9,9 @@ missing agent. The page has
   the number of seeds, and the training throughput where records carry it;
 * P(row > column) on OOD, averaged over the suites both agents have (rliable's probability of
   improvement), with its CI;
-* a figure of the OOD IQMs.
+* a figure of the OOD IQMs;
+* where the spec names a feed-forward ``control`` agent, P(agent > control) per suite on the training
+  env and on OOD: the test that a suite needs memory at its budget, measured at every seed count.
 
 The spec and the records are files (committed, or someone's): read with bounded readers, every field
 checked, and record folders must lie inside the spec's own folder.
@@ -56,6 +58,8 @@ class Spec:
 
     agents: tuple[str, ...]
     suites: tuple[SuiteEntry, ...]
+    control: str | None = None
+    """The agent without memory that every other agent is tested against, suite by suite."""
 
 
 @dataclass(frozen=True)
@@ -162,7 +166,12 @@ def load_spec(path: str | Path) -> Spec:
                 f"{where}: suite {name}: 'equal_return_at' must be a number (a training-env return)"
             )
         suites.append(SuiteEntry(name, tuple(resolved), pending, note, tuple(na), tau))
-    return Spec(agents, tuple(suites))
+    control = data.get("control")
+    if control is not None and control not in agents:
+        raise UserError(
+            f"{where}: 'control' must be one of 'agents' (the feed-forward agent), got {control!r}"
+        )
+    return Spec(agents, tuple(suites), control)
 
 
 def read_run_scores(folder: Path) -> list[RunScores]:
@@ -269,6 +278,41 @@ def equal_return_rows(
     return rows
 
 
+@dataclass(frozen=True)
+class ControlRow:
+    """P(agent > the control) on one suite, from the runs' training-env and OOD scores."""
+
+    suite: str
+    agent: str
+    train: CI
+    ood: CI
+
+
+def control_rows(spec: Spec, cells: Mapping[tuple[str, str], Cell], reps: int = 2000) -> list[ControlRow]:
+    """Each agent against the feed-forward control, suite by suite. A suite needs memory at its budget
+    only if recurrent agents beat the control on the training env with the CI clear of 0.5; one seed
+    that solved it can say so when ten do not (MiniGrid-Memory at 1M steps)."""
+    rows: list[ControlRow] = []
+    if spec.control is None:
+        return rows
+    for suite in spec.suites:
+        base = cells.get((spec.control, suite.suite))
+        if base is None:
+            continue
+        for agent in spec.agents:
+            cell = cells.get((agent, suite.suite))
+            if agent == spec.control or cell is None:
+                continue
+            train = probability_of_improvement_ci(
+                [r.train for r in cell.runs], [r.train for r in base.runs], reps=reps
+            )
+            ood = probability_of_improvement_ci(
+                [r.ood for r in cell.runs], [r.ood for r in base.runs], reps=reps
+            )
+            rows.append(ControlRow(suite.suite, agent, train, ood))
+    return rows
+
+
 def _cell_text(cell: Cell | None, pending: str | None, applicable: bool) -> str:
     if cell is None:
         return "pending" + (f" ({pending})" if pending else "") if applicable else "n/a"
@@ -288,6 +332,7 @@ def markdown(
     command: str,
     equal: Sequence[EqualReturnRow] = (),
     equal_figure: str | None = None,
+    control: Sequence[ControlRow] = (),
 ) -> str:
     """The leaderboard page: table, notes, pending commands, P(row > column), figure."""
     commands: dict[str, str] = {}  # command -> label, in order of first use in empty cells
@@ -337,6 +382,26 @@ def markdown(
         lines.append(f"| {a} | " + " | ".join(row) + " |")
     if figure:
         lines += ["", f"![OOD IQM per suite]({figure})"]
+    if control:
+        by_cell = {(r.agent, r.suite): r for r in control}
+        suites = [s.suite for s in spec.suites if any(r.suite == s.suite for r in control)]
+        agents = [a for a in spec.agents if any(r.agent == a for r in control)]
+        lines += [
+            "",
+            f"## Against the feed-forward control: P(agent > {spec.control})",
+            "",
+            "Per suite, on the training env / **on OOD**; 0.5 is no difference. A suite needs memory at its",
+            "budget only where the recurrent agents' training-env CI lies above 0.5.",
+            "",
+            "| agent | " + " | ".join(suites) + " |",
+            "|---|" + "---|" * len(suites),
+        ]
+        for agent in agents:
+            row = [
+                f"{r.train.fmt()} / **{r.ood.fmt()}**" if (r := by_cell.get((agent, s))) else "-"
+                for s in suites
+            ]
+            lines.append(f"| {agent} | " + " | ".join(row) + " |")
     if equal:
         lines += [
             "",
@@ -401,6 +466,7 @@ def write_leaderboard(spec_path: str | Path, out: str | Path, command: str, reps
         command,
         equal,
         equal_figure.name if equal_figure else None,
+        control_rows(spec, cells, reps),
     )
     atomic_write_bytes(out, text.encode())
     return out
