@@ -1,10 +1,12 @@
 """Tables of the paper experiments' runs beside the RIMs paper's numbers (mean ± sd over seeds).
 
-Each folder given is one row: the ``seed-*/result.json`` files that ``experiments/copying.py`` or
-``experiments/seq_digits.py`` wrote under it (one per seed). Prints Markdown; ``--out`` also writes it.
+Each folder given is one row: the ``seed-*/result.json`` files that ``experiments/copying.py``,
+``experiments/seq_digits.py`` or ``experiments/bouncing_balls.py`` wrote under it (one per seed). Prints
+Markdown; ``--out`` also writes it.
 
     python experiments/paper_table.py copying runs/copying/paper/*
     python experiments/paper_table.py digits runs/digits/*
+    python experiments/paper_table.py balls runs/balls/*
 """
 
 from __future__ import annotations
@@ -137,14 +139,40 @@ def digits_table(folders: Sequence[str | Path]) -> str:
     return "\n".join(lines)
 
 
+def balls_table(folders: Sequence[str | Path]) -> str:
+    """Bouncing balls: rollout BCE per frame on each test split, and the constant predictor's."""
+    rows = [load_runs(f) for f in folders]
+    splits = list(rows[0][0]["rollout_bce"])
+    for runs in rows:
+        for key in ("size", "frames", "context", "train_balls", "ood_balls", "curtain_balls", "data_seed"):
+            if json.dumps(common(runs, key)) != json.dumps(common(rows[0], key)):
+                raise ValueError(f"rows differ in {key}: their test videos are not the same")
+    lines = [
+        "| model | params | steps | seeds | s/step | " + " | ".join(splits) + " |",
+        "|---|---:|---:|---|---:|" + "---:|" * len(splits),
+    ]
+    for runs in rows:
+        cells = row_head(runs) + [mean_sd([r["rollout_bce"][s] for r in runs], 1) for s in splits]
+        lines.append("| " + " | ".join(cells) + " |")
+    constant = rows[0][0]["constant_bce"]
+    lines.append("| best constant predictor (every ball lost) | - | - | - | - | " + " | ".join(
+        f"{constant[s]:.1f}" for s in splits) + " |")  # fmt: skip
+    lines.append("")
+    lines.append("Rollout BCE per frame (summed over pixels, lower is better), mean ± sd over seeds.")
+    return "\n".join(lines)
+
+
+TABLES = {"copying": copying_table, "digits": digits_table, "balls": balls_table}
+
+
 def main(argv: list[str] | None = None) -> str:
     """Print (and with ``--out`` write) the table of the given run folders."""
     p = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
-    p.add_argument("task", choices=("copying", "digits"))
+    p.add_argument("task", choices=tuple(TABLES))
     p.add_argument("folders", nargs="+", help="one row each: folders holding seed-*/result.json")
     p.add_argument("--out", default=None, help="also write the Markdown here")
     args = p.parse_args(argv)
-    table = (copying_table if args.task == "copying" else digits_table)(args.folders)
+    table = TABLES[args.task](args.folders)
     print(table)
     if args.out:
         Path(args.out).write_text(table + "\n")
