@@ -599,3 +599,32 @@ def test_a_stop_during_the_last_update_still_finishes_the_run(
     status = json.loads((run / "status.json").read_text())
     assert status["state"] == "finished" and status["num_timesteps"] == 128
     assert read_meta(run / "model.zip").num_timesteps == 128
+
+
+def test_a_ctrl_c_inside_torch_save_is_an_abort_not_a_crash(tmp_path: Path, monkeypatch) -> None:
+    """The second Ctrl-C can land while torch.save writes the stop's checkpoint; torch's zip writer then
+    replaces the KeyboardInterrupt by a RuntimeError ("unexpected pos") as it closes. save_checkpoint
+    must still raise KeyboardInterrupt (the CLI's exit 130) and leave nothing half-written."""
+    from rims_rl.agents import build_model
+    from rims_rl.app.checkpoint import save_checkpoint
+    from rims_rl.app.config import resolve_config
+    from rims_rl.app.runs import make_train_env
+
+    config = resolve_config("lstm_ppo", TINY_ENV, seed=0, overrides=[f"{k}={v}" for k, v in TINY_PPO.items()])
+    env = make_train_env(config, 0)
+    model = build_model(config.model, env, seed=0, device="cpu")
+    real_write = zipfile._ZipWriteFile.write  # type: ignore[attr-defined]
+    calls = {"n": 0}
+
+    def interrupted(self: Any, data: Any) -> int:
+        calls["n"] += 1
+        if calls["n"] == 3:  # inside torch.save, after it started writing records
+            raise KeyboardInterrupt
+        return real_write(self, data)
+
+    monkeypatch.setattr(zipfile._ZipWriteFile, "write", interrupted)
+    path = tmp_path / "stop.zip"
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(model, path, config)
+    assert not path.exists()
+    env.close()

@@ -198,7 +198,14 @@ def save_checkpoint(
         run_dir=run_dir,
     )
     buf = io.BytesIO()
-    model.save(buf)
+    try:
+        model.save(buf)
+    except RuntimeError as err:
+        # A second Ctrl-C inside torch.save: torch's zip writer, closing, turns the KeyboardInterrupt into
+        # "unexpected pos". It is still the user's abort (exit 130); nothing reached the disk.
+        if isinstance(err.__context__, KeyboardInterrupt):
+            raise KeyboardInterrupt from err
+        raise
     with zipfile.ZipFile(buf, "a") as zf:
         zf.writestr(META_NAME, json.dumps(meta.to_dict(), indent=2))
     return atomic_write_bytes(path, buf.getvalue())
