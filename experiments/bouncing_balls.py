@@ -37,7 +37,6 @@ Each seed writes ``<out>/seed-<s>/{result.json,curve.csv}``.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
 import os
@@ -52,10 +51,12 @@ import torch.nn.functional as F
 from core_options import (  # noqa: E402
     CoreArgs,
     add_core_arguments,
+    add_training_arguments,
     build_core,
     n_params,
     pick_device,
     resolve_hidden,
+    write_curve,
 )
 from torch import Tensor, nn
 from tqdm import tqdm
@@ -109,16 +110,7 @@ def parse_args(argv: list[str] | None = None) -> Args:
     p.add_argument("--n-train", type=int, default=d.n_train, help="training videos")
     p.add_argument("--n-test", type=int, default=d.n_test, help="videos per test split")
     p.add_argument("--embed", type=int, default=d.embed, help="encoder output = core input width")
-    p.add_argument("--steps", type=int, default=d.steps, help="optimiser steps (one random batch each)")
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--lr", type=float, default=d.lr)
-    p.add_argument("--clip", type=float, default=d.clip, help="max gradient norm")
-    p.add_argument("--eval-every", type=int, default=d.eval_every)
-    p.add_argument("--data-seed", type=int, default=d.data_seed, help="the videos of every split")
-    p.add_argument("--seeds", type=int, nargs="+", default=d.seeds, help="one run per seed, in turn")
-    p.add_argument("--threads", type=int, default=d.threads, help="torch CPU threads")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default=d.device)
-    p.add_argument("--out", default=d.out, help="folder; each seed writes <out>/seed-<s>/")
+    add_training_arguments(p, d, data_seed_help="the videos of every split")
     args = Args(**vars(p.parse_args(argv)))
     if args.size % 4 or args.size < 8:
         p.error(f"--size must be a multiple of 4 and >= 8 (two stride-2 convolutions), got {args.size}")
@@ -368,10 +360,7 @@ def run_seed(args: Args, seed: int, out: str) -> dict[str, object]:
                 | {f"rollout_bce {name}": s for name, s in scores.items()}
                 | {"wall_s": time.time() - start}
             )
-            with open(os.path.join(out, "curve.csv"), "w", newline="") as f:
-                writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-                writer.writeheader()
-                writer.writerows(rows)
+            write_curve(rows, os.path.join(out, "curve.csv"))
             bar.set_postfix(
                 loss=f"{loss.item():.1f}", **{n.split(",")[0]: f"{s:.1f}" for n, s in scores.items()}
             )

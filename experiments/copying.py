@@ -33,7 +33,6 @@ Each seed writes ``<out>/seed-<s>/{result.json,curve.csv,curve.png}``.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
 import os
@@ -50,6 +49,7 @@ from core_options import (  # noqa: E402
     n_params,
     pick_device,
     resolve_hidden,
+    write_curve,
 )
 from torch import Tensor
 from tqdm import tqdm
@@ -153,15 +153,6 @@ def evaluate(model: CopyingModel, inputs: Tensor, targets: Tensor, n_copy: int) 
     return metrics
 
 
-def write_csv(rows: list[dict[str, float]], path: str) -> None:
-    """The learning curve so far, one row per evaluation."""
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        for r in rows:
-            writer.writerow({key: f"{v:.5g}" if isinstance(v, float) else v for key, v in r.items()})
-
-
 def plot_curve(rows: list[dict[str, float]], args: Args, seed: int, path: str) -> None:
     """Both cross-entropies against step, at the train and the test delay."""
     import matplotlib
@@ -236,7 +227,7 @@ def run_seed(args: Args, seed: int, out: str) -> dict[str, object]:
                     "wall_s": time.time() - start,
                 }
             )
-            write_csv(rows, os.path.join(out, "curve.csv"))
+            write_curve(rows, os.path.join(out, "curve.csv"), significant=5)
             bar.set_postfix(
                 loss=f"{loss.item():.3f}", train=f"{tr['ce_all']:.3f}", test=f"{te['ce_all']:.3f}"
             )

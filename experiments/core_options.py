@@ -10,6 +10,7 @@ declares them, :func:`build_core` turns them into a core of :func:`rims_rl.copyi
 from __future__ import annotations
 
 import argparse
+import csv
 import dataclasses
 import sys
 from collections.abc import Callable
@@ -91,6 +92,34 @@ def add_core_arguments(p: argparse.ArgumentParser, d: CoreArgs) -> None:
     p.add_argument(
         "--fixed-modules", action="store_true", help="assembly: keep the modules' recurrent weights fixed"
     )
+
+
+def add_training_arguments(p: argparse.ArgumentParser, d: Any, data_seed_help: str) -> None:
+    """Declare the training-loop flags the supervised experiments share, with ``d``'s values as defaults
+    (``d`` has ``steps``, ``batch_size``, ``lr``, ``clip``, ``eval_every``, ``data_seed``, ``seeds``,
+    ``threads``, ``device`` and ``out``)."""
+    p.add_argument("--steps", type=int, default=d.steps, help="optimiser steps (one random batch each)")
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--clip", type=float, default=d.clip, help="max gradient norm")
+    p.add_argument("--eval-every", type=int, default=d.eval_every)
+    p.add_argument("--data-seed", type=int, default=d.data_seed, help=data_seed_help)
+    p.add_argument("--seeds", type=int, nargs="+", default=d.seeds, help="one run per seed, in turn")
+    p.add_argument("--threads", type=int, default=d.threads, help="torch CPU threads")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default=d.device)
+    p.add_argument("--out", default=d.out, help="folder; each seed writes <out>/seed-<s>/")
+
+
+def write_curve(rows: list[dict[str, Any]], path: str, significant: int | None = None) -> None:
+    """The learning curve so far, one row per evaluation (floats to ``significant`` digits if given),
+    rewritten whole after each evaluation so that a stopped run leaves a complete file."""
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        for r in rows:
+            if significant is not None:
+                r = {key: f"{v:.{significant}g}" if isinstance(v, float) else v for key, v in r.items()}
+            writer.writerow(r)
 
 
 def core_kwargs(args: CoreArgs, kind: str) -> dict[str, Any]:

@@ -25,7 +25,6 @@ Each seed writes ``<out>/seed-<s>/{result.json,curve.csv}``.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import random
@@ -38,10 +37,12 @@ import torch.nn.functional as F
 from core_options import (  # noqa: E402
     CoreArgs,
     add_core_arguments,
+    add_training_arguments,
     build_core,
     n_params,
     pick_device,
     resolve_hidden,
+    write_curve,
 )
 from torch import Tensor, nn
 from tqdm import tqdm
@@ -80,16 +81,7 @@ def parse_args(argv: list[str] | None = None) -> Args:
     add_core_arguments(p, d)
     p.add_argument("--train-size", type=int, default=d.train_size, help="image side while training")
     p.add_argument("--test-sizes", type=int, nargs="+", default=d.test_sizes, help="default: paper ratios")
-    p.add_argument("--steps", type=int, default=d.steps, help="optimiser steps (one random batch each)")
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--lr", type=float, default=d.lr)
-    p.add_argument("--clip", type=float, default=d.clip, help="max gradient norm")
-    p.add_argument("--eval-every", type=int, default=d.eval_every)
-    p.add_argument("--data-seed", type=int, default=d.data_seed, help="train/held-out split")
-    p.add_argument("--seeds", type=int, nargs="+", default=d.seeds, help="one run per seed, in turn")
-    p.add_argument("--threads", type=int, default=d.threads, help="torch CPU threads")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default=d.device)
-    p.add_argument("--out", default=d.out, help="folder; each seed writes <out>/seed-<s>/")
+    add_training_arguments(p, d, data_seed_help="train/held-out split")
     args = Args(**vars(p.parse_args(argv)))
     if args.test_sizes is None:
         args.test_sizes = paper_test_sizes(args.train_size)
@@ -213,10 +205,7 @@ def run_seed(args: Args, seed: int, out: str) -> dict[str, object]:
                 | {f"acc_{s}": a for s, a in accs.items()}
                 | {"wall_s": time.time() - start}
             )
-            with open(os.path.join(out, "curve.csv"), "w", newline="") as f:
-                writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-                writer.writeheader()
-                writer.writerows(rows)
+            write_curve(rows, os.path.join(out, "curve.csv"))
             bar.set_postfix(loss=f"{loss.item():.3f}", **{f"acc{s}": f"{a:.2f}" for s, a in accs.items()})
 
     final = {str(s): accuracy(model, held_out[s], test_labels) for s in sizes}
