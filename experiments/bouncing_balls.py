@@ -354,7 +354,8 @@ def run_seed(args: Args, seed: int, out: str) -> dict[str, object]:
             optimizer.step()
             train_time += time.time() - t0
         if step % args.eval_every == 0 or step == args.steps:
-            scores = {name: float(rollout_bce(model, v, args.context).mean()) for name, v in splits.items()}
+            per_frame = {name: rollout_bce(model, v, args.context).tolist() for name, v in splits.items()}
+            scores = {name: float(np.mean(v)) for name, v in per_frame.items()}
             rows.append(
                 {"step": step, "loss": loss.item(), "grad_norm": grad_norm.item()}
                 | {f"rollout_bce {name}": s for name, s in scores.items()}
@@ -365,7 +366,7 @@ def run_seed(args: Args, seed: int, out: str) -> dict[str, object]:
                 loss=f"{loss.item():.1f}", **{n.split(",")[0]: f"{s:.1f}" for n, s in scores.items()}
             )
 
-    per_frame = {name: rollout_bce(model, v, args.context).tolist() for name, v in splits.items()}
+    # the last step always evaluates: per_frame is the final model's
     wall = time.time() - start
     result: dict[str, object] = {
         "task": "bouncing_balls",
