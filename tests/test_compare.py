@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import shutil
@@ -659,7 +660,8 @@ def test_a_signal_stops_every_worker_of_a_parallel_compare(
             stdout=subprocess.DEVNULL,
             stderr=stderr,
             text=True,
-            env={**os.environ, "OMP_NUM_THREADS": "1"},
+            # faulthandler: a hang is diagnosed by SIGABRT, which prints every thread's stack (below)
+            env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"},
             start_new_session=True,  # its own process group, which the test signals like a terminal would
         )
     runs = [tmp_path / "c" / "runs" / f"{agent}-seed0" for agent in agents]
@@ -688,7 +690,7 @@ def test_a_signal_stops_every_worker_of_a_parallel_compare(
             os.kill(pid, signal.SIGTERM)
     else:
         proc.send_signal(signal.SIGTERM if how == "sigterm" else signal.SIGKILL)
-    proc.wait(timeout=180)
+    _wait_or_dump_stacks(proc, stderr_path, timeout=300)
     err = stderr_path.read_text()
     started = runs[:2] if how != "ctrl-c-while-workers-start" else []
     if code is None:  # the workers outlive their parent only long enough to save
@@ -717,6 +719,30 @@ def test_a_signal_stops_every_worker_of_a_parallel_compare(
             except Exception:
                 assert time.time() < deadline, f"{run} stays locked"
                 time.sleep(0.2)
+
+
+def _wait_or_dump_stacks(proc: Any, stderr_path: Path, timeout: float) -> None:
+    """Wait for ``proc``; past ``timeout`` fail with every process's Python stacks (SIGABRT to a process
+    run with PYTHONFAULTHANDLER=1 prints them to its stderr), so a hang seen once says where it hung."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    try:
+        proc.wait(timeout=timeout)
+        return
+    except subprocess.TimeoutExpired:
+        pass
+    pids = [*_children(proc.pid), proc.pid]  # workers run in their own process groups
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGABRT)
+    time.sleep(2.0)
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    pytest.fail(f"the compare did not exit within {timeout:.0f} s; its stacks:\n{stderr_path.read_text()}")
 
 
 def _children(pid: int) -> list[int]:
