@@ -150,20 +150,37 @@ def test_a_small_run_learns_to_track_a_ball(bb: ModuleType, tmp_path: Path) -> N
     assert untrained > constant
 
 
-def test_paper_table_balls(bb: ModuleType, tmp_path: Path) -> None:
+def test_paper_table_balls(bb: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     spec = importlib.util.spec_from_file_location("paper_table_script", EXPERIMENTS / "paper_table.py")
     assert spec is not None and spec.loader is not None
     table_mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(table_mod)
-    tiny = "--hidden 12 --embed 8 --size 8 --frames 5 --context 2 --n-train 4 --n-test 2 --steps 2"
+    tiny = "--hidden 12 --embed 8 --size 8 --frames 9 --context 2 --n-train 4 --n-test 2 --steps 2"
     for model in ("rims", "lstm"):
         bb.main(f"--model {model} {tiny} --n-units 3 --k 2 --seeds 1 2 --out {tmp_path / model}".split())
     table = table_mod.main(["balls", str(tmp_path / "rims"), str(tmp_path / "lstm")])
     lines = table.splitlines()
-    assert lines[0].endswith("| 4 balls | 6-8 balls | curtain, 3 balls |")
+    assert lines[0].endswith(
+        "| 4 balls (7 frames) | 6-8 balls (7 frames) | curtain, 3 balls (7 frames) "
+        "| 4 balls (frames 1-5) | 6-8 balls (frames 1-5) | curtain, 3 balls (frames 1-5) |"
+    )
     assert lines[2].startswith("| RIMs, 3 units, k 2, hidden 12 |") and "| 1,2 |" in lines[2]
     assert lines[3].startswith("| LSTM, hidden 12 |") and " ± " in lines[3]
     assert lines[4].startswith("| best constant predictor")
+    runs = [json.loads((tmp_path / "lstm" / f"seed-{s}" / "result.json").read_text()) for s in (1, 2)]
+    cells = [c.strip() for c in lines[3].strip("|").split("|")]
+    for i, split in enumerate(runs[0]["rollout_bce"]):  # the whole rollout, then its first 5 frames
+        whole = [r["rollout_bce"][split] for r in runs]
+        first = [sum(r["rollout_bce_per_frame"][split][:5]) / 5 for r in runs]
+        assert float(cells[5 + i].split(" ± ")[0]) == pytest.approx(sum(whole) / 2, abs=0.051)
+        assert float(cells[8 + i].split(" ± ")[0]) == pytest.approx(sum(first) / 2, abs=0.051)
     bb.main(f"--model lstm {tiny} --size 12 --out {tmp_path / 'other'}".split())
-    with pytest.raises(ValueError, match="rows differ in size"):
-        table_mod.main(["balls", str(tmp_path / "rims"), str(tmp_path / "other")])
+    capsys.readouterr()
+    for bad, message in [
+        ([str(tmp_path / "rims"), str(tmp_path / "other")], "rows differ in size"),
+        ([str(tmp_path)], "no seed-*/result.json under"),
+    ]:
+        with pytest.raises(SystemExit) as stop:
+            table_mod.main(["balls", *bad])
+        err = capsys.readouterr().err
+        assert stop.value.code == 2 and message in err and len(err.splitlines()) == 1, err
