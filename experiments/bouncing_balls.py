@@ -37,7 +37,6 @@ Each seed writes ``<out>/seed-<s>/{result.json,curve.csv}``.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import random
@@ -57,6 +56,7 @@ from core_options import (  # noqa: E402
     pick_device,
     resolve_hidden,
     write_curve,
+    write_result,
 )
 from torch import Tensor, nn
 from tqdm import tqdm
@@ -388,8 +388,7 @@ def run_seed(args: Args, seed: int, out: str) -> dict[str, object]:
         "split's videos (lower is better); the model reads the first `context` frames, then its own "
         "predictions. constant_bce: the same score for the best constant predictor (no ball tracked).",
     }
-    with open(os.path.join(out, "result.json"), "w") as f:
-        json.dump(result, f, indent=2)
+    write_result(result, out)
     print(
         f"{args.model} h{args.hidden} seed {seed}: "
         + " | ".join(f"{n} {s:.1f}" for n, s in cast(dict, result["rollout_bce"]).items())

@@ -33,7 +33,6 @@ Each seed writes ``<out>/seed-<s>/{result.json,curve.csv,curve.png}``.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import random
@@ -50,6 +49,7 @@ from core_options import (  # noqa: E402
     pick_device,
     resolve_hidden,
     write_curve,
+    write_result,
 )
 from torch import Tensor
 from tqdm import tqdm
@@ -257,8 +257,7 @@ def run_seed(args: Args, seed: int, out: str) -> dict[str, object]:
         "ce_copy: over the last n_copy positions; acc_symbol: per-symbol accuracy on copy positions; "
         "acc_sequence: all symbols right; chance_*: uniform guess on the copy positions, blanks right.",
     }
-    with open(os.path.join(out, "result.json"), "w") as f:
-        json.dump(result, f, indent=2)
+    write_result(result, out)
     print(
         f"{args.model} h{args.hidden} seed {seed}: "
         f"train({args.train_blank}) ce_all {final_train['ce_all']:.4f} "

@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import io
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,6 +22,7 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
+from rims_rl.app.atomic import atomic_write_bytes, atomic_write_json
 from rims_rl.copying import make_core
 from rims_rl.cores import core_names
 
@@ -112,14 +115,22 @@ def add_training_arguments(p: argparse.ArgumentParser, d: Any, data_seed_help: s
 
 def write_curve(rows: list[dict[str, Any]], path: str, significant: int | None = None) -> None:
     """The learning curve so far, one row per evaluation (floats to ``significant`` digits if given),
-    rewritten whole after each evaluation so that a stopped run leaves a complete file."""
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        for r in rows:
-            if significant is not None:
-                r = {key: f"{v:.{significant}g}" if isinstance(v, float) else v for key, v in r.items()}
-            writer.writerow(r)
+    replaced whole and atomically after each evaluation, so that a run stopped at any moment leaves a
+    complete file."""
+    buf = io.StringIO(newline="")
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    writer.writeheader()
+    for r in rows:
+        if significant is not None:
+            r = {key: f"{v:.{significant}g}" if isinstance(v, float) else v for key, v in r.items()}
+        writer.writerow(r)
+    atomic_write_bytes(path, buf.getvalue().encode())
+
+
+def write_result(result: dict[str, Any], out: str) -> str:
+    """``<out>/result.json``, written atomically: its presence marks a finished seed (the tables read it,
+    resumed blocks skip it), so a run killed while writing must not leave half of one."""
+    return str(atomic_write_json(os.path.join(out, "result.json"), result))
 
 
 def core_kwargs(args: CoreArgs, kind: str) -> dict[str, Any]:

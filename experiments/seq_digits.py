@@ -25,7 +25,6 @@ Each seed writes ``<out>/seed-<s>/{result.json,curve.csv}``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import time
@@ -43,6 +42,7 @@ from core_options import (  # noqa: E402
     pick_device,
     resolve_hidden,
     write_curve,
+    write_result,
 )
 from torch import Tensor, nn
 from tqdm import tqdm
@@ -230,8 +230,7 @@ def run_seed(args: Args, seed: int, out: str) -> dict[str, object]:
         "ce_held_out: held-out cross-entropy at the training size; "
         "train_accuracy: training split at the training size.",
     }
-    with open(os.path.join(out, "result.json"), "w") as f:
-        json.dump(result, f, indent=2)
+    write_result(result, out)
     print(
         f"{args.model} h{args.hidden} seed {seed}: "
         + " ".join(f"{s}x{s} {a:.3f}" for s, a in final.items())

@@ -141,3 +141,20 @@ def test_copying_script_rejects_unknown_model() -> None:
     script = _load("copying")
     with pytest.raises(SystemExit):
         script.parse_args(["--model", "transformer"])
+
+
+def test_results_and_curves_are_replaced_whole_or_not_at_all(tmp_path: Path) -> None:
+    """result.json marks a finished seed for the tables and for resumed blocks: a write that fails
+    partway (here a value JSON cannot hold, or a curve row with a stray column) keeps the previous file
+    whole and leaves no temp file behind."""
+    options = _load("core_options")
+    options.write_result({"seed": 1, "score": 0.5}, str(tmp_path))
+    with pytest.raises(TypeError):
+        options.write_result({"seed": 2, "score": 0.7, "model": object()}, str(tmp_path))
+    assert json.loads((tmp_path / "result.json").read_text()) == {"seed": 1, "score": 0.5}
+    curve = tmp_path / "curve.csv"
+    options.write_curve([{"step": 0, "loss": 1.0}], str(curve))
+    with pytest.raises(ValueError, match="fields not in fieldnames"):
+        options.write_curve([{"step": 0, "loss": 2.0}, {"step": 1, "loss": 0.5, "extra": 2}], str(curve))
+    assert list(csv.DictReader(curve.open())) == [{"step": "0", "loss": "1.0"}]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["curve.csv", "result.json"]
