@@ -275,6 +275,57 @@ def test_compare_driver_skips_finished_runs(tmp_path: Path, monkeypatch: pytest.
     assert calls == []
 
 
+def test_a_suite_that_changed_is_evaluated_again_not_trained_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A variant added to a suite (or pointed at another id) after its runs finished: the next compare
+    evaluates each final model on the suite as it is now and trains nothing. A run whose model is gone
+    cannot be evaluated again: one error naming its record and the fix."""
+    from rims_rl.app.errors import UserError
+
+    backend, calls = _fake_backend(monkeypatch)
+    suite = tmp_path / "mine.yml"
+    head = "name: mine\ntrain: {id: MiniGrid-DoorKey-5x5-v0}\nvariants:\n"
+    suite.write_text(head + "  - {name: big, id: MiniGrid-DoorKey-8x8-v0}\n")
+    kw = dict(
+        backend=backend,
+        suite=str(suite),
+        seeds=2,
+        timesteps=128,
+        workers=1,
+        out=tmp_path / "c",
+        eval_episodes=2,
+        reps=200,
+        progress=False,
+        command_line="python train.py compare --suite mine.yml --seeds 2",
+    )
+    compare_run(**kw)
+    assert len(calls) == 4
+
+    def scored_envs() -> set[str]:
+        return {r["env"] for r in json.loads((tmp_path / "c" / "results.json").read_text())["records"]}
+
+    assert scored_envs() == {"train", "big"}
+    suite.write_text(
+        head
+        + "  - {name: big, id: MiniGrid-DoorKey-8x8-v0}\n  - {name: bigger, id: MiniGrid-DoorKey-16x16-v0}\n"
+    )
+    result = compare_run(**kw)
+    assert len(calls) == 4 and (result.trained, result.evaluated) == (0, 4)  # evaluated again only
+    assert scored_envs() == {"train", "big", "bigger"}
+    suite.write_text(head + "  - {name: big, id: MiniGrid-DoorKey-6x6-v0}\n")  # a name pointed elsewhere
+    compare_run(**kw)
+    assert len(calls) == 4 and scored_envs() == {"train", "big"}
+    records = json.loads((tmp_path / "c" / "results.json").read_text())["records"]
+    assert {r["env_id"] for r in records if r["env"] == "big"} == {"MiniGrid-DoorKey-6x6-v0"}
+
+    suite.write_text(head + "  - {name: big, id: MiniGrid-DoorKey-8x8-v0}\n")
+    (tmp_path / "c" / "runs" / "rims_ppo-seed0" / "model.zip").unlink()
+    with pytest.raises(UserError, match=r"rims_ppo-seed0\.json.*big.*delete it to redo that run"):
+        compare_run(**kw)
+    assert len(calls) == 4
+
+
 def _cli_compare_argv(out: Path, *extra: str) -> list[str]:
     """A tiny ``compare`` command line on MultiRoom (one seed, 64 steps) into ``out``."""
     argv = ["compare", "--suite", "minigrid-multiroom", "--seeds", "1", "--timesteps", "64", "--n-envs", "1"]
@@ -342,7 +393,7 @@ def test_compare_end_to_end_tiny(tmp_path: Path, capsys: pytest.CaptureFixture[s
         progress=False,
     )
     paths = compare_run(**kw).files
-    assert "4 trained, 0 skipped, 0 failed" in capsys.readouterr().out
+    assert "4 trained, 0 evaluated again, 0 skipped, 0 failed" in capsys.readouterr().out
     text = paths["report"].read_text()
     for env in ("train (MiniGrid-MultiRoom-N2-S4-v0)", "N4-S5", "N6"):
         for agent in ("rims_ppo", "lstm_ppo"):
@@ -358,7 +409,7 @@ def test_compare_end_to_end_tiny(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert len(models) == 4
     mtimes = [m.stat().st_mtime_ns for m in models]
     compare_run(**kw)  # everything is finished: no training, no evaluation, same report
-    assert "0 trained, 4 skipped, 0 failed" in capsys.readouterr().out
+    assert "0 trained, 0 evaluated again, 4 skipped, 0 failed" in capsys.readouterr().out
     assert [m.stat().st_mtime_ns for m in models] == mtimes
 
 

@@ -132,6 +132,8 @@ class CompareResult:
     """Runs already finished and evaluated with these settings."""
     failed: int
     """Runs that failed (listed in the report and ``runs.json``)."""
+    evaluated: int = 0
+    """Runs trained before and evaluated in this call (new evaluation settings, or the suite changed)."""
 
 
 @dataclass(frozen=True)
@@ -324,7 +326,8 @@ def run_compare(request: CompareRequest, backend: Backend | None = None) -> Comp
 def _write_results(
     request: CompareRequest, plan: _Plan, results: list[JobResult]
 ) -> tuple[dict[str, int], dict[str, Path]]:
-    """``runs.json`` and the report of every finished run; the counts of trained, skipped, failed."""
+    """``runs.json`` and the report of every finished run; the counts of trained, evaluated again,
+    skipped, failed."""
     order = {(j.agent, j.seed): i for i, j in enumerate(plan.jobs)}
     results.sort(key=lambda r: order[(r.agent, r.seed)])
     failures = [r for r in results if r.error]
@@ -333,6 +336,7 @@ def _write_results(
     records = [rec for r in results if not r.error for rec in r.records]
     summary = {
         "trained": sum(r.trained for r in results),
+        "evaluated": sum(r.evaluated and not r.trained and not r.error for r in results),
         "skipped": sum(r.skipped for r in results),
         "failed": len(failures),
     }
@@ -365,7 +369,8 @@ def _write_results(
         throughput=_throughput(results, plan.agents),
     )
     print(
-        f"compare: {summary['trained']} trained, {summary['skipped']} skipped, "
+        f"compare: {summary['trained']} trained, {summary['evaluated']} evaluated again, "
+        f"{summary['skipped']} skipped, "
         f"{summary['failed']} failed; report: {paths['report']}"
     )
     return summary, paths

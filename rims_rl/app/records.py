@@ -291,9 +291,10 @@ def finished_records(job: RunJob) -> tuple[list[ScoreRecord], RunRecord | None] 
     they come from it (None when they come from the run directory's evaluation JSON, written before
     records existed); None when the run is not finished with these settings."""
     record = read_record(job.run_dir)
-    if record is not None and record.is_of(job):
-        return _checked_records(job, record.records, record_path(job.run_dir)), record
     run_dir = Path(job.run_dir)
+    if record is not None and record.is_of(job):
+        checked = _checked_records(job, record.records, record_path(job.run_dir))
+        return None if checked is None else (checked, record)
     source = run_dir / EVAL_NAME
     stored = _load_object(source, "evaluation")
     if (
@@ -302,7 +303,8 @@ def finished_records(job: RunJob) -> tuple[list[ScoreRecord], RunRecord | None] 
         and stored.get("settings") == job.eval_settings()
         and config_mismatch(job) is None
     ):
-        return _checked_records(job, stored.get("records"), source), None
+        checked = _checked_records(job, stored.get("records"), source)
+        return None if checked is None else (checked, None)
     return None
 
 
@@ -317,9 +319,13 @@ def target_of(job: RunJob) -> Suite | EnvSpec:
     return EnvSpec(env_id, env_id, kwargs)
 
 
-def _checked_records(job: RunJob, raw: Any, source: Path) -> list[ScoreRecord]:
+def _checked_records(job: RunJob, raw: Any, source: Path) -> list[ScoreRecord] | None:
     """The score records of a stored run (untrusted: a committed file), each checked against the job:
-    a valid record of this agent and seed, on an env of the job's suite (or env), every env once."""
+    a valid record of this agent and seed, on an env of the job's suite (or env), every env once.
+
+    None when the records are valid but the suite's envs have changed since (a variant added, removed
+    or pointed at another id) and the run's final model is there to evaluate again: the caller
+    re-evaluates it instead of training it again. Without the model that is a ``UserError``."""
     fix = "; delete it to redo that run"
     if not isinstance(raw, list):
         raise UserError(f"{source} holds no list of records{fix}")
@@ -328,6 +334,7 @@ def _checked_records(job: RunJob, raw: Any, source: Path) -> list[ScoreRecord]:
     train_name = target.train.name if isinstance(target, Suite) else None
     expected = {s.name: s.env_id for s in specs}
     records: list[ScoreRecord] = []
+    changed: str | None = None
     for i, item in enumerate(raw):
         try:
             rec = score_record(item)
@@ -340,16 +347,20 @@ def _checked_records(job: RunJob, raw: Any, source: Path) -> list[ScoreRecord]:
             )
         is_train = rec["env"] == train_name if train_name is not None else True
         if expected.get(rec["env"]) != rec["env_id"] or rec["is_train"] != is_train:
-            raise UserError(
+            changed = changed or (
                 f"{source}: record {i} is for env {_short(rec['env'])} ({_short(rec['env_id'])}), which "
-                f"{job.suite or job.env_id} does not hold as such{fix}"
+                f"{job.suite or job.env_id} does not hold as such"
             )
         records.append(ScoreRecord(**{**rec, "run_dir": job.run_dir}))
     names = sorted(r["env"] for r in records)
-    if names != sorted(expected):
+    if changed is None and names != sorted(expected):
         target_name = job.suite or job.env_id
-        raise UserError(f"{source} scores envs {names}, {target_name} has {sorted(expected)}{fix}")
-    return records
+        changed = f"{source} scores envs {names}, {target_name} has {sorted(expected)}"
+    if changed is None:
+        return records
+    if rundir.finished_model(job.run_dir) is not None and config_mismatch(job) is None:
+        return None  # the suite changed since: evaluate the final model again
+    raise UserError(changed + fix)
 
 
 def _short(value: Any) -> str:
