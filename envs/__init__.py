@@ -13,7 +13,7 @@ from rims_rl.envs.atari import (
     make_atari_vec_env,
     validate_atari_options,
 )
-from rims_rl.envs.distractors import NOVEL_PAIRS, TRAIN_PAIRS, DistractorEnv
+from rims_rl.envs.distractors import NOVEL_MATCHED_PAIRS, NOVEL_PAIRS, TRAIN_PAIRS, DistractorEnv
 from rims_rl.envs.make import make_env, make_vec_env_for
 from rims_rl.envs.minigrid import make_minigrid_env, make_minigrid_vec_env
 from rims_rl.envs.mission import decode_mission, encode_mission, mission_slots, parse_mission
@@ -42,6 +42,7 @@ __all__ = [
     "DistractorEnv",
     "EnvFamily",
     "EnvSpec",
+    "NOVEL_MATCHED_PAIRS",
     "NOVEL_PAIRS",
     "Suite",
     "TRAIN_PAIRS",

@@ -4,6 +4,15 @@ The mission names a target (colour + type). Picking it up pays ``1 - 0.9 * step 
 picking up any distractor pays 0 and ends the episode. Training uses distractors drawn from a
 fixed set of (colour, type) pairs; OOD variants draw more of them, or ones with colours/types the
 agent never saw (the target set stays the same, so only the distractors are novel).
+
+Uniform novel distractors are easier to tell from the target than training ones: a training
+distractor shares the target's colour 1 time in 5 and its type 2 times in 5, a novel one 1 in 12 and 3
+in 12, so a policy that matches only the named colour succeeds more often among novel distractors than
+in training. The ``*NovelMatched`` variants (``match_relations``) keep those training rates: each
+distractor first draws whether it shares the target's colour, its type or neither, as a uniform draw
+from the training pairs would, then a novel pair with that relation. They also leave out grey, the
+walls' colour, which every training frame shows. ``shortcut_success`` scores such shortcut policies on
+a layout, as the reference lines beside an agent's success.
 """
 
 from __future__ import annotations
@@ -33,12 +42,37 @@ NOVEL_PAIRS: tuple[ObjectPair, ...] = tuple(
     p for p in itertools.product(COLOR_NAMES, OBJECT_TYPES) if p not in TRAIN_PAIRS
 )
 
+WALL_COLOR = "grey"
+"""MiniGrid's walls are grey: a grey object's colour code is in every training frame."""
+# Novel pairs without grey: the colours (purple, yellow) and the type (box) no training frame shows.
+NOVEL_MATCHED_PAIRS: tuple[ObjectPair, ...] = tuple(p for p in NOVEL_PAIRS if p[0] != WALL_COLOR)
+
 DISTRACTOR_ENV_IDS: dict[str, dict[str, Any]] = {
     "RimsRL/Distractors-Train-v0": {"n_distractors": 2, "distractor_pairs": TRAIN_PAIRS},
     "RimsRL/Distractors-More-v0": {"n_distractors": 6, "distractor_pairs": TRAIN_PAIRS},
     "RimsRL/Distractors-Novel-v0": {"n_distractors": 2, "distractor_pairs": NOVEL_PAIRS},
     "RimsRL/Distractors-MoreNovel-v0": {"n_distractors": 6, "distractor_pairs": NOVEL_PAIRS},
+    "RimsRL/Distractors-NovelMatched-v0": {
+        "n_distractors": 2,
+        "distractor_pairs": NOVEL_MATCHED_PAIRS,
+        "match_relations": True,
+    },
+    "RimsRL/Distractors-MoreNovelMatched-v0": {
+        "n_distractors": 6,
+        "distractor_pairs": NOVEL_MATCHED_PAIRS,
+        "match_relations": True,
+    },
 }
+
+Relation = str  # "colour" (shares only the target's colour), "type" (only its type) or "neither"
+RELATIONS: tuple[Relation, ...] = ("colour", "type", "neither")
+
+
+def relation(pair: ObjectPair, target: ObjectPair) -> Relation:
+    """How a distractor that is not the target resembles it."""
+    if pair[0] == target[0]:
+        return "colour"
+    return "type" if pair[1] == target[1] else "neither"
 
 
 def _check_pairs(pairs: Iterable[ObjectPair], what: str) -> tuple[ObjectPair, ...]:
@@ -63,10 +97,13 @@ class DistractorEnv(MiniGridEnv):
         distractor_pairs: Iterable[ObjectPair] = TRAIN_PAIRS,
         target_pairs: Iterable[ObjectPair] = TRAIN_PAIRS,
         max_steps: int | None = None,
+        match_relations: bool = False,
         **kwargs: Any,
     ) -> None:
         self.size = size
         self.n_distractors = n_distractors
+        self.match_relations = bool(match_relations)
+        """Draw each distractor's relation to the target at the training pairs' rates (module docstring)."""
         self.distractor_pairs = _check_pairs(distractor_pairs, "distractor_pairs")
         self.target_pairs = _check_pairs(target_pairs, "target_pairs")
         if n_distractors + 2 > (size - 2) ** 2:
@@ -95,10 +132,38 @@ class DistractorEnv(MiniGridEnv):
         # Distractors never look exactly like the target, so the mission is always unambiguous.
         candidates = [p for p in self.distractor_pairs if p != self.target_pair]
         for _ in range(self.n_distractors if candidates else 0):
-            colour, obj_type = candidates[self._rand_int(0, len(candidates))]
+            colour, obj_type = self._draw_distractor(candidates)
             self.place_obj(_OBJECT_CLASSES[obj_type](colour))
         self.place_agent()
         self.mission = self._gen_mission(*self.target_pair)
+
+    def _draw_distractor(self, candidates: list[ObjectPair]) -> ObjectPair:
+        if not self.match_relations:
+            return candidates[self._rand_int(0, len(candidates))]
+        # The relation as a uniform draw from the training pairs gives it (relations with no candidate
+        # here are left out), then a candidate with that relation.
+        target = self.target_pair
+        by_relation = {r: [p for p in candidates if relation(p, target) == r] for r in RELATIONS}
+        train = [relation(p, target) for p in TRAIN_PAIRS if p != target]
+        weighted = [r for r in train if by_relation[r]] or [r for r in RELATIONS if by_relation[r]]
+        pool = by_relation[weighted[self._rand_int(0, len(weighted))]]
+        return pool[self._rand_int(0, len(pool))]
+
+    def shortcut_success(self) -> dict[str, float]:
+        """The success a policy that knows only part of the mission would have on this layout, picking
+        uniformly among the objects that fit what it knows: the named colour (``colour``), the named
+        type (``type``), or any object (``random``). The reference lines for an agent's success."""
+        objects = [(o.color, o.type) for o in self.grid.grid if o is not None and o.type != "wall"]
+        target = self.target_pair
+
+        def chance(fits: list[ObjectPair]) -> float:
+            return fits.count(target) / len(fits) if fits else 0.0
+
+        return {
+            "colour": chance([p for p in objects if p[0] == target[0]]),
+            "type": chance([p for p in objects if p[1] == target[1]]),
+            "random": chance(objects),
+        }
 
     def step(self, action: int) -> tuple[Any, float, bool, bool, dict[str, Any]]:
         obs, reward, terminated, truncated, info = super().step(action)

@@ -219,8 +219,11 @@ def _register_builtins() -> None:
                 EnvSpec("more", "RimsRL/Distractors-More-v0"),
                 EnvSpec("novel", "RimsRL/Distractors-Novel-v0"),
                 EnvSpec("more-novel", "RimsRL/Distractors-MoreNovel-v0"),
+                EnvSpec("novel-matched", "RimsRL/Distractors-NovelMatched-v0"),
+                EnvSpec("more-novel-matched", "RimsRL/Distractors-MoreNovelMatched-v0"),
             ],
-            "fetch-the-named-object: 2 seen distractors -> 6, novel colours/types (box), 6 novel",
+            "fetch-the-named-object: 2 seen distractors -> 6, novel colours/types (box), 6 novel; "
+            "*-matched: novel ones as alike to the target as training's (envs/distractors.py)",
         )
     )
     register_suite(

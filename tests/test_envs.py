@@ -12,6 +12,7 @@ from minigrid.core.actions import Actions
 from minigrid.core.world_object import Ball, Box, Key
 
 from rims_rl.envs import (
+    NOVEL_MATCHED_PAIRS,
     NOVEL_PAIRS,
     TRAIN_PAIRS,
     EnvSpec,
@@ -333,7 +334,12 @@ def test_distractor_pickup_rewards() -> None:
 
 @pytest.mark.parametrize(
     ("env_id", "allowed", "n"),
-    [("RimsRL/Distractors-Train-v0", TRAIN_PAIRS, 2), ("RimsRL/Distractors-MoreNovel-v0", NOVEL_PAIRS, 6)],
+    [
+        ("RimsRL/Distractors-Train-v0", TRAIN_PAIRS, 2),
+        ("RimsRL/Distractors-MoreNovel-v0", NOVEL_PAIRS, 6),
+        ("RimsRL/Distractors-NovelMatched-v0", NOVEL_MATCHED_PAIRS, 2),
+        ("RimsRL/Distractors-MoreNovelMatched-v0", NOVEL_MATCHED_PAIRS, 6),
+    ],
 )
 def test_distractors_drawn_from_allowed_set(env_id: str, allowed: tuple, n: int) -> None:
     env = make_minigrid_env(env_id, seed=0)
@@ -345,6 +351,46 @@ def test_distractors_drawn_from_allowed_set(env_id: str, allowed: tuple, n: int)
         objs.remove(inner.target_pair)
         assert all(p in allowed for p in objs), objs
     assert not set(TRAIN_PAIRS) & set(NOVEL_PAIRS)
+    assert set(NOVEL_MATCHED_PAIRS) < set(NOVEL_PAIRS) and all(c != "grey" for c, _ in NOVEL_MATCHED_PAIRS)
+
+
+def _shortcut_rates(env_id: str, layouts: int) -> dict[str, float]:
+    env = make_minigrid_env(env_id)
+    total: dict[str, float] = {}
+    for seed in range(layouts):
+        env.reset(seed=seed)
+        for key, value in env.unwrapped.shortcut_success().items():
+            total[key] = total.get(key, 0.0) + value / layouts
+    return total
+
+
+def test_shortcut_success_counts_the_objects_that_fit_what_a_policy_knows() -> None:
+    env = make_minigrid_env("RimsRL/Distractors-Train-v0")
+    env.reset(seed=0)
+    inner = env.unwrapped
+    for x in range(1, inner.width - 1):  # a layout by hand: the red key, a red ball and a green key
+        for y in range(1, inner.height - 1):
+            inner.grid.set(x, y, None)
+    inner.target_pair = ("red", "key")
+    for x, pair in zip((1, 2, 3), [("red", "key"), ("red", "ball"), ("green", "key")], strict=True):
+        inner.grid.set(x, 1, OBJECT_CLASSES[pair[1]](pair[0]))
+    assert inner.shortcut_success() == pytest.approx({"colour": 1 / 2, "type": 1 / 2, "random": 1 / 3})
+
+
+def test_matched_novel_distractors_are_as_alike_to_the_target_as_training_ones() -> None:
+    """Uniform novel distractors rarely share the target's colour, so a colour-only policy does better
+    among them than in training; the matched variants keep training's rates (2,000 layouts each)."""
+    layouts = 2000
+    train = _shortcut_rates("RimsRL/Distractors-Train-v0", layouts)
+    assert train["colour"] == pytest.approx(0.81, abs=0.03) and train["random"] == pytest.approx(1 / 3)
+    assert _shortcut_rates("RimsRL/Distractors-Novel-v0", layouts)["colour"] > train["colour"] + 0.07
+    for env_id, reference in [
+        ("RimsRL/Distractors-NovelMatched-v0", train),
+        ("RimsRL/Distractors-MoreNovelMatched-v0", _shortcut_rates("RimsRL/Distractors-More-v0", layouts)),
+    ]:
+        rates = _shortcut_rates(env_id, layouts)
+        for key in ("colour", "type", "random"):
+            assert rates[key] == pytest.approx(reference[key], abs=0.03), (env_id, key, rates, reference)
 
 
 def test_minigrid_monitor_reports_episodes_and_seeding() -> None:
