@@ -165,6 +165,27 @@ class DistractorEnv(MiniGridEnv):
             "random": chance(objects),
         }
 
+    def target_reachable(self) -> bool:
+        """Whether the agent can walk to a cell next to the target over empty cells (objects block the
+        way, and picking up a distractor ends the episode): the layouts where success is possible."""
+        target = next(
+            (x, y)
+            for x in range(self.width)
+            for y in range(self.height)
+            if (o := self.grid.get(x, y)) is not None and (o.color, o.type) == self.target_pair
+        )
+        start = (int(self.agent_pos[0]), int(self.agent_pos[1]))
+        seen, todo = {start}, [start]
+        while todo:
+            x, y = todo.pop()
+            for nx, ny in ((x + 1, y), (x - 1, y), (x, y + 1), (x, y - 1)):
+                if (nx, ny) == target:
+                    return True
+                if (nx, ny) not in seen and self.grid.get(nx, ny) is None:
+                    seen.add((nx, ny))
+                    todo.append((nx, ny))
+        return False
+
     def step(self, action: int) -> tuple[Any, float, bool, bool, dict[str, Any]]:
         obs, reward, terminated, truncated, info = super().step(action)
         if self.carrying is not None:

@@ -375,6 +375,10 @@ def test_shortcut_success_counts_the_objects_that_fit_what_a_policy_knows() -> N
     for x, pair in zip((1, 2, 3), [("red", "key"), ("red", "ball"), ("green", "key")], strict=True):
         inner.grid.set(x, 1, OBJECT_CLASSES[pair[1]](pair[0]))
     assert inner.shortcut_success() == pytest.approx({"colour": 1 / 2, "type": 1 / 2, "random": 1 / 3})
+    inner.agent_pos = (1, 3)
+    assert inner.target_reachable()  # (1, 2) is free, next to the key at (1, 1)
+    inner.grid.set(1, 2, OBJECT_CLASSES["ball"]("blue"))  # the corner's only free neighbour taken
+    assert not inner.target_reachable()
 
 
 def test_matched_novel_distractors_are_as_alike_to_the_target_as_training_ones() -> None:
