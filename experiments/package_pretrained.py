@@ -20,6 +20,13 @@ import json
 import shutil
 import sys
 from pathlib import Path
+from typing import Any
+
+from rims_rl.app.atomic import atomic_write_bytes, atomic_write_json
+from rims_rl.app.checkpoint import read_meta
+from rims_rl.app.curves import read_learning_curve
+from rims_rl.app.plots import plot_learning_curves
+from rims_rl.app.records import read_record, read_record_curve
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -39,10 +46,10 @@ def median_selection(compare_dir: Path, agent: str) -> tuple[int, str]:
     return returns[(len(returns) - 1) // 2][1], how
 
 
-def package(compare_dir: Path, agent: str, seed: int, alias: str, selection: str = "") -> Path:
-    """Write ``pretrained/<alias>`` and return it."""
-    from rims_rl.app.checkpoint import read_meta
-
+def package(
+    compare_dir: Path, agent: str, seed: int, alias: str, selection: str = "", root: Path = ROOT
+) -> Path:
+    """Write ``<root>/pretrained/<alias>`` (model, card, learning curve) and return it."""
     run_dir = compare_dir / "runs" / f"{agent}-seed{seed}"
     meta = read_meta(run_dir / "model.zip")
     config = meta.config.to_dict()
@@ -51,28 +58,34 @@ def package(compare_dir: Path, agent: str, seed: int, alias: str, selection: str
         for r in csv.DictReader((compare_dir / "results.csv").open())
         if r["agent"] == agent and int(r["seed"]) == seed
     ]
+    if not rows:
+        raise SystemExit(f"no results of {agent} seed {seed} in {compare_dir / 'results.csv'}")
     mode = (
         "deterministic"
         if "deterministic_eval=True" in (compare_dir / "report.md").read_text()
         else "stochastic"
     )
-    evaluation = {
-        r["env_id"]: {
-            mode: {
-                "episodes": int(r["n_episodes"]),
-                "mean_return": round(float(r["mean_return"]), 4),
-                "success_rate": round(float(r["success_rate"]), 4),
-            }
+
+    def scores(episodes: Any, mean_return: Any, success_rate: Any) -> dict[str, Any]:
+        return {
+            "episodes": int(episodes),
+            "mean_return": round(float(mean_return), 4),
+            "success_rate": round(float(success_rate), 4),
         }
+
+    # Keyed by the suite's env name: variants may share an id and differ in kwargs (Atari modes).
+    evaluation: dict[str, dict[str, Any]] = {
+        r["env"]: {"env_id": r["env_id"], mode: scores(r["n_episodes"], r["mean_return"], r["success_rate"])}
         for r in rows
     }
+    train_name = next(r["env"] for r in rows if r["is_train"] == "True")
     for stochastic in sorted((compare_dir / "stochastic" / f"{agent}-seed{seed}").glob("eval*.json")):
         for r in json.loads(stochastic.read_text()):
-            evaluation.setdefault(r["env_id"], {})["stochastic"] = {
-                "episodes": r["episodes"],
-                "mean_return": round(r["mean_return"], 4),
-                "success_rate": round(r["success_rate"], 4),
-            }
+            entry = evaluation.setdefault(r.get("env", r["env_id"]), {"env_id": r["env_id"]})
+            entry["stochastic"] = scores(r["episodes"], r["mean_return"], r["success_rate"])
+    episodes = sorted({ev[m]["episodes"] for ev in evaluation.values() for m in ev if m != "env_id"})
+    record = read_record(run_dir) if (compare_dir / "records").is_dir() else None
+    eval_seed = record.settings.get("eval_seed", 10_000) if record is not None else 10_000
     train_env = config["env"]["env_id"]
     card = {
         "alias": alias,
@@ -81,19 +94,33 @@ def package(compare_dir: Path, agent: str, seed: int, alias: str, selection: str
         "suite": config.get("suite"),
         "seed": seed,
         "timesteps": meta.num_timesteps,
-        "eval_seed": 10_000,
+        "eval_seed": eval_seed,
         "eval_deterministic": mode == "deterministic",
         "command": (compare_dir / "report.md").read_text().split("```")[1].strip(),
         "selection": selection or f"seed {seed}, chosen by hand",
         "config": config["model"],
         "evaluation": evaluation,
         # the card's success_rate used by tests/test_pretrained.py: the compare's own mode, training env
-        "success_rate": evaluation[train_env][mode]["success_rate"],
+        "success_rate": evaluation[train_name][mode]["success_rate"],
     }
-    out = ROOT / "pretrained" / alias
+    out = root / "pretrained" / alias
     out.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(run_dir / "model.zip", out / "model.zip")
-    (out / "card.json").write_text(json.dumps(card, indent=1) + "\n")
+    atomic_write_json(out / "card.json", card)
+    curve = read_record_curve(run_dir) or read_learning_curve(run_dir)
+    curve_lines: list[str] = []
+    if curve is not None and len(curve[0]):
+        rows_csv = "".join(f"{int(t)},{float(v):.6g}\n" for t, v in zip(*curve, strict=True))
+        atomic_write_bytes(out / "learning_curve.csv", ("timesteps,episode_return\n" + rows_csv).encode())
+        plot_learning_curves({agent: [curve]}, out / "learning_curve.png", title=f"{alias}: training return")
+        curve_lines = [
+            "Learning curve (mean return of the last training episodes, `rollout/ep_rew_mean`; the data:",
+            "`learning_curve.csv`):",
+            "",
+            "![learning curve](learning_curve.png)",
+            "",
+        ]
+    shown = "/".join(map(str, episodes))
     lines = [
         f"# {alias}",
         "",
@@ -105,29 +132,31 @@ def package(compare_dir: Path, agent: str, seed: int, alias: str, selection: str
         "",
         "Training settings: " + _settings(config["model"]) + ".",
         "",
-        "Evaluation (32 episodes per env, episode seed 10000; success = reached the goal):",
+        *curve_lines,
+        f"Evaluation ({shown} episodes per env, episode seed {eval_seed}; success = an episode with a "
+        "positive return: MiniGrid's goal reached, Pong's game won):",
         "",
-        "| env | deterministic return | deterministic success | stochastic return | stochastic success |",
-        "|---|---:|---:|---:|---:|",
+        "| env | id | deterministic return | deterministic success | stochastic return "
+        "| stochastic success |",
+        "|---|---|---:|---:|---:|---:|",
     ]
-    for env_id, ev in evaluation.items():
-        d, s = ev.get("deterministic", {}), ev.get("stochastic", {})
+    for name, ev in evaluation.items():
+        d, st = ev.get("deterministic", {}), ev.get("stochastic", {})
         lines.append(
-            f"| {env_id} | {d.get('mean_return', '-')} | {d.get('success_rate', '-')} | "
-            f"{s.get('mean_return', '-')} | {s.get('success_rate', '-')} |"
+            f"| {name} | {ev['env_id']} | {d.get('mean_return', '-')} | {d.get('success_rate', '-')} | "
+            f"{st.get('mean_return', '-')} | {st.get('success_rate', '-')} |"
         )
     lines += [
         "",
         f"Load: `python train.py evaluate --checkpoint {alias} --suite {card['suite'] or train_env}"
-        + (
-            " --deterministic` (32 episodes per env from seed 10000, greedy actions)"
-            if card["eval_deterministic"]
-            else "` (the default evaluation protocol: 32 episodes per env from seed 10000, sampled actions)"
-        ),
+        + (" --deterministic`" if card["eval_deterministic"] else "`")
+        + f" (the card's protocol: episodes from seed {eval_seed}, "
+        + ("greedy actions" if card["eval_deterministic"] else "sampled actions")
+        + f"; `--episodes {episodes[-1]}` for the card's count)",
         "(safe by default: rebuilt from the JSON config in the zip, tensors read with weights_only=True).",
         "",
     ]
-    (out / "MODEL_CARD.md").write_text("\n".join(lines))
+    atomic_write_bytes(out / "MODEL_CARD.md", "\n".join(lines).encode())
     return out
 
 
