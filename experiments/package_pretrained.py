@@ -1,4 +1,5 @@
-"""Copy a finished compare run into ``pretrained/<alias>/`` with a model card (card.json + MODEL_CARD.md).
+"""Copy a finished compare run into ``pretrained/<alias>/`` with a model card (card.json, MODEL_CARD.md) and
+its learning curve (learning_curve.csv, learning_curve.png).
 
     python experiments/package_pretrained.py runs/compare-doorkey rims_ppo 1 doorkey-5x5-rims_ppo
     python experiments/package_pretrained.py runs/compare-doorkey rims_ppo median doorkey-5x5-rims_ppo
