@@ -49,7 +49,14 @@ class Suite:
     def variants(self) -> tuple[EnvSpec, ...]:
         """The variant specs (resolved on first access)."""
         src = self.variant_source
-        return tuple(src() if callable(src) else src)
+        variants = tuple(src() if callable(src) else src)
+        names = [self.train.name] + [v.name for v in variants]
+        for name in names:  # scores are keyed by env name: one name, one env
+            if names.count(name) > 1:
+                raise ValueError(
+                    f"suite {self.name} has two envs named {name!r}: give each variant its own name"
+                )
+        return variants
 
     @property
     def family(self) -> EnvFamily:
@@ -133,6 +140,10 @@ def load_suite_file(path: str | Path, register: bool = True, overwrite: bool = F
     if not variants:
         raise ValueError(f"{path}: 'variants' must list at least one variant")
     suite = Suite(str(data.get("name", path.stem)), str(data.get("description", "")), train, tuple(variants))
+    try:
+        suite.variants  # noqa: B018 - resolving them checks that every env has its own name
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from err
     for spec in suite.specs():  # every env's kwargs, before any env is built or scored
         try:
             check_spec_kwargs(spec)

@@ -319,6 +319,20 @@ def test_a_suite_that_changed_is_evaluated_again_not_trained_again(
     records = json.loads((tmp_path / "c" / "results.json").read_text())["records"]
     assert {r["env_id"] for r in records if r["env"] == "big"} == {"MiniGrid-DoorKey-6x6-v0"}
 
+    moved = "name: mine\ntrain: {id: MiniGrid-DoorKey-6x6-v0}\nvariants:\n"
+    moved += "  - {name: big, id: MiniGrid-DoorKey-6x6-v0}\n"
+    suite.write_text(moved)  # another training env: another experiment, never evaluated again
+    with pytest.raises(UserError, match=r"training env: run has 'MiniGrid-DoorKey-5x5-v0'"):
+        compare_run(**kw)
+    for seed in (0, 1):  # only their committed records are left
+        shutil.rmtree(tmp_path / "c" / "runs" / f"lstm_ppo-seed{seed}")
+    with pytest.raises(
+        UserError,
+        match=r"lstm_ppo-seed0\.json: record 0 .*'MiniGrid-DoorKey-5x5-v0'\) as the run's training env",
+    ):
+        compare_run(**{**kw, "agents": ("lstm_ppo",)})
+    assert len(calls) == 4
+
     suite.write_text(head + "  - {name: big, id: MiniGrid-DoorKey-8x8-v0}\n")
     (tmp_path / "c" / "runs" / "rims_ppo-seed0" / "model.zip").unlink()
     with pytest.raises(UserError, match=r"rims_ppo-seed0\.json.*big.*delete it to redo that run"):

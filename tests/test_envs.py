@@ -444,6 +444,17 @@ def test_load_suite_file(tmp_path) -> None:  # noqa: ANN001
         load_suite_file(bad)
     assert first_choice(str(err.value)) == "MiniGrid-DoorKey-8x8-v0"
 
+    for twice in ("big", "train"):  # scores are keyed by env name, so each env needs its own
+        twin = tmp_path / f"twin-{twice}.yaml"
+        twin.write_text(
+            "train: {id: MiniGrid-DoorKey-5x5-v0}\nvariants:\n  - {name: big, id: MiniGrid-DoorKey-8x8-v0}\n"
+            f"  - {{name: {twice}, id: MiniGrid-DoorKey-6x6-v0}}\n"
+        )
+        with pytest.raises(
+            ValueError, match=f"twin-{twice}.yaml: suite twin-{twice} has two envs named '{twice}'"
+        ):
+            load_suite_file(twin, register=False)
+
 
 # ---------------------------------------------------------------- errors name the closest valid choice
 

@@ -113,8 +113,19 @@ def test_a_seed_recorded_twice_is_refused(tmp_path: Path) -> None:
     spec = _tree(tmp_path)
     text = spec.read_text().replace("[s1/records]", "[s1/records, s1/copy]")
     spec.write_text(text)
-    _record(tmp_path / "s1/copy", "a", 0, 0.9, [0.5])
+    _record(tmp_path / "s1/copy", "a", 0, 0.9, [0.5, 0.5, 0.5])
     with pytest.raises(UserError, match="a seed 0 is recorded twice"):
+        build_cells(load_spec(spec), reps=100)
+
+
+def test_runs_scored_on_other_variants_are_not_pooled(tmp_path: Path) -> None:
+    """A run evaluated on a suite with one more variant has a different OOD mean: one suite's runs must
+    share their envs, or the cell mixes two measures."""
+    spec = _tree(tmp_path)
+    text = spec.read_text().replace("[s1/records]", "[s1/records, s1/newer]")
+    spec.write_text(text)
+    _record(tmp_path / "s1/newer", "a", 7, 0.9, [0.5, 0.5, 0.5, 0.1])  # a fourth variant
+    with pytest.raises(UserError, match=r"suite s1: .*a-seed7\.json is scored on .*v3 \(E-v3\).*re-run"):
         build_cells(load_spec(spec), reps=100)
 
 

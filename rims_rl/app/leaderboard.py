@@ -71,6 +71,10 @@ class RunScores:
     train: float
     ood: float
     steps_per_s: float | None
+    envs: frozenset[tuple[str, str]] = frozenset()
+    """(env name, env id) of every env it was scored on: one suite's runs must share them."""
+    source: str = ""
+    """The record file, to name in an error."""
 
 
 @dataclass(frozen=True)
@@ -194,8 +198,14 @@ def read_run_scores(folder: Path) -> list[RunScores]:
         rate = None
         if isinstance(seconds, int | float) and not isinstance(seconds, bool) and seconds > 0:
             rate = records[0]["timesteps"] / float(seconds)
-        runs.append(RunScores(records[0]["agent"], records[0]["seed"], train[0], float(np.mean(ood)), rate))
+        envs = frozenset((r["env"], r["env_id"]) for r in records)
+        agent, seed = records[0]["agent"], records[0]["seed"]
+        runs.append(RunScores(agent, seed, train[0], float(np.mean(ood)), rate, envs, str(file)))
     return runs
+
+
+def _envs(envs: frozenset[tuple[str, str]]) -> str:
+    return ", ".join(f"{name} ({env_id})" for name, env_id in sorted(envs))
 
 
 def build_cells(spec: Spec, reps: int = 2000) -> dict[tuple[str, str], Cell]:
@@ -203,8 +213,16 @@ def build_cells(spec: Spec, reps: int = 2000) -> dict[tuple[str, str], Cell]:
     cells: dict[tuple[str, str], Cell] = {}
     for entry in spec.suites:
         by_agent: dict[str, dict[int, RunScores]] = {}
+        first: RunScores | None = None
         for folder in entry.records:
             for run in read_run_scores(folder):
+                first = first or run
+                if run.envs != first.envs:  # an OOD mean over other variants is another number
+                    raise UserError(
+                        f"suite {entry.suite}: {run.source} is scored on {_envs(run.envs)} but "
+                        f"{first.source} on {_envs(first.envs)}; re-run the compare of the older records so "
+                        "that every run is evaluated on the suite as it is now"
+                    )
                 seen = by_agent.setdefault(run.agent, {})
                 if run.seed in seen:
                     raise UserError(f"suite {entry.suite}: {run.agent} seed {run.seed} is recorded twice")

@@ -264,6 +264,10 @@ def config_mismatch(job: RunJob) -> str | None:
     }
     if job.env_id is not None:
         checks["env"] = (config.env.env_id, job.env_id)
+    else:  # a suite whose training env changed since: not this run, whatever the suite is called
+        target = target_of(job)
+        if isinstance(target, Suite):
+            checks["training env"] = (config.env.env_id, target.train.env_id)
     if job.timesteps is not None:  # None: the preset's budget, whatever it is now
         checks["timesteps"] = (config.timesteps_requested, job.timesteps)
     if job.n_envs is not None:
@@ -346,6 +350,20 @@ def _checked_records(job: RunJob, raw: Any, source: Path) -> list[ScoreRecord] |
                 f"run ({job.agent} seed {job.seed}){fix}"
             )
         is_train = rec["env"] == train_name if train_name is not None else True
+        if (
+            rec["is_train"]
+            and train_name is not None
+            and (rec["env"], rec["env_id"])
+            != (
+                train_name,
+                expected[train_name],
+            )
+        ):  # another training env: another experiment, never re-scored as if it were this one
+            raise UserError(
+                f"{source}: record {i} is for env {_short(rec['env'])} ({_short(rec['env_id'])}) as the "
+                f"run's training env, but {job.suite} trains on {_short(expected[train_name])}: another "
+                "experiment; use another --out, or delete it to redo that run"
+            )
         if expected.get(rec["env"]) != rec["env_id"] or rec["is_train"] != is_train:
             changed = changed or (
                 f"{source}: record {i} is for env {_short(rec['env'])} ({_short(rec['env_id'])}), which "
