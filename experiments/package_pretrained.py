@@ -23,9 +23,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from rims_rl.app.atomic import atomic_write_bytes, atomic_write_json
+from rims_rl.app.atomic import atomic_write, atomic_write_bytes, atomic_write_json
 from rims_rl.app.checkpoint import read_meta
 from rims_rl.app.curves import read_learning_curve
+from rims_rl.app.evaluation import EVAL_PROTOCOL
 from rims_rl.app.plots import plot_learning_curves
 from rims_rl.app.records import read_record, read_record_curve
 
@@ -68,10 +69,12 @@ def package(
     )
 
     def scores(episodes: Any, mean_return: Any, success_rate: Any) -> dict[str, Any]:
+        # Families without a success signal (Atari, POPGym) leave it empty in results.csv, null in JSON.
+        success = None if success_rate in (None, "") else round(float(success_rate), 4)
         return {
             "episodes": int(episodes),
             "mean_return": round(float(mean_return), 4),
-            "success_rate": round(float(success_rate), 4),
+            "success_rate": success,
         }
 
     # Keyed by the suite's env name: variants may share an id and differ in kwargs (Atari modes).
@@ -84,9 +87,11 @@ def package(
         for r in json.loads(stochastic.read_text()):
             entry = evaluation.setdefault(r.get("env", r["env_id"]), {"env_id": r["env_id"]})
             entry["stochastic"] = scores(r["episodes"], r["mean_return"], r["success_rate"])
-    episodes = sorted({ev[m]["episodes"] for ev in evaluation.values() for m in ev if m != "env_id"})
+    episodes = sorted({ev[mode]["episodes"] for ev in evaluation.values() if mode in ev})
     record = read_record(run_dir) if (compare_dir / "records").is_dir() else None
-    eval_seed = record.settings.get("eval_seed", 10_000) if record is not None else 10_000
+    eval_seed = (
+        record.settings.get("eval_seed", EVAL_PROTOCOL.seed) if record is not None else EVAL_PROTOCOL.seed
+    )
     train_env = config["env"]["env_id"]
     card = {
         "alias": alias,
@@ -106,10 +111,13 @@ def package(
     }
     out = root / "pretrained" / alias
     out.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(run_dir / "model.zip", out / "model.zip")
+    with (run_dir / "model.zip").open("rb") as model:
+        atomic_write(out / "model.zip", lambda f: shutil.copyfileobj(model, f))
     atomic_write_json(out / "card.json", card)
     curve = read_record_curve(run_dir) or read_learning_curve(run_dir)
     curve_lines: list[str] = []
+    for stale in ("learning_curve.csv", "learning_curve.png"):  # from an earlier packaging of the alias
+        (out / stale).unlink(missing_ok=True)
     if curve is not None and len(curve[0]):
         rows_csv = "".join(f"{int(t)},{float(v):.6g}\n" for t, v in zip(*curve, strict=True))
         atomic_write_bytes(out / "learning_curve.csv", ("timesteps,episode_return\n" + rows_csv).encode())
@@ -135,7 +143,8 @@ def package(
         "",
         *curve_lines,
         f"Evaluation ({shown} episodes per env, episode seed {eval_seed}; success = an episode with a "
-        "positive return: MiniGrid's goal reached, Pong's game won):",
+        "positive return, where the family defines one, such as MiniGrid's goal reached; '-' where it "
+        "does not, as on Atari):",
         "",
         "| env | id | deterministic return | deterministic success | stochastic return "
         "| stochastic success |",
@@ -143,9 +152,9 @@ def package(
     ]
     for name, ev in evaluation.items():
         d, st = ev.get("deterministic", {}), ev.get("stochastic", {})
+        cells = [d.get("mean_return"), d.get("success_rate"), st.get("mean_return"), st.get("success_rate")]
         lines.append(
-            f"| {name} | {ev['env_id']} | {d.get('mean_return', '-')} | {d.get('success_rate', '-')} | "
-            f"{st.get('mean_return', '-')} | {st.get('success_rate', '-')} |"
+            f"| {name} | {ev['env_id']} | " + " | ".join("-" if c is None else str(c) for c in cells) + " |"
         )
     lines += [
         "",

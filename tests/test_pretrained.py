@@ -108,31 +108,29 @@ def test_pretrained_lookup_order(tmp_path, monkeypatch) -> None:
     assert checkpoint._pretrained_dir() == checkout  # an editable install has no rims_rl/pretrained
 
 
-def test_a_packaged_run_keeps_every_variant_and_its_learning_curve(tmp_path: Path) -> None:
-    """Variants that share an env id and differ in kwargs (Atari's modes and difficulties) each keep
-    their row on the card, with the episodes the compare ran; the learning curve ships beside it."""
+@pytest.mark.parametrize("family", ["minigrid", "popgym"])
+def test_a_packaged_run_keeps_every_variant_and_its_learning_curve(tmp_path: Path, family: str) -> None:
+    """Variants that share an env id and differ in kwargs (Atari's modes, POPGym's decks) each keep
+    their row on the card, with the episodes the compare ran; a family without a success signal shows
+    '-', not a crash; the learning curve ships beside the model."""
     import importlib.util
     import subprocess
     import sys
 
     root = Path(__file__).resolve().parents[1]
-    suite = tmp_path / "sizes.yml"
-    suite.write_text(
-        "name: sizes\ntrain: {id: MiniGrid-DoorKey-5x5-v0}\nvariants:\n"
-        "  - {name: six, id: MiniGrid-DoorKey-5x5-v0, kwargs: {size: 6}}\n"
-        "  - {name: seven, id: MiniGrid-DoorKey-5x5-v0, kwargs: {size: 7}}\n"
-    )
-    argv = [
-        "compare",
-        "--suite",
-        str(suite),
-        "--agents",
-        "lstm_ppo",
-        "--seeds",
-        "1",
-        "--timesteps",
-        "768",
-    ]  # 384 per env: past the 250-step limit, so episodes end
+    if family == "minigrid":
+        suite = tmp_path / "sizes.yml"
+        suite.write_text(
+            "name: sizes\ntrain: {id: MiniGrid-DoorKey-5x5-v0}\nvariants:\n"
+            "  - {name: six, id: MiniGrid-DoorKey-5x5-v0, kwargs: {size: 6}}\n"
+            "  - {name: seven, id: MiniGrid-DoorKey-5x5-v0, kwargs: {size: 7}}\n"
+        )
+        target, names, env_id, steps = str(suite), ["train", "six", "seven"], "MiniGrid-DoorKey-5x5-v0", "768"
+        # 768 steps: 384 per env, past DoorKey-5x5's 250-step limit, so episodes end and a curve is logged
+    else:
+        target, env_id, steps = "popgym-repeat-previous", "popgym-RepeatPrevious-v0", "256"
+        names = ["train", "decks-4", "decks-16", "decks-32"]
+    argv = ["compare", "--suite", target, "--agents", "lstm_ppo", "--seeds", "1", "--timesteps", steps]
     argv += ["--n-envs", "2", "--set", "ppo.n_steps=32", "--set", "ppo.batch_size=32", "--eval-episodes", "3"]
     argv += ["--out", str(tmp_path / "c")]
     subprocess.run([sys.executable, str(root / "train.py"), *argv], cwd=root, check=True, capture_output=True)
@@ -142,14 +140,17 @@ def test_a_packaged_run_keeps_every_variant_and_its_learning_curve(tmp_path: Pat
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    out = module.package(tmp_path / "c", "lstm_ppo", 0, "doorkey-sizes", root=tmp_path)
+    out = module.package(tmp_path / "c", "lstm_ppo", 0, "packaged", root=tmp_path)
     card = json.loads((out / "card.json").read_text())
-    assert list(card["evaluation"]) == ["train", "six", "seven"]
-    assert {ev["env_id"] for ev in card["evaluation"].values()} == {"MiniGrid-DoorKey-5x5-v0"}
+    assert list(card["evaluation"]) == names
+    assert {ev["env_id"] for ev in card["evaluation"].values()} == {env_id}
     assert {ev["stochastic"]["episodes"] for ev in card["evaluation"].values()} == {3}
     assert card["success_rate"] == card["evaluation"]["train"]["stochastic"]["success_rate"]
+    assert (card["success_rate"] is None) == (family == "popgym")
     text = (out / "MODEL_CARD.md").read_text()
-    assert "| seven | MiniGrid-DoorKey-5x5-v0 |" in text and "(3 episodes per env, episode seed 10000" in text
+    assert f"| {names[-1]} | {env_id} |" in text and "(3 episodes per env, episode seed 10000" in text
+    if family == "popgym":
+        assert text.count(" | - |") >= len(names)  # no success rate: '-', as for the mode not run
     curve = (out / "learning_curve.csv").read_text().splitlines()
     assert curve[0] == "timesteps,episode_return" and len(curve) > 1
     assert (out / "learning_curve.png").read_bytes()[
