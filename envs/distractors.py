@@ -167,13 +167,20 @@ class DistractorEnv(MiniGridEnv):
 
     def target_reachable(self) -> bool:
         """Whether the agent can walk to a cell next to the target over empty cells (objects block the
-        way, and picking up a distractor ends the episode): the layouts where success is possible."""
+        way, and picking up a distractor ends the episode): the layouts where success is possible. A
+        lower bound where boxes stand in the way: toggling a box removes it. False once the target is
+        no longer on the grid (picked up)."""
         target = next(
-            (x, y)
-            for x in range(self.width)
-            for y in range(self.height)
-            if (o := self.grid.get(x, y)) is not None and (o.color, o.type) == self.target_pair
+            (
+                (x, y)
+                for x in range(self.width)
+                for y in range(self.height)
+                if (o := self.grid.get(x, y)) is not None and (o.color, o.type) == self.target_pair
+            ),
+            None,
         )
+        if target is None:
+            return False
         start = (int(self.agent_pos[0]), int(self.agent_pos[1]))
         seen, todo = {start}, [start]
         while todo:

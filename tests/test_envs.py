@@ -379,6 +379,8 @@ def test_shortcut_success_counts_the_objects_that_fit_what_a_policy_knows() -> N
     assert inner.target_reachable()  # (1, 2) is free, next to the key at (1, 1)
     inner.grid.set(1, 2, OBJECT_CLASSES["ball"]("blue"))  # the corner's only free neighbour taken
     assert not inner.target_reachable()
+    inner.grid.set(1, 1, None)  # picked up: nothing left to reach
+    assert not inner.target_reachable()
 
 
 def test_matched_novel_distractors_are_as_alike_to_the_target_as_training_ones() -> None:
