@@ -306,12 +306,15 @@ def test_a_suite_that_changed_is_evaluated_again_not_trained_again(
         return {r["env"] for r in json.loads((tmp_path / "c" / "results.json").read_text())["records"]}
 
     assert scored_envs() == {"train", "big"}
+    shutil.rmtree(tmp_path / "c" / "runs" / "rims_ppo-seed1" / "logs")  # its curve lives on in the record
     suite.write_text(
         head
         + "  - {name: big, id: MiniGrid-DoorKey-8x8-v0}\n  - {name: bigger, id: MiniGrid-DoorKey-16x16-v0}\n"
     )
     result = compare_run(**kw)
     assert len(calls) == 4 and (result.trained, result.evaluated) == (0, 4)  # evaluated again only
+    kept = json.loads((tmp_path / "c" / "records" / "rims_ppo-seed1.json").read_text())["curve"]
+    assert kept is not None and len(kept["steps"]) == 4
     assert scored_envs() == {"train", "big", "bigger"}
     suite.write_text(head + "  - {name: big, id: MiniGrid-DoorKey-6x6-v0}\n")  # a name pointed elsewhere
     compare_run(**kw)

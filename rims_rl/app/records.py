@@ -400,8 +400,15 @@ def write_eval(job: RunJob, raw: Sequence[Mapping[str, Any]], records: Sequence[
 
 def write_record(job: RunJob, records: Sequence[ScoreRecord], train_seconds: float | None = None) -> Path:
     """The run's compact record: settings, scores per env, the learning curve (a few KiB) and, when this
-    process trained the run from scratch, its training wall time (the throughput a report can quote)."""
+    process trained the run from scratch, its training wall time (the throughput a report can quote).
+    A run evaluated again whose logs are gone keeps the curve its previous record holds."""
     curve = read_learning_curve(job.run_dir)
+    if curve is None:
+        try:
+            previous = read_record(job.run_dir)
+        except UserError:  # a damaged record is about to be replaced
+            previous = None
+        curve = None if previous is None else previous.curve
     payload: dict[str, Any] = {
         "settings": job.eval_settings(),
         "job": job.record_part(),
