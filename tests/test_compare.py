@@ -331,15 +331,20 @@ def test_a_suite_that_changed_is_evaluated_again_not_trained_again(
         shutil.rmtree(tmp_path / "c" / "runs" / f"lstm_ppo-seed{seed}")
     with pytest.raises(
         UserError,
-        match=r"lstm_ppo-seed0\.json: record 0 .*'MiniGrid-DoorKey-5x5-v0'\) as the run's training env",
+        match=r"lstm_ppo-seed0\.json: .*'MiniGrid-DoorKey-5x5-v0'.* as the run's training env",
     ):
         compare_run(**{**kw, "agents": ("lstm_ppo",)})
     assert len(calls) == 4
 
-    suite.write_text(head + "  - {name: big, id: MiniGrid-DoorKey-8x8-v0}\n")
-    (tmp_path / "c" / "runs" / "rims_ppo-seed0" / "model.zip").unlink()
-    with pytest.raises(UserError, match=r"rims_ppo-seed0\.json.*big.*delete it to redo that run"):
-        compare_run(**kw)
+    suite.write_text(head + "  - {name: big, id: MiniGrid-DoorKey-8x8-v0}\n")  # back, but scored on 6x6
+    with pytest.raises(UserError, match=r"lstm_ppo-seed0\.json holds this run scored on the suite's envs as"):
+        compare_run(**{**kw, "agents": ("lstm_ppo",)})  # no model to score it on the suite as it is now
+    assert len(calls) == 4
+    rims = {**kw, "agents": ("rims_ppo",)}
+    assert compare_run(**rims).evaluated == 2  # their models are here: scored on 8x8 again
+    assert compare_run(**rims).skipped == 2
+    suite.write_text(head + "  - {name: big, id: MiniGrid-DoorKey-8x8-v0, kwargs: {max_steps: 50}}\n")
+    assert compare_run(**rims).evaluated == 2  # same name and id, other kwargs: another evaluation
     assert len(calls) == 4
 
 

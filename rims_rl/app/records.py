@@ -16,6 +16,7 @@ record format only grows: new fields are optional, so records written by older v
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -97,7 +98,24 @@ class RunJob:
             "eval_episodes": self.eval_episodes,
             "eval_seed": self.eval_seed,
             "deterministic": self.deterministic,
+            "envs": self.scored_envs(),
         }
+
+    def scored_envs(self) -> list[list[Any]]:
+        """``[name, id, kwargs]`` of every env the run is scored on, as JSON gives them back: variants that
+        share an id (Atari's modes, POPGym's decks) differ only in their kwargs, so a suite whose kwargs
+        changed since is another evaluation."""
+        target = target_of(self)
+        specs = target.specs() if isinstance(target, Suite) else (target,)
+        return json.loads(json.dumps([[s.name, s.env_id, dict(s.kwargs)] for s in specs], default=str))
+
+    def same_eval_settings(self, stored: Any) -> bool:
+        """``stored`` (a record's or eval.json's settings) matches this job's; settings written before the
+        envs were kept are matched without them (their envs are checked by name and id)."""
+        want = self.eval_settings()
+        if isinstance(stored, Mapping) and "envs" not in stored:
+            del want["envs"]
+        return isinstance(stored, Mapping) and dict(stored) == want
 
     def record_part(self) -> dict[str, Any]:
         """The ``job`` object of the run's record (without the machine's device and threads)."""
@@ -140,7 +158,7 @@ class RunRecord:
 
     def is_of(self, job: RunJob) -> bool:
         """The record of the same experiment (``IDENTITY``) and evaluation settings as ``job``."""
-        return self.settings == job.eval_settings() and not self.differences(job)
+        return job.same_eval_settings(self.settings) and not self.differences(job)
 
     def differences(self, job: RunJob) -> list[str]:
         """``IDENTITY`` fields where the record and ``job`` differ, as ``key: record has .., asked ..``."""
@@ -244,10 +262,25 @@ def config_mismatch(job: RunJob) -> str | None:
                 f"{record_path(job.run_dir)} records a run with other settings ({'; '.join(diffs)}); "
                 "use another --out or delete that record"
             )
-        if record.settings != job.eval_settings() and not rundir.is_run_dir(job.run_dir):
+        if not job.same_eval_settings(record.settings) and not rundir.is_run_dir(job.run_dir):
             # this very run, scored another way, with no model here to re-score: training it again would
             # silently replace a result (e.g. one committed under other evaluation defaults)
-            stored = ", ".join(f"{k}={v}" for k, v in sorted(record.settings.items()) if k != "target")
+            others = {k: v for k, v in record.settings.items() if k not in ("target", "envs")}
+            if others == {k: v for k, v in job.eval_settings().items() if k not in ("target", "envs")}:
+                was, now = record.settings.get("envs"), job.scored_envs()
+                if isinstance(was, list) and was and was[0] != now[0]:  # [name, id, kwargs] of the train env
+                    return (
+                        f"{record_path(job.run_dir)}: this run was trained on {_short(was[0])} as the run's "
+                        f"training env, but {job.suite} trains on {_short(now[0])}: another experiment; use "
+                        "another --out, or delete it to redo that run"
+                    )
+                return (
+                    f"{record_path(job.run_dir)} holds this run scored on the suite's envs as they were "
+                    f"({_short(record.settings.get('envs'))}), and its model is not here to score it on "
+                    "the suite as it is now: restore its run directory, or delete the record to train it "
+                    "again"
+                )
+            stored = ", ".join(f"{k}={v}" for k, v in sorted(others.items()))
             return (
                 f"{record_path(job.run_dir)} holds this run evaluated with other settings ({stored}) and "
                 "its model is not here to re-evaluate: give those evaluation flags (--eval-episodes, "
@@ -304,7 +337,7 @@ def finished_records(job: RunJob) -> tuple[list[ScoreRecord], RunRecord | None] 
     if (
         rundir.finished_model(run_dir) is not None
         and stored is not None
-        and stored.get("settings") == job.eval_settings()
+        and job.same_eval_settings(stored.get("settings"))
         and config_mismatch(job) is None
     ):
         checked = _checked_records(job, stored.get("records"), source)
