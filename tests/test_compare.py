@@ -794,6 +794,44 @@ def test_a_signal_stops_every_worker_of_a_parallel_compare(
                 time.sleep(0.2)
 
 
+def test_a_signal_that_lands_on_another_thread_still_stops_the_waiting_parent() -> None:
+    """The kernel may hand a Ctrl-C to any thread of the parent (tqdm's monitor thread, say); the C
+    handler there only sets a flag, and Python runs the handler in the main thread at its next bytecode.
+    A parent waiting on its workers' futures without a timeout never gets there while the workers wait
+    for that very stop (seen once: a hung compare on a fresh clone under load). The wait polls."""
+    import signal
+    import threading
+    import time
+    from concurrent.futures import Future
+
+    from rims_rl.app import executors
+
+    class Stop(Exception):
+        pass
+
+    def handler(signum: int, frame: Any) -> None:
+        raise Stop
+
+    never: Future = Future()  # a worker that stops only when told to
+
+    def elsewhere() -> None:
+        time.sleep(0.2)
+        signal.pthread_kill(threading.get_ident(), signal.SIGUSR1)  # to this thread, not the main one
+        time.sleep(10.0)
+        never.set_result(None)  # so that a broken wait ends the test instead of hanging it
+
+    previous = signal.signal(signal.SIGUSR1, handler)
+    try:
+        threading.Thread(target=elsewhere, daemon=True).start()
+        t0 = time.monotonic()
+        with pytest.raises(Stop):
+            for _ in executors._as_completed_polling([never]):
+                pass
+        assert time.monotonic() - t0 < 0.2 + 3 * executors.SIGNAL_POLL_S
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+
+
 def _wait_or_dump_stacks(proc: Any, stderr_path: Path, timeout: float) -> None:
     """Wait for ``proc``; past ``timeout`` fail with every process's Python stacks (SIGABRT to a process
     run with PYTHONFAULTHANDLER=1 prints them to its stderr), so a hang seen once says where it hung."""

@@ -13,8 +13,8 @@ import multiprocessing as mp
 import os
 import re
 import socket
-from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -39,6 +39,11 @@ __all__ = [
 
 EXECUTORS: tuple[str, ...] = ("local", "ray")
 RAY_CONNECT_TIMEOUT_S = 5.0
+#: How often a waiting parent returns to Python code. A Ctrl-C/SIGTERM that the kernel hands to another of
+#: its threads (tqdm's monitor, say) only sets a flag; Python runs the handler in the main thread at its
+#: next bytecode, which an untimed wait on a future would put off until a run finishes: never, when the
+#: runs wait for that very signal to stop.
+SIGNAL_POLL_S = 0.5
 
 Done = Callable[[JobResult], None]
 
@@ -89,7 +94,7 @@ class LocalPool:
         ):
             with signals.blocked_while_spawning():  # the workers are spawned here
                 futures = {pool.submit(_run_job_in_worker, j, backend): j for j in jobs}
-            for fut in as_completed(futures):
+            for fut in _as_completed_polling(futures):
                 try:
                     result = fut.result()
                 except BrokenProcessPool as err:
@@ -106,6 +111,14 @@ class LocalPool:
                 else:
                     done(result)
         return interrupted
+
+
+def _as_completed_polling(futures: Iterable[Future[JobResult]]) -> Iterator[Future[JobResult]]:
+    """Each future as it finishes, waking every ``SIGNAL_POLL_S`` so that signal handlers run."""
+    pending = set(futures)
+    while pending:
+        finished, pending = wait(pending, timeout=SIGNAL_POLL_S, return_when=FIRST_COMPLETED)
+        yield from finished
 
 
 def _init_worker(threads: int, stop: Any = None, abort: Any = None) -> None:
@@ -160,7 +173,7 @@ class RayTasks:
             # like Ctrl-C.
             with signals.sigterm_interrupts(seen):
                 while pending:
-                    ready, _ = ray.wait(list(pending), num_returns=1)
+                    ready, _ = ray.wait(list(pending), num_returns=1, timeout=SIGNAL_POLL_S)
                     for ref in ready:
                         pending.pop(ref)
                         done(ray.get(ref))
