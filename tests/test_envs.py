@@ -354,16 +354,6 @@ def test_distractors_drawn_from_allowed_set(env_id: str, allowed: tuple, n: int)
     assert set(NOVEL_MATCHED_PAIRS) < set(NOVEL_PAIRS) and all(c != "grey" for c, _ in NOVEL_MATCHED_PAIRS)
 
 
-def _shortcut_rates(env_id: str, layouts: int) -> dict[str, float]:
-    env = make_minigrid_env(env_id)
-    total: dict[str, float] = {}
-    for seed in range(layouts):
-        env.reset(seed=seed)
-        for key, value in env.unwrapped.shortcut_success().items():
-            total[key] = total.get(key, 0.0) + value / layouts
-    return total
-
-
 def test_shortcut_success_counts_the_objects_that_fit_what_a_policy_knows() -> None:
     env = make_minigrid_env("RimsRL/Distractors-Train-v0")
     env.reset(seed=0)
@@ -386,15 +376,17 @@ def test_shortcut_success_counts_the_objects_that_fit_what_a_policy_knows() -> N
 def test_matched_novel_distractors_are_as_alike_to_the_target_as_training_ones() -> None:
     """Uniform novel distractors rarely share the target's colour, so a colour-only policy does better
     among them than in training; the matched variants keep training's rates (2,000 layouts each)."""
+    from distractor_baselines import baselines  # experiments/ is on pytest's pythonpath (pyproject)
+
     layouts = 2000
-    train = _shortcut_rates("RimsRL/Distractors-Train-v0", layouts)
+    train = baselines("RimsRL/Distractors-Train-v0", layouts)
     assert train["colour"] == pytest.approx(0.81, abs=0.03) and train["random"] == pytest.approx(1 / 3)
-    assert _shortcut_rates("RimsRL/Distractors-Novel-v0", layouts)["colour"] > train["colour"] + 0.07
+    assert baselines("RimsRL/Distractors-Novel-v0", layouts)["colour"] > train["colour"] + 0.07
     for env_id, reference in [
         ("RimsRL/Distractors-NovelMatched-v0", train),
-        ("RimsRL/Distractors-MoreNovelMatched-v0", _shortcut_rates("RimsRL/Distractors-More-v0", layouts)),
+        ("RimsRL/Distractors-MoreNovelMatched-v0", baselines("RimsRL/Distractors-More-v0", layouts)),
     ]:
-        rates = _shortcut_rates(env_id, layouts)
+        rates = baselines(env_id, layouts)
         for key in ("colour", "type", "random"):
             assert rates[key] == pytest.approx(reference[key], abs=0.03), (env_id, key, rates, reference)
 

@@ -383,15 +383,9 @@ def _checked_records(job: RunJob, raw: Any, source: Path) -> list[ScoreRecord] |
                 f"run ({job.agent} seed {job.seed}){fix}"
             )
         is_train = rec["env"] == train_name if train_name is not None else True
-        if (
-            rec["is_train"]
-            and train_name is not None
-            and (rec["env"], rec["env_id"])
-            != (
-                train_name,
-                expected[train_name],
-            )
-        ):  # another training env: another experiment, never re-scored as if it were this one
+        trained_on = (rec["env"], rec["env_id"])
+        if rec["is_train"] and train_name is not None and trained_on != (train_name, expected[train_name]):
+            # another training env: another experiment, never re-scored as if it were this one
             raise UserError(
                 f"{source}: record {i} is for env {_short(rec['env'])} ({_short(rec['env_id'])}) as the "
                 f"run's training env, but {job.suite} trains on {_short(expected[train_name])}: another "
