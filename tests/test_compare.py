@@ -325,7 +325,8 @@ def test_a_suite_that_changed_is_evaluated_again_not_trained_again(
     moved = "name: mine\ntrain: {id: MiniGrid-DoorKey-6x6-v0}\nvariants:\n"
     moved += "  - {name: big, id: MiniGrid-DoorKey-6x6-v0}\n"
     suite.write_text(moved)  # another training env: another experiment, never evaluated again
-    with pytest.raises(UserError, match=r"training env: run has 'MiniGrid-DoorKey-5x5-v0'"):
+    was = r"training env: run has \['train', 'MiniGrid-DoorKey-5x5-v0', \{\}\]"
+    with pytest.raises(UserError, match=was):
         compare_run(**kw)
     for seed in (0, 1):  # only their committed records are left
         shutil.rmtree(tmp_path / "c" / "runs" / f"lstm_ppo-seed{seed}")
@@ -345,6 +346,12 @@ def test_a_suite_that_changed_is_evaluated_again_not_trained_again(
     assert compare_run(**rims).skipped == 2
     suite.write_text(head + "  - {name: big, id: MiniGrid-DoorKey-8x8-v0, kwargs: {max_steps: 50}}\n")
     assert compare_run(**rims).evaluated == 2  # same name and id, other kwargs: another evaluation
+    assert len(calls) == 4
+    # the training env's own kwargs changed: the models learned another task, so not evaluated again
+    shorter = head.replace("5x5-v0}", "5x5-v0, kwargs: {max_steps: 50}}")
+    suite.write_text(shorter + "  - {name: big, id: MiniGrid-DoorKey-8x8-v0}\n")
+    with pytest.raises(UserError, match=r"training env: run has .*'MiniGrid-DoorKey-5x5-v0'"):
+        compare_run(**rims)
     assert len(calls) == 4
 
 

@@ -267,13 +267,9 @@ def config_mismatch(job: RunJob) -> str | None:
             # silently replace a result (e.g. one committed under other evaluation defaults)
             others = {k: v for k, v in record.settings.items() if k not in ("target", "envs")}
             if others == {k: v for k, v in job.eval_settings().items() if k not in ("target", "envs")}:
-                was, now = record.settings.get("envs"), job.scored_envs()
-                if isinstance(was, list) and was and was[0] != now[0]:  # [name, id, kwargs] of the train env
-                    return (
-                        f"{record_path(job.run_dir)}: this run was trained on {_short(was[0])} as the run's "
-                        f"training env, but {job.suite} trains on {_short(now[0])}: another experiment; use "
-                        "another --out, or delete it to redo that run"
-                    )
+                was = record.settings.get("envs")
+                if isinstance(was, list) and was and was[0] != training_env(job):
+                    return _another_experiment(record_path(job.run_dir), was[0], job)
                 return (
                     f"{record_path(job.run_dir)} holds this run scored on the suite's envs as they were "
                     f"({_short(record.settings.get('envs'))}), and its model is not here to score it on "
@@ -297,10 +293,9 @@ def config_mismatch(job: RunJob) -> str | None:
     }
     if job.env_id is not None:
         checks["env"] = (config.env.env_id, job.env_id)
-    else:  # a suite whose training env changed since: not this run, whatever the suite is called
-        target = target_of(job)
-        if isinstance(target, Suite):
-            checks["training env"] = (config.env.env_id, target.train.env_id)
+    else:  # a suite whose training env changed since (id or kwargs): not this run, whatever it is called
+        trained_on = [config.env.name, config.env.env_id, dict(config.env.kwargs)]
+        checks["training env"] = (json.loads(json.dumps(trained_on, default=str)), training_env(job))
     if job.timesteps is not None:  # None: the preset's budget, whatever it is now
         checks["timesteps"] = (config.timesteps_requested, job.timesteps)
     if job.n_envs is not None:
@@ -368,8 +363,9 @@ def _checked_records(job: RunJob, raw: Any, source: Path) -> list[ScoreRecord] |
         raise UserError(f"{source} holds no list of records{fix}")
     target = target_of(job)
     specs = target.specs() if isinstance(target, Suite) else (target,)
-    train_name = target.train.name if isinstance(target, Suite) else None
     expected = {s.name: s.env_id for s in specs}
+    train_env = training_env(job)
+    train_name = None if train_env is None else train_env[0]
     records: list[ScoreRecord] = []
     changed: str | None = None
     for i, item in enumerate(raw):
@@ -383,14 +379,10 @@ def _checked_records(job: RunJob, raw: Any, source: Path) -> list[ScoreRecord] |
                 f"run ({job.agent} seed {job.seed}){fix}"
             )
         is_train = rec["env"] == train_name if train_name is not None else True
-        trained_on = (rec["env"], rec["env_id"])
-        if rec["is_train"] and train_name is not None and trained_on != (train_name, expected[train_name]):
+        trained_on = [rec["env"], rec["env_id"]]  # score records keep no kwargs: name and id are checked
+        if rec["is_train"] and train_env is not None and trained_on != train_env[:2]:
             # another training env: another experiment, never re-scored as if it were this one
-            raise UserError(
-                f"{source}: record {i} is for env {_short(rec['env'])} ({_short(rec['env_id'])}) as the "
-                f"run's training env, but {job.suite} trains on {_short(expected[train_name])}: another "
-                "experiment; use another --out, or delete it to redo that run"
-            )
+            raise UserError(_another_experiment(f"{source}: record {i}", trained_on, job))
         if expected.get(rec["env"]) != rec["env_id"] or rec["is_train"] != is_train:
             changed = changed or (
                 f"{source}: record {i} is for env {_short(rec['env'])} ({_short(rec['env_id'])}), which "
@@ -406,6 +398,21 @@ def _checked_records(job: RunJob, raw: Any, source: Path) -> list[ScoreRecord] |
     if rundir.finished_model(job.run_dir) is not None and config_mismatch(job) is None:
         return None  # the suite changed since: evaluate the final model again
     raise UserError(changed + fix)
+
+
+def training_env(job: RunJob) -> list[Any] | None:
+    """``[name, id, kwargs]`` of the env the job's suite trains on now, as records and configs keep it;
+    None for a single-env job, whose env is part of its identity. A run trained on anything else is
+    another experiment: its model is never scored as if it had learned this suite's task."""
+    return job.scored_envs()[0] if job.suite else None
+
+
+def _another_experiment(source: Any, was: Any, job: RunJob) -> str:
+    return (
+        f"{source}: this run was trained on {_short(was)} as the run's training env, but {job.suite} "
+        f"trains on {_short(training_env(job))}: another experiment; use another --out, or delete it to "
+        "redo that run"
+    )
 
 
 def _short(value: Any) -> str:
