@@ -1,5 +1,5 @@
 """Copy a finished compare run into ``pretrained/<alias>/`` with a model card (card.json, MODEL_CARD.md) and
-its learning curve (learning_curve.csv, learning_curve.png).
+its learning curve (learning_curve.csv, learning_curve.png). The model ships without its optimizer state.
 
     python experiments/package_pretrained.py runs/compare-doorkey rims_ppo 1 doorkey-5x5-rims_ppo
     python experiments/package_pretrained.py runs/compare-doorkey rims_ppo median doorkey-5x5-rims_ppo
@@ -17,13 +17,14 @@ a checkpoint is taken:
 from __future__ import annotations
 
 import csv
+import io
 import json
-import shutil
 import sys
+import zipfile
 from pathlib import Path
 from typing import Any
 
-from rims_rl.app.atomic import atomic_write, atomic_write_bytes, atomic_write_json
+from rims_rl.app.atomic import atomic_write_bytes, atomic_write_json
 from rims_rl.app.checkpoint import read_meta
 from rims_rl.app.curves import read_learning_curve
 from rims_rl.app.evaluation import EVAL_PROTOCOL
@@ -31,6 +32,20 @@ from rims_rl.app.plots import plot_learning_curves
 from rims_rl.app.records import read_record, read_record_curve
 
 ROOT = Path(__file__).resolve().parents[1]
+OPTIMIZER_MEMBER = "policy.optimizer.pth"
+"""SB3's Adam state: twice the weights' size, and only a resumed training needs it (the run directory keeps
+it). A shipped agent is for evaluation and fine-tuning from fresh moments, so it goes without."""
+
+
+def without_optimizer(model_zip: Path) -> bytes:
+    """The checkpoint's bytes minus the optimizer state, every other member as it was: an Atari agent's
+    40 MB becomes its 13 MB of weights, which loads everywhere a full checkpoint does."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(model_zip) as src, zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as dst:
+        for info in src.infolist():
+            if info.filename != OPTIMIZER_MEMBER:
+                dst.writestr(info, src.read(info), compress_type=zipfile.ZIP_DEFLATED)
+    return buf.getvalue()
 
 
 def median_selection(compare_dir: Path, agent: str) -> tuple[int, str]:
@@ -106,13 +121,13 @@ def package(
         "selection": selection or f"seed {seed}, chosen by hand",
         "config": config["model"],
         "evaluation": evaluation,
-        # the card's success_rate used by tests/test_pretrained.py: the compare's own mode, training env
+        # what tests/test_pretrained.py reproduces: the compare's own mode, training env
         "success_rate": evaluation[train_name][mode]["success_rate"],
+        "mean_return": evaluation[train_name][mode]["mean_return"],
     }
     out = root / "pretrained" / alias
     out.mkdir(parents=True, exist_ok=True)
-    with (run_dir / "model.zip").open("rb") as model:
-        atomic_write(out / "model.zip", lambda f: shutil.copyfileobj(model, f))
+    atomic_write_bytes(out / "model.zip", without_optimizer(run_dir / "model.zip"))
     atomic_write_json(out / "card.json", card)
     curve = read_record_curve(run_dir) or read_learning_curve(run_dir)
     curve_lines: list[str] = []
