@@ -269,7 +269,9 @@ def config_mismatch(job: RunJob) -> str | None:
             if others == {k: v for k, v in job.eval_settings().items() if k not in ("target", "envs")}:
                 was = record.settings.get("envs")
                 if isinstance(was, list) and was and was[0] != training_env(job):
-                    return _another_experiment(record_path(job.run_dir), was[0], job)
+                    return _another_experiment(
+                        f"{record_path(job.run_dir)}: this run was trained on {_short(was[0])}", job
+                    )
                 return (
                     f"{record_path(job.run_dir)} holds this run scored on the suite's envs as they were "
                     f"({_short(record.settings.get('envs'))}), and its model is not here to score it on "
@@ -382,7 +384,8 @@ def _checked_records(job: RunJob, raw: Any, source: Path) -> list[ScoreRecord] |
         trained_on = [rec["env"], rec["env_id"]]  # score records keep no kwargs: name and id are checked
         if rec["is_train"] and train_env is not None and trained_on != train_env[:2]:
             # another training env: another experiment, never re-scored as if it were this one
-            raise UserError(_another_experiment(f"{source}: record {i}", trained_on, job))
+            claim = f"{source}: record {i} is for env {_short(rec['env'])} ({_short(rec['env_id'])})"
+            raise UserError(_another_experiment(claim, job))
         if expected.get(rec["env"]) != rec["env_id"] or rec["is_train"] != is_train:
             changed = changed or (
                 f"{source}: record {i} is for env {_short(rec['env'])} ({_short(rec['env_id'])}), which "
@@ -407,9 +410,9 @@ def training_env(job: RunJob) -> list[Any] | None:
     return job.scored_envs()[0] if job.suite else None
 
 
-def _another_experiment(source: Any, was: Any, job: RunJob) -> str:
+def _another_experiment(claim: str, job: RunJob) -> str:
     return (
-        f"{source}: this run was trained on {_short(was)} as the run's training env, but {job.suite} "
+        f"{claim} as the run's training env, but {job.suite} "
         f"trains on {_short(training_env(job))}: another experiment; use another --out, or delete it to "
         "redo that run"
     )
