@@ -382,15 +382,12 @@ def _checked_records(job: RunJob, raw: Any, source: Path) -> list[ScoreRecord] |
             )
         is_train = rec["env"] == train_name if train_name is not None else True
         trained_on = [rec["env"], rec["env_id"]]  # score records keep no kwargs: name and id are checked
+        claim = f"{source}: record {i} is for env {_short(rec['env'])} ({_short(rec['env_id'])})"
         if rec["is_train"] and train_env is not None and trained_on != train_env[:2]:
             # another training env: another experiment, never re-scored as if it were this one
-            claim = f"{source}: record {i} is for env {_short(rec['env'])} ({_short(rec['env_id'])})"
             raise UserError(_another_experiment(claim, job))
         if expected.get(rec["env"]) != rec["env_id"] or rec["is_train"] != is_train:
-            changed = changed or (
-                f"{source}: record {i} is for env {_short(rec['env'])} ({_short(rec['env_id'])}), which "
-                f"{job.suite or job.env_id} does not hold as such"
-            )
+            changed = changed or f"{claim}, which {job.suite or job.env_id} does not hold as such"
         records.append(ScoreRecord(**{**rec, "run_dir": job.run_dir}))
     names = sorted(r["env"] for r in records)
     if changed is None and names != sorted(expected):
