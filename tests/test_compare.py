@@ -21,7 +21,7 @@ from rims_rl.app.curves import read_learning_curve
 from rims_rl.app.evaluation import EvalResult
 from rims_rl.app.jobs import Backend
 from rims_rl.app.report import write_report
-from rims_rl.app.summary import summary_rows
+from rims_rl.app.summary import OOD_LABEL, improvement_rows, summary_rows
 from rims_rl.envs import EnvSpec, Suite, get_suite
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -81,11 +81,31 @@ def test_summarize_numbers() -> None:
     assert r["iqm"] == pytest.approx(0.0) and r["mean"] == pytest.approx(0.25)  # IQM drops the outlier
     assert rows[("rims_ppo", "6x6")]["iqm"] == pytest.approx(0.6)
     assert rows[("lstm_ppo", "8x8")]["iqm_lo"] == rows[("lstm_ppo", "8x8")]["iqm_hi"] == 0.0
-    pooled = rows[("rims_ppo", "OOD (pooled)")]  # 8 runs over 6x6 and 8x8: trims 2 each end
-    assert pooled["n_runs"] == 8
-    assert pooled["iqm"] == pytest.approx(np.mean([0.2, 0.5, 0.5, 0.7]))
+    ood = rows[("rims_ppo", OOD_LABEL)]  # each run's mean over 6x6 and 8x8: 0.25, 0.35, 0.45, 0.85
+    assert ood["n_runs"] == 4
+    assert ood["iqm"] == pytest.approx(0.40)
+    assert ood["success"] == pytest.approx(np.mean([0.5, 0.5, 0.5, 1.0]))
     for row in rows.values():
         assert row["iqm_lo"] <= row["iqm"] <= row["iqm_hi"]
+
+
+def test_duplicating_variants_does_not_narrow_any_ood_interval() -> None:
+    """The variants share their runs: a suite listing each variant twice holds no more evidence."""
+    records = _records()
+    doubled = records + [{**r, "env": f"{r['env']}-again"} for r in records if not r["is_train"]]
+
+    def ood_rows(recs: list[dict]) -> list[dict]:
+        summary = [r for r in summary_rows(recs, reps=500) if r["env"] == OOD_LABEL]
+        better = [
+            r for r in improvement_rows(recs, "rims_ppo", "lstm_ppo", reps=500) if r["env"] == OOD_LABEL
+        ]
+        return summary + better
+
+    for once, twice in zip(ood_rows(records), ood_rows(doubled), strict=True):
+        key = "iqm" if "iqm" in once else "p"
+        assert twice[f"{key}_hi"] - twice[f"{key}_lo"] >= once[f"{key}_hi"] - once[f"{key}_lo"] - 1e-12
+        assert twice[key] == pytest.approx(once[key])
+    assert len(ood_rows(records)) == 3
 
 
 def test_write_report_from_synthetic_results(tmp_path: Path) -> None:

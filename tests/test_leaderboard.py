@@ -4,6 +4,7 @@ the committed page is what the committed records give, and the spec is treated a
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ from rims_rl.app.leaderboard import (
     write_leaderboard,
 )
 from rims_rl.app.stats import iqm
+from rims_rl.app.summary import OOD_LABEL, improvement_rows, summary_rows
 from rims_rl.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,6 +70,27 @@ def _tree(tmp_path: Path) -> Path:
     spec = tmp_path / "leaderboard.yml"
     spec.write_text(SPEC)
     return spec
+
+
+def test_report_ood_figures_equal_the_leaderboards(tmp_path: Path) -> None:
+    """A suite's report and the leaderboard say the same OOD IQM and P for the same records."""
+    spec = load_spec(_tree(tmp_path))
+    cells = build_cells(spec, reps=300)
+    records = [
+        rec
+        for file in sorted((tmp_path / "s1/records").glob("*.json"))
+        for rec in json.loads(file.read_text())["records"]
+    ]
+    rows = {r["agent"]: r for r in summary_rows(records, reps=300) if r["env"] == OOD_LABEL}
+    for agent in ("a", "b"):
+        ood = cells[(agent, "s1")].ood
+        assert (rows[agent]["iqm"], rows[agent]["iqm_lo"], rows[agent]["iqm_hi"]) == pytest.approx(
+            (ood.point, ood.low, ood.high)
+        )
+    (p,) = [r for r in improvement_rows(records, "a", "b", reps=300) if r["env"] == OOD_LABEL]
+    one_suite = replace(spec, suites=tuple(e for e in spec.suites if e.suite == "s1"))
+    matrix = improvement_matrix(one_suite, cells, reps=300)[("a", "b")]
+    assert (p["p"], p["p_lo"], p["p_hi"]) == pytest.approx((matrix.point, matrix.low, matrix.high))
 
 
 def test_cells_are_iqms_of_each_runs_mean_ood_return(tmp_path: Path) -> None:

@@ -26,6 +26,7 @@ from rims_rl.app.curves import CURVE_TAG, Curve, read_learning_curve
 from rims_rl.app.plots import plot_learning_curves, plot_ood_bars
 from rims_rl.app.stats import CI
 from rims_rl.app.summary import (
+    OOD_LABEL,
     Record,
     ScoreRecord,
     agents_in,
@@ -105,6 +106,8 @@ def markdown_report(
         "Scores are final-policy evaluation returns, one per run (mean over episodes); IQM, mean and",
         "median are over runs (seeds) with 95% stratified bootstrap CIs (rliable, Agarwal et al. 2021);",
         "success rate is the mean over runs of each run's fraction of successful episodes.",
+        f"{OOD_LABEL}: one score per run, its mean over the OOD variants; the variants are scored by",
+        "the same runs, so whole runs are what the bootstrap resamples (as on the leaderboard).",
         "",
         "## Final evaluation",
         "",

@@ -109,6 +109,32 @@ def _row(agent: str, env: str, env_id: str, is_train: bool, scores: Any, success
     return row
 
 
+#: The label of each agent's OOD row and of the OOD probability of improvement.
+OOD_LABEL = "OOD (run mean over variants)"
+
+
+def _ood_envs(records: Sequence[Mapping[str, Any]], envs: Sequence[str]) -> list[str]:
+    return [e for e in envs if not any(r["env"] == e and r.get("is_train") for r in records)]
+
+
+def run_ood_means(
+    records: Iterable[Mapping[str, Any]], agent: str, ood: Sequence[str], key: str = "mean_return"
+) -> np.ndarray:
+    """Each run's mean over the OOD variants ``ood``, in seed order; runs lacking a variant are left out.
+
+    The variants are scored by the same trained runs, so their scores are correlated: resampling them
+    as independent tasks narrows the interval (duplicating a variant would narrow it further). One
+    number per run, resampled whole, is what the leaderboard uses too.
+    """
+    by_seed: dict[int, dict[str, float]] = {}
+    for r in records:
+        if r["agent"] == agent and r["env"] in ood:
+            value = r.get(key)
+            by_seed.setdefault(int(r["seed"]), {})[str(r["env"])] = np.nan if value is None else float(value)
+    means = [np.mean([v[e] for e in ood]) for _, v in sorted(by_seed.items()) if set(v) == set(ood)]
+    return np.array(means, dtype=np.float64)
+
+
 def summary_rows(
     records: Sequence[Mapping[str, Any]],
     reps: int = 2000,
@@ -117,9 +143,9 @@ def summary_rows(
 ) -> list[Record]:
     """One row per agent x env: IQM/mean/median of run returns and mean success rate, with 95% CIs.
 
-    With ``pooled_ood`` each agent also gets an ``"OOD (pooled)"`` row aggregating all variants, the
-    runs stratified by variant (rliable's aggregate over tasks); it pools raw returns, so it is only
-    meaningful when variants share a return scale (true for MiniGrid's 0-1 returns).
+    With ``pooled_ood`` and more than one variant, each agent also gets an ``OOD_LABEL`` row: the
+    statistics of each run's mean over the variants (``run_ood_means``), whole runs resampled. Averaging
+    raw returns is only meaningful when the variants share a return scale (MiniGrid's 0-1, POPGym's).
     """
     rows: list[Record] = []
     envs = envs_in(records)
@@ -142,21 +168,32 @@ def summary_rows(
                     seed=seed,
                 )
             )
-    ood = [e for e in envs if not any(r["env"] == e and r.get("is_train") for r in records)]
+    ood = _ood_envs(records, envs)
     if pooled_ood and len(ood) > 1:
         for agent in agents_in(records):
-            scores = {e: _scores(records, agent, e) for e in ood}
-            if sum(v.size for v in scores.values()) == 0:
+            scores = run_ood_means(records, agent, ood)
+            if scores.size == 0:
                 continue
-            success = {e: _scores(records, agent, e, "success_rate") for e in ood}
-            rows.append(_row(agent, "OOD (pooled)", "", False, scores, success, reps=reps, seed=seed))
+            success = run_ood_means(records, agent, ood, "success_rate")
+            rows.append(
+                _row(
+                    agent,
+                    OOD_LABEL,
+                    "",
+                    False,
+                    {OOD_LABEL: scores},
+                    {OOD_LABEL: success},
+                    reps=reps,
+                    seed=seed,
+                )
+            )
     return rows
 
 
 def improvement_rows(
     records: Sequence[Mapping[str, Any]], agent_x: str, agent_y: str, reps: int = 2000, seed: int = 0
 ) -> list[Record]:
-    """P(a run of ``agent_x`` scores higher than one of ``agent_y``) per env, plus over all OOD variants."""
+    """P(a run of ``agent_x`` scores higher than one of ``agent_y``) per env, and on each run's OOD mean."""
     rows: list[Record] = []
     envs = envs_in(records)
     for env in envs:
@@ -166,13 +203,12 @@ def improvement_rows(
             first = next(r for r in records if r["env"] == env)
             label = env_label({"env": env, "env_id": first.get("env_id"), "is_train": first.get("is_train")})
             rows.append({"env": env, "label": label, "x": agent_x, "y": agent_y, **ci.as_dict("p")})
-    ood = [e for e in envs if not any(r["env"] == e and r.get("is_train") for r in records)]
+    ood = _ood_envs(records, envs)
     if len(ood) > 1:
-        xs = {e: _scores(records, agent_x, e) for e in ood}
-        ys = {e: _scores(records, agent_y, e) for e in ood}
-        ci = probability_of_improvement_ci(xs, ys, reps=reps, seed=seed)
+        x, y = run_ood_means(records, agent_x, ood), run_ood_means(records, agent_y, ood)
+        ci = probability_of_improvement_ci(x, y, reps=reps, seed=seed)
         if not math.isnan(ci.point):
-            rows.append({"env": "OOD (mean over variants)", "x": agent_x, "y": agent_y, **ci.as_dict("p")})
+            rows.append({"env": OOD_LABEL, "x": agent_x, "y": agent_y, **ci.as_dict("p")})
     return rows
 
 
