@@ -1129,3 +1129,17 @@ def test_a_tie_in_tune_is_named_with_the_rule_that_broke_it(
     note = "ppo: all 3 configurations tie at score 0.500"
     assert note in text and "the first in grid order" in text and text.count("| yes |") == 1
     assert json.loads((tmp_path / "t" / "tune.json").read_text())["agents"]["ppo"]["tie"].startswith(note)
+
+
+def test_report_files_replace_symlinks_never_follow_them(tmp_path: Path) -> None:
+    """Every report file is written atomically: a link in its place is replaced, its target untouched."""
+    out, target = tmp_path / "out", tmp_path / "precious.txt"
+    out.mkdir()
+    target.write_text("keep me")
+    names = ("report.md", "results.json", "results.csv", "ood_bars.png", "learning_curves.png")
+    for name in names:
+        (out / name).symlink_to(target)
+    write_report(out, _records(), _curves(), reps=50, machine={})
+    assert target.read_text() == "keep me"
+    for name in names:
+        assert not (out / name).is_symlink() and (out / name).stat().st_size > 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -9,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from rims_rl.app.atomic import atomic_write_bytes
 from rims_rl.app.curves import Curve
 from rims_rl.app.stats import stratified_bootstrap_ci
 from rims_rl.app.summary import agents_in, env_label
@@ -143,7 +145,7 @@ def _save(fig: Any, ax: Any, path: str | Path) -> Path:
     """Legend, tight layout, PNG at 110 dpi, figure closed (so many reports do not leak figures)."""
     ax.legend()
     fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=110, format="png")
     _plt().close(fig)
-    return path
+    return atomic_write_bytes(path, buf.getvalue())  # a stop mid-write keeps the previous figure

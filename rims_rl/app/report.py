@@ -8,6 +8,7 @@ in ``plots``; this module formats and writes.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
@@ -22,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from rims_rl.app.atomic import atomic_write_bytes
 from rims_rl.app.curves import CURVE_TAG, Curve, read_learning_curve
 from rims_rl.app.plots import plot_learning_curves, plot_ood_bars
 from rims_rl.app.stats import CI
@@ -333,6 +335,9 @@ def write_report(
 ) -> dict[str, Path]:
     """Write ``report.md``, ``results.json``, ``results.csv`` and the PNGs into ``out_dir``; return paths.
 
+    Every file is replaced atomically: a stop mid-write keeps the previous good file, and a symlink in
+    its place is replaced, never followed.
+
     Each pair (x, y) of ``pairs`` adds P(x > y) per env; by default every other agent against
     ``lstm_ppo`` when it takes part (the baseline the project's question is about), else the first two
     agents. ``curves`` (each agent's learning curves) draws the learning-curve figure, and the report says
@@ -367,12 +372,12 @@ def write_report(
         paths["ood_bars"] = p
         figures["Final return per env (IQM, 95% CI)"] = p.name
 
-    with (out / "results.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(CSV_FIELDS), extrasaction="ignore")
-        writer.writeheader()
-        for r in records:
-            writer.writerow({k: r.get(k, "") for k in CSV_FIELDS})
-    paths["results_csv"] = out / "results.csv"
+    table = io.StringIO(newline="")
+    writer = csv.DictWriter(table, fieldnames=list(CSV_FIELDS), extrasaction="ignore")
+    writer.writeheader()
+    for r in records:
+        writer.writerow({k: r.get(k, "") for k in CSV_FIELDS})
+    paths["results_csv"] = atomic_write_bytes(out / "results.csv", table.getvalue().encode())
 
     payload = {
         "command": command,
@@ -384,8 +389,9 @@ def write_report(
         "records": records,
         **({"throughput_steps_per_s": {a: list(v) for a, v in throughput.items()}} if throughput else {}),
     }
-    (out / "results.json").write_text(json.dumps(_jsonable(payload), indent=2) + "\n")
-    paths["results_json"] = out / "results.json"
+    paths["results_json"] = atomic_write_bytes(
+        out / "results.json", (json.dumps(_jsonable(payload), indent=2) + "\n").encode()
+    )
 
     text = markdown_report(
         rows,
@@ -399,6 +405,5 @@ def write_report(
         notes=notes,
         throughput=throughput,
     )
-    (out / "report.md").write_text(text)
-    paths["report"] = out / "report.md"
+    paths["report"] = atomic_write_bytes(out / "report.md", text.encode())
     return paths
