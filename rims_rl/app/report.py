@@ -40,6 +40,7 @@ from rims_rl.app.summary import (
 )
 from rims_rl.envs.registry import family_of_id
 
+CURVES_CAPTION = "Learning curves (IQM over seeds, 95% CI band)"
 CSV_FIELDS: tuple[str, ...] = (
     "agent",
     "seed",
@@ -108,8 +109,8 @@ def markdown_report(
         "Scores are final-policy evaluation returns, one per run (mean over episodes); IQM, mean and",
         "median are over runs (seeds) with 95% stratified bootstrap CIs (rliable, Agarwal et al. 2021);",
         "success rate is the mean over runs of each run's fraction of successful episodes.",
-        f"{OOD_LABEL}: one score per run, its mean over the OOD variants; the variants are scored by",
-        "the same runs, so whole runs are what the bootstrap resamples (as on the leaderboard).",
+        f"{OOD_LABEL}: each run's mean over the OOD variants, one score per run; the",
+        "variants share their runs, so whole runs are resampled (as on the leaderboard).",
         "",
         "## Final evaluation",
         "",
@@ -332,6 +333,7 @@ def write_report(
     machine: Mapping[str, Any] | None = None,
     pairs: Sequence[tuple[str, str]] | None = None,
     throughput: Mapping[str, Sequence[float]] | None = None,
+    kept_figures: Mapping[str, str] | None = None,
 ) -> dict[str, Path]:
     """Write ``report.md``, ``results.json``, ``results.csv`` and the PNGs into ``out_dir``; return paths.
 
@@ -342,7 +344,8 @@ def write_report(
     ``lstm_ppo`` when it takes part (the baseline the project's question is about), else the first two
     agents. ``curves`` (each agent's learning curves) draws the learning-curve figure, and the report says
     why an agent (or the figure) has none. ``throughput`` (each agent's training steps/s, one value per run
-    trained from scratch) adds the throughput table.
+    trained from scratch) adds the throughput table. ``kept_figures`` (caption -> file name) lists figures
+    already in ``out_dir`` that this call cannot draw again (a rebuild whose runs' logs are gone).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -355,7 +358,7 @@ def write_report(
     improvement = [row for x, y in pairs for row in improvement_rows(records, x, y, reps=reps, seed=seed)]
 
     paths: dict[str, Path] = {}
-    figures: dict[str, str] = {}
+    figures: dict[str, str] = {k: v for k, v in (kept_figures or {}).items() if (out / v).is_file()}
     notes: list[str] = []
     if curves is not None and records:
         train = next((r for r in records if r.get("is_train")), None)
@@ -365,7 +368,7 @@ def write_report(
         )
         if p is not None:
             paths["learning_curves"] = p
-            figures["Learning curves (IQM over seeds, 95% CI band)"] = p.name
+            figures[CURVES_CAPTION] = p.name
         notes = curve_notes(curves, agents, drawn=p is not None)
     p = plot_ood_bars(rows, out / "ood_bars.png")
     if p is not None:
