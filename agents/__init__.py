@@ -13,20 +13,23 @@ from __future__ import annotations
 import inspect
 import json
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
+import numpy as np
 import torch
 from gymnasium import spaces
 from sb3_contrib import RecurrentPPO
 from stable_baselines3 import PPO
 from stable_baselines3.common import torch_layers
 from stable_baselines3.common.base_class import BaseAlgorithm
-from stable_baselines3.common.preprocessing import is_image_space
-from stable_baselines3.common.vec_env import VecEnv
+from stable_baselines3.common.preprocessing import is_image_space, is_image_space_channels_first
+from stable_baselines3.common.vec_env import VecEnv, VecTransposeImage
 from torch import nn
 
 from rims_rl.agents.config import (
     CHUNKED,
+    MAX_PARAMETERS,
+    MAX_ROLLOUT_BYTES,
     AgentPreset,
     PPOSettings,
     infer_algo,
@@ -51,7 +54,11 @@ __all__ = [
     "AgentPreset",
     "PPOSettings",
     "apply_overrides",
+    "ParameterCount",
     "build_model",
+    "check_measured_size",
+    "count_parameters",
+    "model_observation_space",
     "get_preset",
     "infer_algo",
     "parse_overrides",
@@ -369,6 +376,7 @@ def build_model(
         policy_kwargs.pop("core", None)
         policy_kwargs.pop("rims_kwargs", None)
     _check_extractor_kwargs(ALGORITHMS[preset.algo], policy, policy_kwargs)
+    check_measured_size(preset, env)
     batch = preset.ppo.n_steps * env.num_envs
     if preset.ppo.batch_size > batch:
         raise ValueError(
@@ -387,6 +395,84 @@ def build_model(
     if preset.channels_last:
         use_channels_last(model.policy)
     return model
+
+
+class ParameterCount(NamedTuple):
+    """A model's size: its recurrent cores' parameters (actor and critic), all the policy's, and the
+    recurrent state one env carries (floats, every layer, actor and critic, ``h`` and ``c``)."""
+
+    core: int
+    total: int
+    state: int = 0
+
+
+def model_observation_space(observation_space: spaces.Space) -> spaces.Space:
+    """The observation space the policy sees: SB3 transposes channel-last images (``VecTransposeImage``)."""
+    if isinstance(observation_space, spaces.Dict):
+        return spaces.Dict({k: model_observation_space(v) for k, v in observation_space.spaces.items()})
+    if (
+        isinstance(observation_space, spaces.Box)
+        and is_image_space(observation_space)
+        and not is_image_space_channels_first(observation_space)
+    ):
+        return VecTransposeImage.transpose_space(observation_space)
+    return observation_space
+
+
+def count_parameters(
+    preset: AgentPreset, observation_space: spaces.Space, action_space: spaces.Space
+) -> ParameterCount:
+    """The size of the policy ``preset`` describes on an env's (untransposed) spaces, measured without
+    allocating it.
+
+    The policy is built on torch's ``meta`` device (shapes, no storage), so a size is known before any
+    memory is spent: a config from an untrusted file asking for a 75 GiB model costs nothing to measure.
+    """
+    observation_space = model_observation_space(observation_space)
+    policy_kwargs = _resolve_policy_kwargs(preset.policy_kwargs, observation_space)
+    policy = _policy_for(preset, observation_space)
+    algo = ALGORITHMS[preset.algo]
+    policy_cls: Any = algo.policy_aliases.get(policy, policy) if isinstance(policy, str) else policy
+    # sb3 moves sub-networks to ``policy.device`` while building; on the meta device that must be meta too.
+    on_meta = type(policy_cls.__name__, (policy_cls,), {"device": property(lambda _: torch.device("meta"))})
+    with torch.device("meta"):
+        model = on_meta(observation_space, action_space, lambda _: 0.0, **policy_kwargs)
+    core = sum(
+        p.numel() for name, p in model.named_parameters() if name.startswith(("lstm_actor.", "lstm_critic."))
+    )
+    shape = getattr(model, "lstm_hidden_state_shape", (0, 0, 0))  # (layers, 1, state size); none for PPO
+    state = 2 * 2 * shape[0] * shape[2]  # (h, c) for the actor and the critic, as the rollout buffer keeps
+    return ParameterCount(core, sum(p.numel() for p in model.parameters()), state)
+
+
+def check_measured_size(preset: AgentPreset, env: VecEnv) -> ParameterCount:
+    """``ValueError`` when the model ``preset`` builds on ``env``, or its rollout buffer, is too big for
+    this project: measured (``count_parameters``), not guessed from the settings, before anything is
+    allocated. Every way in (``--set``, a checkpoint, a tuned file, a run's config) builds through here."""
+    size = count_parameters(preset, env.observation_space, env.action_space)
+    if size.total > MAX_PARAMETERS:
+        raise ValueError(
+            f"these settings build a model of {size.total / 1e6:,.0f}M parameters "
+            f"({size.total * 4 / 2**30:,.1f} GiB); at most {MAX_PARAMETERS // 10**6}M: use smaller core or "
+            "network sizes"
+        )
+    obs = sum(
+        int(np.prod(s.shape or ())) for s in _leaf_spaces(model_observation_space(env.observation_space))
+    )
+    rollout = preset.ppo.n_steps * env.num_envs * (obs + size.state + 8) * 4  # float32, + action, value, ...
+    if rollout > MAX_ROLLOUT_BYTES:
+        raise ValueError(
+            f"the rollout buffer would take {rollout / 2**30:,.1f} GiB (n_steps={preset.ppo.n_steps} x "
+            f"n_envs={env.num_envs} x {obs + size.state} floats); at most {MAX_ROLLOUT_BYTES // 2**30} GiB: "
+            "lower ppo.n_steps, n_envs or the core's state size"
+        )
+    return size
+
+
+def _leaf_spaces(space: spaces.Space) -> list[spaces.Space]:
+    if isinstance(space, spaces.Dict):
+        return [leaf for sub in space.spaces.values() for leaf in _leaf_spaces(sub)]
+    return [space]
 
 
 def use_channels_last(policy: nn.Module) -> None:

@@ -53,6 +53,8 @@ VEC_ENVS: tuple[str, ...] = ("dummy", "subproc", "ale")
 MAX_LAYER_SIZE = 4096
 MAX_LAYERS = 16
 MAX_PARAMETERS = 50_000_000
+#: The rollout buffer's bound (``check_measured_size``): Atari's preset needs about 0.1 GiB.
+MAX_ROLLOUT_BYTES = 4 * 2**30
 #: ``nn.LSTM`` arguments a config may pass through ``lstm_kwargs`` (``check_lstm_kwargs``).
 LSTM_KWARGS: tuple[str, ...] = ("dropout", "bias")
 #: policy_kwargs that only a recurrent policy takes.

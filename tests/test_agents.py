@@ -19,6 +19,7 @@ from rims_rl.agents import (
     FAMILIES,
     apply_overrides,
     build_model,
+    count_parameters,
     families_of,
     get_preset,
     parse_overrides,
@@ -224,6 +225,41 @@ def test_build_model_classic(agent: str, cue_env: VecEnv) -> None:
         assert isinstance(model.policy.lstm_actor, get_core(tiny(agent).policy_kwargs["core"]))
     assert model.lr_schedule(1.0) == pytest.approx(1e-3)  # lin_1e-3
     assert model.lr_schedule(0.5) == pytest.approx(5e-4)
+
+
+@pytest.mark.parametrize("agent", [a for a in AGENTS if "classic" in families_of(a)])
+def test_count_parameters_measures_the_model_build_model_builds(agent: str, cue_env: VecEnv) -> None:
+    """Measured on the meta device (no storage), the counts equal those of the model really built."""
+    preset = tiny(agent)
+    policy = build_model(preset, cue_env, seed=0).policy
+    core = sum(
+        p.numel() for n, p in policy.named_parameters() if n.startswith(("lstm_actor.", "lstm_critic."))
+    )
+    measured = count_parameters(preset, cue_env.observation_space, cue_env.action_space)
+    assert measured[:2] == (core, sum(p.numel() for p in policy.parameters()))
+    assert (measured.core > 0) == (agent != "ppo")
+
+
+def test_huge_models_are_measured_not_built(cue_env: VecEnv) -> None:
+    """A TLB of about 20G parameters (75 GiB) passes the settings' guessed bound; measured on the meta
+    device, it is refused before anything is allocated, as is a rollout buffer of tens of GiB."""
+    preset = apply_overrides(
+        tiny("tlb_ppo"),
+        {
+            "policy_kwargs.core_kwargs.d_model": 4096,
+            "policy_kwargs.core_kwargs.n_layers": 16,
+            "policy_kwargs.core_kwargs.ffn_mult": 16,
+        },
+    )
+    measured = count_parameters(preset, cue_env.observation_space, cue_env.action_space)
+    assert measured.total > 10**10
+    with pytest.raises(ValueError, match=r"model of [\d,]+M parameters .*at most 50M"):
+        build_model(preset, cue_env, seed=0)
+    wide = apply_overrides(
+        tiny("tlb_ppo"), {"policy_kwargs.core_kwargs.n_latents": 4096, "ppo.n_steps": 65536}
+    )
+    with pytest.raises(ValueError, match="rollout buffer would take"):
+        build_model(wide, cue_env, seed=0)
 
 
 def test_build_model_with_stock_sb3_contrib_policy(cue_env: VecEnv) -> None:

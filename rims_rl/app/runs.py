@@ -35,7 +35,7 @@ from stable_baselines3.common.logger import Logger, make_output_format
 from stable_baselines3.common.utils import set_random_seed
 from stable_baselines3.common.vec_env import VecEnv
 
-from rims_rl.agents import build_model
+from rims_rl.agents import ParameterCount, build_model, count_parameters
 from rims_rl.app import rundir
 from rims_rl.app.atomic import atomic_write_json
 from rims_rl.app.checkpoint import (
@@ -107,6 +107,16 @@ def make_train_env(config: RunConfig, seed: int | None, vec_cls: Any = None) -> 
     if vec_cls is None:
         vec_cls = spec.family.vec_env
     return make_vec_env_for(spec, n_envs=config.n_envs, seed=seed, training=True, vec_cls=vec_cls)
+
+
+def measure_model(config: RunConfig) -> ParameterCount:
+    """The parameters of the model ``config`` builds (core and total), measured without allocating them:
+    one env gives the spaces, the policy is built on the meta device (``count_parameters``)."""
+    env = make_vec_env_for(config.env_spec(), n_envs=1, seed=0, training=True, vec_cls="dummy")
+    try:
+        return count_parameters(config.model, env.observation_space, env.action_space)
+    finally:
+        env.close()
 
 
 def read_run_config(run_dir: str | Path) -> RunConfig:
