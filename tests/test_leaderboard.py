@@ -13,6 +13,7 @@ import pytest
 from rims_rl.app.errors import UserError
 from rims_rl.app.leaderboard import (
     build_cells,
+    cell_sizes,
     control_rows,
     equal_return_rows,
     improvement_matrix,
@@ -28,7 +29,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _record(
-    folder: Path, agent: str, seed: int, train: float, ood: list[float], seconds: float | None = None
+    folder: Path,
+    agent: str,
+    seed: int,
+    train: float,
+    ood: list[float],
+    seconds: float | None = None,
+    job: dict | None = None,
 ) -> None:
     envs = [("train", True, train), *((f"v{i}", False, r) for i, r in enumerate(ood))]
     records = [
@@ -39,7 +46,7 @@ def _record(
         }
         for name, is_train, ret in envs
     ]  # fmt: skip
-    payload: dict = {"settings": {}, "job": {}, "records": records, "curve": None}
+    payload: dict = {"settings": {}, "job": job or {}, "records": records, "curve": None}
     if seconds is not None:
         payload["train_seconds"] = seconds
     folder.mkdir(parents=True, exist_ok=True)
@@ -91,6 +98,28 @@ def test_report_ood_figures_equal_the_leaderboards(tmp_path: Path) -> None:
     one_suite = replace(spec, suites=tuple(e for e in spec.suites if e.suite == "s1"))
     matrix = improvement_matrix(one_suite, cells, reps=300)[("a", "b")]
     assert (p["p"], p["p_lo"], p["p_hi"]) == pytest.approx((matrix.point, matrix.low, matrix.high))
+
+
+def test_model_sizes_are_measured_from_each_cells_recorded_job(tmp_path: Path) -> None:
+    """The sizes table rebuilds each cell's model from its record's job; a job asking for a huge model
+    (about 20G parameters) is measured on the meta device, never built."""
+    huge = {
+        f"policy_kwargs.core_kwargs.{k}": v
+        for k, v in (("d_model", 4096), ("n_layers", 16), ("ffn_mult", 16))
+    }
+    for agent, overrides in (("lstm_ppo", {}), ("gru_ppo", {}), ("tlb_ppo", huge)):
+        job = {"agent": agent, "seed": 0, "suite": "popgym-repeat-previous", "overrides": overrides}
+        _record(tmp_path / "s/records", agent, 0, 0.5, [0.4, 0.3], job=job)
+    (tmp_path / "spec.yml").write_text(
+        "agents: [lstm_ppo, gru_ppo, tlb_ppo]\nsuites:\n  s:\n    records: [s/records]\n"
+    )
+    spec = load_spec(tmp_path / "spec.yml")
+    cells = build_cells(spec, reps=50)
+    sizes = cell_sizes(spec, cells)
+    assert sizes[("tlb_ppo", "s")].total > 10**10
+    assert sizes[("gru_ppo", "s")].core / sizes[("lstm_ppo", "s")].core == pytest.approx(0.75, abs=0.01)
+    text = markdown(spec, cells, {}, None, "cmd", sizes=sizes)
+    assert "## Model sizes" in text and "(0.75x)" in text
 
 
 def test_cells_are_iqms_of_each_runs_mean_ood_return(tmp_path: Path) -> None:

@@ -26,9 +26,12 @@ from typing import Any
 
 import numpy as np
 
+from rims_rl.agents import ParameterCount
 from rims_rl.app.atomic import atomic_write_bytes
+from rims_rl.app.config import resolve_config
 from rims_rl.app.errors import UserError
 from rims_rl.app.plots import plot_ood_bars, plot_train_vs_ood
+from rims_rl.app.runs import measure_model
 from rims_rl.app.stats import CI, probability_of_improvement_ci, stratified_bootstrap_ci
 from rims_rl.app.summary import ScoreRecord, score_record
 from rims_rl.envs.untrusted import UntrustedFileError, load_json, load_yaml
@@ -75,6 +78,8 @@ class RunScores:
     """(env name, env id) of every env it was scored on: one suite's runs must share them."""
     source: str = ""
     """The record file, to name in an error."""
+    job: Mapping[str, Any] = field(default_factory=dict, compare=False)
+    """The job as the record stores it (agent, suite, overrides, ...): what rebuilds its model."""
 
 
 @dataclass(frozen=True)
@@ -200,7 +205,8 @@ def read_run_scores(folder: Path) -> list[RunScores]:
             rate = records[0]["timesteps"] / float(seconds)
         envs = frozenset((r["env"], r["env_id"]) for r in records)
         agent, seed = records[0]["agent"], records[0]["seed"]
-        runs.append(RunScores(agent, seed, train[0], float(np.mean(ood)), rate, envs, str(file)))
+        job = data.get("job") if isinstance(data.get("job"), Mapping) else {}
+        runs.append(RunScores(agent, seed, train[0], float(np.mean(ood)), rate, envs, str(file), job))
     return runs
 
 
@@ -235,6 +241,38 @@ def build_cells(spec: Spec, reps: int = 2000) -> dict[tuple[str, str], Cell]:
             ood = stratified_bootstrap_ci([r.ood for r in ordered], "iqm", reps)
             cells[(agent, entry.suite)] = Cell(ordered, train, ood)
     return cells
+
+
+def cell_sizes(spec: Spec, cells: Mapping[tuple[str, str], Cell]) -> dict[tuple[str, str], ParameterCount]:
+    """Each cell's model size (core, total parameters), measured from the settings its first run records.
+
+    Runs of one cell share their settings (``compare`` refuses anything else), so one model per cell is
+    enough; a record without a usable job (or for an agent not installed here) leaves the cell out.
+    """
+    sizes: dict[tuple[str, str], ParameterCount] = {}
+    for (agent, suite), cell in cells.items():
+        job = cell.runs[0].job
+        overrides = job.get("overrides")
+        try:
+            config = resolve_config(
+                agent,
+                job.get("env_id") if isinstance(job.get("env_id"), str) else None,
+                suite=job.get("suite") if isinstance(job.get("suite"), str) else suite,
+                n_envs=job.get("n_envs") if isinstance(job.get("n_envs"), int) else None,
+                overrides=overrides if isinstance(overrides, Mapping) else None,
+            )
+            sizes[(agent, suite)] = measure_model(config)
+        except (UserError, ValueError):
+            continue
+    return sizes
+
+
+def _size_text(size: ParameterCount | None, lstm: ParameterCount | None) -> str:
+    if size is None:
+        return "n/a"
+    ratio = f" ({size.core / lstm.core:.2f}x)" if lstm and lstm.core and size.core else ""
+    core = f"{size.core / 1e3:,.1f}k{ratio}" if size.core else "-"
+    return f"{core} / {size.total / 1e3:,.1f}k"
 
 
 def improvement_matrix(
@@ -351,8 +389,9 @@ def markdown(
     equal: Sequence[EqualReturnRow] = (),
     equal_figure: str | None = None,
     control: Sequence[ControlRow] = (),
+    sizes: Mapping[tuple[str, str], ParameterCount] | None = None,
 ) -> str:
-    """The leaderboard page: table, notes, pending commands, P(row > column), figure."""
+    """The leaderboard page: table, notes, pending commands, P(row > column), figure, model sizes."""
     commands: dict[str, str] = {}  # command -> label, in order of first use in empty cells
     for suite in spec.suites:
         for agent in spec.agents:
@@ -380,6 +419,22 @@ def markdown(
             label = commands.get(cmd) if cmd else None
             row.append(_cell_text(cells.get((agent, suite.suite)), label, agent not in suite.not_applicable))
         lines.append(f"| {agent} | " + " | ".join(row) + " |")
+    if sizes:
+        lines += [
+            "",
+            "## Model sizes",
+            "",
+            "Parameters of each cell's model as its runs were configured: the recurrent core (actor and",
+            "critic; its size relative to lstm_ppo's core on the same suite) / the whole policy.",
+            "",
+            "| agent | " + " | ".join(s.suite for s in spec.suites) + " |",
+            "|---|" + "---|" * len(spec.suites),
+        ]
+        for agent in spec.agents:
+            row = [
+                _size_text(sizes.get((agent, s.suite)), sizes.get(("lstm_ppo", s.suite))) for s in spec.suites
+            ]
+            lines.append(f"| {agent} | " + " | ".join(row) + " |")
     notes = [f"- **{s.suite}**: {s.note}" for s in spec.suites if s.note]
     if notes:
         lines += ["", "## Suites", "", *notes]
@@ -485,6 +540,7 @@ def write_leaderboard(spec_path: str | Path, out: str | Path, command: str, reps
         equal,
         equal_figure.name if equal_figure else None,
         control_rows(spec, cells, reps),
+        cell_sizes(spec, cells),
     )
     atomic_write_bytes(out, text.encode())
     return out
