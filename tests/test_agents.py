@@ -51,7 +51,17 @@ def tiny(agent: str, family: str = "classic") -> AgentPreset:
 
 
 def test_agents_and_families() -> None:
-    assert AGENTS == ("rims_ppo", "lstm_ppo", "ppo", "rims_spatial_ppo", "tlb_ppo", "assembly_ppo", "gru_ppo")
+    assert AGENTS == (
+        "rims_ppo",
+        "lstm_ppo",
+        "ppo",
+        "lstm_eq_ppo",
+        "rims_spatial_ppo",
+        "tlb_ppo",
+        "assembly_ppo",
+        "gru_ppo",
+    )
+    assert families_of("lstm_eq_ppo") == ("minigrid", "popgym")
     assert FAMILIES == ("atari", "minigrid", "classic", "popgym")
     assert families_of("rims_spatial_ppo") == ("atari", "minigrid") and families_of("rims_ppo") == FAMILIES
     with pytest.raises(ValueError, match="no preset for classic envs .* presets for: atari, minigrid"):
