@@ -22,7 +22,7 @@ from typing import Any
 from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.utils import LinearSchedule
 
-from rims_rl.checks import check_int, check_number, check_positive, check_positive_number, hint, is_int
+from rims_rl.checks import check_int, check_number, check_positive_number, hint, is_int
 from rims_rl.policies import RimsActorCriticPolicy
 from rims_rl.ppo import check_chunk_length
 
@@ -53,6 +53,12 @@ VEC_ENVS: tuple[str, ...] = ("dummy", "subproc", "ale")
 MAX_LAYER_SIZE = 4096
 MAX_LAYERS = 16
 MAX_PARAMETERS = 50_000_000
+#: Bounds of the run-size settings, whatever file or flag they come from: far beyond this project's runs
+#: (16 envs, 128-1024 steps, 4-20 epochs, 10M timesteps), low enough that a typo cannot hang a machine.
+MAX_N_ENVS = 1024
+MAX_N_STEPS = 1 << 16
+MAX_N_EPOCHS = 1000
+MAX_TIMESTEPS = 10**10
 #: The rollout buffer's bound (``check_measured_size``): Atari's preset needs about 0.1 GiB.
 MAX_ROLLOUT_BYTES = 4 * 2**30
 #: ``nn.LSTM`` arguments a config may pass through ``lstm_kwargs`` (``check_lstm_kwargs``).
@@ -156,9 +162,9 @@ class PPOSettings:
         resolve_schedule(self.clip_range, "ppo.clip_range")
         if self.clip_range_vf is not None:
             resolve_schedule(self.clip_range_vf, "ppo.clip_range_vf")
-        check_positive("ppo.n_steps", self.n_steps)
+        check_int("ppo.n_steps", self.n_steps, 1, MAX_N_STEPS)
         check_int("ppo.batch_size", self.batch_size, 2)
-        check_positive("ppo.n_epochs", self.n_epochs)
+        check_int("ppo.n_epochs", self.n_epochs, 1, MAX_N_EPOCHS)
         check_number("ppo.gamma", self.gamma, 0.0, 1.0)
         check_number("ppo.gae_lambda", self.gae_lambda, 0.0, 1.0)
         check_number("ppo.ent_coef", self.ent_coef, 0.0)
@@ -249,8 +255,8 @@ class AgentPreset:
         valid = ("auto", *(RECURRENT_POLICIES if recurrent else FF_POLICIES))
         if self.policy not in valid:
             raise ValueError(f"policy for {self.algo} must be one of {valid}, got {self.policy!r}")
-        check_positive("n_envs", self.n_envs)
-        check_positive("n_timesteps", self.n_timesteps)
+        check_int("n_envs", self.n_envs, 1, MAX_N_ENVS)
+        check_int("n_timesteps", self.n_timesteps, 1, MAX_TIMESTEPS)
         if self.vec_env is not None and self.vec_env not in VEC_ENVS:
             raise ValueError(f"vec_env must be null or one of {VEC_ENVS}, got {self.vec_env!r}")
         if not isinstance(self.channels_last, bool):

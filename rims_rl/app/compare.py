@@ -14,6 +14,7 @@ seeds, so differences between agents are not differences in the episodes they we
 
 from __future__ import annotations
 
+import itertools
 import os
 import shlex
 import signal
@@ -28,7 +29,7 @@ from tqdm.auto import tqdm
 from rims_rl.agents import check_agent, parse_overrides
 from rims_rl.app import rundir, signals
 from rims_rl.app.atomic import atomic_write_json
-from rims_rl.app.config import resolve_config
+from rims_rl.app.config import MAX_SEED, resolve_config
 from rims_rl.app.curves import read_learning_curve
 from rims_rl.app.errors import UserError, output_path, user_input
 from rims_rl.app.evaluation import EVAL_PROTOCOL
@@ -44,7 +45,7 @@ from rims_rl.app.records import (
 )
 from rims_rl.app.report import write_report
 from rims_rl.app.runs import TrainingInterrupted
-from rims_rl.checks import check_positive, safe_name
+from rims_rl.checks import check_int, check_positive, safe_name
 from rims_rl.envs import get_suite
 from rims_rl.envs.untrusted import UntrustedFileError, load_json
 
@@ -61,6 +62,9 @@ __all__ = [
 ]
 
 Tuned = str | Path | Mapping[str, Mapping[str, Any]]
+
+#: Seeds of one comparison: the benchmark uses 10; a typo of 10**9 is refused before the list is built.
+MAX_SEEDS = 1000
 
 
 @dataclass(frozen=True)
@@ -161,9 +165,12 @@ def _as_list(value: str | Iterable[str] | None, default: Sequence[str]) -> list[
 
 def _as_seeds(seeds: int | Iterable[int]) -> list[int]:
     """``3`` -> seeds 0, 1, 2 (the CLI's ``--seeds N``); an explicit list is used as given."""
-    if isinstance(seeds, int):
-        return list(range(check_positive("--seeds", seeds)))
-    return [int(s) for s in seeds]
+    if isinstance(seeds, int):  # bounded before the list is built
+        return list(range(check_int("--seeds", seeds, 1, MAX_SEEDS, error=UserError)))
+    chosen = list(itertools.islice(seeds, MAX_SEEDS + 1))
+    if len(chosen) > MAX_SEEDS:
+        raise UserError(f"at most {MAX_SEEDS} seeds per compare; split the comparison")
+    return [check_int("seed", s, 0, MAX_SEED, error=UserError) for s in chosen]
 
 
 def _as_overrides(value: Mapping[str, Any] | Iterable[str] | None) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from rims_rl.agents import AgentPreset, apply_overrides, get_preset, infer_algo, parse_overrides
+from rims_rl.agents.config import MAX_TIMESTEPS
 from rims_rl.app.errors import UserError, user_input
 from rims_rl.checks import check_int, check_positive
 from rims_rl.envs import EnvFamily, EnvSpec, get_suite
@@ -24,6 +25,9 @@ from rims_rl.envs.make import as_spec, check_spec_kwargs
 
 DEFAULT_N_CHECKPOINTS = 10  # checkpoints per run when checkpoint_every is not given
 DEVICES = ("auto", "cpu", "cuda")
+
+#: numpy's seeds are 32-bit; a larger one would fail inside the first env reset.
+MAX_SEED = 2**32 - 1
 
 
 @dataclass(frozen=True)
@@ -147,12 +151,12 @@ class RunConfig:
         seed = data.get("seed", 0)
         requested = data.get("timesteps_requested", preset.n_timesteps)
         every = data.get("checkpoint_every", preset.n_timesteps)
-        for what, value, low in (
-            ("seed", seed, 0),
-            ("timesteps_requested", requested, 1),
-            ("checkpoint_every", every, 1),
+        for what, value, low, high in (
+            ("seed", seed, 0, MAX_SEED),
+            ("timesteps_requested", requested, 1, MAX_TIMESTEPS),
+            ("checkpoint_every", every, 1, MAX_TIMESTEPS),
         ):
-            check_int(what, value, low)
+            check_int(what, value, low, high)
         suite, device = data.get("suite"), data.get("device", "auto")
         if suite is not None and not isinstance(suite, str):
             raise ValueError(f"suite must be a name or null, got {suite!r}")
@@ -233,9 +237,9 @@ def resolve_config(
             preset = preset.replace(n_envs=n_envs)
         preset.check_minibatches()
         _check_device(device, here=True)
-        check_int("seed", seed, 0)
+        check_int("seed", seed, 0, MAX_SEED)
         requested = preset.n_timesteps if timesteps is None else timesteps
-        check_positive("timesteps", requested)
+        check_int("timesteps", requested, 1, MAX_TIMESTEPS)
         rollout = preset.ppo.n_steps * preset.n_envs
         preset = preset.replace(n_timesteps=-(-requested // rollout) * rollout)  # integer ceil: exact
         if checkpoint_every is None:

@@ -129,9 +129,15 @@ def locked(run_dir: str | Path) -> Iterator[None]:
     crashed run never leaves a stale lock behind.
     """
     path = Path(run_dir) / LOCK_NAME
+    for place in (Path(run_dir), *(Path(run_dir) / d for d in (CHECKPOINTS_DIR, LOGS_DIR, TB_DIR)), path):
+        if place.is_symlink():  # the writes would land wherever the link points
+            raise UserError(
+                f"{str(place)!r} is a symbolic link; a run directory and its folders must be real ones, so "
+                "that nothing is written outside it: remove the link or give another directory"
+            )
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
     except OSError as err:  # a file in the way, a name too long, a read-only or full disk
         raise UserError(f"cannot use {str(run_dir)!r} as a run directory: {err.strerror or err}") from err
     try:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,6 +30,9 @@ from rims_rl.checks import check_positive
 from rims_rl.envs import get_suite
 
 TUNE_SEED0 = 1000  # tuning seeds: 1000, 1001, ...; comparisons use 0, 1, ...
+
+#: Configurations of one tuning grid: each costs seeds x agents runs, so thousands are a typo.
+MAX_CONFIGURATIONS = 1000
 
 
 @dataclass(frozen=True)
@@ -57,7 +61,12 @@ def parse_grid(items: Sequence[str]) -> dict[str, list[Any]]:
 
 
 def configurations(grid: Mapping[str, Sequence[Any]]) -> list[dict[str, Any]]:
-    """Every combination of the grid's values (one empty configuration for an empty grid)."""
+    """Every combination of the grid's values (one empty configuration for an empty grid); the count is
+    checked before the product is built (``MAX_CONFIGURATIONS``)."""
+    count = math.prod(len(v) for v in grid.values())
+    if count > MAX_CONFIGURATIONS:
+        sizes = " x ".join(str(len(v)) for v in grid.values())
+        raise UserError(f"--grid makes {count:,} configurations ({sizes}); at most {MAX_CONFIGURATIONS}")
     keys = list(grid)
     return [dict(zip(keys, values, strict=True)) for values in itertools.product(*(grid[k] for k in keys))]
 

@@ -1,0 +1,92 @@
+"""Run-size settings are bounded wherever they come from, and counts are checked before lists are built
+(issue 39.1: a typo or a hostile file must get one line, not a hang or a memory error)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from rims_rl.app.compare import CompareRequest, run_compare
+from rims_rl.app.config import RunConfig, resolve_config
+from rims_rl.app.errors import UserError
+from rims_rl.app.tune import configurations, parse_grid
+
+SUITE = "popgym-repeat-previous"
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "needle"),
+    [
+        ("ppo.n_epochs", 10**12, "ppo.n_epochs must be an integer in"),
+        ("ppo.n_steps", 2**40, "ppo.n_steps must be an integer in"),
+        ("ppo.n_epochs", 4.0, "ppo.n_epochs must be an integer"),
+    ],
+)
+def test_ppo_settings_from_a_run_config_are_bounded(key: str, value: object, needle: str) -> None:
+    """A config.json that compare resumes or train --resume reads: the same rule as --set."""
+    data = resolve_config("lstm_ppo", suite=SUITE).to_dict()
+    section, name = key.split(".")
+    data["model"][section][name] = value
+    with pytest.raises(ValueError, match=needle):
+        RunConfig.from_dict(data)
+    with pytest.raises(UserError, match=needle):
+        resolve_config("lstm_ppo", suite=SUITE, overrides={key: value})
+
+
+def test_n_envs_and_timesteps_are_bounded_before_any_env_is_built() -> None:
+    start = time.perf_counter()
+    with pytest.raises(UserError, match="n_envs must be an integer in"):
+        resolve_config("lstm_ppo", suite=SUITE, n_envs=300_000)
+    with pytest.raises(UserError, match="timesteps must be an integer in"):
+        resolve_config("lstm_ppo", suite=SUITE, timesteps=10**13)
+    data = resolve_config("lstm_ppo", suite=SUITE).to_dict()
+    data["model"]["n_envs"] = 300_000
+    with pytest.raises(ValueError, match="n_envs must be an integer in"):
+        RunConfig.from_dict(data)
+    assert time.perf_counter() - start < 5.0
+
+
+def test_a_huge_tuning_grid_is_refused_before_its_product_is_built() -> None:
+    grid = parse_grid([f"k{i}=" + ",".join(map(str, range(100))) for i in range(6)])  # 10**12 configs
+    start = time.perf_counter()
+    with pytest.raises(UserError, match=r"makes 1,000,000,000,000 configurations .* at most 1000"):
+        configurations(grid)
+    assert time.perf_counter() - start < 1.0
+    assert len(configurations(parse_grid(["a=1,2", "b=3,4,5"]))) == 6
+
+
+@pytest.mark.parametrize("seeds", [10**9, range(10**9)])
+def test_a_huge_seed_count_is_refused_before_the_list_is_built(seeds: object, tmp_path: object) -> None:
+    start = time.perf_counter()
+    request = CompareRequest(agents=["lstm_ppo"], suite=SUITE, seeds=seeds, out=str(tmp_path))  # type: ignore[arg-type]
+    with pytest.raises(UserError, match="seeds"):
+        run_compare(request)
+    assert time.perf_counter() - start < 5.0
+
+
+def test_a_linked_run_directory_lock_or_log_folder_is_refused(tmp_path: Path) -> None:
+    """Writes never follow a link out of the run directory (issue 39.2): the directory itself, its tb/,
+    logs/ and checkpoints/ folders, and a dangling .lock link are refused before anything is written."""
+    from rims_rl.app import rundir
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    run = tmp_path / "run"
+    (tmp_path / "linked-run").symlink_to(elsewhere)
+    with pytest.raises(UserError, match="is a symbolic link"), rundir.locked(tmp_path / "linked-run"):
+        pass
+    for sub in ("tb", "logs", "checkpoints"):
+        run.mkdir(exist_ok=True)
+        (run / sub).symlink_to(elsewhere)
+        with pytest.raises(UserError, match="is a symbolic link"), rundir.locked(run):
+            pass
+        (run / sub).unlink()
+    (run / ".lock").symlink_to(elsewhere / "planted")
+    with pytest.raises(UserError, match="is a symbolic link"), rundir.locked(run):
+        pass
+    assert list(elsewhere.iterdir()) == []
+    (run / ".lock").unlink()
+    with rundir.locked(run):
+        assert (run / ".lock").is_file()
