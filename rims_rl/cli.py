@@ -327,7 +327,10 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     """Rebuild the leaderboard page from the records its spec names (nothing is trained)."""
     if args.reps < 100:
         raise UserError(f"--reps {args.reps}: a bootstrap CI needs at least 100 replicates")
-    out = Path(args.out) if args.out else Path(args.spec).with_suffix(".md")
+    spec = Path(args.spec)
+    out = Path(args.out) if args.out else spec.with_suffix(".md")
+    if not args.out and out == spec:  # a spec named *.md: never write the page over its own input
+        out = spec.with_name(f"{spec.stem}-leaderboard.md")
     command = "python train.py leaderboard" + (
         "" if args.spec == "docs/results/leaderboard.yml" else f" --spec {args.spec}"
     )

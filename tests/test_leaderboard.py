@@ -226,3 +226,18 @@ def test_the_control_rows_say_which_suites_need_memory(tmp_path: Path) -> None:
     assert "## Against the feed-forward control: P(agent > b)" in page
     assert "| a | 0.50 [0.50, 0.50] / **1.00 [1.00, 1.00]** |" in page
     assert control_rows(load_spec(_tree(tmp_path)), cells, reps=100) == []  # no control named: no rows
+
+
+def test_the_page_is_never_written_over_its_spec(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A spec named *.md gets its page beside it, and an --out naming the spec is refused in one line."""
+    spec = _tree(tmp_path)
+    as_md = spec.with_suffix(".md")
+    as_md.write_text(spec.read_text())
+    assert main(["leaderboard", "--spec", str(as_md), "--reps", "100"]) == 0
+    assert as_md.read_text() == spec.read_text()
+    assert (tmp_path / "leaderboard-leaderboard.md").read_text().startswith("# Leaderboard")
+    capsys.readouterr()
+    assert main(["leaderboard", "--spec", str(spec), "--out", str(spec), "--reps", "100"]) == 2
+    assert spec.read_text() == as_md.read_text()
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "over the spec" in err

@@ -513,11 +513,15 @@ def plot(spec: Spec, cells: Mapping[tuple[str, str], Cell], path: Path) -> Path 
 
 
 def write_leaderboard(spec_path: str | Path, out: str | Path, command: str, reps: int = 2000) -> Path:
-    """Read the spec and its records, write ``out`` (Markdown) and the figure beside it."""
+    """Read the spec and its records, write ``out`` (Markdown) and the figures beside it."""
+    out = Path(out)
+    outputs = (out, out.with_suffix(".png"), out.with_name(out.stem + "-equal-return.png"))
+    for path in outputs:
+        if path.resolve() == Path(spec_path).resolve():
+            raise UserError(f"--out {str(out)!r} would write {str(path)!r} over the spec; give another --out")
     spec = load_spec(spec_path)
     cells = build_cells(spec, reps)
     matrix = improvement_matrix(spec, cells, reps)
-    out = Path(out)
     figure = plot(spec, cells, out.with_suffix(".png"))
     equal = equal_return_rows(spec, cells, reps)
     points = {
