@@ -8,6 +8,7 @@ on the path by conftest.py, as an installed plug-in would be.
 from __future__ import annotations
 
 from importlib.metadata import entry_points
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,6 +22,7 @@ from stable_baselines3.common.vec_env import VecEnv
 
 from rims_rl.copying import make_core
 from rims_rl.cores import ENTRY_POINT_GROUP, RecurrentCore, core_names, get_core
+from rims_rl.cores.rims import RIMs
 from rims_rl.envs.memory import CueMemoryEnv
 from rims_rl.policies import MlpRimsPolicy, RimsActorCriticPolicy
 
@@ -188,3 +190,34 @@ def test_bad_arguments_give_one_line_errors(name: str) -> None:
             spaces.Box(-1, 1, (IN,)), spaces.Discrete(3), lr, core=name, core_kwargs={"no_such_setting": 1}
         )
     assert "\n" not in str(err.value) and "no_such_setting" in str(err.value)
+
+
+def test_a_broken_plugin_costs_only_itself(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Entry points are imported by name, when asked (issue 39.3): a plug-in that fails to import is
+    listed with its one-line error, the built-ins keep working, and a name that is no identifier (it
+    would become a path and terminal text) is not offered at all."""
+    from rims_rl.app import catalog
+    from rims_rl.cores import registry
+
+    info = tmp_path / "broken_core-0.1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-core\nVersion: 0.1.0\n")
+    (info / "entry_points.txt").write_text(
+        "[rims_rl.cores]\nbroken = no_such_module_here:Core\n../evil\x1b[2J = no_such_module_here:Core\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    registry._scan()
+    try:
+        assert "broken" in core_names() and not any("evil" in n for n in core_names())
+        listed = catalog.cores()
+        assert (
+            listed["broken"].startswith("BROKEN: cannot load core 'broken'") and "\n" not in listed["broken"]
+        )
+        assert listed["lstm"].startswith("rims_rl.cores.lstm.LSTMCore(")
+        with pytest.raises(registry.CoreLoadError, match="no_such_module_here"):
+            registry.get_core("broken")
+        assert registry.get_core("rims") is RIMs
+    finally:
+        monkeypatch.undo()
+        registry._scan()
+    assert "broken" not in core_names()

@@ -7,7 +7,7 @@ from typing import NamedTuple
 import rims_rl.agents as _agents
 from rims_rl.app import checkpoint as _checkpoint
 from rims_rl.app.errors import user_input
-from rims_rl.cores.registry import core_defaults, core_names, get_core
+from rims_rl.cores.registry import CoreLoadError, core_defaults, core_names, get_core
 from rims_rl.envs import Suite, get_suite, list_suites
 from rims_rl.envs.registry import env_ids_by_family as _env_ids_by_family
 from rims_rl.envs.registry import get_family
@@ -20,10 +20,15 @@ def agents() -> tuple[str, ...]:
 
 
 def cores() -> dict[str, str]:
-    """Registered recurrent cores (entry-point group ``rims_rl.cores``) with their default settings."""
+    """Registered recurrent cores (entry-point group ``rims_rl.cores``) with their default settings; a
+    plug-in that cannot be loaded is listed with its one-line error, and the others still are."""
     out = {}
     for name in core_names():
-        cls = get_core(name)
+        try:
+            cls = get_core(name)
+        except CoreLoadError as err:
+            out[name] = f"BROKEN: {err}"
+            continue
         defaults = ", ".join(f"{k}={v!r}" for k, v in core_defaults(cls).items())
         out[name] = f"{cls.__module__}.{cls.__qualname__}({defaults})"
     return out

@@ -9,13 +9,15 @@ A core is a :class:`~rims_rl.cores.base.RecurrentCore` subclass named by an entr
 Once installed, the name works wherever a built-in core's does (``policy_kwargs={"core": "leaky"}``,
 ``train --core leaky``). The built-in cores register the same way, so nothing in the project lists them.
 Entry points are read on first use and again when a name is not found (a package installed or put on
-``sys.path`` since); :func:`register_core` adds a class directly (tests, notebooks).
+``sys.path`` since), and each is imported only when its name is asked for: a plug-in that fails to import
+fails alone (``CoreLoadError``, one line), and the built-ins keep working. :func:`register_core` adds a
+class directly (tests, notebooks).
 """
 
 from __future__ import annotations
 
 import inspect
-from importlib.metadata import entry_points
+from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
 from rims_rl.checks import hint
@@ -24,8 +26,14 @@ from rims_rl.cores.base import RecurrentCore
 ENTRY_POINT_GROUP = "rims_rl.cores"
 
 _REGISTERED: dict[str, type[RecurrentCore]] = {}  # register_core(): kept across entry-point reloads
-_FOUND: dict[str, type[RecurrentCore]] = {}  # from entry points
+_ENTRY_POINTS: dict[str, EntryPoint] = {}  # name -> entry point, read but not loaded
+_LOADED: dict[str, type[RecurrentCore]] = {}  # entry points loaded so far
+_LOADED_FROM: dict[str, EntryPoint] = {}  # and the entry point each came from
 _SCANNED = False
+
+
+class CoreLoadError(ValueError):
+    """A plug-in core whose entry point cannot be imported (or is no core): only that name fails."""
 
 
 def _checked(name: str, cls: object, where: str) -> type[RecurrentCore]:
@@ -37,20 +45,37 @@ def _checked(name: str, cls: object, where: str) -> type[RecurrentCore]:
 
 
 def _scan() -> None:
-    """(Re)read the entry points of the group; a broken plug-in fails with its name and entry point."""
+    """(Re)read the group's entry points by name, importing none: a broken plug-in costs only itself."""
     global _SCANNED
-    found: dict[str, type[RecurrentCore]] = {}
+    found: dict[str, EntryPoint] = {}
     for ep in entry_points(group=ENTRY_POINT_GROUP):
-        if ep.name in found:
-            continue  # the first distribution on sys.path wins, as importlib does for modules
-        try:
-            cls = ep.load()
-        except Exception as err:  # an outside package's import error: say which plug-in it is
-            raise ImportError(f"cannot load core {ep.name!r} from entry point {ep.value!r}: {err}") from err
-        found[ep.name] = _checked(ep.name, cls, f"entry point {ep.value!r}")
-    _FOUND.clear()
-    _FOUND.update(found)
+        found.setdefault(ep.name, ep)  # the first distribution on sys.path wins, as importlib does
+    for name in [n for n in found if not n.isidentifier()]:  # a name becomes paths and terminal text
+        found.pop(name)
+    for name in [n for n in _LOADED if _LOADED_FROM.get(n) != found.get(n)]:
+        _LOADED.pop(name)  # its entry point changed or went away
+    _ENTRY_POINTS.clear()
+    _ENTRY_POINTS.update(found)
     _SCANNED = True
+
+
+
+def _load(name: str) -> type[RecurrentCore]:
+    """The class behind entry point ``name``, imported once; ``CoreLoadError`` names the plug-in."""
+    if name not in _LOADED:
+        ep = _ENTRY_POINTS[name]
+        try:
+            cls = _checked(name, ep.load(), f"entry point {ep.value!r}")
+        except Exception as err:  # an outside package's import error or a wrong object: one line
+            where = f"cannot load core {name!r} from entry point {ep.value!r}"
+            raise CoreLoadError(f"{where}: {_one_line(err)}") from err
+        _LOADED[name], _LOADED_FROM[name] = cls, ep
+    return _LOADED[name]
+
+
+def _one_line(err: Exception) -> str:
+    text = " ".join(str(err).split()) or type(err).__name__
+    return text if len(text) <= 200 else text[:197] + "..."
 
 
 def register_core(name: str, cls: type[RecurrentCore], overwrite: bool = False) -> None:
@@ -63,30 +88,27 @@ def register_core(name: str, cls: type[RecurrentCore], overwrite: bool = False) 
     _REGISTERED[name] = cls
 
 
-def _all() -> dict[str, type[RecurrentCore]]:
+def core_names() -> tuple[str, ...]:
+    """Every registered core name, sorted (plug-ins by their entry-point names, none imported)."""
     if not _SCANNED:
         _scan()
-    return {**_FOUND, **_REGISTERED}
-
-
-def core_names() -> tuple[str, ...]:
-    """Every registered core name, sorted."""
-    return tuple(sorted(_all()))
+    return tuple(sorted({*_ENTRY_POINTS, *_REGISTERED}))
 
 
 def get_core(name: str) -> type[RecurrentCore]:
-    """The core class registered as ``name``; ``ValueError`` with the closest names otherwise."""
-    cores = _all()
-    if name not in cores and isinstance(name, str):
+    """The core class registered as ``name``; ``ValueError`` with the closest names otherwise, and
+    ``CoreLoadError`` (a ValueError) when its plug-in cannot be imported."""
+    if isinstance(name, str) and name not in core_names():
         _scan()  # installed since the last scan?
-        cores = _all()
-    if name not in cores:
-        names = tuple(sorted(cores))
+    if name in _REGISTERED:
+        return _REGISTERED[name]
+    if name not in _ENTRY_POINTS:
+        names = core_names()
         close = hint(name, names)
         if not names:
             close = "; no cores are registered: install rims-rl (pip install -e .) so its entry points exist"
         raise ValueError(f"unknown core {name!r}{close} (registered: {', '.join(names)})")
-    return cores[name]
+    return _load(name)
 
 
 def core_parameters(cls: type[RecurrentCore]) -> tuple[str, ...]:
