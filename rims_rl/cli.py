@@ -43,7 +43,9 @@ from rims_rl.app.evaluation import (
     write_results_json,
 )
 from rims_rl.app.leaderboard import write_leaderboard
-from rims_rl.app.runs import DEFAULT_RUNS_ROOT, TrainingDiverged, TrainingInterrupted, train_run
+from rims_rl.app.rundir import runs_root
+from rims_rl.app.runs import TrainingDiverged, TrainingInterrupted, train_run
+from rims_rl.app.status import describe_runs
 from rims_rl.app.tune import run_tune
 from rims_rl.checks import check_positive
 
@@ -186,7 +188,7 @@ def _evaluate_and_print(
     if out is not None:
         out_dir = Path(out)
     elif alias is not None:
-        out_dir = DEFAULT_RUNS_ROOT / "eval" / alias
+        out_dir = runs_root() / "eval" / alias
     else:
         out_dir = path.parent
     stem = "eval" if target is None else f"eval-{_label(str(target))}"
@@ -339,8 +341,17 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    """``status``: one line per run under each DIR (a run, a compare or a tune folder); reads only."""
+    dirs = [Path(d) for d in args.dirs] or [runs_root()]
+    lines = describe_runs(dirs)
+    print("\n".join(lines) if lines else f"no runs under {', '.join(map(str, dirs))}")
+    return 0
+
+
 def cmd_tune(args: argparse.Namespace) -> int:
     """``tune``: the same grid for every agent on a suite's training env; writes tune.json / tune.md."""
+    args.out = args.out or str(runs_root() / "tune")
     try:
         chosen = run_tune(
             args.suite,
@@ -405,7 +416,7 @@ def build_parser() -> argparse.ArgumentParser:
             "No arguments: a short default run."
         ),
     )
-    sub = parser.add_subparsers(dest="command", metavar="{train,evaluate,list,compare,tune}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("train", help="train one agent on one env or a suite's train env")
     p.add_argument("--agent", help=f"{' | '.join(catalog.agents())} (default {DEFAULT_AGENT}; `list agents`)")
@@ -431,7 +442,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="override a hyperparameter, e.g. ppo.learning_rate=3e-4, "
         "policy_kwargs.rims_kwargs.k=3 (repeatable)",
     )
-    p.add_argument("--run-dir", help="run directory (default runs/<agent>-<env>-s<seed>-<timestamp>)")
+    p.add_argument(
+        "--run-dir",
+        help="run directory (default $RIMS_RL_RUNS or runs/, then <agent>-<env>-s<seed>-<timestamp>)",
+    )
     p.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (default: budget/10)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped or killed run to its budget")
     p.add_argument(
@@ -513,7 +527,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--ray-address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
     p.add_argument("--tuned", metavar="TUNE_JSON", help="each agent's settings chosen by `tune` (tune.json)")
-    p.add_argument("--out", help="output directory (default runs/compare-<suite or env>; re-running resumes)")
+    p.add_argument(
+        "--out",
+        help="output directory (default $RIMS_RL_RUNS or runs/, then compare-<suite or env>; re-running "
+        "resumes)",
+    )
     _add_eval_arguments(p, "--eval-episodes")
     p.add_argument(
         "--set",
@@ -544,7 +562,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--seeds", type=int, default=2, help="tuning seeds per configuration (from 1000, default 2)"
     )
     p.add_argument("--timesteps", type=int, help="budget per run (default: the preset's)")
-    p.add_argument("--out", default="runs/tune", help="output directory (default runs/tune)")
+    p.add_argument("--out", default=None, help="output directory (default $RIMS_RL_RUNS or runs/, then tune)")
     _add_eval_arguments(p, "--eval-episodes")
     p.add_argument("--workers", type=int, default=1, help="runs in parallel (default 1)")
     p.set_defaults(func=cmd_tune)
@@ -560,6 +578,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="Markdown page to write (default: the spec's name, .md)")
     p.add_argument("--reps", type=int, default=2000, help="bootstrap replicates per CI (default 2000)")
     p.set_defaults(func=cmd_leaderboard)
+
+    p = sub.add_parser(
+        "status", help="how far runs got: steps, budget and last checkpoint (nothing is changed)"
+    )
+    p.add_argument(
+        "dirs", nargs="*", metavar="DIR", help="run, compare or tune directories (default: the runs root's)"
+    )
+    p.set_defaults(func=cmd_status)
     return parser
 
 

@@ -403,3 +403,33 @@ def test_evaluating_a_pretrained_alias_leaves_the_shipped_folder_as_shipped(
     assert sorted(p.name for p in (PRETRAINED_DIR / alias).iterdir()) == shipped
     (result,) = json.loads((tmp_path / "runs" / "eval" / alias / "eval.json").read_text())
     assert result["env_id"] == "MiniGrid-DoorKey-5x5-v0" and result["episodes"] == 1
+
+
+def test_runs_go_under_rims_rl_runs_and_status_says_how_far_they_got(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Long runs live outside the checkout (issue 42.1): $RIMS_RL_RUNS moves every default run directory,
+    and `status` reads the steps reached, the budget and the last checkpoint without touching the run."""
+    root = tmp_path / "long-runs"
+    monkeypatch.setenv("RIMS_RL_RUNS", str(root))
+    monkeypatch.chdir(tmp_path)
+    assert train.main(["train", "--env", TINY_ENV, "--timesteps", "32", "--no-progress", *TINY_FLAGS]) == 0
+    (run,) = [p for p in root.iterdir() if p.is_dir()]
+    assert not (tmp_path / "runs").exists()
+    capsys.readouterr()
+    assert train.main(["status"]) == 0
+    (line,) = capsys.readouterr().out.splitlines()
+    assert line.startswith(f"{run}: finished, ") and "/ " in line and "(100%)" in line and "model.zip" in line
+    (run / "status.json").unlink()
+    assert train.main(["status", str(root)]) == 0
+    assert "no status" in capsys.readouterr().out
+    assert train.main(["status", str(tmp_path / "nowhere")]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
+    """The usage is built from the parser's own commands, so none is hidden (issue 40.4)."""
+    assert train.main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for command in ("train", "evaluate", "list", "compare", "tune", "leaderboard", "status"):
+        assert f"\n    {command}" in out

@@ -406,8 +406,8 @@ def _throughput(results: Sequence[JobResult], agents: Sequence[str]) -> dict[str
 
 
 def default_out_dir(target: str) -> Path:
-    """``runs/compare-<suite or env>``: stable (no timestamp), so re-running a command resumes it."""
-    return Path("runs") / ("compare-" + safe_name(target))
+    """``<runs root>/compare-<suite or env>``: stable (no timestamp), so re-running a command resumes it."""
+    return rundir.runs_root() / ("compare-" + safe_name(target))
 
 
 def _fmt(overrides: Mapping[str, Any]) -> str:

@@ -38,6 +38,16 @@ LOCK_NAME = ".lock"
 
 State = Literal["running", "finished", "interrupted", "diverged", "failed"]
 
+#: The environment variable naming where runs go by default (``runs_root``).
+RUNS_ENV = "RIMS_RL_RUNS"
+
+
+def runs_root() -> Path:
+    """Where runs, comparisons and tunings go unless told: ``$RIMS_RL_RUNS`` when set, else ``runs/``
+    in the current directory. A long run belongs outside a checkout that may be recreated:
+    ``export RIMS_RL_RUNS=~/rims-rl-runs`` once, and every command's default follows it."""
+    return Path(os.path.expanduser(os.environ.get(RUNS_ENV) or "runs"))
+
 
 @dataclass(frozen=True)
 class RunStatus:

@@ -56,8 +56,6 @@ from rims_rl.checks import safe_name
 from rims_rl.envs import make_vec_env_for
 from rims_rl.envs.untrusted import load_json
 
-DEFAULT_RUNS_ROOT = Path("runs")
-
 
 class TrainingInterrupted(RuntimeError):
     """Training stopped on Ctrl-C or SIGTERM after saving a checkpoint (or, on a second signal, at once,
@@ -83,8 +81,10 @@ class TrainingDiverged(RuntimeError):
 
 
 # ------------------------------------------------------------------------------------------ run dirs
-def default_run_dir(agent: str, env_id: str, seed: int, root: str | Path = DEFAULT_RUNS_ROOT) -> Path:
-    """``runs/<agent>-<env>-s<seed>-<timestamp>`` (env id made file-name safe)."""
+def default_run_dir(agent: str, env_id: str, seed: int, root: str | Path | None = None) -> Path:
+    """``<root>/<agent>-<env>-s<seed>-<timestamp>`` (env id made file-name safe); the root defaults to
+    ``rundir.runs_root()``."""
+    root = rundir.runs_root() if root is None else root
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     env = safe_name(env_id.replace("/", "_"))
     path = Path(root) / f"{agent}-{env}-s{seed}-{stamp}"
@@ -269,7 +269,7 @@ def train_run(
     progress_bar: bool = True,
     resume: bool = False,
     keep_checkpoints: int = 3,
-    runs_root: str | Path = DEFAULT_RUNS_ROOT,
+    runs_root: str | Path | None = None,
     vec_cls: Any = None,
     callbacks: Sequence[BaseCallback] = (),
     verbose: int = 0,

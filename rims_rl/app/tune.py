@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from rims_rl.agents import parse_value
+from rims_rl.app import rundir
 from rims_rl.app.atomic import atomic_write_bytes, atomic_write_json
 from rims_rl.app.compare import DEFAULT_AGENTS, CompareRequest, run_compare
 from rims_rl.app.errors import UserError, output_path, user_input
@@ -77,7 +78,7 @@ def run_tune(
     agents: Sequence[str] = DEFAULT_AGENTS,
     seeds: int = 2,
     timesteps: int | None = None,
-    out: str | Path = "runs/tune",
+    out: str | Path | None = None,
     eval_episodes: int = EVAL_PROTOCOL.episodes,
     workers: int = 1,
     device: str = "auto",
@@ -92,7 +93,7 @@ def run_tune(
         train = get_suite(suite).train
         check_positive("--seeds", seeds)
     seed_list = list(range(TUNE_SEED0, TUNE_SEED0 + seeds))
-    out_dir = Path(out)
+    out_dir = rundir.runs_root() / "tune" if out is None else Path(out)
     trials: list[Trial] = []
     # The training env's own kwargs (e.g. POPGym's deck count) travel as env settings of every run.
     env_settings = {f"env.{key}": value for key, value in train.kwargs.items()}

@@ -59,7 +59,6 @@ def _scan() -> None:
     _SCANNED = True
 
 
-
 def _load(name: str) -> type[RecurrentCore]:
     """The class behind entry point ``name``, imported once; ``CoreLoadError`` names the plug-in."""
     if name not in _LOADED:
