@@ -357,6 +357,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
             args.suite,
             args.grid,
             agents=[catalog.with_core(a, args.core) for a in args.agents],
+            agent_grids=args.agent_grid,
             seeds=args.seeds,
             timesteps=args.timesteps,
             out=args.out,
@@ -550,6 +551,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="KEY=V1,V2,...",
         help="values to try for a --set key, e.g. ppo.learning_rate=1e-4,3e-4,1e-3 (repeatable: product)",
+    )
+    p.add_argument(
+        "--agent-grid",
+        action="append",
+        default=[],
+        metavar="AGENT:KEY=V1,V2,...",
+        help="one agent's own axis, times --grid; tie keys with +: rims_ppo:policy_kwargs.rims_kwargs.n_units"
+        "+policy_kwargs.rims_kwargs.k=6+4,8+4. Every agent must end with the same number of trials",
     )
     p.add_argument(
         "--agents",

@@ -699,6 +699,53 @@ def test_tune_gives_every_agent_the_same_budget_and_selects_on_the_training_env_
     assert stored["overrides"] == {"ppo.n_epochs": 4} and "tuned=" in result.files["report"].read_text()
 
 
+def test_tune_gives_each_agent_its_own_axes_with_the_same_number_of_trials(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 41: RIMs tuned on its own knobs (tied n_units+k), the LSTM on its width, both over the shared
+    learning rates, 4 trials each; grids giving one agent more trials are refused before any run."""
+    from rims_rl.app.errors import UserError
+    from rims_rl.app.tune import agent_configurations, parse_agent_grid, parse_grid, run_tune
+
+    own = parse_agent_grid(
+        [
+            "rims_ppo:policy_kwargs.rims_kwargs.n_units+policy_kwargs.rims_kwargs.k=6+4,4+2",
+            "lstm_ppo:policy_kwargs.lstm_hidden_size=8,16",
+        ]
+    )
+    configs = agent_configurations(["rims_ppo", "lstm_ppo"], parse_grid(["ppo.n_epochs=1,2"]), own)
+    assert [len(c) for c in configs.values()] == [4, 4]
+    assert {
+        "ppo.n_epochs": 1,
+        "policy_kwargs.rims_kwargs.n_units": 4,
+        "policy_kwargs.rims_kwargs.k": 2,
+    } in configs["rims_ppo"]
+    assert all(
+        c["policy_kwargs.rims_kwargs.k"] < c["policy_kwargs.rims_kwargs.n_units"] for c in configs["rims_ppo"]
+    )
+    with pytest.raises(UserError, match="same number of trials; the grids give rims_ppo 6, lstm_ppo 2"):
+        agent_configurations(
+            ["rims_ppo", "lstm_ppo"],
+            {},
+            parse_agent_grid(["rims_ppo:ppo.n_epochs=1,2,3,4,5,6", "lstm_ppo:ppo.n_epochs=1,2"]),
+        )
+    with pytest.raises(UserError, match="has 1 values for 2 keys"):
+        parse_agent_grid(["rims_ppo:a+b=1,2"])
+
+    backend, calls = _fake_backend(monkeypatch)
+    grids = ["rims_ppo:ppo.n_epochs=1,2", "lstm_ppo:ppo.n_epochs=3,4"]
+    run_tune(
+        "minigrid-doorkey", [], agent_grids=grids, seeds=1, timesteps=128, out=tmp_path / "t", backend=backend
+    )
+    tune = json.loads((tmp_path / "t" / "tune.json").read_text())
+    tried = {a: [t["overrides"] for t in tune["agents"][a]["tried"]] for a in ("rims_ppo", "lstm_ppo")}
+    assert tried == {
+        "rims_ppo": [{"ppo.n_epochs": 1}, {"ppo.n_epochs": 2}],
+        "lstm_ppo": [{"ppo.n_epochs": 3}, {"ppo.n_epochs": 4}],
+    }
+    assert tune["agent_grids"]["lstm_ppo"] == {"ppo.n_epochs": [3, 4]} and len(calls) == 4
+
+
 def test_ctrl_c_in_compare_writes_the_partial_report_and_says_how_to_continue(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -61,6 +61,33 @@ def parse_grid(items: Sequence[str]) -> dict[str, list[Any]]:
     return grid
 
 
+def parse_agent_grid(items: Sequence[str]) -> dict[str, dict[str, list[Any]]]:
+    """``["rims_ppo:KEY=V1,V2", "rims_ppo:K1+K2=a+b,c+d"]`` -> each agent's own grid axes.
+
+    An axis of ``+``-joined keys takes ``+``-joined values, tied (``n_units+k=6+4,8+4`` tries two
+    structures, not the four pairs); separate axes multiply, as ``--grid``'s keys do."""
+    grids: dict[str, dict[str, list[Any]]] = {}
+    for item in items:
+        agent, sep, rest = item.partition(":")
+        key, eq, values = rest.partition("=")
+        if not sep or not eq or not agent.strip() or not key.strip() or not values.strip():
+            raise UserError(
+                f"--agent-grid {item!r} must look like AGENT:KEY=V1,V2 or AGENT:K1+K2=A1+B1,A2+B2"
+            )
+        keys = [k.strip() for k in key.split("+")]
+        axis = []
+        for value in values.split(","):
+            parts = value.split("+")
+            if len(parts) != len(keys):
+                raise UserError(
+                    f"--agent-grid {item!r}: {value!r} has {len(parts)} values for {len(keys)} keys"
+                )
+            tied = dict(zip(keys, (parse_value(v) for v in parts), strict=True))
+            axis.append(tied if len(keys) > 1 else tied[keys[0]])  # one key: its plain values
+        grids.setdefault(agent.strip(), {})[key.strip()] = axis
+    return grids
+
+
 def configurations(grid: Mapping[str, Sequence[Any]]) -> list[dict[str, Any]]:
     """Every combination of the grid's values (one empty configuration for an empty grid); the count is
     checked before the product is built (``MAX_CONFIGURATIONS``)."""
@@ -69,13 +96,44 @@ def configurations(grid: Mapping[str, Sequence[Any]]) -> list[dict[str, Any]]:
         sizes = " x ".join(str(len(v)) for v in grid.values())
         raise UserError(f"--grid makes {count:,} configurations ({sizes}); at most {MAX_CONFIGURATIONS}")
     keys = list(grid)
-    return [dict(zip(keys, values, strict=True)) for values in itertools.product(*(grid[k] for k in keys))]
+    combos = itertools.product(*(grid[k] for k in keys))
+    # an axis of tied keys (``parse_agent_grid``) holds dicts, merged; a plain key holds its values
+    return [
+        {k: v for key, value in zip(keys, values, strict=True) for k, v in _axis_items(key, value)}
+        for values in combos
+    ]
+
+
+def _axis_items(key: str, value: Any) -> list[tuple[str, Any]]:
+    return list(value.items()) if isinstance(value, dict) else [(key, value)]
+
+
+def agent_configurations(
+    agents: Sequence[str],
+    grid: Mapping[str, Sequence[Any]],
+    agent_grids: Mapping[str, Mapping[str, Sequence[Any]]],
+) -> dict[str, list[dict[str, Any]]]:
+    """Each agent's configurations: the shared grid times its own axes. Every agent gets the same number
+    of trials (``UserError`` otherwise): a tuning that gives one agent more tries favours it."""
+    unknown = sorted(set(agent_grids) - set(agents))
+    if unknown:
+        raise UserError(f"--agent-grid names {', '.join(unknown)}, not among --agents {' '.join(agents)}")
+    configs = {a: configurations({**grid, **agent_grids.get(a, {})}) for a in agents}
+    counts = {a: len(c) for a, c in configs.items()}
+    if len(set(counts.values())) > 1:
+        listed = ", ".join(f"{a} {n}" for a, n in counts.items())
+        raise UserError(
+            f"every agent must get the same number of trials; the grids give {listed}: add values to the "
+            "smaller grids (--grid for all, --agent-grid AGENT:KEY=... for one)"
+        )
+    return configs
 
 
 def run_tune(
     suite: str,
     grid: Mapping[str, Sequence[Any]] | Sequence[str],
     agents: Sequence[str] = DEFAULT_AGENTS,
+    agent_grids: Mapping[str, Mapping[str, Sequence[Any]]] | Sequence[str] = (),
     seeds: int = 2,
     timesteps: int | None = None,
     out: str | Path | None = None,
@@ -85,10 +143,14 @@ def run_tune(
     deterministic: bool = EVAL_PROTOCOL.deterministic,
     backend: Backend | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Tune every agent on ``suite``'s training env with the same grid and seeds; return the choices."""
+    """Tune every agent on ``suite``'s training env with the same grid and seeds (and, with
+    ``agent_grids``, each agent's own axes, the trial count equal); return the choices."""
     if not isinstance(grid, Mapping):
         grid = parse_grid(grid)
-    configs = configurations(grid)
+    if not isinstance(agent_grids, Mapping):
+        agent_grids = parse_agent_grid(agent_grids)
+    configs = agent_configurations(agents, grid, agent_grids)
+    n_configs = len(next(iter(configs.values()), []))
     with user_input():
         train = get_suite(suite).train
         check_positive("--seeds", seeds)
@@ -98,8 +160,9 @@ def run_tune(
     # The training env's own kwargs (e.g. POPGym's deck count) travel as env settings of every run.
     env_settings = {f"env.{key}": value for key, value in train.kwargs.items()}
     # Configuration-major order: a tuning that outlasts a session has tried every agent about equally.
-    for i, config in enumerate(configs):
+    for i in range(n_configs):
         for agent in agents:
+            config = configs[agent][i]
             request = CompareRequest(
                 agents=(agent,),
                 env=train.env_id,
@@ -118,7 +181,7 @@ def run_tune(
             returns = [float(r["mean_return"]) for r in records if r["is_train"]]
             trials.append(Trial(agent, config, iqm(returns) if returns else float("nan"), returns))
     chosen = {a: _best([t for t in trials if t.agent == a]) for a in agents}
-    write_tune_report(out_dir, suite, train.env_id, grid, seed_list, trials, chosen, timesteps)
+    write_tune_report(out_dir, suite, train.env_id, grid, seed_list, trials, chosen, timesteps, agent_grids)
     return chosen
 
 
@@ -166,6 +229,7 @@ def write_tune_report(
     trials: Sequence[Trial],
     chosen: Mapping[str, Mapping[str, Any]],
     timesteps: int | None,
+    agent_grids: Mapping[str, Mapping[str, Sequence[Any]]] | None = None,
 ) -> None:
     """``tune.json`` (read by ``compare --tuned``) and ``tune.md``: every trial and each agent's choice."""
     agents = list(chosen)
@@ -174,6 +238,11 @@ def write_tune_report(
         "suite": suite,
         "selected_on": env_id,
         "grid": {k: list(v) for k, v in grid.items()},
+        **(
+            {"agent_grids": {a: {k: list(v) for k, v in g.items()} for a, g in agent_grids.items()}}
+            if agent_grids
+            else {}
+        ),
         "seeds": list(seeds),
         "timesteps": timesteps,
         "agents": {
