@@ -128,7 +128,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"model         : {run_dir / 'model.zip'}")
     if args.eval_episodes > 0:
         return _evaluate_and_print(
-            run_dir, None, args.eval_episodes, EVAL_PROTOCOL.deterministic, EVAL_PROTOCOL.seed, run_dir
+            run_dir,
+            None,
+            args.eval_episodes,
+            EVAL_PROTOCOL.deterministic,
+            EVAL_PROTOCOL.seed,
+            run_dir,
+            progress=not args.no_progress,
         )
     return 0
 
@@ -176,12 +182,13 @@ def _evaluate_and_print(
     trust: bool = False,
     video: Path | None = None,
     env_kwargs: dict[str, Any] | None = None,
+    progress: bool = True,
 ) -> int:
     path = resolve_checkpoint(checkpoint)
     mode = "deterministic" if deterministic else "stochastic"
-    print(f"\nevaluating {path} ({episodes} episodes per env, {mode} actions, seed {seed})")
+    print(f"evaluating {path} ({episodes} episodes per env, {mode} actions, seed {seed})", flush=True)
     results = evaluate_checkpoint(
-        path, target, episodes, deterministic, seed, trust=trust, env_kwargs=env_kwargs
+        path, target, episodes, deterministic, seed, trust=trust, env_kwargs=env_kwargs, progress=progress
     )
     print(format_table(results))
     alias = pretrained_alias(path)
@@ -239,6 +246,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         trust=args.trust_checkpoint,
         video=Path(args.video) if args.video else None,
         env_kwargs=env_overrides(args.set),
+        progress=not args.no_progress,
     )
 
 
@@ -488,6 +496,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="allow unpickling code from the checkpoint (SB3's load); only for files you trust",
     )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (none off a terminal anyway)")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("list", help="list agents, suites, envs and pretrained models")

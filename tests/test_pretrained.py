@@ -173,3 +173,30 @@ def test_a_packaged_run_keeps_every_variant_and_its_learning_curve(tmp_path: Pat
     assert (out / "learning_curve.png").read_bytes()[
         :8
     ] == b"\x89PNG\r\n\x1a\n" and "learning_curve.png" in text
+
+
+def test_evaluation_shows_episodes_done_per_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 40.2: a suite evaluation counts its episodes env by env on a progress bar (tqdm, which
+    stays silent off a terminal), so minutes of evaluation are never silent."""
+    from rims_rl.app import evaluation
+
+    seen: list[tuple[str, int]] = []
+
+    class Bar:
+        def __init__(self, total: int, disable: bool | None, **kw: object) -> None:
+            self.total, self.disable, self.desc = total, disable, ""
+
+        def set_description(self, desc: str) -> None:
+            self.desc = desc
+
+        def update(self, n: int = 1) -> None:
+            seen.append((self.desc, n))
+
+        def close(self) -> None:
+            seen.append(("closed", self.total))
+
+    monkeypatch.setattr(evaluation, "tqdm", Bar)
+    results = evaluate_checkpoint(ALIASES[0], "minigrid-doorkey", n_episodes=2, progress=True)
+    names = [r.env for r in results]
+    assert seen[-1] == ("closed", 2 * len(names))
+    assert [d for d, _ in seen[:-1]] == [f"evaluating {n}" for n in names for _ in range(2)]

@@ -13,7 +13,7 @@ import csv
 import io
 import json
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from PIL import Image
 from stable_baselines3.common.base_class import BaseAlgorithm
+from tqdm.auto import tqdm
 
 from rims_rl.agents import build_model, infer_algo, parse_overrides
 from rims_rl.app.atomic import atomic_write_bytes
@@ -240,12 +241,14 @@ def run_episodes(
     seed: int = EVAL_PROTOCOL.seed,
     n_envs: int | None = None,
     expected: CheckpointMeta | None = None,
+    on_episode: Callable[[], None] | None = None,
 ) -> tuple[list[float], list[int]]:
     """Returns and lengths of ``n_episodes`` full episodes (Monitor's ``info['episode']``).
 
     ``seed`` seeds the envs and the sampled actions (on private copies of torch's generators, restored
     afterwards), so the same call gives the same episodes.
     ``expected``: checkpoint metadata whose ``observation_space``/``action_space`` the env must match.
+    ``on_episode`` is called once per episode counted (a progress bar).
     """
     n_envs = max(1, min(8, n_episodes)) if n_envs is None else n_envs
     env = make_vec_env_for(spec, n_envs=n_envs, seed=seed, training=False, vec_cls="dummy")
@@ -279,6 +282,8 @@ def run_episodes(
                         returns.append(float(info["episode"]["r"]))
                         lengths.append(int(info["episode"]["l"]))
                         counts[i] += 1
+                        if on_episode is not None:
+                            on_episode()
                 starts = dones
     finally:
         env.close()
@@ -316,8 +321,12 @@ def evaluate_checkpoint(
     trust: bool = False,
     device: str = "cpu",
     env_kwargs: Mapping[str, Any] | None = None,
+    progress: bool = False,
 ) -> list[EvalResult]:
     """One ``EvalResult`` per env spec (a suite gives train + every variant), in suite order.
+
+    ``progress`` shows episodes done per env with an ETA on stderr (only on a terminal): a suite of
+    Atari modes takes minutes, and silence that long looks like a hang.
 
     ``checkpoint``: a ``.zip``, a run directory or a pretrained alias; ours, or another project's SB3 /
     sb3-contrib checkpoint (read safely, ``rims_rl.app.foreign``). ``env_kwargs`` (``--set env.KEY=VALUE``)
@@ -347,8 +356,12 @@ def evaluate_checkpoint(
         specs = _checked([_with_training_env_kwargs(s, meta) for s in specs])
         model, meta = load_for_eval(path, specs[0], trust=trust, device=device)
     results = []
+    bar = tqdm(total=n_episodes * len(specs), unit="episode", disable=None if progress else True, leave=False)
     for spec in specs:
-        returns, lengths = run_episodes(model, spec, n_episodes, deterministic, seed, expected=meta)
+        bar.set_description(f"evaluating {spec.name}")
+        returns, lengths = run_episodes(
+            model, spec, n_episodes, deterministic, seed, expected=meta, on_episode=bar.update
+        )
         results.append(
             EvalResult(
                 env=spec.name,
@@ -366,6 +379,7 @@ def evaluate_checkpoint(
                 num_timesteps=int(model.num_timesteps),
             )
         )
+    bar.close()
     return results
 
 
