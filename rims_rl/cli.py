@@ -43,6 +43,7 @@ from rims_rl.app.evaluation import (
     write_results_json,
 )
 from rims_rl.app.leaderboard import write_leaderboard
+from rims_rl.app.pack import OPTIMIZER_CHOICES, pack_run, unpack_run
 from rims_rl.app.rundir import runs_root
 from rims_rl.app.runs import TrainingDiverged, TrainingInterrupted, train_run
 from rims_rl.app.status import describe_runs
@@ -357,6 +358,25 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pack(args: argparse.Namespace) -> int:
+    """``pack``: a run's resume form, small enough to commit, for a run that must outlive its machine."""
+    out = pack_run(args.run_dir, args.out, args.optimizer)
+    print(
+        f"resume form: {out} ({out.stat().st_size / 2**20:.1f} MiB); on another machine: "
+        f"python train.py unpack {out} --run-dir {args.run_dir}, then train --resume (or the same compare)"
+    )
+    return 0
+
+
+def cmd_unpack(args: argparse.Namespace) -> int:
+    """``unpack``: a run directory again from its resume form (``pack``)."""
+    run, steps = unpack_run(args.form, args.run_dir)
+    print(
+        f"{run}: {steps:,} steps; continue with: python train.py train --resume {run} (or the same compare)"
+    )
+    return 0
+
+
 def cmd_tune(args: argparse.Namespace) -> int:
     """``tune``: the same grid for every agent on a suite's training env; writes tune.json / tune.md."""
     args.out = args.out or str(runs_root() / "tune")
@@ -604,6 +624,24 @@ def build_parser() -> argparse.ArgumentParser:
         "dirs", nargs="*", metavar="DIR", help="run, compare or tune directories (default: the runs root's)"
     )
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser(
+        "pack", help="a run's resume form (config, logs, newest checkpoint): small enough to commit"
+    )
+    p.add_argument("run_dir", metavar="RUN_DIR", help="the run directory")
+    p.add_argument("--out", required=True, help="the .zip to write")
+    p.add_argument(
+        "--optimizer",
+        choices=OPTIMIZER_CHOICES,
+        default="bf16",
+        help="the optimizer state: bf16 (default, half its size), fp32 (exact) or none (weights only)",
+    )
+    p.set_defaults(func=cmd_pack)
+
+    p = sub.add_parser("unpack", help="a run directory again from its resume form, ready for train --resume")
+    p.add_argument("form", metavar="FORM", help="the .zip written by pack")
+    p.add_argument("--run-dir", required=True, help="where the run goes (a new directory)")
+    p.set_defaults(func=cmd_unpack)
     return parser
 
 

@@ -90,3 +90,30 @@ def test_a_linked_run_directory_lock_or_log_folder_is_refused(tmp_path: Path) ->
     (run / ".lock").unlink()
     with rundir.locked(run):
         assert (run / ".lock").is_file()
+
+
+def test_a_hostile_resume_form_is_refused_and_writes_nothing(tmp_path: Path) -> None:
+    """`unpack` reads an untrusted zip: only a resume form's own member names, nothing outside the run."""
+    import zipfile
+
+    from rims_rl.app.pack import unpack_run
+
+    for members in (
+        {"../evil.txt": b"x"},
+        {"config.json": b"{}", "checkpoints/../../evil.zip": b"x"},
+        {"a.py": b""},
+    ):
+        form = tmp_path / "form.zip"
+        with zipfile.ZipFile(form, "w") as zf:
+            for name, data in members.items():
+                zf.writestr(name, data)
+        with pytest.raises(UserError, match="not a member of a resume form"):
+            unpack_run(form, tmp_path / "run")
+    with zipfile.ZipFile(form, "w") as zf:
+        zf.writestr("config.json", b"{}")
+        zf.writestr("checkpoints/step_32.zip", b"not a zip")
+    with pytest.raises(UserError, match="does not hold a usable run"):
+        unpack_run(form, tmp_path / "run")
+    assert not (tmp_path / "evil.txt").exists() and not any((tmp_path / "run").rglob("*.*"))
+    with pytest.raises(UserError, match="not a resume form"):
+        unpack_run(tmp_path / "form.zip.missing", tmp_path / "run2")

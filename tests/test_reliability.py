@@ -13,6 +13,7 @@ import errno
 import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -31,17 +32,20 @@ from stable_baselines3.common.callbacks import BaseCallback
 ROOT = Path(__file__).resolve().parent.parent
 
 import train  # noqa: E402
+from rims_rl.agents import build_model  # noqa: E402
 from rims_rl.app.atomic import atomic_write  # noqa: E402
 from rims_rl.app.checkpoint import (  # noqa: E402
     CheckpointError,
     latest_checkpoint,
     load_trusted,
+    load_weights,
     read_meta,
     write_latest,
 )
 from rims_rl.app.evaluation import load_for_eval  # noqa: E402
 from rims_rl.app.runs import TrainingDiverged, train_run  # noqa: E402
-from rims_rl.envs import EnvSpec  # noqa: E402
+from rims_rl.app.runs import read_run_config as train_config  # noqa: E402
+from rims_rl.envs import EnvSpec, make_vec_env_for  # noqa: E402
 
 
 def tiny_run(run_dir: Path, timesteps: int = 64, **kwargs: Any) -> Path:
@@ -254,8 +258,9 @@ def test_same_seed_gives_identical_learning_curves(tmp_path: Path) -> None:
 
 
 # ----------------------------------------------------------------------------- signals (subprocess)
-def _start_training(run: Path, timesteps: int) -> subprocess.Popen[str]:
+def _start_training(run: Path, timesteps: int, extra: tuple[str, ...] = ()) -> subprocess.Popen[str]:
     cmd = [sys.executable, str(ROOT / "train.py"), "train", "--env", TINY_ENV, "--timesteps", str(timesteps)]
+    cmd += list(extra)
     cmd += [
         "--run-dir",
         str(run),
@@ -325,6 +330,56 @@ def test_sigkill_then_resume_reaches_the_budget_from_the_last_checkpoint(tmp_pat
     logged = [int(float(r["time/total_timesteps"])) for r in csv.DictReader(resumed_log.open())]
     assert logged and logged[0] == start + 32 and logged[-1] == budget
     assert np.all(np.diff(logged) == 32)
+
+
+@pytest.mark.parametrize("optimizer", ["fp32", "bf16"])
+def test_a_killed_run_continues_on_another_machine_from_its_resume_form(
+    tmp_path: Path, optimizer: str
+) -> None:
+    """Issue 42.1: SIGKILL mid-run, `pack` (what a session commits), the run directory lost, `unpack` on a
+    new machine, `train --resume`: the same budget is reached, from the packed step, with the optimizer's
+    state (exact in fp32, to bfloat16 rounding in bf16) and the learning-rate schedule where they were."""
+    run, budget = tmp_path / "machine-a" / "run", 192
+    proc = _start_training(run, timesteps=budget, extra=("--set", "ppo.learning_rate=lin_1e-3"))
+    _wait_for_checkpoint(proc, run)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=60)
+    packed = latest_checkpoint(run / "checkpoints")
+    start = read_meta(packed).num_timesteps
+    assert 32 <= start < budget, "the run finished before it was killed; raise the budget"
+    form = tmp_path / "form.zip"
+    assert train.main(["pack", str(run), "--out", str(form), "--optimizer", optimizer]) == 0
+    with zipfile.ZipFile(packed) as zf:
+        moments = th.load(io.BytesIO(zf.read("policy.optimizer.pth")), weights_only=True)["state"]
+    shutil.rmtree(tmp_path / "machine-a")  # the machine is gone; only the committed form is left
+
+    moved = tmp_path / "machine-b" / "run"
+    assert train.main(["unpack", str(form), "--run-dir", str(moved)]) == 0
+    config = train_config(moved)
+    env = make_vec_env_for(config.env_spec(), n_envs=config.n_envs, seed=0, vec_cls="dummy")
+    model = build_model(config.model, env, seed=0, device="cpu")
+    load_weights(model, latest_checkpoint(moved / "checkpoints"), optimizer=True)
+    restored = model.policy.optimizer.state_dict()["state"]
+    env.close()
+    for key, state in moments.items():
+        for name in ("exp_avg", "exp_avg_sq"):
+            got, want = restored[key][name], state[name]
+            assert got.dtype == th.float32
+            if optimizer == "fp32":
+                assert th.equal(got, want)
+            else:
+                assert th.allclose(got, want, rtol=1e-2, atol=0.0) and not th.equal(got, want)
+        assert float(restored[key]["step"]) == float(state["step"])
+
+    assert train.main(["train", "--resume", str(moved), "--no-progress"]) == 0
+    assert read_meta(moved / "model.zip").num_timesteps == budget
+    rows = list(csv.DictReader((moved / "logs" / f"progress-resumed-{start}.csv").open()))
+    assert int(float(rows[0]["time/total_timesteps"])) == start + 32
+    # SB3 writes a row before its update: a row's train/* values are those of the update one rollout back
+    trained = next(r for r in rows if r["train/learning_rate"])
+    at = int(float(trained["time/total_timesteps"])) - 32
+    assert at == start + 32  # the resumed run's first update, where the schedule must continue
+    assert float(trained["train/learning_rate"]) == pytest.approx(1e-3 * (1 - at / budget))
 
 
 def test_loading_rejects_missing_run_dir_for_resume(

@@ -131,6 +131,18 @@ def finished_model(run_dir: str | Path) -> Path | None:
     return path if status is None or status.state == "finished" else None
 
 
+def check_no_links(run_dir: str | Path) -> None:
+    """``UserError`` when the run directory, one of its folders or its lock is a symbolic link: the
+    writes would land wherever the link points."""
+    run = Path(run_dir)
+    for place in (run, *(run / d for d in (CHECKPOINTS_DIR, LOGS_DIR, TB_DIR)), run / LOCK_NAME):
+        if place.is_symlink():
+            raise UserError(
+                f"{str(place)!r} is a symbolic link; a run directory and its folders must be real ones, so "
+                "that nothing is written outside it: remove the link or give another directory"
+            )
+
+
 @contextlib.contextmanager
 def locked(run_dir: str | Path) -> Iterator[None]:
     """Hold the run directory's lock; ``UserError`` at once if another process holds it.
@@ -139,12 +151,7 @@ def locked(run_dir: str | Path) -> Iterator[None]:
     crashed run never leaves a stale lock behind.
     """
     path = Path(run_dir) / LOCK_NAME
-    for place in (Path(run_dir), *(Path(run_dir) / d for d in (CHECKPOINTS_DIR, LOGS_DIR, TB_DIR)), path):
-        if place.is_symlink():  # the writes would land wherever the link points
-            raise UserError(
-                f"{str(place)!r} is a symbolic link; a run directory and its folders must be real ones, so "
-                "that nothing is written outside it: remove the link or give another directory"
-            )
+    check_no_links(run_dir)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
