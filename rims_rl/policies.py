@@ -16,7 +16,7 @@ Training minibatches go through the core in one call instead of sb3-contrib's pe
 Cores that declare ``takes_episode_starts`` reset themselves anywhere. For the others, sequences that
 start an episode only at their first step (sb3-contrib's padded sequences) get their state zeroed
 there; sequences with starts inside (``ChunkedRecurrentPPO``'s chunks) are cut into episode segments
-that run as one packed sequence batch where the core is a torch LSTM/GRU (``_run_segments``), with
+that run in one or two calls where the core is a torch LSTM/GRU (``_run_segments``), with
 sb3-contrib's loop as the fallback for other cores.
 """
 
@@ -413,8 +413,8 @@ class RimsActorCriticPolicy(RecurrentActorCriticPolicy):
         1). Cores that take ``episode_starts`` handle starts anywhere themselves. For the others, starts
         only on the first step (always the case for sb3-contrib's padded training sequences, and for T=1
         rollout steps) mean: zero the initial state there, then one cuDNN/oneDNN call. Starts inside
-        sequences (chunked minibatches): torch LSTM/GRU cores run every episode segment in one packed
-        call (``_run_segments``); other cores fall back to sb3-contrib's per-step loop.
+        sequences (chunked minibatches): torch LSTM/GRU cores run every episode segment in one or two
+        calls (``_run_segments``); other cores fall back to sb3-contrib's per-step loop.
         """
         n_seq = lstm_states[0].shape[1]
         # torch types an unknown Module attribute as Tensor | Module (its __getattr__); every core sets an
@@ -446,13 +446,21 @@ def _takes_packed(core: nn.Module) -> bool:
 
 
 def _run_segments(x: th.Tensor, states: State, starts: th.Tensor, core: nn.Module) -> tuple[th.Tensor, State]:
-    """sb3-contrib's per-step loop (state zeroed before each step that starts an episode) in one call.
+    """sb3-contrib's per-step loop (state zeroed before each step that starts an episode), in one or
+    two calls of ``core`` (a torch LSTM/GRU: ``_takes_packed``) whatever ``T`` and the starts.
 
     Each sequence is cut at its episode starts into segments: the first segment of a sequence starts
     from its carried state (zeroed if its first step starts an episode), every later one from zeros.
-    All segments run as one ``PackedSequence`` through ``core`` (a torch LSTM/GRU: ``_takes_packed``),
-    which also gives each segment's state after its own last step; a sequence's final state is that of
-    its last segment. The index computation is vectorised (no Python loop over steps or sequences).
+    A sequence's final state is its last segment's state after that segment's own last step.
+
+    - ``nn.LSTM``: all segments run as padded columns in one call, which takes torch's fused CPU kernel
+      (oneDNN; its backward is several times faster than a packed sequence's) and gives the outputs at
+      the valid steps; its final states are those after the padding, so each sequence's last segment
+      runs again, packed, for the final state (in training nothing reads it, so it costs no backward).
+    - ``nn.GRU`` (no fused CPU kernel: padded and packed cost about the same): all segments as one
+      ``PackedSequence``, which gives both the outputs and each segment's state after its last step.
+
+    The index computation is vectorised (no Python loop over steps or sequences).
 
     Args:
         x: [T, n_seq, input_size] inputs, time-major.
@@ -475,19 +483,25 @@ def _run_segments(x: th.Tensor, states: State, starts: th.Tensor, core: nn.Modul
     n_segments = first.numel()
     position = th.arange(n, device=x.device) - first[segment]  # [n] step within its segment
     lengths = th.diff(first, append=first.new_tensor([n]))  # [S]
-    # Segments as padded columns [L, S, input_size], then packed (packing takes its lengths on the CPU).
+    # Segments as left-aligned, zero-padded columns [L, S, input_size].
     columns = x.new_zeros((int(lengths.max()), n_segments, x.shape[2]))
     columns = columns.index_put((position, segment), x.transpose(0, 1).reshape(n, x.shape[2]))
-    packed = nn.utils.rnn.pack_padded_sequence(columns, lengths.cpu(), enforce_sorted=False)
     # Initial states [num_layers, S, width]: zeros, except each sequence's first segment, which gets the
     # carried state (zeroed where step 0 starts an episode, as the loop does).
     per_sequence = segment.view(n_seq, T)  # [n_seq, T]
     head, tail = per_sequence[:, 0], per_sequence[:, -1]  # [n_seq] first and last segment of each
     keep = (1.0 - starts[0]).view(1, n_seq, 1)
     h0, c0 = (s.new_zeros((s.shape[0], n_segments, s.shape[2])).index_copy(1, head, keep * s) for s in states)
-    out_packed, (h, c) = core(packed, (h0, c0))
-    out, _ = nn.utils.rnn.pad_packed_sequence(out_packed)  # [L, S, hidden], segments in their order
-    return out[position, segment], (h[:, tail], c[:, tail])
+    pack = nn.utils.rnn.pack_padded_sequence  # takes its lengths on the CPU
+    if isinstance(core, nn.LSTM):
+        out, _ = core(columns, (h0, c0))  # [L, S, hidden], valid where position < length
+        last = pack(columns[:, tail], lengths[tail].cpu(), enforce_sorted=False)
+        _, (h, c) = core(last, (h0[:, tail], c0[:, tail]))  # each [num_layers, n_seq, width]
+    else:
+        out_packed, (h, c) = core(pack(columns, lengths.cpu(), enforce_sorted=False), (h0, c0))
+        out, _ = nn.utils.rnn.pad_packed_sequence(out_packed)  # [L, S, hidden]
+        h, c = h[:, tail], c[:, tail]
+    return out[position, segment], (h, c)
 
 
 class MlpRimsPolicy(RimsActorCriticPolicy):
