@@ -20,6 +20,11 @@ Steps/s counts environment steps including the PPO updates, after one warm-up ro
 its ratio to stock_lstm and to lstm_ppo measured in the same invocation (one after another, not
 interleaved, so load changes between rows show in the ratios).
 
+Columns besides steps/s: ``update %`` the share of the time in PPO updates (the rest is rollouts),
+``core fwd r/u %`` the share in the cores' forward calls during rollouts / during updates (forward hooks
+on the cores), ``bwd %`` the share in ``backward`` (the whole model's, cores included), ``calls/upd``
+the actor core's calls per update (one rollout's epochs and minibatches).
+
 Envs (``--envs``, each with its own family preset): ``minigrid`` MiniGrid-DoorKey-5x5-v0, ``atari``
 ALE/Breakout-v5, ``popgym`` the ``popgym-repeat-previous`` suite's training env (POPGym RepeatPrevious,
 1 deck, k=4; MLP policies, 8 envs x 128 steps, 10 epochs of batch 128). ``--set`` overrides apply to
@@ -81,16 +86,46 @@ def build(
 
 
 class _Timed:
-    """Wraps ``model.train`` (the PPO update) to add up its seconds and count the actor core's calls."""
+    """Wraps ``model.train`` (the PPO update) to add up its seconds, and times the cores' forward calls
+    (rollout and update apart), counts the actor core's calls in updates and times ``backward``."""
 
     def __init__(self, model: Any) -> None:
+        import torch
+
         self.seconds, self.calls, self._train = 0.0, 0, model.train
+        self.core_rollout = self.core_update = self.backward = 0.0
+        self._updating, self._entered = False, 0.0
         model.policy.lstm_actor.register_forward_pre_hook(self._count)
-        self._updating = False
+        for core in (model.policy.lstm_actor, getattr(model.policy, "lstm_critic", None)):
+            if core is not None:
+                core.register_forward_pre_hook(self._enter)
+                core.register_forward_hook(self._leave)
         model.train = self
+        backward = torch.Tensor.backward
+
+        def timed_backward(tensor: Any, *args: Any, **kwargs: Any) -> None:
+            start = time.perf_counter()
+            backward(tensor, *args, **kwargs)
+            self.backward += time.perf_counter() - start
+
+        torch.Tensor.backward = timed_backward  # type: ignore[method-assign]
+
+    def reset(self) -> None:
+        self.seconds, self.calls = 0.0, 0
+        self.core_rollout = self.core_update = self.backward = 0.0
 
     def _count(self, *_: Any) -> None:
         self.calls += self._updating
+
+    def _enter(self, *_: Any) -> None:
+        self._entered = time.perf_counter()
+
+    def _leave(self, *_: Any) -> None:
+        elapsed = time.perf_counter() - self._entered
+        if self._updating:
+            self.core_update += elapsed
+        else:
+            self.core_rollout += elapsed
 
     def __call__(self) -> None:
         self._updating = True
@@ -125,6 +160,9 @@ def worker(
         "seconds": seconds,
         "steps_per_s": per_rollout * rollouts / seconds,
         "update_share": timed.seconds / seconds,
+        "core_fwd_rollout_share": timed.core_rollout / seconds,
+        "core_fwd_update_share": timed.core_update / seconds,
+        "backward_share": timed.backward / seconds,
         "core_calls_per_update": timed.calls / rollouts,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "threads": torch.get_num_threads(),
@@ -158,7 +196,7 @@ def ab_worker(
     for _ in range(rollouts):
         for name, fn in variants.items():
             policies._takes_packed = fn  # type: ignore[assignment]
-            timed.seconds, timed.calls = 0.0, 0
+            timed.reset()
             start = time.perf_counter()
             model.learn(per_rollout, reset_num_timesteps=False)
             results[name]["total"].append(time.perf_counter() - start)
@@ -223,7 +261,7 @@ def main() -> None:
     else:
         print(
             f"{'env':26} {'agent':13} {'policy':22} {'steps/s':>8} {'vs stock':>8} {'vs lstm':>8} "
-            f"{'update %':>8} {'calls/upd':>9} {'peak MB':>8}"
+            f"{'update %':>8} {'core fwd r/u %':>14} {'bwd %':>5} {'calls/upd':>9} {'peak MB':>8}"
         )
     families = list(dict.fromkeys(args.envs + (["atari"] if args.atari else [])))
     for family in families:
@@ -267,7 +305,9 @@ def main() -> None:
             vs_lstm = f"{r['steps_per_s'] / lstm:8.2f}" if lstm else f"{'-':>8}"
             print(
                 f"{r['env']:26} {agent:13} {r['policy']:22} {r['steps_per_s']:8.0f} {vs_stock} {vs_lstm} "
-                f"{100 * r['update_share']:8.0f} {r['core_calls_per_update']:9.0f} {r['peak_rss_mb']:8.0f}",
+                f"{100 * r['update_share']:8.0f} "
+                f"{100 * r['core_fwd_rollout_share']:7.0f}/{100 * r['core_fwd_update_share']:<6.0f} "
+                f"{100 * r['backward_share']:5.0f} {r['core_calls_per_update']:9.0f} {r['peak_rss_mb']:8.0f}",
                 flush=True,
             )
 
