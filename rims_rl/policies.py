@@ -460,7 +460,8 @@ def _run_segments(x: th.Tensor, states: State, starts: th.Tensor, core: nn.Modul
     - ``nn.GRU`` (no fused CPU kernel: padded and packed cost about the same): all segments as one
       ``PackedSequence``, which gives both the outputs and each segment's state after its last step.
 
-    The index computation is vectorised (no Python loop over steps or sequences).
+    The index computation is vectorised (no Python loop over steps or sequences). With ``dropout``
+    between stacked layers in training mode, each call draws its own masks (as each step of the loop does).
 
     Args:
         x: [T, n_seq, input_size] inputs, time-major.
