@@ -12,11 +12,12 @@ through it unless ``critic_grad_through_core=True``) or none (both False: a line
 Cores are built inside ``__init__`` before the optimizer is created, so the optimizer owns their
 parameters (replacing ``policy.lstm_actor`` afterwards would leave the optimizer on the old module).
 
-Training minibatches from sb3-contrib's recurrent buffer are padded sequences that can only start an
-episode at their first step, so the whole batch of sequences goes through the core in one call
-instead of sb3-contrib's per-step Python loop (cores that declare ``takes_episode_starts`` reset
-themselves anywhere; for the others the state is zeroed where the first step starts an episode, with
-the loop as the fallback).
+Training minibatches go through the core in one call instead of sb3-contrib's per-step Python loop.
+Cores that declare ``takes_episode_starts`` reset themselves anywhere. For the others, sequences that
+start an episode only at their first step (sb3-contrib's padded sequences) get their state zeroed
+there; sequences with starts inside (``ChunkedRecurrentPPO``'s chunks) are cut into episode segments
+that run in one or two calls where the core is a torch LSTM/GRU (``_run_segments``), with
+sb3-contrib's loop as the fallback for other cores.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from stable_baselines3.common.type_aliases import Schedule
 from torch import nn
 
 from rims_rl.checks import check_number, check_positive, hint
-from rims_rl.cores.base import RecurrentCore
+from rims_rl.cores.base import RecurrentCore, TorchRNNCore
 from rims_rl.cores.registry import core_settings, get_core
 from rims_rl.cores.stack import StackedCore
 from rims_rl.dropout import KeyedDropout, new_keys
@@ -410,9 +411,10 @@ class RimsActorCriticPolicy(RecurrentActorCriticPolicy):
 
         Same contract as sb3-contrib's version (state zeroed before each step whose episode_start is
         1). Cores that take ``episode_starts`` handle starts anywhere themselves. For the others, starts
-        only on the first step (always the case for padded training sequences, and for T=1 rollout
-        steps) mean: zero the initial state there, then one cuDNN/oneDNN call; otherwise the per-step
-        loop.
+        only on the first step (always the case for sb3-contrib's padded training sequences, and for T=1
+        rollout steps) mean: zero the initial state there, then one cuDNN/oneDNN call. Starts inside
+        sequences (chunked minibatches): torch LSTM/GRU cores run every episode segment in one or two
+        calls (``_run_segments``); other cores fall back to sb3-contrib's per-step loop.
         """
         n_seq = lstm_states[0].shape[1]
         # torch types an unknown Module attribute as Tensor | Module (its __getattr__); every core sets an
@@ -425,6 +427,8 @@ class RimsActorCriticPolicy(RecurrentActorCriticPolicy):
         elif not th.any(starts[1:]):
             keep = (1.0 - starts[0]).view(1, n_seq, 1)
             out, lstm_states = lstm(x, (keep * lstm_states[0], keep * lstm_states[1]))
+        elif _takes_packed(lstm):
+            return _run_segments(x, lstm_states, starts, lstm)
         else:
             # sb3-contrib's per-step loop: it annotates the core as nn.LSTM but uses only input_size and
             # the (h, c) call, which every core provides; it returns (output, (h, c)), not the declared pair.
@@ -432,6 +436,73 @@ class RimsActorCriticPolicy(RecurrentActorCriticPolicy):
             out_states = per_step(features, lstm_states, episode_starts, lstm)  # type: ignore[arg-type]
             return cast(tuple[th.Tensor, State], out_states)
         return th.flatten(out.transpose(0, 1), start_dim=0, end_dim=1), lstm_states
+
+
+def _takes_packed(core: nn.Module) -> bool:
+    """Whether ``core`` runs a ``PackedSequence`` with an ``(h, c)`` state: ``nn.LSTM`` itself and the
+    cores that are a torch RNN (``LSTMCore``, ``GRUCore``), one direction, time-major."""
+    is_rnn = isinstance(core, nn.LSTM) or (isinstance(core, TorchRNNCore) and isinstance(core, nn.RNNBase))
+    return is_rnn and not core.bidirectional and not core.batch_first
+
+
+def _run_segments(x: th.Tensor, states: State, starts: th.Tensor, core: nn.Module) -> tuple[th.Tensor, State]:
+    """sb3-contrib's per-step loop (state zeroed before each step that starts an episode), in one or
+    two calls of ``core`` (a torch LSTM/GRU: ``_takes_packed``) whatever ``T`` and the starts.
+
+    Each sequence is cut at its episode starts into segments: the first segment of a sequence starts
+    from its carried state (zeroed if its first step starts an episode), every later one from zeros.
+    A sequence's final state is its last segment's state after that segment's own last step.
+
+    - ``nn.LSTM``: all segments run as padded columns in one call, which takes torch's fused CPU kernel
+      (oneDNN; its backward is several times faster than a packed sequence's) and gives the outputs at
+      the valid steps; its final states are those after the padding, so each sequence's last segment
+      runs again, packed, for the final state (in training nothing reads it, so it costs no backward).
+    - ``nn.GRU`` (no fused CPU kernel: padded and packed cost about the same): all segments as one
+      ``PackedSequence``, which gives both the outputs and each segment's state after its last step.
+
+    The index computation is vectorised (no Python loop over steps or sequences). With ``dropout``
+    between stacked layers in training mode, each call draws its own masks (as each step of the loop does).
+
+    Args:
+        x: [T, n_seq, input_size] inputs, time-major.
+        states: (h, c), each [num_layers, n_seq, width]: the state before step 0.
+        starts: [T, n_seq] episode starts (1 where the state is zeroed before that step).
+        core: the torch RNN core.
+
+    Returns:
+        out [n_seq * T, hidden] in sb3-contrib's flat order (sequence-major: index ``b * T + t``) and
+        the final (h, c), each [num_layers, n_seq, width].
+    """
+    T, n_seq = starts.shape
+    n = T * n_seq
+    # Steps in flat sequence-major order (b * T + t); a segment begins at step 0 and at every start.
+    begins = (starts != 0).transpose(0, 1).contiguous()  # [n_seq, T]
+    begins[:, 0] = True
+    begins = begins.flatten()  # [n]
+    segment = th.cumsum(begins, 0) - 1  # [n] segment of each step, numbered in flat order
+    first = th.nonzero(begins).squeeze(1)  # [S] flat index of each segment's first step
+    n_segments = first.numel()
+    position = th.arange(n, device=x.device) - first[segment]  # [n] step within its segment
+    lengths = th.diff(first, append=first.new_tensor([n]))  # [S]
+    # Segments as left-aligned, zero-padded columns [L, S, input_size].
+    columns = x.new_zeros((int(lengths.max()), n_segments, x.shape[2]))
+    columns = columns.index_put((position, segment), x.transpose(0, 1).reshape(n, x.shape[2]))
+    # Initial states [num_layers, S, width]: zeros, except each sequence's first segment, which gets the
+    # carried state (zeroed where step 0 starts an episode, as the loop does).
+    per_sequence = segment.view(n_seq, T)  # [n_seq, T]
+    head, tail = per_sequence[:, 0], per_sequence[:, -1]  # [n_seq] first and last segment of each
+    keep = (1.0 - starts[0]).view(1, n_seq, 1)
+    h0, c0 = (s.new_zeros((s.shape[0], n_segments, s.shape[2])).index_copy(1, head, keep * s) for s in states)
+    pack = nn.utils.rnn.pack_padded_sequence  # takes its lengths on the CPU
+    if isinstance(core, nn.LSTM):
+        out, _ = core(columns, (h0, c0))  # [L, S, hidden], valid where position < length
+        last = pack(columns[:, tail], lengths[tail].cpu(), enforce_sorted=False)
+        _, (h, c) = core(last, (h0[:, tail], c0[:, tail]))  # each [num_layers, n_seq, width]
+    else:
+        out_packed, (h, c) = core(pack(columns, lengths.cpu(), enforce_sorted=False), (h0, c0))
+        out, _ = nn.utils.rnn.pad_packed_sequence(out_packed)  # [L, S, hidden]
+        h, c = h[:, tail], c[:, tail]
+    return out[position, segment], (h, c)
 
 
 class MlpRimsPolicy(RimsActorCriticPolicy):

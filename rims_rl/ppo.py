@@ -8,9 +8,11 @@ draws minibatches of chunks from all envs at random each epoch (torch-ac's ``rec
 
 Only the buffer's sampling differs; ``RecurrentPPO.train`` is unchanged. Chunks are not cut at episode
 starts: an episode that starts inside a chunk is handled by ``episode_starts`` in the policy's
-``_process_sequence`` (which zeroes the state before that step, in sb3-contrib's per-step loop or in the
-RIMs core). A rollout length that is not a multiple of ``chunk_length`` leaves one shorter chunk per
-env, padded with zeros and masked out (``mask`` 0) exactly as sb3-contrib pads its sequences.
+``_process_sequence`` (which zeroes the state before that step: in the core where it takes
+``episode_starts``, by running the episode segments in one or two calls for the LSTM/GRU cores, else in
+sb3-contrib's per-step loop). A rollout length that is not a multiple of ``chunk_length`` leaves one
+shorter chunk per env, padded with zeros and masked out (``mask`` 0) exactly as sb3-contrib pads its
+sequences.
 
 The buffer also stores the dropout key of every step when the policy emits them (``keyed_dropout``,
 see ``rims_rl.dropout``) and hands them back as a third element of the actor state, ``[T, n_seq]``.
