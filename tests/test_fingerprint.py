@@ -9,6 +9,14 @@ apart) gave for seed 0 of each of those agents with the settings its record stor
 one with today's code and asserts equality: the parameters before and after the update, the rollout
 buffer's arrays (sha256) and the update's logged losses (exact).
 
+One change since is deliberate and is switched off here: chunked minibatches of a torch LSTM/GRU core
+now run their episode segments in one or two calls (``rims_rl.policies._run_segments``, issue 43)
+instead of sb3-contrib's per-step loop, which the 2026-12-02 code used. The two agree to float rounding,
+not bit for bit (``tests/test_segments.py`` checks outputs, states and gradients), so these tests take
+the step loop, and the chain is: the 2026-12-02 code = today's with the step loop (bitwise, here) =
+today's segment path (to rounding, there). ``test_the_segment_path_is_the_only_difference`` shows the
+switch matters only where the fixture's run has starts inside its chunks.
+
 Bit-for-bit equality holds only with the same libraries (torch's kernels), so a test is skipped where the
 installed versions differ from the fixture's. Each run takes 5-10 s on one thread; the default run checks
 one per agent, the rest are slow (``-m slow``).
@@ -24,6 +32,8 @@ from typing import Any
 import pytest
 import torch as th
 from fingerprint import fingerprint, job_of_record, library_versions
+
+from rims_rl import policies
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURE = json.loads((Path(__file__).parent / "data" / "fingerprints-2026-12-02.json").read_text())
@@ -51,6 +61,12 @@ def _restore_threads() -> Iterator[None]:
     threads = th.get_num_threads()
     yield
     th.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def _step_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    """sb3-contrib's per-step loop for starts inside sequences, as the 2026-12-02 code ran them."""
+    monkeypatch.setattr(policies, "_takes_packed", lambda core: False)
 
 
 def _check(run: dict[str, Any]) -> None:
@@ -92,3 +108,16 @@ def test_the_fixture_covers_every_2026_12_02_agent_of_the_doorkey_and_multiroom_
         ("minigrid-multiroom", "rims_ppo", "multiroom-dropout-10seeds"),
     }
     assert FAST <= {_key(r) for r in RUNS}
+
+
+def test_the_segment_path_is_the_only_difference(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the segment path back on, the chunked LSTM run of the fixture differs only after its update
+    (same start, same rollout): the loop and the segments differ in rounding inside the update alone."""
+    if library_versions() != FIXTURE["versions"]:
+        pytest.skip("libraries differ from the fixture's")
+    monkeypatch.undo()  # the segment path, as training runs today
+    run = next(r for r in RUNS if _key(r) == ("minigrid-multiroom", "lstm_ppo", "multiroom-tuned-10seeds"))
+    got = fingerprint(**job_of_record(ROOT / run["record"]), threads=FIXTURE["threads"])
+    want = run["fingerprint"]
+    assert got["params_init"] == want["params_init"] and got["rollout"] == want["rollout"]
+    assert got["params"] != want["params"]
