@@ -386,6 +386,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
             args.grid,
             agents=[catalog.with_core(a, args.core) for a in args.agents],
             agent_grids=args.agent_grid,
+            overrides=args.set,
             seeds=args.seeds,
             timesteps=args.timesteps,
             out=args.out,
@@ -588,6 +589,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="AGENT:KEY=V1,V2,...",
         help="one agent's own axis, times --grid; tie keys with +: rims_ppo:policy_kwargs.rims_kwargs.n_units"
         "+policy_kwargs.rims_kwargs.k=6+4,8+4. Every agent must end with the same number of trials",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="fix a setting for every agent and trial, e.g. ppo.chunk_length=32 (repeatable; not a --grid "
+        "key); tune.json's choices carry it",
     )
     p.add_argument(
         "--agents",

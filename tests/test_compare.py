@@ -745,6 +745,21 @@ def test_tune_gives_each_agent_its_own_axes_with_the_same_number_of_trials(
     }
     assert tune["agent_grids"]["lstm_ppo"] == {"ppo.n_epochs": [3, 4]} and len(calls) == 4
 
+    # --set fixes a setting for every trial, and the choices carry it to compare --tuned
+    chosen = run_tune(
+        "minigrid-doorkey", ["ppo.n_epochs=1,2"], ["lstm_ppo"], overrides=["ppo.gamma=0.9"], seeds=1,
+        timesteps=128, out=tmp_path / "s", backend=backend,
+    )  # fmt: skip
+    stored = json.loads(next((tmp_path / "s").glob("lstm_ppo/config0/runs/*/config.json")).read_text())
+    assert stored["overrides"]["ppo.gamma"] == 0.9 and chosen["lstm_ppo"]["ppo.gamma"] == 0.9
+    assert (
+        json.loads((tmp_path / "s" / "tune.json").read_text())["agents"]["lstm_ppo"]["chosen"]["ppo.gamma"]
+        == 0.9
+    )
+    assert "Fixed for every trial (--set): ppo.gamma=0.9" in (tmp_path / "s" / "tune.md").read_text()
+    with pytest.raises(UserError, match="both tuned .* and fixed"):
+        run_tune("minigrid-doorkey", ["ppo.gamma=0.9,0.99"], overrides=["ppo.gamma=0.9"], out=tmp_path / "x")
+
 
 def test_ctrl_c_in_compare_writes_the_partial_report_and_says_how_to_continue(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]

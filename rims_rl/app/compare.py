@@ -100,6 +100,8 @@ class CompareRequest:
     """Bootstrap resamples of the report's confidence intervals."""
     progress: bool = True
     """Show a progress bar over runs."""
+    label: str = "compare"
+    """The command named in the summary line (``tune`` runs each trial as a compare)."""
     command_line: str | None = None
     """The command quoted in the report (None: this process's ``sys.argv``)."""
     executor: str = "local"
@@ -376,7 +378,7 @@ def _write_results(
         throughput=_throughput(results, plan.agents),
     )
     print(
-        f"compare: {summary['trained']} trained, {summary['evaluated']} evaluated again, "
+        f"{request.label}: {summary['trained']} trained, {summary['evaluated']} evaluated again, "
         f"{summary['skipped']} skipped, "
         f"{summary['failed']} failed; report: {paths['report']}"
     )

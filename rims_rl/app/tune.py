@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from rims_rl.agents import parse_overrides as parse_set
 from rims_rl.agents import parse_value
 from rims_rl.app import rundir
 from rims_rl.app.atomic import atomic_write_bytes, atomic_write_json
@@ -134,6 +135,7 @@ def run_tune(
     grid: Mapping[str, Sequence[Any]] | Sequence[str],
     agents: Sequence[str] = DEFAULT_AGENTS,
     agent_grids: Mapping[str, Mapping[str, Sequence[Any]]] | Sequence[str] = (),
+    overrides: Mapping[str, Any] | Sequence[str] = (),
     seeds: int = 2,
     timesteps: int | None = None,
     out: str | Path | None = None,
@@ -149,6 +151,11 @@ def run_tune(
         grid = parse_grid(grid)
     if not isinstance(agent_grids, Mapping):
         agent_grids = parse_agent_grid(agent_grids)
+    fixed = dict(overrides) if isinstance(overrides, Mapping) else parse_set(list(overrides))
+    tuned_keys = {k for g in (grid, *agent_grids.values()) for axis in g for k in axis.split("+")}
+    both = sorted(tuned_keys & set(fixed))
+    if both:
+        raise UserError(f"{', '.join(both)} is both tuned (--grid) and fixed (--set); drop one")
     configs = agent_configurations(agents, grid, agent_grids)
     n_configs = len(next(iter(configs.values()), []))
     with user_input():
@@ -171,7 +178,8 @@ def run_tune(
                 workers=workers,
                 out=out_dir / agent / f"config{i}",
                 eval_episodes=eval_episodes,
-                overrides={**env_settings, **config},
+                overrides={**env_settings, **fixed, **config},
+                label=f"tune ({agent}, configuration {i + 1} of {n_configs})",
                 deterministic=deterministic,
                 device=device,
                 progress=False,
@@ -181,8 +189,10 @@ def run_tune(
             returns = [float(r["mean_return"]) for r in records if r["is_train"]]
             trials.append(Trial(agent, config, iqm(returns) if returns else float("nan"), returns))
     chosen = {a: _best([t for t in trials if t.agent == a]) for a in agents}
-    write_tune_report(out_dir, suite, train.env_id, grid, seed_list, trials, chosen, timesteps, agent_grids)
-    return chosen
+    write_tune_report(
+        out_dir, suite, train.env_id, grid, seed_list, trials, chosen, timesteps, agent_grids, fixed
+    )
+    return {a: {**fixed, **c} for a, c in chosen.items()}
 
 
 TIE_RULE = "the first in grid order (the order of --grid's values) is chosen"
@@ -230,11 +240,14 @@ def write_tune_report(
     chosen: Mapping[str, Mapping[str, Any]],
     timesteps: int | None,
     agent_grids: Mapping[str, Mapping[str, Sequence[Any]]] | None = None,
+    fixed: Mapping[str, Any] | None = None,
 ) -> None:
-    """``tune.json`` (read by ``compare --tuned``) and ``tune.md``: every trial and each agent's choice."""
+    """``tune.json`` (read by ``compare --tuned``) and ``tune.md``: every trial and each agent's choice;
+    the settings ``fixed`` for every trial (``--set``) are part of each choice, so compare applies them."""
+    always: dict[str, Any] = dict(fixed or {})
     agents = list(chosen)
     ties = {a: note for a in agents if (note := tie_note(a, trials, chosen[a])) is not None}
-    data = {
+    data: dict[str, Any] = {
         "suite": suite,
         "selected_on": env_id,
         "grid": {k: list(v) for k, v in grid.items()},
@@ -247,7 +260,7 @@ def write_tune_report(
         "timesteps": timesteps,
         "agents": {
             a: {
-                "chosen": chosen[a],
+                "chosen": always | dict(chosen[a]),
                 "tried": [asdict(t) for t in trials if t.agent == a],
                 **({"tie": ties[a]} if a in ties else {}),
             }
@@ -260,7 +273,8 @@ def write_tune_report(
         f"Same budget for every agent: {_plural(len(trials) // max(1, len(agents)), 'configuration')} x "
         f"{_plural(len(seeds), 'seed')} ({', '.join(map(str, seeds))}; comparisons use seeds from 0), "
         f"timesteps {timesteps if timesteps is not None else 'preset'}. Score: IQM over seeds of the final "
-        "evaluation return on the training env.",
+        "evaluation return on the training env."
+        + (f" Fixed for every trial (--set): {_config_text(always)}." if always else ""),
         "",
         "| agent | configuration | score | returns per seed | chosen |",
         "|---|---|---:|---|:---:|",
