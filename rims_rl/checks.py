@@ -97,6 +97,10 @@ def ranked_choices(value: object, choices: Iterable[object], n_close: int = 5) -
     return close + [n for n in names if n not in close]
 
 
+#: How many of a long list of choices an error names (the closest).
+N_CLOSE = 5
+
+
 def unknown_choice_error(
     kind: str,
     value: object,
@@ -106,13 +110,16 @@ def unknown_choice_error(
     *,
     error: type[Exception] = ValueError,
 ) -> Exception:
-    """An ``error`` (to raise) naming the bad ``value`` and the valid choices, closest first, at most
-    ``max_listed`` of them: a typo fails where it is made, not deep inside gymnasium or after training."""
+    """An ``error`` (to raise) naming the bad ``value`` and the valid choices, closest first: all of
+    them up to ``max_listed``, else only the ``N_CLOSE`` closest (an env id's choices run to hundreds,
+    and one line of 1,400 characters helps nobody): a typo fails where it is made, not deep inside
+    gymnasium or after training."""
     ranked = ranked_choices(value, choices)
-    listed = ", ".join(ranked[:max_listed])
-    more = f", ... and {len(ranked) - max_listed} more" if len(ranked) > max_listed else ""
+    shown = ranked if len(ranked) <= max_listed else ranked[:N_CLOSE]
+    rest = len(ranked) - len(shown)
+    more = f", ... and {rest} more (`list` shows them)" if rest else ""
     where = f" {where}" if where else ""
-    return error(f"Unknown {kind} {value!r}{where}. Valid choices (closest first): {listed}{more}")
+    return error(f"unknown {kind} {value!r}{where}. Valid choices (closest first): {', '.join(shown)}{more}")
 
 
 def safe_name(name: str, default: str = "_", max_length: int = 100) -> str:

@@ -73,8 +73,10 @@ def test_unknown_choices_are_ranked_closest_first() -> None:
     assert ranked_choices("DoorKye", ["Empty", "DoorKey", "Doors"])[:2] == ["DoorKey", "Doors"]
     err = unknown_choice_error("suite", "bad", [f"s{i}" for i in range(30)], where="in x", error=PickedError)
     assert isinstance(err, PickedError)
-    assert str(err).startswith("Unknown suite 'bad' in x. Valid choices (closest first): s0, s1")
-    assert str(err).endswith(", s24, ... and 5 more")
+    assert str(err).startswith("unknown suite 'bad' in x. Valid choices (closest first): s0, s1")
+    assert str(err).endswith(", s4, ... and 25 more (`list` shows them)")  # a long list: the closest only
+    short = unknown_choice_error("suite", "bad", [f"s{i}" for i in range(25)])
+    assert str(short).endswith(", s24")
 
 
 @pytest.mark.parametrize(

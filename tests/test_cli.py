@@ -296,7 +296,7 @@ def test_evaluate_with_a_misspelt_suite_lists_suites(
     run_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     err = _fails_cleanly(["evaluate", "--checkpoint", str(run_dir), "--suite", "minigrid-doorkee"], capsys)
-    assert "Unknown suite" in err and "minigrid-doorkey" in err
+    assert "unknown suite" in err and "minigrid-doorkey" in err
 
 
 def test_written_files_follow_the_umask(run_dir: Path) -> None:
@@ -433,3 +433,9 @@ def test_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     for command in ("train", "evaluate", "list", "compare", "tune", "leaderboard", "status"):
         assert f"\n    {command}" in out
+
+
+def test_a_misspelt_pretrained_alias_gets_a_did_you_mean(capsys: pytest.CaptureFixture[str]) -> None:
+    assert train.main(["evaluate", "--checkpoint", "doorkey-5x5-rims_pp", "--episodes", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "(did you mean 'doorkey-5x5-rims_ppo'" in err and err.count("\n") == 1

@@ -248,7 +248,7 @@ def test_nan_or_inf_weights_are_refused_before_any_episode(
 @pytest.mark.parametrize(
     ("setting", "needle"),
     [
-        ("env.evil=1", "Unknown keyword argument 'evil'"),
+        ("env.evil=1", "unknown keyword argument 'evil'"),
         ("env.=1", "env.KEY=VALUE"),
         ("env.size=abc", "size='abc'"),
         ("env.agent_view_size=-3", "agent_view_size=-3"),

@@ -37,6 +37,7 @@ from rims_rl.app.atomic import atomic_write_bytes
 from rims_rl.app.config import RunConfig
 from rims_rl.app.errors import UserError
 from rims_rl.app.rundir import checkpoints_dir, final_model
+from rims_rl.checks import hint
 from rims_rl.envs.untrusted import UntrustedFileError, parse_json
 
 #: The algorithm classes a checkpoint may name (by class name, never imported from the file).
@@ -428,8 +429,8 @@ def resolve_checkpoint(name: str | Path) -> Path:
     aliases = list_pretrained()
     listed = ", ".join(aliases) if aliases else f"none (no models under {PRETRAINED_DIR})"
     raise CheckpointError(
-        f"checkpoint {str(name)!r} is not a file, a run directory or a pretrained alias; "
-        f"pretrained aliases: {listed}"
+        f"checkpoint {str(name)!r} is not a file, a run directory or a pretrained alias"
+        f"{hint(name, aliases)}; pretrained aliases: {listed}"
     )
 
 
