@@ -20,7 +20,6 @@ import csv
 import io
 import json
 import sys
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -28,24 +27,30 @@ from rims_rl.app.atomic import atomic_write_bytes, atomic_write_json
 from rims_rl.app.checkpoint import read_meta
 from rims_rl.app.curves import read_learning_curve
 from rims_rl.app.evaluation import EVAL_PROTOCOL
+from rims_rl.app.pack import slim_checkpoint
 from rims_rl.app.plots import plot_learning_curves
 from rims_rl.app.records import read_record, read_record_curve
+from rims_rl.checks import safe_name
+from rims_rl.envs.untrusted import UntrustedFileError, read_regular_file
 
 ROOT = Path(__file__).resolve().parents[1]
-OPTIMIZER_MEMBER = "policy.optimizer.pth"
-"""SB3's Adam state: twice the weights' size, and only a resumed training needs it (the run directory keeps
-it). A shipped agent is for evaluation and fine-tuning from fresh moments, so it goes without."""
+#: Inputs read from the compare folder (reports, CSV, JSON): far larger is a damaged or hostile file.
+MAX_INPUT_BYTES = 16 * 2**20
+
+
+def _read_text(path: Path, what: str) -> str:
+    """A regular file of at most ``MAX_INPUT_BYTES`` (a FIFO or ``/dev/zero`` is refused, never read)."""
+    try:
+        return read_regular_file(path, MAX_INPUT_BYTES, what).decode()
+    except (UntrustedFileError, UnicodeDecodeError) as err:
+        raise SystemExit(f"error: {err}") from err
 
 
 def without_optimizer(model_zip: Path) -> bytes:
-    """The checkpoint's bytes minus the optimizer state, every other member as it was: an Atari agent's
+    """The checkpoint minus the optimizer state (SB3's Adam moments: twice the weights, and only a resumed
+    training needs them; the run directory keeps them), every other member as it was: an Atari agent's
     40 MB becomes its 13 MB of weights, which loads everywhere a full checkpoint does."""
-    buf = io.BytesIO()
-    with zipfile.ZipFile(model_zip) as src, zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as dst:
-        for info in src.infolist():
-            if info.filename != OPTIMIZER_MEMBER:
-                dst.writestr(info, src.read(info), compress_type=zipfile.ZIP_DEFLATED)
-    return buf.getvalue()
+    return slim_checkpoint(model_zip, "none")
 
 
 def median_selection(compare_dir: Path, agent: str) -> tuple[int, str]:
@@ -53,7 +58,7 @@ def median_selection(compare_dir: Path, agent: str) -> tuple[int, str]:
     card: a reader should see it is not the best run."""
     returns = sorted(
         (float(r["mean_return"]), int(r["seed"]))
-        for r in csv.DictReader((compare_dir / "results.csv").open())
+        for r in csv.DictReader(io.StringIO(_read_text(compare_dir / "results.csv", "results")))
         if r["agent"] == agent and r["is_train"] == "True"
     )
     if not returns:
@@ -67,19 +72,21 @@ def package(
     compare_dir: Path, agent: str, seed: int, alias: str, selection: str = "", root: Path = ROOT
 ) -> Path:
     """Write ``<root>/pretrained/<alias>`` (model, card, learning curve) and return it."""
+    if alias != safe_name(alias):  # never a path: nothing is written outside pretrained/
+        raise SystemExit(f"error: alias {alias!r} must be one plain folder name (letters, digits, . _ -)")
     run_dir = compare_dir / "runs" / f"{agent}-seed{seed}"
     meta = read_meta(run_dir / "model.zip")
     config = meta.config.to_dict()
     rows = [
         r
-        for r in csv.DictReader((compare_dir / "results.csv").open())
+        for r in csv.DictReader(io.StringIO(_read_text(compare_dir / "results.csv", "results")))
         if r["agent"] == agent and int(r["seed"]) == seed
     ]
     if not rows:
         raise SystemExit(f"no results of {agent} seed {seed} in {compare_dir / 'results.csv'}")
     mode = (
         "deterministic"
-        if "deterministic_eval=True" in (compare_dir / "report.md").read_text()
+        if "deterministic_eval=True" in _read_text(compare_dir / "report.md", "report")
         else "stochastic"
     )
 
@@ -99,7 +106,7 @@ def package(
     }
     train_name = next(r["env"] for r in rows if r["is_train"] == "True")
     for stochastic in sorted((compare_dir / "stochastic" / f"{agent}-seed{seed}").glob("eval*.json")):
-        for r in json.loads(stochastic.read_text()):
+        for r in json.loads(_read_text(stochastic, "evaluation")):
             entry = evaluation.setdefault(r.get("env", r["env_id"]), {"env_id": r["env_id"]})
             entry["stochastic"] = scores(r["episodes"], r["mean_return"], r["success_rate"])
     episodes = sorted({ev[mode]["episodes"] for ev in evaluation.values() if mode in ev})
@@ -117,7 +124,7 @@ def package(
         "timesteps": meta.num_timesteps,
         "eval_seed": eval_seed,
         "eval_deterministic": mode == "deterministic",
-        "command": (compare_dir / "report.md").read_text().split("```")[1].strip(),
+        "command": _read_text(compare_dir / "report.md", "report").split("```")[1].strip(),
         "selection": selection or f"seed {seed}, chosen by hand",
         "config": config["model"],
         "evaluation": evaluation,

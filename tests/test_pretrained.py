@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from rims_rl.app import pack
 from rims_rl.app.checkpoint import PRETRAINED_DIR, list_pretrained
+from rims_rl.app.errors import UserError
 from rims_rl.app.evaluation import evaluate_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -200,3 +204,32 @@ def test_evaluation_shows_episodes_done_per_env(monkeypatch: pytest.MonkeyPatch)
     names = [r.env for r in results]
     assert seen[-1] == ("closed", 2 * len(names))
     assert [d for d, _ in seen[:-1]] == [f"evaluating {n}" for n in names for _ in range(2)]
+
+
+def test_packaging_reads_bounded_regular_files_and_writes_only_under_pretrained(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 39.5: an alias that is a path, and a compare folder whose files are a device, a FIFO or a
+    zip bomb, each end with one line, never a hang, a memory blow-up or a write outside pretrained/."""
+    path = Path(__file__).resolve().parents[1] / "experiments" / "package_pretrained.py"
+    spec = importlib.util.spec_from_file_location("package_pretrained_c", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    for alias in ("../escaped", "a/b", ".."):
+        with pytest.raises(SystemExit, match="one plain folder name"):
+            module.package(tmp_path, "lstm_ppo", 0, alias, root=tmp_path)
+    assert not (tmp_path / "escaped").exists()
+    (tmp_path / "zero.md").symlink_to("/dev/zero")
+    os.mkfifo(tmp_path / "fifo.md")
+    for name in ("zero.md", "fifo.md"):
+        with pytest.raises(SystemExit, match="not a regular file"):
+            module._read_text(tmp_path / name, "report")
+    monkeypatch.setattr(
+        pack, "MAX_MEMBER_BYTES", 1024
+    )  # the cap, scaled down: 2 KiB of zeros inflate past it
+    bomb = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("policy.pth", b"\0" * 2048)
+    with pytest.raises(UserError, match="larger than"):
+        module.without_optimizer(bomb)

@@ -57,20 +57,37 @@ def _cast(value: Any, dtype: th.dtype) -> Any:
     return value
 
 
-def _resume_checkpoint(path: Path, optimizer: Optimizer) -> bytes:
-    """The checkpoint's resume members, the optimizer state cast (or dropped) as asked."""
+def slim_checkpoint(path: Path, optimizer: Optimizer, members: tuple[str, ...] | None = None) -> bytes:
+    """A copy of checkpoint ``path`` holding ``members`` (None: all) with the optimizer state cast to
+    bfloat16, kept (``fp32``) or dropped (``none``): what ``pack`` commits and ``pretrained/`` ships.
+    Each member is read under ``MAX_MEMBER_BYTES`` (a zip bomb is refused, not inflated)."""
     buf = io.BytesIO()
-    with zipfile.ZipFile(path) as src, zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as dst:
-        for name in RESUME_MEMBERS:
-            if name not in src.namelist() or (name == OPTIMIZER_MEMBER and optimizer == "none"):
-                continue
-            data = src.read(name)
-            if name == OPTIMIZER_MEMBER and optimizer == "bf16":
-                state = th.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-                out = io.BytesIO()
-                th.save(_cast(state, th.bfloat16), out)
-                data = out.getvalue()
-            dst.writestr(name, data)
+    try:
+        with zipfile.ZipFile(path) as src, zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as dst:
+            for info in src.infolist():
+                name = info.filename
+                if (members is not None and name not in members) or (
+                    name == OPTIMIZER_MEMBER and optimizer == "none"
+                ):
+                    continue
+                if info.file_size > MAX_MEMBER_BYTES:
+                    raise UserError(
+                        f"{path}: {name!r} is larger than {MAX_MEMBER_BYTES // 2**20} MiB; refused"
+                    )
+                with src.open(info) as f:
+                    data = f.read(MAX_MEMBER_BYTES + 1)
+                if len(data) > MAX_MEMBER_BYTES:
+                    raise UserError(
+                        f"{path}: {name!r} inflates past {MAX_MEMBER_BYTES // 2**20} MiB; refused"
+                    )
+                if name == OPTIMIZER_MEMBER and optimizer == "bf16":
+                    state = th.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+                    out = io.BytesIO()
+                    th.save(_cast(state, th.bfloat16), out)
+                    data = out.getvalue()
+                dst.writestr(name, data)
+    except (OSError, zipfile.BadZipFile, EOFError, RuntimeError, NotImplementedError) as err:
+        raise UserError(f"{path} cannot be read as a checkpoint: {err}") from err
     return buf.getvalue()
 
 
@@ -92,7 +109,7 @@ def pack_run(run_dir: str | Path, out: str | Path, optimizer: Optimizer = "bf16"
         for log in sorted(logs.glob("*.csv")) if logs.is_dir() and not logs.is_symlink() else []:
             if log.is_file() and not log.is_symlink() and log.stat().st_size <= MAX_LOG_BYTES:
                 zf.write(log, f"logs/{log.name}")
-        zf.writestr(f"checkpoints/{checkpoint.name}", _resume_checkpoint(checkpoint, optimizer))
+        zf.writestr(f"checkpoints/{checkpoint.name}", slim_checkpoint(checkpoint, optimizer, RESUME_MEMBERS))
     return atomic_write_bytes(out, buf.getvalue())
 
 

@@ -268,7 +268,7 @@ def config_mismatch(job: RunJob) -> str | None:
             others = {k: v for k, v in record.settings.items() if k not in ("target", "envs")}
             if others == {k: v for k, v in job.eval_settings().items() if k not in ("target", "envs")}:
                 was = record.settings.get("envs")
-                if isinstance(was, list) and was and was[0] != training_env(job):
+                if isinstance(was, list) and was and not trains_on_current_env(job, was[0]):
                     return _another_experiment(
                         f"{record_path(job.run_dir)}: this run was trained on {_short(was[0])}", job
                     )
@@ -297,7 +297,8 @@ def config_mismatch(job: RunJob) -> str | None:
         checks["env"] = (config.env.env_id, job.env_id)
     else:  # a suite whose training env changed since (id or kwargs): not this run, whatever it is called
         trained_on = [config.env.name, config.env.env_id, dict(config.env.kwargs)]
-        checks["training env"] = (json.loads(json.dumps(trained_on, default=str)), training_env(job))
+        if not trains_on_current_env(job, trained_on):
+            checks["training env"] = (json.loads(json.dumps(trained_on, default=str)), training_env(job))
     if job.timesteps is not None:  # None: the preset's budget, whatever it is now
         checks["timesteps"] = (config.timesteps_requested, job.timesteps)
     if job.n_envs is not None:
@@ -367,7 +368,7 @@ def _checked_records(job: RunJob, raw: Any, source: Path) -> list[ScoreRecord] |
     specs = target.specs() if isinstance(target, Suite) else (target,)
     expected = {s.name: s.env_id for s in specs}
     train_env = training_env(job)
-    train_name = None if train_env is None else train_env[0]
+    train_name = None if train_env is None else train_env[0]  # which record is the training env's
     records: list[ScoreRecord] = []
     changed: str | None = None
     for i, item in enumerate(raw):
@@ -381,9 +382,9 @@ def _checked_records(job: RunJob, raw: Any, source: Path) -> list[ScoreRecord] |
                 f"run ({job.agent} seed {job.seed}){fix}"
             )
         is_train = rec["env"] == train_name if train_name is not None else True
-        trained_on = [rec["env"], rec["env_id"]]  # score records keep no kwargs: name and id are checked
         claim = f"{source}: record {i} is for env {_short(rec['env'])} ({_short(rec['env_id'])})"
-        if rec["is_train"] and train_env is not None and trained_on != train_env[:2]:
+        # score records keep no kwargs: their name and id are checked
+        if rec["is_train"] and not _same_env([rec["env"], rec["env_id"]], train_env):
             # another training env: another experiment, never re-scored as if it were this one
             raise UserError(_another_experiment(claim, job))
         if expected.get(rec["env"]) != rec["env_id"] or rec["is_train"] != is_train:
@@ -398,6 +399,22 @@ def _checked_records(job: RunJob, raw: Any, source: Path) -> list[ScoreRecord] |
     if rundir.finished_model(job.run_dir) is not None and config_mismatch(job) is None:
         return None  # the suite changed since: evaluate the final model again
     raise UserError(changed + fix)
+
+
+def trains_on_current_env(job: RunJob, trained_on: Any) -> bool:
+    """Whether ``trained_on`` (``[name, id]`` as score records keep it, or ``[name, id, kwargs]`` as
+    records' settings and configs do) is the env the job's suite trains on now: the one check that a run,
+    whatever file describes it, is this experiment and not another. A single-env job: always."""
+    return _same_env(trained_on, training_env(job))
+
+
+def _same_env(trained_on: Any, current: list[Any] | None) -> bool:
+    """``trains_on_current_env`` with the suite's current training env already built."""
+    if current is None:
+        return True
+    if not isinstance(trained_on, list | tuple) or not 2 <= len(trained_on) <= 3:
+        return False
+    return json.loads(json.dumps(list(trained_on), default=str)) == current[: len(trained_on)]
 
 
 def training_env(job: RunJob) -> list[Any] | None:
