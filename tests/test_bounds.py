@@ -117,3 +117,35 @@ def test_a_hostile_resume_form_is_refused_and_writes_nothing(tmp_path: Path) -> 
     assert not (tmp_path / "evil.txt").exists() and not any((tmp_path / "run").rglob("*.*"))
     with pytest.raises(UserError, match="not a resume form"):
         unpack_run(tmp_path / "form.zip.missing", tmp_path / "run2")
+
+
+@pytest.mark.parametrize("where", ["observations", "rewards", "dict"])
+def test_non_finite_observations_stop_the_run_with_a_clear_error(tmp_path: Path, where: str) -> None:
+    """Issue 39.4: an env that gives infinite observations (or rewards) stops the run as diverged, naming
+    the env's settings, instead of training on them and reporting finished: checked once per rollout."""
+    import json
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from rims_rl.app.runs import RunCallback, TrainingDiverged
+
+    obs = np.zeros((4, 2, 3), dtype=np.float32)
+    rewards = np.zeros((4, 2), dtype=np.float32)
+    callback = RunCallback(tmp_path, resolve_config("lstm_ppo", suite=SUITE), every=10**6)
+    callback.model = SimpleNamespace(  # type: ignore[assignment]
+        rollout_buffer=SimpleNamespace(
+            observations={"image": obs} if where == "dict" else obs, rewards=rewards
+        ),
+        num_timesteps=64,
+    )
+    callback._on_rollout_end()  # finite: nothing happens
+    if where == "rewards":
+        rewards[1, 0] = np.inf
+    else:
+        obs[1, 0, 0] = np.inf
+    with pytest.raises(
+        TrainingDiverged, match=f"non-finite {'rewards' if where == 'rewards' else 'observations'}"
+    ):
+        callback._on_rollout_end()
+    assert json.loads((tmp_path / "status.json").read_text())["state"] == "diverged"

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import gymnasium
+import numpy as np
 import sb3_contrib
 import stable_baselines3
 import torch as th
@@ -169,6 +170,21 @@ class RunCallback(BaseCallback):
         if self.model.num_timesteps - self.last_saved_step >= self.every:
             self.save()
 
+    def _on_rollout_end(self) -> None:
+        """Stop a run whose env gave non-finite observations or rewards (e.g. a noise scale of 1e300):
+        it would otherwise train on them and be reported finished. One vectorised check per rollout."""
+        buffer = self.model.rollout_buffer  # type: ignore[attr-defined]  # on-policy: PPO and RecurrentPPO
+        observations = buffer.observations
+        arrays = list(observations.values()) if isinstance(observations, dict) else [observations]
+        for name, array in (*(("observations", a) for a in arrays), ("rewards", buffer.rewards)):
+            if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
+                raise diverged(
+                    self.run_dir,
+                    self.model.num_timesteps,
+                    f"the env gave non-finite {name}",
+                    "Check the env's settings (--set env.KEY=..., the suite file), e.g. a noise scale.",
+                )
+
     def _on_step(self) -> bool:
         if self.stop_requested:
             self.stopped_early = True  # learn() ends before its budget
@@ -205,17 +221,16 @@ class RunCallback(BaseCallback):
         return path
 
 
-def diverged(run_dir: Path, step: int, what: str) -> TrainingDiverged:
+LOWER_LR = "Try a lower ppo.learning_rate or ppo.max_grad_norm (--set ppo.learning_rate=...)."
+
+
+def diverged(run_dir: Path, step: int, what: str, fix: str = LOWER_LR) -> TrainingDiverged:
     """The error for NaN/inf, naming the last good checkpoint (left in place as ``latest``)."""
     good = latest_checkpoint(rundir.checkpoints_dir(run_dir))
     keep = f"the last good checkpoint is {good}" if good else "no checkpoint had been written yet"
     write_status(run_dir, "diverged", step, good, what)
-    return TrainingDiverged(
-        f"training diverged at step {step}: {what}. Stopped; {keep}. Try a lower ppo.learning_rate or "
-        "ppo.max_grad_norm (--set ppo.learning_rate=...).",
-        run_dir,
-        good,
-    )
+    message = f"training diverged at step {step}: {what}. Stopped; {keep}. {fix}"
+    return TrainingDiverged(message, run_dir, good)
 
 
 def sigint_stops(callback: RunCallback) -> contextlib.AbstractContextManager[None]:
