@@ -40,6 +40,7 @@ from torch import Tensor, nn
 
 from rims_rl.checks import check_positive
 from rims_rl.cores.base import RecurrentCore, State
+from rims_rl.cores.rims_derived import _derived_loop, _RIMsDerived
 from rims_rl.cores.rims_fused import _fused_loop, _RIMsSequence
 from rims_rl.dropout import KeyedDropout
 
@@ -47,7 +48,13 @@ _CELLS = ("lstm", "gru")
 DEFAULT_UNITS = 6
 DEFAULT_UNIT_SIZE = 32  # width n_units * 32 when the policy is given none
 #: Attributes the fused path keeps on the module between calls (see ``RIMs.release_buffers``).
-_POOLED = ("_forward_pool", "_backward_pool", "_fused_weight_cache")
+_POOLED = (
+    "_forward_pool",
+    "_backward_pool",
+    "_derived_pool",
+    "_derived_backward_pool",
+    "_fused_weight_cache",
+)
 
 
 def usage_entropy(active_fraction: np.ndarray) -> float:
@@ -184,6 +191,9 @@ class RIMs(RecurrentCore):
         self.last_active_mask: Tensor | None = None
         #: Fused loop with a hand-written backward (exact; see ``forward``); False: the autograd reference.
         self.fast_path = True
+        #: On the fast path, one input slot and LSTM units run the re-derived loop (``rims_derived``: fewer
+        #: kernels per step); False, or GRU units, or several slots: the general fused loop.
+        self.derived_step = True
 
     def reset_parameters(self) -> None:
         """Uniform(-1/sqrt(fan_in), 1/sqrt(fan_in)) per unit, as torch does for Linear/LSTM."""
@@ -395,14 +405,23 @@ class RIMs(RecurrentCore):
             w_q = self.w_query.view(n, u, H, dk) * (1.0 / math.sqrt(dk))
             keys = torch.einsum("nuhd,tbhd->tnbhu", w_q, keys.squeeze(2)).contiguous()
             values = values.squeeze(2)
-        cell_w, w_comm = self._fused_weights()
+        derived = self.derived_step and S == 1 and self.cell == "lstm"
+        cell_w, w_comm = self._fused_weights(derived)
         resets: list[int] = []
         keep = None
         if episode_starts is not None:
             keep = (1.0 - episode_starts.to(x.dtype)).view(T, B, 1)
             resets = [t for t, any_start in enumerate(episode_starts.bool().any(dim=1).tolist()) if any_start]
-        inputs = (keys, values, h0, c0, w_query, w_comm, self.w_comm_out, *cell_w)
-        if torch.is_grad_enabled() and any(t.requires_grad for t in inputs):
+        if derived:  # (keys, values, h0, c0, w_x, w_hh, b, w_comm, w_comm_out)
+            inputs = (keys, values, h0, c0, *cell_w, w_comm, self.w_comm_out)
+        else:
+            inputs = (keys, values, h0, c0, w_query, w_comm, self.w_comm_out, *cell_w)
+        grad = torch.is_grad_enabled() and any(t.requires_grad for t in inputs)
+        if derived and grad:
+            out, c_t, mask = _RIMsDerived.apply(self, resets, keep, *inputs)
+        elif derived:
+            out, c_t, mask = _derived_loop(self, resets, keep, *inputs, save=False)[:3]
+        elif grad:
             out, c_t, mask = _RIMsSequence.apply(self, resets, keep, *inputs)
         else:
             out, c_t, mask = _fused_loop(self, resets, keep, *inputs, save=False)[:3]
@@ -439,18 +458,19 @@ class RIMs(RecurrentCore):
         mask = torch.zeros(n, B, dtype=torch.bool, device=h.device).scatter_(0, winners, True)
         return read.reshape(n, B, -1), mask
 
-    def _fused_weights(self) -> tuple[tuple[Tensor, ...], Tensor]:
+    def _fused_weights(self, derived: bool = False) -> tuple[tuple[Tensor, ...], Tensor]:
         """The weights in the fused loop's layout: ``(cell weights, w_comm)``.
 
-        LSTM: ``W_cell = [W_x; W_hh]`` and ``b_x + b_h`` (one matmul per step on [read, h]); GRU: the
-        four as they are. ``w_comm`` gets the query scale and its columns grouped per head as [query,
-        key, value], so a step's projection [n, B, heads * (2 dk + dv)] views as [B * heads, n, 2 dk + dv]
-        with no copy and the communication attention runs as batched matmuls over (sample, head).
+        LSTM: ``W_cell = [W_x; W_hh]`` and ``b_x + b_h`` (one matmul per step on [read, h]); with
+        ``derived`` (``rims_derived``), ``W_x``, ``W_hh`` and ``b_x + b_h``; GRU: the four as they are.
+        ``w_comm`` gets the query scale and its columns grouped per head as [query, key, value], so a
+        step's projection [n, B, heads * (2 dk + dv)] views as [B * heads, n, 2 dk + dv] with no copy
+        and the communication attention runs as batched matmuls over (sample, head).
         Without grad (rollouts: one call per env step) the result is cached until a weight changes
         (in-place updates bump ``_version``; moves and casts change ``data_ptr``).
         """
         sources = (self.w_x, self.w_hh, self.b_x, self.b_h, self.w_comm)
-        key = tuple((w.data_ptr(), w._version, w.dtype, w.device) for w in sources)
+        key = (derived, *((w.data_ptr(), w._version, w.dtype, w.device) for w in sources))
         cache = None if torch.is_grad_enabled() else self.__dict__.get("_fused_weight_cache")
         # weakrefs: a replaced parameter is another object even if its memory lands at the old address
         if (
@@ -459,11 +479,10 @@ class RIMs(RecurrentCore):
             and all(r() is w for r, w in zip(cache[0], sources, strict=True))
         ):
             return cache[2]
-        if self.cell == "lstm":
-            cell_w: tuple[Tensor, ...] = (
-                torch.cat([self.w_x, self.w_hh], dim=1),
-                (self.b_x + self.b_h).unsqueeze(1),
-            )
+        if self.cell == "lstm" and derived:
+            cell_w: tuple[Tensor, ...] = (self.w_x, self.w_hh, (self.b_x + self.b_h).unsqueeze(1))
+        elif self.cell == "lstm":
+            cell_w = (torch.cat([self.w_x, self.w_hh], dim=1), (self.b_x + self.b_h).unsqueeze(1))
         else:
             cell_w = (self.w_x, self.w_hh, self.b_x.unsqueeze(1), self.b_h.unsqueeze(1))
         w_comm: Tensor = self.w_comm
