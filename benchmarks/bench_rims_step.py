@@ -4,11 +4,12 @@ Usage: OMP_NUM_THREADS=1 python benchmarks/bench_rims_step.py [--shapes 8x32 64x
     [--repeats 7] [--rollout-steps 200] [--devices cpu cuda] [--reference]
 
 Forward+backward of one call at each BxT shape, input 64, RIMs with 6 units, k=4, paper attention sizes
-and dropout 0.1 (training mode): ``nn.LSTM``, RIMs on the re-derived loop (``derived_step``, the
-default), RIMs on the general fused loop (``derived_step = False``, the previous default) and, with
-``--reference``, the autograd reference. Then the rollout step: no-grad T=1 calls at B=16 with a carried
-state, as sb3's ``predict`` makes them (eval mode), per step. All candidates are timed interleaved (one
-repeat of each in turn) in one process, so load from other jobs hits them alike; read the ratios.
+and dropout 0.1 (training mode): ``nn.LSTM``, RIMs on the re-derived loop (``derived_step = True``;
+the default for B <= 16), RIMs on the general fused loop (``derived_step = False``, the previous default)
+and, with ``--reference``, the autograd reference. Then the rollout step: no-grad T=1 calls at B=16 with
+a carried state, as sb3's ``predict`` makes them (eval mode), per step. All candidates are timed
+interleaved (one repeat of each in turn) in one process, so load from other jobs hits them alike; read the
+ratios.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ def interleaved(fns: dict[str, Callable[[], None]], repeats: int, device: str) -
 def rims_path(core: RIMs, path: str) -> None:
     """Select ``derived`` (re-derived loop), ``fused`` (general fused loop) or ``reference``."""
     core.fast_path = path != "reference"
-    core.derived_step = path == "derived"
+    core.derived_step = path == "derived"  # forced either way, whatever the batch
 
 
 def fwd_bwd(module: nn.Module, x: torch.Tensor, path: str | None = None) -> Callable[[], None]:
@@ -110,7 +111,7 @@ def main() -> None:
         cols = ", ".join(f"{p} {per[p]:.0f} us = {per[p] / per['lstm']:.2f}x" for p in paths)
         lstm_us = per["lstm"]
         print(f"{device} rollout T=1 B=16 no grad, per step: nn.LSTM {lstm_us:.0f} us; {cols}", flush=True)
-        rims_path(rims, "derived")
+        rims.derived_step = None
 
 
 if __name__ == "__main__":

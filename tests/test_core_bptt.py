@@ -153,7 +153,7 @@ def test_fused_backward_gradcheck_with_dropout(cell: str) -> None:
 @pytest.mark.parametrize("cell, node", [("lstm", "_RIMsDerivedBackward"), ("gru", "_RIMsSequenceBackward")])
 def test_fused_path_is_the_default_and_builds_one_node(cell: str, node: str) -> None:
     core = RIMs(5, 24, cell=cell, **SMALL)
-    assert core.fast_path and core.derived_step
+    assert core.fast_path and core.derived_step is None  # the re-derived loop for small batches
     out, _ = core(torch.randn(6, 2, 5))
     seen, stack = set(), [out.grad_fn]
     while stack:
@@ -164,6 +164,27 @@ def test_fused_path_is_the_default_and_builds_one_node(cell: str, node: str) -> 
     names = {type(fn).__name__ for fn in seen}
     assert node in names
     assert not names & {"WhereBackward0", "SigmoidBackward0", "TopkBackward0"}  # no per-step nodes
+
+
+def test_large_batches_take_the_fused_loop_by_default() -> None:
+    """``derived_step = None``: the re-derived loop up to ``DERIVED_MAX_BATCH`` samples, the fused above."""
+    from rims_rl.cores.rims import DERIVED_MAX_BATCH
+
+    core = RIMs(5, 24, **SMALL)
+    cases = ((DERIVED_MAX_BATCH, "_RIMsDerivedBackward"), (DERIVED_MAX_BATCH + 1, "_RIMsSequenceBackward"))
+    for B, node in cases:
+        out, _ = core(torch.randn(3, B, 5))
+        assert node in repr_graph(out)
+
+
+def repr_graph(out: torch.Tensor) -> set[str]:
+    seen, stack = set(), [out.grad_fn]
+    while stack:
+        fn = stack.pop()
+        if fn is not None and fn not in seen:
+            seen.add(fn)
+            stack.extend(f for f, _ in fn.next_functions)
+    return {type(fn).__name__ for fn in seen}
 
 
 #: The fast paths for one input slot and LSTM units: the re-derived loop in C++ (``rims_ext``) and in
@@ -181,7 +202,7 @@ def fast_path(core: RIMs, path: str, monkeypatch: pytest.MonkeyPatch) -> Iterato
             m.setitem(rims_ext._STATE, "module", None)
         core.derived_step = path != "fused"
         yield
-    core.derived_step = True
+    core.derived_step = None
 
 
 def random_starts(T: int, B: int, seed: int) -> torch.Tensor:

@@ -47,6 +47,11 @@ from rims_rl.dropout import KeyedDropout
 _CELLS = ("lstm", "gru")
 DEFAULT_UNITS = 6
 DEFAULT_UNIT_SIZE = 32  # width n_units * 32 when the policy is given none
+#: Largest batch that runs the re-derived loop by default. It saves per-step kernel launches, which is
+#: what a small batch costs; its post-loop weight gradients and per-sample C++ loops grow with the batch.
+#: Measured on the CI kind of CPU (docs/benchmarks.md, "Compiled / re-derived RIMs step"): faster than
+#: the fused loop at B=8 and 16, level at B=32-64 with T=32, slower at B=64 with T=128.
+DERIVED_MAX_BATCH = 16
 #: Attributes the fused path keeps on the module between calls (see ``RIMs.release_buffers``).
 _POOLED = (
     "_forward_pool",
@@ -192,8 +197,9 @@ class RIMs(RecurrentCore):
         #: Fused loop with a hand-written backward (exact; see ``forward``); False: the autograd reference.
         self.fast_path = True
         #: On the fast path, one input slot and LSTM units run the re-derived loop (``rims_derived``: fewer
-        #: kernels per step); False, or GRU units, or several slots: the general fused loop.
-        self.derived_step = True
+        #: kernels per step, C++ on CPU where a compiler exists): ``None`` (default) where the batch is at
+        #: most ``DERIVED_MAX_BATCH``; True: always; False: never (the general fused loop).
+        self.derived_step: bool | None = None
 
     def reset_parameters(self) -> None:
         """Uniform(-1/sqrt(fan_in), 1/sqrt(fan_in)) per unit, as torch does for Linear/LSTM."""
@@ -405,7 +411,9 @@ class RIMs(RecurrentCore):
             w_q = self.w_query.view(n, u, H, dk) * (1.0 / math.sqrt(dk))
             keys = torch.einsum("nuhd,tbhd->tnbhu", w_q, keys.squeeze(2)).contiguous()
             values = values.squeeze(2)
-        derived = self.derived_step and S == 1 and self.cell == "lstm"
+        derived = S == 1 and self.cell == "lstm" and self.derived_step is not False
+        if self.derived_step is None:
+            derived = derived and B <= DERIVED_MAX_BATCH
         cell_w, w_comm = self._fused_weights(derived)
         resets: list[int] = []
         keep = None

@@ -109,15 +109,6 @@ def _derived_loop(
     cs[0] = c0
     sv = _DerivedSaved(mask, ws, vw, pd, p_all, hs, acts, tcs, cs)
 
-    # Per-step views, cut once (a Python slice costs more than the small kernels it feeds).
-    vw_s = vw.view(T, n * B, H + 1, G4).unbind(0)
-    keys_s = keys.view(T, n * B, H, u).unbind(0)
-    pd_s, pdh_s, p_s = pd.view(T, n * B, 1, H + 1).unbind(0), pd[..., :H].unbind(0), p_all.unbind(0)
-    hs_s, cs_s, tcs_s, out_s = hs.unbind(0), cs.unbind(0), tcs.unbind(0), out.unbind(0)
-    ifo_s, g_s = acts[..., : 3 * u].unbind(0), acts[..., 3 * u :].unbind(0)
-    i_s, f_s, o_s, gg_s = (a.unbind(0) for a in acts.split(u, dim=-1))
-    mask_s, m_s = mask.unbind(0), mask.unsqueeze(-1).unbind(0)
-    keep_s = keep.unbind(0) if keep is not None else ()
     top_k: int | None = None
     if comm:
         Hc, dkc, dvc = core.comm_heads, core.comm_key_size, core.comm_value_size
@@ -126,10 +117,6 @@ def _derived_loop(
         qkvs = ws.get("qkvs", False, T, n, B, Hc * Gc)
         atts = ws.get("atts", False, T, n, B, Hc * dvc)
         sv.hms, sv.qkvs, sv.atts = hms, qkvs, atts
-        hms_s, qkvs_s, atts_s = hms.unbind(0), qkvs.unbind(0), atts.unbind(0)
-        att4_s = atts.view(T, n, B, Hc, dvc).unbind(0)
-        heads = qkvs.view(T, n, B * Hc, Gc).transpose(1, 2)  # [T, B*Hc, n, Gc]: one attention per (b, head)
-        q_s, k_s, v_s = (a.unbind(0) for a in heads.split((dkc, dkc, dvc), dim=-1))
         top_k = core.comm_top_k if core.comm_top_k is not None and core.comm_top_k < n else None
     if use_ext:  # the same steps as the loop below, in C++ (``rims_ext``)
         none = h0.new_empty(0)
@@ -153,6 +140,21 @@ def _derived_loop(
         if not save:
             ws.release()
         return out, c_t, mask, (sv if save else None)
+
+    # Per-step views, cut once (a Python slice costs more than the small kernels it feeds).
+    vw_s = vw.view(T, n * B, H + 1, G4).unbind(0)
+    keys_s = keys.view(T, n * B, H, u).unbind(0)
+    pd_s, pdh_s, p_s = pd.view(T, n * B, 1, H + 1).unbind(0), pd[..., :H].unbind(0), p_all.unbind(0)
+    hs_s, cs_s, tcs_s, out_s = hs.unbind(0), cs.unbind(0), tcs.unbind(0), out.unbind(0)
+    ifo_s, g_s = acts[..., : 3 * u].unbind(0), acts[..., 3 * u :].unbind(0)
+    i_s, f_s, o_s, gg_s = (a.unbind(0) for a in acts.split(u, dim=-1))
+    mask_s, m_s = mask.unbind(0), mask.unsqueeze(-1).unbind(0)
+    keep_s = keep.unbind(0) if keep is not None else ()
+    if comm:
+        hms_s, qkvs_s, atts_s = hms.unbind(0), qkvs.unbind(0), atts.unbind(0)
+        att4_s = atts.view(T, n, B, Hc, dvc).unbind(0)
+        heads = qkvs.view(T, n, B * Hc, Gc).transpose(1, 2)  # [T, B*Hc, n, Gc]: one attention per (b, head)
+        q_s, k_s, v_s = (a.unbind(0) for a in heads.split((dkc, dkc, dvc), dim=-1))
 
     noise_in: list[Tensor] = []
     probs_c: list[Tensor] = []
