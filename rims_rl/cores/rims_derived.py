@@ -235,14 +235,7 @@ def _derived_backward(
     opts: dict[str, Any] = dict(dtype=d_out.dtype, device=d_out.device)
     reset_set = set(resets)
     scratch = _Workspace.acquire(core, opts, "_derived_backward_pool")
-    mf = sv.mask.to(d_out.dtype).unsqueeze(-1)  # [T,n,B,1]
 
-    # Factors that do not depend on the incoming gradient, for all steps at once.
-    i, f, o, g = sv.acts.split(u, dim=-1)
-    tc, c_prev = sv.tcs, sv.cs[:T]
-    k_c = o * (1.0 - tc * tc)  # dc'/dh' through h' = o tanh(c')
-    fac = scratch.get("fac", False, T, n, B, G4)  # d(pre-activation) = fac * (dc' for i, f, g; dh' for o)
-    torch.cat([g * i * (1.0 - i), c_prev * f * (1.0 - f), tc * o * (1.0 - o), i * (1.0 - g * g)], -1, out=fac)
     dgates = scratch.get("dgates", False, T, n, B, G4)
     ds = scratch.get("ds", False, T, n, B, H)
     w_hh_t = w_hh.transpose(1, 2)
@@ -268,6 +261,13 @@ def _derived_backward(
         )  # fmt: skip
         return _weight_grads(core, values, w_x, sv, dgates, ds, dh, dc, dqkv if comm else None,
                              dcomm if comm else None, scratch)  # fmt: skip
+    mf = sv.mask.to(d_out.dtype).unsqueeze(-1)  # [T,n,B,1]
+    # Factors that do not depend on the incoming gradient, for all steps at once.
+    i, f, o, g = sv.acts.split(u, dim=-1)
+    tc, c_prev = sv.tcs, sv.cs[:T]
+    k_c = o * (1.0 - tc * tc)  # dc'/dh' through h' = o tanh(c')
+    fac = scratch.get("fac", False, T, n, B, G4)  # d(pre-activation) = fac * (dc' for i, f, g; dh' for o)
+    torch.cat([g * i * (1.0 - i), c_prev * f * (1.0 - f), tc * o * (1.0 - o), i * (1.0 - g * g)], -1, out=fac)
     dsig = sv.p * (1.0 - sv.p)
     if sv.noise_in is not None:  # d(gates)/d(p) passes the dropout mask
         dsig = dsig * sv.noise_in
