@@ -6,7 +6,8 @@ Usage: OMP_NUM_THREADS=1 python benchmarks/bench_rims_step.py [--shapes 8x32 64x
 Forward+backward of one call at each BxT shape, input 64, RIMs with 6 units, k=4, paper attention sizes
 and dropout 0.1 (training mode): ``nn.LSTM``, RIMs on the re-derived loop (``derived_step = True``;
 the default for B <= 16), RIMs on the general fused loop (``derived_step = False``, the previous default)
-and, with ``--reference``, the autograd reference. Then the rollout step: no-grad T=1 calls at B=16 with
+and, with ``--python-loop``, the re-derived loop in Python (the fallback without a compiler) and, with
+``--reference``, the autograd reference. Then the rollout step: no-grad T=1 calls at B=16 with
 a carried state, as sb3's ``predict`` makes them (eval mode), per step. All candidates are timed
 interleaved (one repeat of each in turn) in one process, so load from other jobs hits them alike; read the
 ratios.
@@ -21,6 +22,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from rims_rl.cores import rims_ext
 from rims_rl.cores.rims import RIMs
 
 
@@ -45,10 +47,15 @@ def interleaved(fns: dict[str, Callable[[], None]], repeats: int, device: str) -
     return {name: sorted(ts)[len(ts) // 2] for name, ts in times.items()}
 
 
+_BUILT = rims_ext.extension()  # the C++ loop (None without a compiler: "derived" is the Python loop)
+
+
 def rims_path(core: RIMs, path: str) -> None:
-    """Select ``derived`` (re-derived loop), ``fused`` (general fused loop) or ``reference``."""
+    """Select ``derived`` (re-derived loop, C++ where built), ``derived-py`` (its Python loop), ``fused``
+    (general fused loop) or ``reference``."""
+    rims_ext._STATE["module"] = None if path == "derived-py" else _BUILT
     core.fast_path = path != "reference"
-    core.derived_step = path == "derived"  # forced either way, whatever the batch
+    core.derived_step = path.startswith("derived")  # forced either way, whatever the batch
 
 
 def fwd_bwd(module: nn.Module, x: torch.Tensor, path: str | None = None) -> Callable[[], None]:
@@ -86,10 +93,13 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--rollout-steps", type=int, default=200)
     parser.add_argument("--reference", action="store_true", help="also time the autograd reference")
+    parser.add_argument("--python-loop", action="store_true", help="also time the derived loop in Python")
     parser.add_argument("--devices", nargs="+", choices=["cpu", "cuda"], default=None)
     args = parser.parse_args()
     devices = args.devices or ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    paths = ["derived", "fused"] + (["reference"] if args.reference else [])
+    paths = ["derived"] + (["derived-py"] if args.python_loop else []) + ["fused"]
+    paths += ["reference"] if args.reference else []
+    print(f"C++ loop: {'built' if _BUILT is not None else 'not built (derived = its Python loop)'}")
     print(f"torch {torch.__version__}, CPU threads {torch.get_num_threads()}, hidden {args.hidden}")
     for device in devices:
         torch.manual_seed(0)
@@ -111,6 +121,7 @@ def main() -> None:
         cols = ", ".join(f"{p} {per[p]:.0f} us = {per[p] / per['lstm']:.2f}x" for p in paths)
         lstm_us = per["lstm"]
         print(f"{device} rollout T=1 B=16 no grad, per step: nn.LSTM {lstm_us:.0f} us; {cols}", flush=True)
+        rims_path(rims, "derived")
         rims.derived_step = None
 
 

@@ -1,7 +1,9 @@
 """Recurrent Independent Mechanisms (Goyal et al., ICLR 2021) as a drop-in for ``nn.LSTM``.
 
 This module holds the math and the reference step loop; the fused time loop with its hand-written
-backward is ``rims_rl.cores.rims_fused``.
+backward is ``rims_rl.cores.rims_fused``, and the loop re-derived for fewer kernels per step (one input
+slot, LSTM units, batches up to ``DERIVED_MAX_BATCH``; C++ on CPU where a compiler exists) is
+``rims_rl.cores.rims_derived``.
 
 All units run at once: per-unit weights are stacked along a unit dimension and applied with one
 batched matmul (``einsum`` over ``[B, n_units, ...] x [n_units, ...]``), so there is no Python loop
