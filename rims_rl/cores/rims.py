@@ -2,7 +2,7 @@
 
 This module holds the math and the reference step loop; the fused time loop with its hand-written
 backward is ``rims_rl.cores.rims_fused``, and the loop re-derived for fewer kernels per step (one input
-slot, LSTM units, batches up to ``DERIVED_MAX_BATCH``; C++ on CPU where a compiler exists) is
+slot, LSTM units, batches up to ``DERIVED_MAX_BATCH``, CPU with a C++ compiler) is
 ``rims_rl.cores.rims_derived``.
 
 All units run at once: per-unit weights are stacked along a unit dimension and applied with one
@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rims_rl.checks import check_positive
+from rims_rl.cores import rims_ext
 from rims_rl.cores.base import RecurrentCore, State
 from rims_rl.cores.rims_derived import _derived_loop, _RIMsDerived
 from rims_rl.cores.rims_fused import _fused_loop, _RIMsSequence
@@ -200,7 +201,8 @@ class RIMs(RecurrentCore):
         self.fast_path = True
         #: On the fast path, one input slot and LSTM units run the re-derived loop (``rims_derived``: fewer
         #: kernels per step, C++ on CPU where a compiler exists): ``None`` (default) where the batch is at
-        #: most ``DERIVED_MAX_BATCH``; True: always; False: never (the general fused loop).
+        #: most ``DERIVED_MAX_BATCH`` and the C++ loop is built (its Python loop is no faster than the fused
+        #: one; on CUDA it is unmeasured); True: always; False: never (the general fused loop).
         self.derived_step: bool | None = None
 
     def reset_parameters(self) -> None:
@@ -414,8 +416,8 @@ class RIMs(RecurrentCore):
             keys = torch.einsum("nuhd,tbhd->tnbhu", w_q, keys.squeeze(2)).contiguous()
             values = values.squeeze(2)
         derived = S == 1 and self.cell == "lstm" and self.derived_step is not False
-        if self.derived_step is None:
-            derived = derived and B <= DERIVED_MAX_BATCH
+        if self.derived_step is None:  # by default only where it was measured faster: small batches, C++
+            derived = derived and B <= DERIVED_MAX_BATCH and rims_ext.usable(x)
         cell_w, w_comm = self._fused_weights(derived)
         resets: list[int] = []
         keep = None
