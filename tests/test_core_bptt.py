@@ -11,12 +11,16 @@ under the finite-difference step (a flip would show up as a failure, not pass si
 from __future__ import annotations
 
 import itertools
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 import torch
 from torch import nn
 from torch.func import functional_call
 
+from rims_rl.cores import rims_ext
 from rims_rl.cores.rims import RIMs
 
 SMALL = dict(
@@ -146,9 +150,12 @@ def test_fused_backward_gradcheck_with_dropout(cell: str) -> None:
     assert torch.autograd.gradcheck(fn, (x, h0, *params), eps=1e-6, atol=1e-7, rtol=1e-5)
 
 
-def test_fused_path_is_the_default_and_builds_one_node() -> None:
-    core = RIMs(5, 24, **SMALL)
-    assert core.fast_path
+@pytest.mark.parametrize("cell, node", [("lstm", "_RIMsDerivedBackward"), ("gru", "_RIMsSequenceBackward")])
+def test_fused_path_is_the_default_and_builds_one_node(cell: str, node: str) -> None:
+    if rims_ext.extension() is None:  # no compiler: the default is the fused loop for LSTM units too
+        node = "_RIMsSequenceBackward"
+    core = RIMs(5, 24, cell=cell, **SMALL)
+    assert core.fast_path and core.derived_step is None  # the re-derived loop for small batches
     out, _ = core(torch.randn(6, 2, 5))
     seen, stack = set(), [out.grad_fn]
     while stack:
@@ -157,8 +164,141 @@ def test_fused_path_is_the_default_and_builds_one_node() -> None:
             seen.add(fn)
             stack.extend(f for f, _ in fn.next_functions)
     names = {type(fn).__name__ for fn in seen}
-    assert "_RIMsSequenceBackward" in names
+    assert node in names
     assert not names & {"WhereBackward0", "SigmoidBackward0", "TopkBackward0"}  # no per-step nodes
+
+
+def test_large_batches_take_the_fused_loop_by_default() -> None:
+    """``derived_step = None``: the re-derived loop (C++) up to ``DERIVED_MAX_BATCH`` samples, else fused."""
+    from rims_rl.cores.rims import DERIVED_MAX_BATCH
+
+    core = RIMs(5, 24, **SMALL)
+    small = "_RIMsDerivedBackward" if rims_ext.extension() is not None else "_RIMsSequenceBackward"
+    cases = ((DERIVED_MAX_BATCH, small), (DERIVED_MAX_BATCH + 1, "_RIMsSequenceBackward"))
+    for B, node in cases:
+        out, _ = core(torch.randn(3, B, 5))
+        assert node in repr_graph(out)
+
+
+def repr_graph(out: torch.Tensor) -> set[str]:
+    seen, stack = set(), [out.grad_fn]
+    while stack:
+        fn = stack.pop()
+        if fn is not None and fn not in seen:
+            seen.add(fn)
+            stack.extend(f for f, _ in fn.next_functions)
+    return {type(fn).__name__ for fn in seen}
+
+
+#: The fast paths for one input slot and LSTM units: the re-derived loop in C++ (``rims_ext``) and in
+#: Python (no compiler), and the general fused loop (``derived_step = False``).
+FAST_PATHS = ["derived_cpp", "derived_python", "fused"]
+
+
+@contextmanager
+def fast_path(core: RIMs, path: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Run ``core`` on one of ``FAST_PATHS`` inside the block."""
+    if path == "derived_cpp" and rims_ext.extension() is None:
+        pytest.skip("no C++ compiler here: the C++ loop is not built (the Python loop is tested)")
+    with monkeypatch.context() as m:
+        if path == "derived_python":
+            m.setitem(rims_ext._STATE, "module", None)
+        core.derived_step = path != "fused"
+        yield
+    core.derived_step = None
+
+
+def random_starts(T: int, B: int, seed: int) -> torch.Tensor:
+    """Episode starts at random steps and samples (about one step in five), as rollouts have them."""
+    g = torch.Generator().manual_seed(seed)
+    return (torch.rand(T, B, generator=g) < 0.2).to(torch.float64)
+
+
+@pytest.mark.parametrize("path", FAST_PATHS)
+@pytest.mark.parametrize("comm", list(COMMS))
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+def test_derived_loop_equals_autograd_reference(
+    path: str, comm: str, dropout: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Outputs, final state, active-unit masks and every gradient (parameters, x, h0, c0) agree with the
+    reference loop to float64 rounding, with episode starts at random positions and dropout masks drawn
+    from the same seed."""
+    torch.manual_seed(3)
+    core = RIMs(5, 24, input_dropout=dropout, comm_dropout=dropout, **{**SMALL, **COMMS[comm]})
+    core = core.double().train()
+    T, B = 9, 4
+    x = torch.randn(T, B, 5, dtype=torch.float64, requires_grad=True)
+    h0 = torch.randn(1, B, 24, dtype=torch.float64, requires_grad=True)
+    c0 = torch.randn(1, B, 24, dtype=torch.float64, requires_grad=True)
+    weights = torch.randn(T, B, 24, dtype=torch.float64)
+    starts = random_starts(T, B, seed=4)
+    assert starts[1:].any() and not starts.all()
+    with fast_path(core, path, monkeypatch):
+        new_out, new_mask, new_grads = run(core, True, x, h0, c0, starts, weights)
+    ref_out, ref_mask, ref_grads = run(core, False, x, h0, c0, starts, weights)
+    assert torch.equal(new_mask, ref_mask)
+    for a, b in zip(new_out, ref_out, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    names = [n for n, _ in core.named_parameters()] + ["x", "h0", "c0"]
+    for name, a, b in zip(names, new_grads, ref_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10, msg=name)
+
+
+@pytest.mark.parametrize("path", FAST_PATHS)
+def test_derived_loop_float32_and_no_grad(path: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """float32 (what training uses) agrees with the reference to float32 rounding, with and without grad."""
+    torch.manual_seed(5)
+    core = RIMs(7, 24, **SMALL).eval()
+    x = torch.randn(12, 3, 7, requires_grad=True)
+    starts = random_starts(12, 3, seed=6).float()
+    with fast_path(core, path, monkeypatch):
+        out, (h, c) = core(x, episode_starts=starts)
+        mask = core.last_active_mask
+        (g,) = torch.autograd.grad(out.pow(2).sum() + c.sum(), x)
+        with torch.no_grad():
+            out_ng = core(x, episode_starts=starts)[0]
+    core.fast_path = False
+    ref, (ref_h, ref_c) = core(x, episode_starts=starts)
+    (ref_g,) = torch.autograd.grad(ref.pow(2).sum() + ref_c.sum(), x)
+    assert torch.equal(mask, core.last_active_mask)
+    for a, b in ((out, ref), (out_ng, ref), (h, ref_h), (c, ref_c), (g, ref_g)):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_failed_build_falls_back_with_one_warning(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No compiler: the Python loop runs, one warning line for the process, never an error."""
+
+    def no_compiler() -> None:
+        raise RuntimeError("Ninja is required to load C++ extensions\nmore lines of the build log")
+
+    monkeypatch.setattr(rims_ext, "_build", no_compiler)
+    monkeypatch.setattr(rims_ext, "_STATE", {})
+    monkeypatch.delenv("RIMS_RL_NO_EXT", raising=False)
+    torch.manual_seed(0)
+    core = RIMs(5, 24, **SMALL).double().eval()  # no dropout: every call is the same function
+    x = torch.randn(6, 2, 5, dtype=torch.float64)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        outs = [core(x)[0] for _ in range(3)]
+        outs[0].sum().backward()
+    messages = [str(w.message) for w in caught]
+    assert len(messages) == 1 and "\n" not in messages[0] and "Ninja is required" in messages[0]
+    assert rims_ext.extension() is None
+    core.fast_path = False
+    torch.testing.assert_close(outs[0], core(x)[0], rtol=1e-12, atol=1e-12)
+
+
+def test_no_ext_environment_variable_skips_the_build_silently(monkeypatch: pytest.MonkeyPatch) -> None:
+    def must_not_build() -> None:
+        raise AssertionError("built although RIMS_RL_NO_EXT=1")
+
+    monkeypatch.setattr(rims_ext, "_build", must_not_build)
+    monkeypatch.setattr(rims_ext, "_STATE", {})
+    monkeypatch.setenv("RIMS_RL_NO_EXT", "1")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        RIMs(5, 24, **SMALL)(torch.randn(3, 2, 5))
+    assert rims_ext.extension() is None
 
 
 def test_no_grad_call_equals_grad_call_and_builds_no_graph() -> None:
@@ -243,9 +383,10 @@ def test_release_buffers_then_run_again() -> None:
     x = torch.randn(4, 2, 5)
     out, _ = core(x)
     out.sum().backward()
-    assert "_backward_pool" in core.__dict__
+    assert "_derived_backward_pool" in core.__dict__  # LSTM units, one slot: the re-derived loop
     core.release_buffers()
-    assert not {"_forward_pool", "_backward_pool", "_fused_weight_cache"} & set(core.__dict__)
+    pools = {"_forward_pool", "_backward_pool", "_derived_pool", "_derived_backward_pool"}
+    assert not (pools | {"_fused_weight_cache"}) & set(core.__dict__)
     core.eval()
     with torch.no_grad():
         torch.testing.assert_close(core(x)[0], core(x)[0])

@@ -9,7 +9,9 @@ apart) gave for seed 0 of each of those agents with the settings its record stor
 one with today's code and asserts equality: the parameters before and after the update, the rollout
 buffer's arrays (sha256) and the update's logged losses (exact).
 
-One change since is deliberate and is switched off here: chunked minibatches of a torch LSTM/GRU core
+Two changes since are deliberate and are switched off here. RIMs' small batches run a re-derived time
+loop in C++ (``rims_rl/cores/rims_derived.py``, ``rims_ext.py``; equal to the fused loop to rounding,
+``tests/test_core_bptt.py``). And chunked minibatches of a torch LSTM/GRU core
 now run their episode segments in one or two calls (``rims_rl.policies._run_segments``, issue 43)
 instead of sb3-contrib's per-step loop, which the 2026-12-02 code used. The two agree to float rounding,
 not bit for bit (``tests/test_segments.py`` checks outputs, states and gradients), so these tests take
@@ -34,6 +36,7 @@ import torch as th
 from fingerprint import fingerprint, job_of_record, library_versions
 
 from rims_rl import policies
+from rims_rl.cores import rims_ext
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURE = json.loads((Path(__file__).parent / "data" / "fingerprints-2026-12-02.json").read_text())
@@ -65,8 +68,10 @@ def _restore_threads() -> Iterator[None]:
 
 @pytest.fixture(autouse=True)
 def _step_loop(monkeypatch: pytest.MonkeyPatch) -> None:
-    """sb3-contrib's per-step loop for starts inside sequences, as the 2026-12-02 code ran them."""
+    """sb3-contrib's per-step loop for starts inside sequences, and RIMs' fused loop instead of the
+    C++ re-derived one, as the 2026-12-02 code ran them."""
     monkeypatch.setattr(policies, "_takes_packed", lambda core: False)
+    monkeypatch.setattr(rims_ext, "usable", lambda x: False)
 
 
 def _check(run: dict[str, Any]) -> None:

@@ -1,7 +1,9 @@
 """Recurrent Independent Mechanisms (Goyal et al., ICLR 2021) as a drop-in for ``nn.LSTM``.
 
 This module holds the math and the reference step loop; the fused time loop with its hand-written
-backward is ``rims_rl.cores.rims_fused``.
+backward is ``rims_rl.cores.rims_fused``, and the loop re-derived for fewer kernels per step (one input
+slot, LSTM units, batches up to ``DERIVED_MAX_BATCH``, CPU with a C++ compiler) is
+``rims_rl.cores.rims_derived``.
 
 All units run at once: per-unit weights are stacked along a unit dimension and applied with one
 batched matmul (``einsum`` over ``[B, n_units, ...] x [n_units, ...]``), so there is no Python loop
@@ -39,15 +41,28 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rims_rl.checks import check_positive
+from rims_rl.cores import rims_ext
 from rims_rl.cores.base import RecurrentCore, State
+from rims_rl.cores.rims_derived import _derived_loop, _RIMsDerived
 from rims_rl.cores.rims_fused import _fused_loop, _RIMsSequence
 from rims_rl.dropout import KeyedDropout
 
 _CELLS = ("lstm", "gru")
 DEFAULT_UNITS = 6
 DEFAULT_UNIT_SIZE = 32  # width n_units * 32 when the policy is given none
+#: Largest batch that runs the re-derived loop by default. It saves per-step kernel launches, which is
+#: what a small batch costs; its post-loop weight gradients and per-sample C++ loops grow with the batch.
+#: Measured on the CI kind of CPU (docs/benchmarks.md, "Compiled / re-derived RIMs step"): faster than
+#: the fused loop at B=8 and 16, level at B=32-64 with T=32, slower at B=64 with T=128.
+DERIVED_MAX_BATCH = 16
 #: Attributes the fused path keeps on the module between calls (see ``RIMs.release_buffers``).
-_POOLED = ("_forward_pool", "_backward_pool", "_fused_weight_cache")
+_POOLED = (
+    "_forward_pool",
+    "_backward_pool",
+    "_derived_pool",
+    "_derived_backward_pool",
+    "_fused_weight_cache",
+)
 
 
 def usage_entropy(active_fraction: np.ndarray) -> float:
@@ -184,6 +199,11 @@ class RIMs(RecurrentCore):
         self.last_active_mask: Tensor | None = None
         #: Fused loop with a hand-written backward (exact; see ``forward``); False: the autograd reference.
         self.fast_path = True
+        #: On the fast path, one input slot and LSTM units run the re-derived loop (``rims_derived``: fewer
+        #: kernels per step, C++ on CPU where a compiler exists): ``None`` (default) where the batch is at
+        #: most ``DERIVED_MAX_BATCH`` and the C++ loop is built (its Python loop is no faster than the fused
+        #: one; on CUDA it is unmeasured); True: always; False: never (the general fused loop).
+        self.derived_step: bool | None = None
 
     def reset_parameters(self) -> None:
         """Uniform(-1/sqrt(fan_in), 1/sqrt(fan_in)) per unit, as torch does for Linear/LSTM."""
@@ -395,14 +415,25 @@ class RIMs(RecurrentCore):
             w_q = self.w_query.view(n, u, H, dk) * (1.0 / math.sqrt(dk))
             keys = torch.einsum("nuhd,tbhd->tnbhu", w_q, keys.squeeze(2)).contiguous()
             values = values.squeeze(2)
-        cell_w, w_comm = self._fused_weights()
+        derived = S == 1 and self.cell == "lstm" and self.derived_step is not False
+        if self.derived_step is None:  # by default only where it was measured faster: small batches, C++
+            derived = derived and B <= DERIVED_MAX_BATCH and rims_ext.usable(x)
+        cell_w, w_comm = self._fused_weights(derived)
         resets: list[int] = []
         keep = None
         if episode_starts is not None:
             keep = (1.0 - episode_starts.to(x.dtype)).view(T, B, 1)
             resets = [t for t, any_start in enumerate(episode_starts.bool().any(dim=1).tolist()) if any_start]
-        inputs = (keys, values, h0, c0, w_query, w_comm, self.w_comm_out, *cell_w)
-        if torch.is_grad_enabled() and any(t.requires_grad for t in inputs):
+        if derived:  # (keys, values, h0, c0, w_x, w_hh, b, w_comm, w_comm_out)
+            inputs = (keys, values, h0, c0, *cell_w, w_comm, self.w_comm_out)
+        else:
+            inputs = (keys, values, h0, c0, w_query, w_comm, self.w_comm_out, *cell_w)
+        grad = torch.is_grad_enabled() and any(t.requires_grad for t in inputs)
+        if derived and grad:
+            out, c_t, mask = _RIMsDerived.apply(self, resets, keep, *inputs)
+        elif derived:
+            out, c_t, mask = _derived_loop(self, resets, keep, *inputs, save=False)[:3]
+        elif grad:
             out, c_t, mask = _RIMsSequence.apply(self, resets, keep, *inputs)
         else:
             out, c_t, mask = _fused_loop(self, resets, keep, *inputs, save=False)[:3]
@@ -439,18 +470,19 @@ class RIMs(RecurrentCore):
         mask = torch.zeros(n, B, dtype=torch.bool, device=h.device).scatter_(0, winners, True)
         return read.reshape(n, B, -1), mask
 
-    def _fused_weights(self) -> tuple[tuple[Tensor, ...], Tensor]:
+    def _fused_weights(self, derived: bool = False) -> tuple[tuple[Tensor, ...], Tensor]:
         """The weights in the fused loop's layout: ``(cell weights, w_comm)``.
 
-        LSTM: ``W_cell = [W_x; W_hh]`` and ``b_x + b_h`` (one matmul per step on [read, h]); GRU: the
-        four as they are. ``w_comm`` gets the query scale and its columns grouped per head as [query,
-        key, value], so a step's projection [n, B, heads * (2 dk + dv)] views as [B * heads, n, 2 dk + dv]
-        with no copy and the communication attention runs as batched matmuls over (sample, head).
+        LSTM: ``W_cell = [W_x; W_hh]`` and ``b_x + b_h`` (one matmul per step on [read, h]); with
+        ``derived`` (``rims_derived``), ``W_x``, ``W_hh`` and ``b_x + b_h``; GRU: the four as they are.
+        ``w_comm`` gets the query scale and its columns grouped per head as [query, key, value], so a
+        step's projection [n, B, heads * (2 dk + dv)] views as [B * heads, n, 2 dk + dv] with no copy
+        and the communication attention runs as batched matmuls over (sample, head).
         Without grad (rollouts: one call per env step) the result is cached until a weight changes
         (in-place updates bump ``_version``; moves and casts change ``data_ptr``).
         """
         sources = (self.w_x, self.w_hh, self.b_x, self.b_h, self.w_comm)
-        key = tuple((w.data_ptr(), w._version, w.dtype, w.device) for w in sources)
+        key = (derived, *((w.data_ptr(), w._version, w.dtype, w.device) for w in sources))
         cache = None if torch.is_grad_enabled() else self.__dict__.get("_fused_weight_cache")
         # weakrefs: a replaced parameter is another object even if its memory lands at the old address
         if (
@@ -459,11 +491,10 @@ class RIMs(RecurrentCore):
             and all(r() is w for r, w in zip(cache[0], sources, strict=True))
         ):
             return cache[2]
-        if self.cell == "lstm":
-            cell_w: tuple[Tensor, ...] = (
-                torch.cat([self.w_x, self.w_hh], dim=1),
-                (self.b_x + self.b_h).unsqueeze(1),
-            )
+        if self.cell == "lstm" and derived:
+            cell_w: tuple[Tensor, ...] = (self.w_x, self.w_hh, (self.b_x + self.b_h).unsqueeze(1))
+        elif self.cell == "lstm":
+            cell_w = (torch.cat([self.w_x, self.w_hh], dim=1), (self.b_x + self.b_h).unsqueeze(1))
         else:
             cell_w = (self.w_x, self.w_hh, self.b_x.unsqueeze(1), self.b_h.unsqueeze(1))
         w_comm: Tensor = self.w_comm
