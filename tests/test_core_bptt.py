@@ -11,6 +11,7 @@ under the finite-difference step (a flip would show up as a failure, not pass si
 from __future__ import annotations
 
 import itertools
+import pathlib
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -413,3 +414,26 @@ def test_replaced_parameter_and_pickling_with_cached_state() -> None:
     assert "_fused_weight_cache" not in loaded.__dict__
     with torch.no_grad():
         torch.testing.assert_close(loaded(x)[0], fused)
+
+
+def test_a_stale_build_lock_is_cleared_not_waited_for(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A process killed while building the C++ loop leaves torch's lock file; torch would wait for it
+    forever, hanging every later RIMs run on the machine. An old lock is removed; a fresh one is kept."""
+    import os
+    import time
+
+    from torch.utils import cpp_extension
+
+    from rims_rl.cores import rims_ext
+
+    monkeypatch.setattr(cpp_extension, "_get_build_directory", lambda name, verbose: str(tmp_path))
+    lock = tmp_path / "lock"
+    lock.write_text("")
+    rims_ext._clear_stale_lock(rims_ext.EXTENSION_NAME)
+    assert lock.exists()  # a build may be running now
+    old = time.time() - rims_ext.STALE_LOCK_SECONDS - 1
+    os.utime(lock, (old, old))
+    rims_ext._clear_stale_lock(rims_ext.EXTENSION_NAME)
+    assert not lock.exists()

@@ -14,7 +14,9 @@ Python loop runs instead: same results, one warning line, never an error.
 from __future__ import annotations
 
 import os
+import time
 import warnings
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -407,11 +409,29 @@ def extension() -> ModuleType | None:
     return module
 
 
+EXTENSION_NAME = "rims_rl_derived_loop"
+#: A build lock older than this was left by a process killed while it built (a build takes 1-2 minutes):
+#: torch waits for its lock file to vanish with no time limit, so every later RIMs run would hang.
+STALE_LOCK_SECONDS = 900
+
+
+def _clear_stale_lock(name: str) -> None:
+    from torch.utils.cpp_extension import _get_build_directory
+
+    try:
+        lock = Path(_get_build_directory(name, verbose=False)) / "lock"
+        if lock.exists() and time.time() - lock.stat().st_mtime > STALE_LOCK_SECONDS:
+            lock.unlink(missing_ok=True)
+    except OSError:
+        pass  # the build below says what is wrong with the folder
+
+
 def _build() -> ModuleType:
     from torch.utils.cpp_extension import load_inline
 
+    _clear_stale_lock(EXTENSION_NAME)
     return load_inline(
-        name="rims_rl_derived_loop",
+        name=EXTENSION_NAME,
         cpp_sources=_SOURCE,
         functions=["forward", "backward"],
         extra_cflags=["-O3", "-fopenmp-simd"],  # the pragmas vectorise the dot products
