@@ -1,0 +1,72 @@
+"""Commit-sized snapshot of long runs in progress: each run's learning curve (CSV + PNG) and status line.
+
+The Atari campaign (issue 42) trains for many sessions; its run directories live under ``$RIMS_RL_RUNS``,
+outside the checkout. What a reader of the repository sees of it between sessions is this snapshot:
+
+    python experiments/campaign_snapshot.py ~/rims-rl-runs/compare-pong-cpu docs/results/atari-pong-cpu
+
+writes ``<out>/<run>.csv`` (timesteps, rollout/ep_rew_mean), ``<out>/learning_curves.png`` (every run) and
+``<out>/status.txt`` (``train.py status`` of each run), atomically. Optionally ``--pack`` also writes each
+run's resume form (``train.py pack``, weights only: ~12 MiB for a Pong agent) for a lost machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from rims_rl.app.atomic import atomic_write_bytes  # noqa: E402
+from rims_rl.app.curves import read_learning_curve  # noqa: E402
+from rims_rl.app.pack import pack_run  # noqa: E402
+from rims_rl.app.plots import plot_learning_curves  # noqa: E402
+from rims_rl.app.status import describe_run, find_run_dirs  # noqa: E402
+
+
+def snapshot(source: Path, out: Path, pack: bool = False) -> list[Path]:
+    """Write the snapshot of every run under ``source`` into ``out``; return the files written."""
+    runs = find_run_dirs(source)
+    written: list[Path] = []
+    curves = {}
+    for run in runs:
+        curve = read_learning_curve(run)
+        if curve is not None:
+            rows = "".join(f"{int(t)},{float(v):.6g}\n" for t, v in zip(*curve, strict=True))
+            written.append(
+                atomic_write_bytes(out / f"{run.name}.csv", ("timesteps,episode_return\n" + rows).encode())
+            )
+            curves[run.name] = [curve]
+        if pack:
+            written.append(pack_run(run, out / f"{run.name}.resume.zip", optimizer="none"))
+    figure = plot_learning_curves(
+        curves, out / "learning_curves.png", title=f"{source.name}: training return"
+    )
+    if figure is not None:
+        written.append(figure)
+    status = "\n".join(describe_run(run).replace(str(source), source.name) for run in runs) + "\n"
+    written.append(atomic_write_bytes(out / "status.txt", status.encode()))
+    return written
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("source", type=Path, help="a compare (or run) directory of the campaign")
+    parser.add_argument("out", type=Path, help="the folder to commit")
+    parser.add_argument("--pack", action="store_true", help="also each run's resume form (weights only)")
+    args = parser.parse_args(argv)
+    if not find_run_dirs(args.source):
+        print(f"error: no runs under {args.source}; give a compare or run directory", file=sys.stderr)
+        return 2
+    for path in snapshot(args.source, args.out, args.pack):
+        print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
