@@ -439,3 +439,35 @@ def test_a_misspelt_pretrained_alias_gets_a_did_you_mean(capsys: pytest.CaptureF
     assert train.main(["evaluate", "--checkpoint", "doorkey-5x5-rims_pp", "--episodes", "1"]) == 2
     err = capsys.readouterr().err
     assert "(did you mean 'doorkey-5x5-rims_ppo'" in err and err.count("\n") == 1
+
+
+def test_campaign_snapshot_writes_the_curve_status_and_resume_form(tmp_path: Path) -> None:
+    """experiments/campaign_snapshot.py: what a session commits of a long run it leaves running."""
+    import importlib.util
+
+    run = tmp_path / "campaign" / "runs" / "lstm_ppo-seed0"
+    argv = [
+        "train",
+        "--agent",
+        "lstm_ppo",
+        "--env",
+        TINY_ENV,
+        "--timesteps",
+        "128",
+        "--checkpoint-every",
+        "64",
+    ]
+    assert train.main([*argv, "--run-dir", str(run), "--no-progress", *TINY_FLAGS]) == 0
+    spec = importlib.util.spec_from_file_location(
+        "campaign_snapshot", Path(__file__).resolve().parents[1] / "experiments" / "campaign_snapshot.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "out"
+    assert module.main([str(tmp_path / "campaign"), str(out), "--pack"]) == 0
+    assert (out / "status.txt").read_text().startswith("campaign/runs/lstm_ppo-seed0: finished, 128 / 128")
+    with zipfile.ZipFile(out / "lstm_ppo-seed0.resume.zip") as zf:
+        names = zf.namelist()
+    assert "config.json" in names and any(n.startswith("checkpoints/step_") for n in names)
+    assert module.main([str(tmp_path / "nothing"), str(out)]) == 2
