@@ -19,7 +19,7 @@ checked, and record folders must lie inside the spec's own folder.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -380,6 +380,18 @@ def _cell_text(cell: Cell | None, pending: str | None, applicable: bool) -> str:
     return f"{cell.train.fmt()} / **{cell.ood.fmt()}**, n={cell.seeds}{rate}{flag}"
 
 
+def _agent_by_suite(spec: Spec, text: Callable[[str, SuiteEntry], str]) -> list[str]:
+    """A Markdown table: one row per agent of the spec, one column per suite, ``text`` in each cell."""
+    lines = [
+        "| agent | " + " | ".join(s.suite for s in spec.suites) + " |",
+        "|---|" + "---|" * len(spec.suites),
+    ]
+    lines += [
+        f"| {agent} | " + " | ".join(text(agent, s) for s in spec.suites) + " |" for agent in spec.agents
+    ]
+    return lines
+
+
 def markdown(
     spec: Spec,
     cells: Mapping[tuple[str, str], Cell],
@@ -409,16 +421,14 @@ def markdown(
         "throughput where the records carry it (2-core shared CPU machine: compare it within a column).",
         "Scales differ between suites (POPGym returns lie in [-1, 1], MiniGrid's in [0, 1]).",
         "",
-        "| agent | " + " | ".join(s.suite for s in spec.suites) + " |",
-        "|---|" + "---|" * len(spec.suites),
     ]
-    for agent in spec.agents:
-        row = []
-        for suite in spec.suites:
-            cmd = suite.pending.get(agent)
-            label = commands.get(cmd) if cmd else None
-            row.append(_cell_text(cells.get((agent, suite.suite)), label, agent not in suite.not_applicable))
-        lines.append(f"| {agent} | " + " | ".join(row) + " |")
+
+    def score(agent: str, suite: SuiteEntry) -> str:
+        cmd = suite.pending.get(agent)
+        label = commands.get(cmd) if cmd else None
+        return _cell_text(cells.get((agent, suite.suite)), label, agent not in suite.not_applicable)
+
+    lines += _agent_by_suite(spec, score)
     if sizes:
         lines += [
             "",
@@ -427,14 +437,10 @@ def markdown(
             "Parameters of each cell's model as its runs were configured: the recurrent core (actor and",
             "critic; its size relative to lstm_ppo's core on the same suite) / the whole policy.",
             "",
-            "| agent | " + " | ".join(s.suite for s in spec.suites) + " |",
-            "|---|" + "---|" * len(spec.suites),
         ]
-        for agent in spec.agents:
-            row = [
-                _size_text(sizes.get((agent, s.suite)), sizes.get(("lstm_ppo", s.suite))) for s in spec.suites
-            ]
-            lines.append(f"| {agent} | " + " | ".join(row) + " |")
+        lines += _agent_by_suite(
+            spec, lambda agent, s: _size_text(sizes.get((agent, s.suite)), sizes.get(("lstm_ppo", s.suite)))
+        )
     notes = [f"- **{s.suite}**: {s.note}" for s in spec.suites if s.note]
     if notes:
         lines += ["", "## Suites", "", *notes]
