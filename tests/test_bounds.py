@@ -149,3 +149,20 @@ def test_non_finite_observations_stop_the_run_with_a_clear_error(tmp_path: Path,
     ):
         callback._on_rollout_end()
     assert json.loads((tmp_path / "status.json").read_text())["state"] == "diverged"
+
+
+@pytest.mark.parametrize(
+    ("agents", "seeds", "needle"),
+    [
+        (["lstm_ppo", "lstm_ppo"], 1, "lstm_ppo more than once"),
+        (["lstm_ppo"], [0, 0], "a seed more than once"),
+    ],
+)
+def test_an_agent_or_seed_named_twice_is_refused(
+    tmp_path: Path, agents: list, seeds: object, needle: str
+) -> None:
+    """Issue 39.4: `compare --agents lstm_ppo lstm_ppo` counted one run twice in every statistic."""
+    request = CompareRequest(agents=agents, suite=SUITE, seeds=seeds, out=str(tmp_path / "c"))  # type: ignore[arg-type]
+    with pytest.raises(UserError, match=needle):
+        run_compare(request)
+    assert not (tmp_path / "c").exists()

@@ -172,6 +172,8 @@ def _as_seeds(seeds: int | Iterable[int]) -> list[int]:
     chosen = list(itertools.islice(seeds, MAX_SEEDS + 1))
     if len(chosen) > MAX_SEEDS:
         raise UserError(f"at most {MAX_SEEDS} seeds per compare; split the comparison")
+    if len(set(chosen)) < len(chosen):
+        raise UserError(f"seeds {chosen} name a seed more than once; name each once")
     return [check_int("seed", s, 0, MAX_SEED, error=UserError) for s in chosen]
 
 
@@ -200,6 +202,9 @@ def _plan(request: CompareRequest) -> _Plan:
     if (suite is None) == (env is None):
         raise UserError("compare needs exactly one of --suite or --env")
     agents = _as_list(request.agents, DEFAULT_AGENTS)
+    twice = sorted({a for a in agents if agents.count(a) > 1})
+    if twice:  # one run would be counted twice in every statistic
+        raise UserError(f"--agents names {', '.join(twice)} more than once; name each agent once")
     eval_episodes = request.eval_episodes
     with user_input():
         for agent in agents:
