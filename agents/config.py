@@ -256,7 +256,8 @@ class AgentPreset:
         if self.policy not in valid:
             raise ValueError(f"policy for {self.algo} must be one of {valid}, got {self.policy!r}")
         check_int("n_envs", self.n_envs, 1, MAX_N_ENVS)
-        check_int("n_timesteps", self.n_timesteps, 1, MAX_TIMESTEPS)
+        # room for a budget of MAX_TIMESTEPS rounded up to whole rollouts (resolve_config)
+        check_int("n_timesteps", self.n_timesteps, 1, MAX_TIMESTEPS + MAX_N_STEPS * MAX_N_ENVS)
         if self.vec_env is not None and self.vec_env not in VEC_ENVS:
             raise ValueError(f"vec_env must be null or one of {VEC_ENVS}, got {self.vec_env!r}")
         if not isinstance(self.channels_last, bool):

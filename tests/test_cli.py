@@ -257,13 +257,19 @@ def test_train_refuses_values_it_used_to_accept(tmp_path: Path, capsys: pytest.C
     assert not target.exists()
 
 
-def test_a_huge_budget_is_rounded_exactly() -> None:
+def test_the_largest_budget_is_rounded_exactly_and_a_larger_one_refused() -> None:
+    from rims_rl.agents.config import MAX_TIMESTEPS
     from rims_rl.app.config import resolve_config
+    from rims_rl.app.errors import UserError
 
-    requested = 99999999999999999999999999
-    overrides = {"ppo.n_steps": 16, "ppo.batch_size": 16}
+    overrides = {"ppo.n_steps": 48, "ppo.batch_size": 16}  # rollouts of 96 steps: 10**10 is no multiple
+    requested = MAX_TIMESTEPS - 1
     config = resolve_config("rims_ppo", TINY_ENV, timesteps=requested, n_envs=2, overrides=overrides)
-    assert config.timesteps % 32 == 0 and 0 <= config.timesteps - requested < 32
+    assert config.timesteps % 96 == 0 and 0 <= config.timesteps - requested < 96
+    with pytest.raises(UserError, match="timesteps must be an integer in"):
+        resolve_config(
+            "rims_ppo", TINY_ENV, timesteps=99999999999999999999999999, n_envs=2, overrides=overrides
+        )
 
 
 def test_resume_with_only_unreadable_checkpoints_refuses_to_start_over(
