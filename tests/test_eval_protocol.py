@@ -55,7 +55,7 @@ def test_train_eval_episodes_scores_with_the_protocol(
     monkeypatch.setattr(cli, "train_run", lambda *a, **k: tmp_path)
 
     def fake_eval(
-        checkpoint: Any, target: Any, episodes: int, deterministic: bool, seed: int, out: Any
+        checkpoint: Any, target: Any, episodes: int, deterministic: bool, seed: int, out: Any, **kw: Any
     ) -> int:
         seen.update(episodes=episodes, deterministic=deterministic, seed=seed)
         return 0

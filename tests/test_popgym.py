@@ -158,8 +158,11 @@ def test_eval_table_shows_the_normalised_score_only_where_an_env_has_one() -> No
 
 def test_every_agent_with_flat_input_has_a_popgym_preset() -> None:
     for agent in AGENTS:
-        if "classic" not in families_of(agent):
-            assert "popgym" not in families_of(agent)  # image-only agents
+        families = families_of(agent)
+        if "classic" in families:
+            assert "popgym" in families, agent  # every flat-input agent runs the memory suites
+        if "popgym" not in families:
+            assert set(families) <= {"atari", "minigrid"}, agent  # image-only agents
             continue
         preset = get_preset(agent, "popgym")
         assert preset.policy in ("MlpRimsPolicy", "MlpPolicy")

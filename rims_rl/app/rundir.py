@@ -136,7 +136,11 @@ def check_no_links(run_dir: str | Path) -> None:
     writes would land wherever the link points."""
     run = Path(run_dir)
     for place in (run, *(run / d for d in (CHECKPOINTS_DIR, LOGS_DIR, TB_DIR)), run / LOCK_NAME):
-        if place.is_symlink():
+        try:
+            link = place.is_symlink()
+        except OSError:  # a name too long, say: creating the directory says so in one line
+            return
+        if link:
             raise UserError(
                 f"{str(place)!r} is a symbolic link; a run directory and its folders must be real ones, so "
                 "that nothing is written outside it: remove the link or give another directory"
