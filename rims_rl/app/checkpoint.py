@@ -20,6 +20,7 @@ import json
 import os
 import re
 import sys
+import warnings
 import zipfile
 import zlib
 from collections.abc import Iterator, Mapping
@@ -318,7 +319,9 @@ def read_meta(path: str | Path) -> CheckpointMeta:
 def _load_tensors(zf: zipfile.ZipFile, name: str, path: Path, device: th.device | str) -> Any:
     raw = _read_member(zf, name, path, MAX_TENSOR_BYTES)
     try:
-        return th.load(io.BytesIO(raw), map_location=device, weights_only=True)
+        with warnings.catch_warnings():  # torch's note on protocol-5 pickles: the refusal below says more
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            return th.load(io.BytesIO(raw), map_location=device, weights_only=True)
     except Exception as err:  # pickle.UnpicklingError, RuntimeError for bad archives, ...
         raise CheckpointError(
             f"checkpoint {str(path)!r}: {name!r} is not a plain tensor file (refused to unpickle it, or "
