@@ -40,9 +40,9 @@ from stable_baselines3.common.torch_layers import (
 from stable_baselines3.common.type_aliases import Schedule
 from torch import nn
 
-from rims_rl.checks import check_number, check_positive, hint
+from rims_rl.checks import check_number, check_positive, hint, is_int, is_number
 from rims_rl.cores.base import RecurrentCore, TorchRNNCore
-from rims_rl.cores.registry import core_settings, get_core
+from rims_rl.cores.registry import core_defaults, core_settings, get_core
 from rims_rl.cores.stack import StackedCore
 from rims_rl.dropout import KeyedDropout, new_keys
 
@@ -73,6 +73,24 @@ class CoreConfig(NamedTuple):
 def _check_width(name: str, value: object) -> None:
     """nn.LSTM's checks of a width, with its exception types (TypeError for a non-integer)."""
     check_positive(name, value, type_error=WidthError)
+
+
+def _check_setting_types(core: str, label: str, kwargs: dict[str, Any], defaults: dict[str, Any]) -> None:
+    """A setting whose default is a bool, an int or a float must be one too, checked here once for every
+    core (plug-ins included): ``use_comm=no`` would otherwise be a truthy string, and a float width a
+    TypeError deep inside the constructor."""
+    for key, value in kwargs.items():
+        default = defaults.get(key)
+        if isinstance(default, bool):
+            ok, kind = isinstance(value, bool), "true or false"
+        elif isinstance(default, int):
+            ok, kind = is_int(value), "an integer"
+        elif isinstance(default, float):
+            ok, kind = is_number(value), "a number"
+        else:
+            continue  # no default, or None: the core checks it (or takes anything)
+        if not ok:
+            raise ValueError(f"{label} {key} of core={core!r} must be {kind}, got {value!r}")
 
 
 def resolve_core_config(
@@ -118,6 +136,7 @@ def resolve_core_config(
                 f"unknown {label} key {key!r} for core={core!r}{hint(key, valid)} "
                 f"(valid: {', '.join(valid) or 'none'})"
             )
+    _check_setting_types(core, label, kwargs, core_defaults(cls))
     lstm_kw = dict(lstm_kwargs or {})
     dropout = 0.0
     if cls.native_layers:

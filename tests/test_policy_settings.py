@@ -6,6 +6,8 @@ the same exception type; ``core="lstm"`` is MlpLstmPolicy, errors included.
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch as th
@@ -156,3 +158,19 @@ def test_stats_callback_logs_what_the_core_reports(tmp_path, core: str, cue_env:
     header = (tmp_path / "progress.csv").read_text().splitlines()[0].split(",")
     for prefix in (core, f"{core}_critic"):
         assert {c.split("/", 1)[1] for c in header if c.startswith(prefix + "/")} == expected
+
+
+@pytest.mark.parametrize(
+    ("settings", "needle"),
+    [
+        ({"use_comm": "no"}, "use_comm of core='rims' must be true or false, got 'no'"),
+        ({"k": 2.5}, "k of core='rims' must be an integer, got 2.5"),
+        ({"k": True}, "k of core='rims' must be an integer, got True"),
+        ({"input_dropout": "0.1"}, "input_dropout of core='rims' must be a number"),
+    ],
+)
+def test_core_settings_of_the_wrong_type_are_one_line(settings: dict, needle: str) -> None:
+    """Issue 39.4: a setting is checked against its default's type, once, for every core: `no` is not
+    true, and a float width never reaches the constructor as a TypeError."""
+    with pytest.raises(ValueError, match=re.escape(needle)):
+        MlpRimsPolicy(OBS, ACT, lr, core="rims", core_kwargs=settings)
