@@ -227,6 +227,32 @@ def validate_popgym_kwargs(env_id: str, env_kwargs: Mapping[str, Any]) -> None:
         value = env_kwargs.get(key)
         if value is not None:
             check_int(f"{key} for {env_id}", value, low, high)
+    _check_by_building(env_id, env_kwargs)
+
+
+#: (id, settings) already built once by ``_check_by_building``: every env of a run is checked, built once.
+_BUILT: set[tuple[str, str]] = set()
+
+
+def _check_by_building(env_id: str, env_kwargs: Mapping[str, Any]) -> None:
+    """Build the env, reset it and take one step: popgym checks some settings only there (``k`` against
+    the deck size, ``pad_actions`` on a continuous action space), with asserts; they become one
+    ``ValueError`` naming the settings, before a run starts rather than inside its first rollout."""
+    key = (env_id, repr(sorted(env_kwargs.items())))
+    if key in _BUILT:
+        return
+    try:
+        env = _popgym_env(env_id, 0, **env_kwargs)
+        try:
+            env.reset(seed=0)
+            env.step(env.action_space.sample())
+        finally:
+            env.close()
+    except Exception as err:  # popgym's asserts and its own errors: the settings are what is wrong
+        settings = ", ".join(f"{k}={v!r}" for k, v in env_kwargs.items()) or "its defaults"
+        reason = " ".join(str(err).split())[:200] or type(err).__name__
+        raise ValueError(f"{env_id} cannot be built with {settings}: {reason}") from err
+    _BUILT.add(key)
 
 
 def make_popgym_env(env_id: str, seed: int | None = None, **env_kwargs: Any) -> gym.Env:

@@ -219,3 +219,15 @@ def test_tune_evaluates_on_the_training_env_it_trained_on(tmp_path) -> None:
     assert json.loads((out / "tune.json").read_text())["agents"]["ppo"]["chosen"] == {
         "ppo.learning_rate": 1e-3
     }
+
+
+@pytest.mark.parametrize(
+    ("env_id", "kwargs"),
+    [("popgym-RepeatPrevious-v0", {"k": 1024}), ("popgym-StatelessCartPole-v0", {"pad_actions": 4})],
+)
+def test_settings_popgym_itself_refuses_are_one_line_before_a_run(env_id: str, kwargs: dict) -> None:
+    """Issue 39.4: settings inside the bounds that popgym refuses only when built or stepped (k against
+    the deck size, padded actions on a continuous space) are found by building the env once."""
+    with pytest.raises(ValueError, match=f"{env_id} cannot be built with") as err:
+        make_env(env_id, **kwargs)
+    assert "\n" not in str(err.value)
