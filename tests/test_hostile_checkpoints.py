@@ -335,3 +335,40 @@ def test_a_linked_pretrained_alias_writes_its_eval_files_to_runs_eval(
     assert (tmp_path / "runs" / "eval" / "linked" / "eval.json").is_file()
     assert sorted(p.name for p in target.iterdir()) == ["model.zip"]
     assert not list(pretrained.rglob("eval*"))
+
+
+def _patched(members: dict[str, bytes], how: str) -> bytes:
+    """A stored (uncompressed) zip of ``members`` with its first member damaged as ``how`` says: an
+    encrypted flag, an unknown compression method, or a flipped data byte (a bad CRC)."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    raw = bytearray(buf.getvalue())
+    local, central = raw.find(b"PK\x03\x04"), raw.find(b"PK\x01\x02")
+    if how == "encrypted":
+        raw[local + 6] |= 1
+        raw[central + 8] |= 1
+    elif how == "compression":
+        raw[local + 8 : local + 10] = (99).to_bytes(2, "little")
+        raw[central + 10 : central + 12] = (99).to_bytes(2, "little")
+    else:
+        name_len = int.from_bytes(raw[local + 26 : local + 28], "little")
+        raw[local + 30 + name_len] ^= 0xFF
+    return bytes(raw)
+
+
+@pytest.mark.parametrize("how", ["encrypted", "compression", "crc"])
+@pytest.mark.parametrize("kind", ["ours", "foreign"])
+def test_zip_anomalies_in_a_checkpoint_are_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], how: str, kind: str
+) -> None:
+    """Issue 39.5: an encrypted member, an unknown compression method or a bad CRC in a checkpoint (ours:
+    its metadata; another project's: its `data`) gives one line, exit 2, no traceback."""
+    first = "rims_config.json" if kind == "ours" else "data"
+    path = tmp_path / "model.zip"
+    path.write_bytes(_patched({first: b'{"a": 1}' * 8, "policy.pth": b"x"}, how))
+    argv = ["evaluate", "--checkpoint", str(path), "--env", TINY_ENV, "--episodes", "1"]
+    assert train.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err

@@ -251,7 +251,7 @@ def _readable(path: Path) -> bool:
 
 
 # ------------------------------------------------------------------------------------------------ load
-def _open_zip(path: Path) -> zipfile.ZipFile:
+def open_zip(path: Path) -> zipfile.ZipFile:
     if not path.exists():
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
     if not path.is_file():
@@ -267,8 +267,9 @@ def _open_zip(path: Path) -> zipfile.ZipFile:
     return zf
 
 
-def _read_member(zf: zipfile.ZipFile, name: str, path: Path, limit: int) -> bytes:
-    """One entry, at most ``limit`` bytes decompressed: a zip bomb or a giant tensor is refused, not read."""
+def read_member(zf: zipfile.ZipFile, name: str, path: Path, limit: int) -> bytes:
+    """One entry, at most ``limit`` bytes decompressed: a zip bomb or a giant tensor is refused, not read;
+    a damaged, encrypted or oddly compressed one is a ``CheckpointError`` (one line), never a traceback."""
     try:
         with zf.open(name) as f:
             data = f.read(limit + 1)
@@ -282,14 +283,16 @@ def _read_member(zf: zipfile.ZipFile, name: str, path: Path, limit: int) -> byte
         raise CheckpointError(
             f"checkpoint {str(path)!r} has no {name!r} entry: not an SB3/rims-rl checkpoint"
         ) from err
-    except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as err:
+    except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as err:  # a bad CRC, a truncated member
         raise CheckpointError(f"checkpoint {str(path)!r}: entry {name!r} is corrupt: {err}") from err
+    except (RuntimeError, NotImplementedError) as err:  # an encrypted member, an unknown compression
+        raise CheckpointError(f"checkpoint {str(path)!r}: entry {name!r} cannot be read: {err}") from err
 
 
 def read_meta(path: str | Path) -> CheckpointMeta:
     """Our JSON entry of a checkpoint (no unpickling); ``CheckpointError`` if absent or unreadable."""
     path = Path(path)
-    with _open_zip(path) as zf:
+    with open_zip(path) as zf:
         if META_NAME not in zf.namelist():
             if "data" not in zf.namelist():  # never suggest trusting a damaged file
                 raise CheckpointError(
@@ -301,7 +304,7 @@ def read_meta(path: str | Path) -> CheckpointMeta:
                 "loading it would unpickle code from the file: if you trust its source, pass "
                 "--trust-checkpoint (trust=True)"
             )
-        raw = _read_member(zf, META_NAME, path, MAX_META_BYTES)
+        raw = read_member(zf, META_NAME, path, MAX_META_BYTES)
     try:
         meta = parse_json(raw, f"checkpoint {str(path)!r}: its {META_NAME}")
     except UntrustedFileError as err:
@@ -317,7 +320,7 @@ def read_meta(path: str | Path) -> CheckpointMeta:
 
 
 def _load_tensors(zf: zipfile.ZipFile, name: str, path: Path, device: th.device | str) -> Any:
-    raw = _read_member(zf, name, path, MAX_TENSOR_BYTES)
+    raw = read_member(zf, name, path, MAX_TENSOR_BYTES)
     try:
         with warnings.catch_warnings():  # torch's note on protocol-5 pickles: the refusal below says more
             warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
@@ -332,7 +335,7 @@ def _load_tensors(zf: zipfile.ZipFile, name: str, path: Path, device: th.device 
 def load_weights(model: BaseAlgorithm, path: str | Path, optimizer: bool = False) -> None:
     """Load ``policy.pth`` (and ``policy.optimizer.pth``) into ``model`` with ``weights_only=True``."""
     path = Path(path)
-    with _open_zip(path) as zf:
+    with open_zip(path) as zf:
         state = _load_tensors(zf, "policy.pth", path, model.device)
         _check_finite(state, path)
         try:
@@ -367,18 +370,18 @@ def _check_finite(state: Any, path: Path) -> None:
 def load_trusted(path: str | Path, env: VecEnv | None, device: str = "auto") -> BaseAlgorithm:
     """SB3's own ``load`` (unpickles code from the file): only for checkpoints from a trusted source."""
     path = Path(path)
-    with _open_zip(path) as zf:
+    with open_zip(path) as zf:
         names = set(zf.namelist())
         algo = None
         if META_NAME in names:
             try:
-                meta = parse_json(_read_member(zf, META_NAME, path, MAX_META_BYTES))
+                meta = parse_json(read_member(zf, META_NAME, path, MAX_META_BYTES))
                 algo = meta.get("algo") if isinstance(meta, dict) else None
             except UntrustedFileError:
                 algo = None
         if algo is None and "data" in names:
             try:
-                raw = _read_member(zf, "data", path, MAX_META_BYTES)
+                raw = read_member(zf, "data", path, MAX_META_BYTES)
                 data = parse_json(raw, f"checkpoint {str(path)!r}: 'data'")
             except UntrustedFileError as err:
                 raise CheckpointError(str(err)) from err

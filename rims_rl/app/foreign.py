@@ -46,7 +46,7 @@ from stable_baselines3.common.vec_env import VecEnv
 from torch import nn
 
 from rims_rl.agents.config import check_lstm_kwargs, check_model_size
-from rims_rl.app.checkpoint import META_NAME, CheckpointError, load_weights
+from rims_rl.app.checkpoint import META_NAME, CheckpointError, load_weights, open_zip, read_member
 from rims_rl.envs.untrusted import UntrustedFileError, check_tree, parse_json
 from rims_rl.extractors import MiniGridCNN, MiniGridDictExtractor
 from rims_rl.policies import CnnRimsPolicy, MlpRimsPolicy, MultiInputRimsPolicy
@@ -137,11 +137,8 @@ def is_foreign(path: str | Path) -> bool:
 def read_foreign(path: str | Path) -> ForeignCheckpoint:
     """The readable parts of an SB3 checkpoint's ``data``; ``CheckpointError`` for anything else."""
     where = f"checkpoint {str(path)!r}"
-    with zipfile.ZipFile(path) as zf:
-        with zf.open("data") as f:
-            raw = f.read(MAX_DATA_BYTES + 1)
-    if len(raw) > MAX_DATA_BYTES:
-        raise CheckpointError(f"{where}: its 'data' entry is larger than {MAX_DATA_BYTES // 2**20} MiB")
+    with open_zip(Path(path)) as zf:
+        raw = read_member(zf, "data", Path(path), MAX_DATA_BYTES)
     try:
         data = parse_json(raw, f"{where}: its 'data' entry")
     except UntrustedFileError as err:
