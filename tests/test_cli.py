@@ -409,6 +409,12 @@ def test_evaluating_a_pretrained_alias_leaves_the_shipped_folder_as_shipped(
     assert sorted(p.name for p in (PRETRAINED_DIR / alias).iterdir()) == shipped
     (result,) = json.loads((tmp_path / "runs" / "eval" / alias / "eval.json").read_text())
     assert result["env_id"] == "MiniGrid-DoorKey-5x5-v0" and result["episodes"] == 1
+    # a link of the user's to the shipped folder (in an installed package: into site-packages) is the alias
+    (tmp_path / "mine").symlink_to(PRETRAINED_DIR / alias)
+    (tmp_path / "runs").rename(tmp_path / "before")
+    assert train.main(["evaluate", "--checkpoint", str(tmp_path / "mine"), "--episodes", "1"]) == 0
+    assert sorted(p.name for p in (PRETRAINED_DIR / alias).iterdir()) == shipped
+    assert (tmp_path / "runs" / "eval" / alias / "eval.json").is_file()
 
 
 def test_runs_go_under_rims_rl_runs_and_status_says_how_far_they_got(

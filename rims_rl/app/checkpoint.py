@@ -444,8 +444,13 @@ def pretrained_alias(checkpoint: Path) -> str | None:
     """The alias of a checkpoint shipped in ``pretrained/``, else None: its folder is kept as shipped."""
     # Not resolved: an alias (or its model.zip) that is a symbolic link is still the alias, and its eval
     # files go to runs/eval/<alias>, never into the link's target.
-    folder = Path(os.path.abspath(checkpoint)).parent
-    return folder.name if folder.parent == Path(os.path.abspath(PRETRAINED_DIR)) else None
+    # Resolved too: a link of the user's pointing into pretrained/ (in an installed package, inside
+    # site-packages) is that alias, so its eval files never land in the package.
+    for folder in (Path(os.path.abspath(checkpoint)).parent, Path(checkpoint).resolve().parent):
+        for shipped in (Path(os.path.abspath(PRETRAINED_DIR)), PRETRAINED_DIR.resolve()):
+            if folder.parent == shipped:
+                return folder.name
+    return None
 
 
 def list_pretrained() -> list[str]:
