@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from rims_rl.agents import ParameterCount
 from rims_rl.app.atomic import atomic_write_bytes
@@ -250,7 +251,9 @@ def cell_sizes(spec: Spec, cells: Mapping[tuple[str, str], Cell]) -> dict[tuple[
     enough; a record without a usable job (or for an agent not installed here) leaves the cell out.
     """
     sizes: dict[tuple[str, str], ParameterCount] = {}
-    for (agent, suite), cell in cells.items():
+    for (agent, suite), cell in tqdm(
+        cells.items(), desc="model sizes", unit="cell", disable=None, leave=False
+    ):
         job = cell.runs[0].job
         overrides = job.get("overrides")
         try:
@@ -526,6 +529,7 @@ def write_leaderboard(spec_path: str | Path, out: str | Path, command: str, reps
         if path.resolve() == Path(spec_path).resolve():
             raise UserError(f"--out {str(out)!r} would write {str(path)!r} over the spec; give another --out")
     spec = load_spec(spec_path)
+    print(f"leaderboard: {len(spec.suites)} suites, {len(spec.agents)} agents; bootstrapping ...", flush=True)
     cells = build_cells(spec, reps)
     matrix = improvement_matrix(spec, cells, reps)
     figure = plot(spec, cells, out.with_suffix(".png"))
