@@ -61,6 +61,8 @@ DEFAULT_OVERRIDES: list[str] = []
 DEFAULT_EVAL_EPISODES = EVAL_PROTOCOL.episodes
 
 EXIT_USAGE = 2  # user errors (argparse uses 2 too)
+#: The project's leaderboard spec, in a checkout.
+DEFAULT_SPEC = "docs/results/leaderboard.yml"
 EXIT_DIVERGED = 1
 
 
@@ -339,11 +341,16 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     if args.reps < 100:
         raise UserError(f"--reps {args.reps}: a bootstrap CI needs at least 100 replicates")
     spec = Path(args.spec)
+    if not spec.is_file() and args.spec == DEFAULT_SPEC:
+        raise UserError(
+            f"no {DEFAULT_SPEC} here: the project's leaderboard is rebuilt from a checkout's committed "
+            "records (run this in one); for your own, give --spec FILE in that format"
+        )
     out = Path(args.out) if args.out else spec.with_suffix(".md")
     if not args.out and out == spec:  # a spec named *.md: never write the page over its own input
         out = spec.with_name(f"{spec.stem}-leaderboard.md")
     command = "python train.py leaderboard" + (
-        "" if args.spec == "docs/results/leaderboard.yml" else f" --spec {args.spec}"
+        "" if args.spec == DEFAULT_SPEC else f" --spec {args.spec}"
     )
     path = write_leaderboard(args.spec, out, command, reps=args.reps)
     print(f"leaderboard: {path}")
@@ -619,8 +626,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--spec",
-        default="docs/results/leaderboard.yml",
-        help="suites, their record folders and pending commands",
+        default=DEFAULT_SPEC,
+        help="suites, their record folders and pending commands (default: the checkout's own, which an "
+        "installed wheel does not carry: give your spec)",
     )
     p.add_argument("--out", default=None, help="Markdown page to write (default: the spec's name, .md)")
     p.add_argument("--reps", type=int, default=2000, help="bootstrap replicates per CI (default 2000)")
