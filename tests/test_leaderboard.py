@@ -246,7 +246,8 @@ def test_the_page_is_never_written_over_its_spec(tmp_path: Path, capsys: pytest.
 def test_outside_a_checkout_the_default_spec_says_what_it_needs(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Issue 40.4: from an installed wheel the default spec is not there; one line says why and what to give."""
+    """Issue 40.4: from an installed wheel the default spec is not there; one line says why and what to
+    give."""
     monkeypatch.chdir(tmp_path)
     assert main(["leaderboard"]) == 2
     err = capsys.readouterr().err
