@@ -116,6 +116,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             checkpoint_every=args.checkpoint_every,
             progress_bar=not args.no_progress,
             resume=args.resume is not None,
+            log_policy_shift=args.log_policy_shift,
         )
     except TrainingInterrupted as err:
         print(f"\n{err}", file=sys.stderr)
@@ -484,6 +485,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="run directory (default $RIMS_RL_RUNS or runs/, then <agent>-<env>-s<seed>-<timestamp>)",
     )
     p.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (default: budget/10)")
+    p.add_argument(
+        "--log-policy-shift",
+        action="store_true",
+        help="log train/policy_kl: KL between the policy before and after each update, on its rollout",
+    )
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped or killed run to its budget")
     p.add_argument(
         "--eval-episodes",

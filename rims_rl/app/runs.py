@@ -52,7 +52,7 @@ from rims_rl.app.config import RunConfig, resolve_config
 from rims_rl.app.errors import UserError, user_input
 from rims_rl.app.rundir import write_status
 from rims_rl.app.signals import signal_handlers, stop_signals
-from rims_rl.callbacks import CoreStatsCallback
+from rims_rl.callbacks import CoreStatsCallback, PolicyShiftCallback
 from rims_rl.checks import safe_name
 from rims_rl.envs import make_vec_env_for
 from rims_rl.envs.untrusted import load_json
@@ -288,6 +288,7 @@ def train_run(
     vec_cls: Any = None,
     callbacks: Sequence[BaseCallback] = (),
     verbose: int = 0,
+    log_policy_shift: bool = False,
 ) -> Path:
     """Train one agent on one env (or a suite's train env) in a run directory; returns the directory.
 
@@ -295,8 +296,11 @@ def train_run(
     the rest comes from its ``config.json``; training continues from the newest readable checkpoint
     to the same budget. Raises ``UserError`` for bad arguments (nothing written), ``TrainingInterrupted``
     on Ctrl-C (checkpoint saved), ``TrainingDiverged`` on NaN/inf; any other error marks the run
-    ``failed`` in ``status.json`` and propagates with its traceback.
+    ``failed`` in ``status.json`` and propagates with its traceback. ``log_policy_shift`` logs
+    ``train/policy_kl`` per update (``PolicyShiftCallback``).
     """
+    if log_policy_shift:
+        callbacks = [*callbacks, PolicyShiftCallback()]
     if resume:
         if run_dir is None:
             raise UserError("resume needs the run directory")
