@@ -34,7 +34,7 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def _interleaved(fns: dict[str, Callable[[], None]], repeats: int, device: str) -> dict[str, float]:
+def interleaved(fns: dict[str, Callable[[], None]], repeats: int, device: str) -> dict[str, float]:
     """Median seconds of each function, timed in turn so that machine load affects all alike."""
     for fn in fns.values():  # warm-up: allocations, first-call overheads
         fn()
@@ -133,7 +133,7 @@ def main() -> None:
             lstm = nn.LSTM(args.input, hidden).to(device)
             for cell in args.cells:
                 rims = RIMs(args.input, hidden, n_units=6, k=4, cell=cell).to(device)
-                t = _interleaved(
+                t = interleaved(
                     {
                         "lstm": _fwd_bwd(lstm, x),
                         "fused": _fwd_bwd(rims, x, fast=True),
@@ -155,7 +155,7 @@ def main() -> None:
                     if name not in ("rims", "lstm")
                 }
                 fns = {"lstm": _fwd_bwd(lstm, x), **{n: _fwd_bwd(m, x) for n, m in others.items()}}
-                t = _interleaved(fns, args.repeats, device)
+                t = interleaved(fns, args.repeats, device)
                 n_lstm = sum(p.numel() for p in lstm.parameters())
                 for name, module in others.items():
                     n_params = sum(p.numel() for p in module.parameters())
@@ -168,7 +168,7 @@ def main() -> None:
             if args.rollout:
                 rims = RIMs(args.input, hidden, n_units=6, k=4).to(device).eval()
                 xr = torch.randn(200, 16, args.input, device=device)
-                t = _interleaved(
+                t = interleaved(
                     {"fused": _rollout(rims, xr, True), "autograd": _rollout(rims, xr, False)},
                     args.repeats,
                     device,

@@ -16,36 +16,14 @@ ratios.
 from __future__ import annotations
 
 import argparse
-import time
 from collections.abc import Callable
 
 import torch
+from bench_core import interleaved  # the same interleaved timing as the core benchmark
 from torch import nn
 
 from rims_rl.cores import rims_ext
 from rims_rl.cores.rims import RIMs
-
-
-def _sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
-def interleaved(fns: dict[str, Callable[[], None]], repeats: int, device: str) -> dict[str, float]:
-    """Median seconds of each function, timed in turn so that machine load affects all alike."""
-    for fn in fns.values():  # warm-up: allocations, pools, first-call overheads
-        fn()
-        fn()
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            _sync(device)
-            t0 = time.perf_counter()
-            fn()
-            _sync(device)
-            times[name].append(time.perf_counter() - t0)
-    return {name: sorted(ts)[len(ts) // 2] for name, ts in times.items()}
-
 
 _BUILT = rims_ext.extension()  # the C++ loop (None without a compiler: "derived" is the Python loop)
 
