@@ -19,8 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from rims_rl.agents import parse_overrides as parse_set
-from rims_rl.agents import parse_value
+from rims_rl.agents import parse_overrides, parse_value
 from rims_rl.app import rundir
 from rims_rl.app.atomic import atomic_write_bytes, atomic_write_json
 from rims_rl.app.compare import DEFAULT_AGENTS, CompareRequest, run_compare
@@ -151,7 +150,7 @@ def run_tune(
         grid = parse_grid(grid)
     if not isinstance(agent_grids, Mapping):
         agent_grids = parse_agent_grid(agent_grids)
-    fixed = dict(overrides) if isinstance(overrides, Mapping) else parse_set(list(overrides))
+    fixed = dict(overrides) if isinstance(overrides, Mapping) else parse_overrides(list(overrides))
     tuned_keys = {k for g in (grid, *agent_grids.values()) for axis in g for k in axis.split("+")}
     both = sorted(tuned_keys & set(fixed))
     if both:
