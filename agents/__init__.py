@@ -28,11 +28,14 @@ from torch import nn
 
 from rims_rl.agents.config import (
     CHUNKED,
-    MAX_PARAMETERS,
-    MAX_ROLLOUT_BYTES,
+    DEFAULT_MEMORY_GIB,
+    MAX_MEMORY_GIB,
+    MEMORY_BUDGET_VAR,
     AgentPreset,
     PPOSettings,
+    check_memory_gib,
     infer_algo,
+    memory_budget,
     policy_parameters,
     resolve_schedule,
 )
@@ -57,6 +60,11 @@ __all__ = [
     "ParameterCount",
     "build_model",
     "check_measured_size",
+    "check_memory_gib",
+    "memory_budget",
+    "DEFAULT_MEMORY_GIB",
+    "MAX_MEMORY_GIB",
+    "MEMORY_BUDGET_VAR",
     "count_parameters",
     "model_observation_space",
     "get_preset",
@@ -445,28 +453,32 @@ def count_parameters(
     return ParameterCount(core, sum(p.numel() for p in model.parameters()), state)
 
 
-def check_measured_size(preset: AgentPreset, env: VecEnv) -> ParameterCount:
-    """``ValueError`` when the model ``preset`` builds on ``env``, or its rollout buffer, is too big for
-    this project: measured (``count_parameters``), not guessed from the settings, before anything is
-    allocated. Every way in (``--set``, a checkpoint, a tuned file, a run's config) builds through here."""
+def check_measured_size(preset: AgentPreset, env: VecEnv, budget: int | None = None) -> ParameterCount:
+    """``ValueError`` when what the model ``preset`` builds on ``env`` takes, with its training state and
+    rollout buffer, more than ``budget`` bytes (default ``memory_budget()``, 1 GiB): measured on the meta
+    device (``count_parameters``), not guessed from the settings, before anything is allocated. Every
+    way in (``--set``, a checkpoint, a tuned file, a run's config, a foreign checkpoint) builds through
+    here."""
+    budget = memory_budget() if budget is None else budget
     size = count_parameters(preset, env.observation_space, env.action_space)
-    if size.total > MAX_PARAMETERS:
-        raise ValueError(
-            f"these settings build a model of {size.total / 1e6:,.0f}M parameters "
-            f"({size.total * 4 / 2**30:,.1f} GiB); at most {MAX_PARAMETERS // 10**6}M: use smaller core or "
-            "network sizes"
-        )
     obs = sum(
         int(np.prod(s.shape or ())) for s in _leaf_spaces(model_observation_space(env.observation_space))
     )
+    weights = size.total * 16  # float32 weights, gradients and Adam's two moments
     rollout = preset.ppo.n_steps * env.num_envs * (obs + size.state + 8) * 4  # float32, + action, value, ...
-    if rollout > MAX_ROLLOUT_BYTES:
+    if weights + rollout > budget:
         raise ValueError(
-            f"the rollout buffer would take {rollout / 2**30:,.1f} GiB (n_steps={preset.ppo.n_steps} x "
-            f"n_envs={env.num_envs} x {obs + size.state} floats); at most {MAX_ROLLOUT_BYTES // 2**30} GiB: "
-            "lower ppo.n_steps, n_envs or the core's state size"
+            f"this run would take {_bytes(weights + rollout)}: {size.total / 1e6:,.1f}M parameters "
+            f"({_bytes(weights)} with gradients and Adam) and a rollout buffer of {_bytes(rollout)} "
+            f"(n_steps={preset.ppo.n_steps} x n_envs={env.num_envs} x {obs + size.state} floats); the "
+            f"budget is {_bytes(budget)}: use smaller core or network sizes, lower ppo.n_steps or n_envs, "
+            "or raise the budget with --memory-gib"
         )
     return size
+
+
+def _bytes(n: int) -> str:
+    return f"{n / 2**30:,.2f} GiB" if n >= 2**30 else f"{n / 2**20:,.1f} MiB"
 
 
 def _leaf_spaces(space: spaces.Space) -> list[spaces.Space]:

@@ -14,6 +14,7 @@ import dataclasses
 import functools
 import inspect
 import math
+import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -52,15 +53,19 @@ VEC_ENVS: tuple[str, ...] = ("dummy", "subproc", "ale")
 #: Bounds of ``check_model_size``: far beyond this project's models (a 256-unit LSTM, 64-wide heads).
 MAX_LAYER_SIZE = 4096
 MAX_LAYERS = 16
-MAX_PARAMETERS = 50_000_000
 #: Bounds of the run-size settings, whatever file or flag they come from: far beyond this project's runs
 #: (16 envs, 128-1024 steps, 4-20 epochs, 10M timesteps), low enough that a typo cannot hang a machine.
 MAX_N_ENVS = 1024
 MAX_N_STEPS = 1 << 16
 MAX_N_EPOCHS = 1000
 MAX_TIMESTEPS = 10**10
-#: The rollout buffer's bound (``check_measured_size``): Atari's preset needs about 0.1 GiB.
-MAX_ROLLOUT_BYTES = 4 * 2**30
+#: What one run may take by default (``check_measured_size``): its parameters with their gradients and
+#: Adam's two moments (16 bytes each) plus PPO's rollout buffer, measured before anything is allocated.
+#: Every preset takes under 0.2 GiB (Atari's are the largest, 0.13-0.16). ``--memory-gib`` (train, evaluate,
+#: compare, tune) or the environment variable ``MEMORY_BUDGET_VAR`` raises it, up to ``MAX_MEMORY_GIB``.
+DEFAULT_MEMORY_GIB = 1.0
+MAX_MEMORY_GIB = 4096.0
+MEMORY_BUDGET_VAR = "RIMS_RL_MEMORY_GIB"
 #: ``nn.LSTM`` arguments a config may pass through ``lstm_kwargs`` (``check_lstm_kwargs``).
 LSTM_KWARGS: tuple[str, ...] = ("dropout", "bias")
 #: policy_kwargs that only a recurrent policy takes.
@@ -388,8 +393,8 @@ def check_model_size(policy_kwargs: Mapping[str, Any]) -> None:
     A config or a foreign checkpoint may come from an untrusted file: ``net_arch=[4]*100000`` or
     ``features_dim=10**7`` would hang or fill the memory while the model is built. Each layer size is at
     most ``MAX_LAYER_SIZE``, each layer list at most ``MAX_LAYERS`` long, every integer inside the nested
-    kwargs (core, extractor, LSTM) at most ``MAX_LAYER_SIZE``, and a rough parameter count (both LSTMs or
-    cores, their projections, the heads) at most ``MAX_PARAMETERS``: far beyond this project's models.
+    kwargs (core, extractor, LSTM) at most ``MAX_LAYER_SIZE``: far beyond this project's models, and bounded
+    so that building the policy on the meta device to measure it (``check_measured_size``) is quick.
     """
     pk = policy_kwargs
 
@@ -413,31 +418,37 @@ def check_model_size(policy_kwargs: Mapping[str, Any]) -> None:
                 raise ValueError(f"policy_kwargs.net_arch has {len(layers)} layers; at most {MAX_LAYERS}")
             for n in layers:
                 size("net_arch", n)
-    nested = 0  # the integers of the nested kwargs, summed: a bound on the widths a core adds
     for name in ("features_extractor_kwargs", "rims_kwargs", "core_kwargs", "lstm_kwargs"):
         for path, value in _integers(pk.get(name), name):
             if value > MAX_LAYER_SIZE:
                 raise ValueError(f"policy_kwargs.{path} must be at most {MAX_LAYER_SIZE}, got {value!r}")
-            if name in ("rims_kwargs", "core_kwargs"):
-                nested += max(0, value)
     fe_kwargs = pk.get("features_extractor_kwargs")
-    features = 512  # SB3's NatureCNN default
     if isinstance(fe_kwargs, Mapping) and "features_dim" in fe_kwargs:
-        features = size("features_extractor_kwargs.features_dim", fe_kwargs["features_dim"])
-    hidden = 256 if pk.get("lstm_hidden_size") is None else size("lstm_hidden_size", pk["lstm_hidden_size"])
-    n_layers = size("n_lstm_layers", pk.get("n_lstm_layers", 1), high=MAX_LAYERS)
-    params = 2 * 4 * hidden * (features + hidden) * n_layers  # actor and critic LSTM (or core)
-    params += 2 * nested * (features + hidden + nested)  # a core's attention and feed-forward projections
-    for layers in lists:
-        widths = [hidden, *layers]
-        params += sum(a * b for a, b in zip(widths, widths[1:], strict=False))
-    if params > MAX_PARAMETERS:
-        raise ValueError(
-            f"policy_kwargs describe a model of about {params / 1e6:.0f}M parameters; at most "
-            f"{MAX_PARAMETERS // 10**6}M (lstm_hidden_size={hidden}, features_dim={features}, "
-            f"n_lstm_layers={n_layers})"
-        )
+        size("features_extractor_kwargs.features_dim", fe_kwargs["features_dim"])
+    if pk.get("lstm_hidden_size") is not None:
+        size("lstm_hidden_size", pk["lstm_hidden_size"])
+    size("n_lstm_layers", pk.get("n_lstm_layers", 1), high=MAX_LAYERS)
 
+
+
+def memory_budget() -> int:
+    """The bytes one run may take (``check_measured_size``): ``DEFAULT_MEMORY_GIB``, or what
+    ``MEMORY_BUDGET_VAR`` says (``--memory-gib`` sets it, so that worker processes see it too)."""
+    text = os.environ.get(MEMORY_BUDGET_VAR)
+    if text is None or not text.strip():
+        return int(DEFAULT_MEMORY_GIB * 2**30)
+    return int(check_memory_gib(text, MEMORY_BUDGET_VAR) * 2**30)
+
+
+def check_memory_gib(value: Any, name: str = "--memory-gib") -> float:
+    """A memory budget in GiB: a finite number in (0, ``MAX_MEMORY_GIB``]; ``ValueError`` otherwise."""
+    try:
+        gib = float(value)
+    except (TypeError, ValueError):
+        gib = math.nan
+    if not 0 < gib <= MAX_MEMORY_GIB:  # NaN fails both comparisons
+        raise ValueError(f"{name} must be a number of GiB in (0, {MAX_MEMORY_GIB:g}], got {_short(value)}")
+    return gib
 
 def check_lstm_kwargs(lstm_kwargs: Any) -> None:
     """``ValueError`` for ``nn.LSTM`` arguments other than ``LSTM_KWARGS``: the policy sets the sizes and

@@ -19,6 +19,7 @@ other error is a bug or a system failure and keeps its traceback (the run is mar
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import signal
 import sys
@@ -26,10 +27,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from rims_rl.agents.config import DEFAULT_MEMORY_GIB, MEMORY_BUDGET_VAR, check_memory_gib
 from rims_rl.app import catalog
 from rims_rl.app.checkpoint import list_pretrained, pretrained_alias, resolve_checkpoint
 from rims_rl.app.compare import CompareInterrupted, CompareRequest, command_line_of, run_compare
-from rims_rl.app.errors import UserError
+from rims_rl.app.errors import UserError, user_input
 from rims_rl.app.evaluation import (
     EVAL_PROTOCOL,
     EvalResult,
@@ -426,6 +428,18 @@ def _add_core_argument(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_memory_argument(p: argparse.ArgumentParser) -> None:
+    """``--memory-gib``: the budget every model is measured against before it is built, the same for every
+    command that builds one (``check_measured_size``)."""
+    p.add_argument(
+        "--memory-gib",
+        type=float,
+        metavar="GIB",
+        help=f"refuse a run whose parameters (with gradients and Adam) and rollout buffer exceed GIB "
+        f"(default {DEFAULT_MEMORY_GIB:g}, or ${MEMORY_BUDGET_VAR}; every preset takes under 0.2)",
+    )
+
+
 def _add_eval_arguments(p: argparse.ArgumentParser, episodes_flag: str) -> None:
     """Episodes and action mode, defaulting to ``EVAL_PROTOCOL`` in every command that scores a policy."""
     p.add_argument(
@@ -498,6 +512,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="evaluate the final model on this many episodes, sampled, seed 10000 (default 0: skip)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_memory_argument(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="evaluate a checkpoint on an env or a whole suite")
@@ -531,6 +546,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="allow unpickling code from the checkpoint (SB3's load); only for files you trust",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar (none off a terminal anyway)")
+    _add_memory_argument(p)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("list", help="list agents, suites, envs and pretrained models")
@@ -584,6 +600,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="override a hyperparameter for every agent, e.g. ppo.learning_rate=3e-4 (repeatable)",
     )
+    _add_memory_argument(p)
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("tune", help="tune every agent with the same grid on a suite's training env only")
@@ -625,6 +642,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="output directory (default $RIMS_RL_RUNS or runs/, then tune)")
     _add_eval_arguments(p, "--eval-episodes")
     p.add_argument("--workers", type=int, default=1, help="runs in parallel (default 1)")
+    _add_memory_argument(p)
     p.set_defaults(func=cmd_tune)
 
     p = sub.add_parser(
@@ -683,6 +701,10 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exit_:  # argparse already printed its message
         return int(exit_.code or 0)
     try:
+        if getattr(args, "memory_gib", None) is not None:
+            with user_input():
+                gib = check_memory_gib(args.memory_gib)
+            os.environ[MEMORY_BUDGET_VAR] = repr(gib)  # worker processes (compare, tune) read it too
         if args.command is None:
             return cmd_default(args)
         return args.func(args)

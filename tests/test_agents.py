@@ -18,10 +18,13 @@ from rims_rl.agents import (
     AGENTS,
     FAMILIES,
     apply_overrides,
+    MEMORY_BUDGET_VAR,
     build_model,
+    check_measured_size,
     count_parameters,
     families_of,
     get_preset,
+    memory_budget,
     parse_overrides,
     resolve_schedule,
 )
@@ -263,13 +266,34 @@ def test_huge_models_are_measured_not_built(cue_env: VecEnv) -> None:
     )
     measured = count_parameters(preset, cue_env.observation_space, cue_env.action_space)
     assert measured.total > 10**10
-    with pytest.raises(ValueError, match=r"model of [\d,]+M parameters .*at most 50M"):
+    with pytest.raises(ValueError, match=r"[\d,]+M parameters .*the budget is 1.00 GiB.*--memory-gib"):
         build_model(preset, cue_env, seed=0)
     wide = apply_overrides(
         tiny("tlb_ppo"), {"policy_kwargs.core_kwargs.n_latents": 4096, "ppo.n_steps": 65536}
     )
-    with pytest.raises(ValueError, match="rollout buffer would take"):
+    with pytest.raises(ValueError, match=r"rollout buffer of [\d.]+ GiB"):
         build_model(wide, cue_env, seed=0)
+
+
+def test_the_memory_budget_is_measured_and_can_be_raised(
+    cue_env: VecEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A model of 1-2 GiB with its training state is refused at the default 1 GiB and built under a
+    raised one (the flag's environment variable, which worker processes inherit); the guessed bound of
+    the settings no longer decides."""
+    preset = apply_overrides(tiny("lstm_ppo"), {"policy_kwargs.lstm_hidden_size": 3072})
+    size = count_parameters(preset, cue_env.observation_space, cue_env.action_space)
+    assert 2**30 < size.total * 16 < 2 * 2**30  # about 76M parameters: over the old guessed 50M too
+    with pytest.raises(ValueError, match="the budget is 1.00 GiB"):
+        check_measured_size(preset, cue_env)
+    assert check_measured_size(preset, cue_env, budget=2 * 2**30) == size
+    monkeypatch.setenv(MEMORY_BUDGET_VAR, "2")
+    assert memory_budget() == 2 * 2**30
+    assert check_measured_size(preset, cue_env) == size
+    for bad in ("0", "-1", "nan", "inf", "1e9", "lots"):
+        monkeypatch.setenv(MEMORY_BUDGET_VAR, bad)
+        with pytest.raises(ValueError, match=f"{MEMORY_BUDGET_VAR} must be a number of GiB"):
+            memory_budget()
 
 
 def test_build_model_with_stock_sb3_contrib_policy(cue_env: VecEnv) -> None:

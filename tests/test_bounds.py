@@ -166,3 +166,33 @@ def test_an_agent_or_seed_named_twice_is_refused(
     with pytest.raises(UserError, match=needle):
         run_compare(request)
     assert not (tmp_path / "c").exists()
+
+
+@pytest.mark.parametrize("bad", ["0", "-2", "nan", "inf", "5000"])
+def test_a_bad_memory_budget_is_one_line(bad: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from rims_rl.cli import main
+
+    assert main(["train", "--suite", SUITE, "--timesteps", "16", f"--memory-gib={bad}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: --memory-gib must be a number of GiB in (0, 4096]"), err
+    assert "\n" not in err
+
+
+def test_memory_gib_decides_what_train_builds(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A budget below the preset's few MiB refuses it in one line before any run directory is made;
+    the flag reaches the check through the environment, as compare's worker processes see it."""
+    from rims_rl.agents import MEMORY_BUDGET_VAR
+    from rims_rl.cli import main
+
+    monkeypatch.setenv(MEMORY_BUDGET_VAR, "1")  # restored (unset) after the test, whatever main sets
+    run_dir = tmp_path / "run"
+    args = ["train", "--agent", "lstm_ppo", "--suite", SUITE, "--timesteps", "16", "--no-progress"]
+    assert main([*args, "--memory-gib", "0.0001", "--run-dir", str(run_dir)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "the budget is 0.1 MiB" in err and "--memory-gib" in err and "\n" not in err, err
+    assert not run_dir.exists()
+    import os
+
+    assert os.environ[MEMORY_BUDGET_VAR] == "0.0001"

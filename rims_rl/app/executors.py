@@ -21,6 +21,7 @@ from typing import Any, Protocol
 
 import torch
 
+from rims_rl.agents.config import MEMORY_BUDGET_VAR
 from rims_rl.app import signals
 from rims_rl.app.errors import UserError
 from rims_rl.app.jobs import Backend, JobResult, run_job
@@ -166,7 +167,11 @@ class RayTasks:
                 log_to_driver=False,
             )
         gpus = 1 if self.device.startswith("cuda") else 0
-        task = ray.remote(num_cpus=1, num_gpus=gpus)(_run_job_single_thread)
+        # What the CLI's flags put in the environment (--memory-gib) reaches the tasks, on any node.
+        env_vars = {k: os.environ[k] for k in (MEMORY_BUDGET_VAR,) if k in os.environ}
+        task = ray.remote(num_cpus=1, num_gpus=gpus, runtime_env={"env_vars": env_vars})(
+            _run_job_single_thread
+        )
         pending = {task.remote(job, backend): job for job in jobs}
         try:
             # After ray.init, which installs its own SIGTERM handler (sys.exit): SIGTERM interrupts
