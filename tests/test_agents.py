@@ -17,8 +17,8 @@ from stable_baselines3.common.vec_env import VecEnv
 from rims_rl.agents import (
     AGENTS,
     FAMILIES,
-    apply_overrides,
     MEMORY_BUDGET_VAR,
+    apply_overrides,
     build_model,
     check_measured_size,
     count_parameters,
