@@ -430,7 +430,6 @@ def check_model_size(policy_kwargs: Mapping[str, Any]) -> None:
     size("n_lstm_layers", pk.get("n_lstm_layers", 1), high=MAX_LAYERS)
 
 
-
 def memory_budget() -> int:
     """The bytes one run may take (``check_measured_size``): ``DEFAULT_MEMORY_GIB``, or what
     ``MEMORY_BUDGET_VAR`` says (``--memory-gib`` sets it, so that worker processes see it too)."""
@@ -449,6 +448,7 @@ def check_memory_gib(value: Any, name: str = "--memory-gib") -> float:
     if not 0 < gib <= MAX_MEMORY_GIB:  # NaN fails both comparisons
         raise ValueError(f"{name} must be a number of GiB in (0, {MAX_MEMORY_GIB:g}], got {_short(value)}")
     return gib
+
 
 def check_lstm_kwargs(lstm_kwargs: Any) -> None:
     """``ValueError`` for ``nn.LSTM`` arguments other than ``LSTM_KWARGS``: the policy sets the sizes and
