@@ -31,7 +31,7 @@ from rims_rl.agents.config import DEFAULT_MEMORY_GIB, MEMORY_BUDGET_VAR, check_m
 from rims_rl.app import catalog
 from rims_rl.app.checkpoint import list_pretrained, pretrained_alias, resolve_checkpoint
 from rims_rl.app.compare import CompareInterrupted, CompareRequest, command_line_of, run_compare
-from rims_rl.app.errors import UserError, user_input
+from rims_rl.app.errors import UserError, storage_error, user_input
 from rims_rl.app.evaluation import (
     EVAL_PROTOCOL,
     EvalResult,
@@ -49,7 +49,7 @@ from rims_rl.app.pack import OPTIMIZER_CHOICES, pack_run, unpack_run
 from rims_rl.app.rundir import runs_root
 from rims_rl.app.runs import TrainingDiverged, TrainingInterrupted, train_run
 from rims_rl.app.status import describe_runs
-from rims_rl.app.tune import run_tune
+from rims_rl.app.tune import TuneRunsFailed, run_tune
 from rims_rl.checks import check_positive
 
 # The embedded default (``python train.py`` / ``make run``): rims_ppo with its MiniGrid preset on
@@ -411,6 +411,13 @@ def cmd_tune(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 128 + err.signum
+    except TuneRunsFailed as err:
+        print(
+            f"error: {err}, so not every configuration got its trials (see each configuration's runs.json "
+            f"under {args.out}); fix the cause and run the same command again: finished runs are kept",
+            file=sys.stderr,
+        )
+        return 1
     for agent, settings in chosen.items():
         print(f"{agent}: {' '.join(f'{k}={v}' for k, v in settings.items()) or 'preset'}")
     out = Path(args.out)
@@ -710,6 +717,11 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except UserError as err:
         return error(str(err))
+    except OSError as err:  # a full or read-only disk anywhere (compare, tune, leaderboard, ...): one line
+        storage = storage_error(err)
+        if storage is None:
+            raise
+        return error(str(storage))
 
 
 def run() -> None:

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 from conftest import TINY_PPO
+from test_leaderboard import _record as _leaderboard_record
 
 from rims_rl.app import compare
 from rims_rl.app.compare import CompareRequest, CompareResult, run_compare
@@ -254,7 +255,7 @@ def _fake_backend(monkeypatch: pytest.MonkeyPatch) -> tuple[Backend, list[tuple[
                 num_timesteps=128,
                 returns=[bonus + 0.1 * i] * n_episodes,
             )
-            for i, spec in enumerate(target.specs())
+            for i, spec in enumerate(target.specs() if isinstance(target, Suite) else [target])
         ]
 
     backend = Backend(train=train_run, evaluate=evaluate_checkpoint)
@@ -1205,3 +1206,91 @@ def test_report_files_replace_symlinks_never_follow_them(tmp_path: Path) -> None
     assert target.read_text() == "keep me"
     for name in names:
         assert not (out / name).is_symlink() and (out / name).stat().st_size > 0
+
+
+def test_a_full_disk_is_one_line_in_compare_tune_and_leaderboard(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 39.5: each command first writes its files, then runs again on a disk that is full (every
+    fsync fails with ENOSPC, as a write does when no block is left): one ``error:`` line naming the file,
+    exit 2, and every file written before is byte for byte what it was, with no temp file left."""
+    import errno
+    import os
+
+    from rims_rl.cli import main
+
+    _fake_backend(monkeypatch)
+    sys_fsync = os.fsync
+    lb = tmp_path / "lb"
+    lb.mkdir()
+    for seed in range(3):
+        for agent, bonus in (("a", 0.2), ("b", 0.0)):
+            _leaderboard_record(lb / "s1" / "records", agent, seed, 0.5 + bonus, [bonus, bonus / 2])
+    (lb / "spec.yml").write_text("agents: [a, b]\nsuites:\n  s1:\n    records: [s1/records]\n")
+    commands = {
+        "compare": ["compare", "--suite", "minigrid-doorkey", "--agents", "lstm_ppo", "--seeds", "1"],
+        "tune": ["tune", "--suite", "minigrid-doorkey", "--agents", "lstm_ppo", "--seeds", "1"],
+        "leaderboard": ["leaderboard", "--spec", str(lb / "spec.yml"), "--reps", "100"],
+    }
+    again = {"compare": ["--eval-episodes", "3"], "tune": ["--grid", "ppo.n_epochs=2,3,4"], "leaderboard": []}
+    common = ["--timesteps", "128", "--eval-episodes", "2", "--out"]
+    for name, argv in commands.items():
+        out = lb / "page.md" if name == "leaderboard" else tmp_path / name
+        first = [*argv, "--out", str(out)] if name == "leaderboard" else [*argv, *common, str(out)]
+        if name == "tune":
+            first += ["--grid", "ppo.n_epochs=2,3"]
+        assert main(first) == 0, capsys.readouterr().err
+        root = out.parent if name == "leaderboard" else out
+        before = {p: p.read_bytes() for p in root.rglob("*") if p.is_file()}
+        assert len(before) >= 3
+        capsys.readouterr()
+
+        def full(fd: int) -> None:
+            if os.path.isdir(f"/proc/self/fd/{fd}"):
+                return sys_fsync(fd)
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        monkeypatch.setattr(os, "fsync", full)
+        assert main([*first, *again[name]]) == 2, name
+        monkeypatch.setattr(os, "fsync", sys_fsync)
+        lines = capsys.readouterr().err.splitlines()  # progress bars and failed runs' lines first
+        err = lines[-1]
+        assert [line for line in lines if line.startswith("error:")] == [err], (name, lines)
+        assert err.startswith("error: cannot write to ") and "Traceback" not in "".join(lines), (name, err)
+        assert all("No space left" in line for line in lines if " failed: " in line), lines
+        assert "No space left on device" in err and "files written before are intact" in err
+        assert str(root) in err
+        after = {p: p.read_bytes() for p in root.rglob("*") if p.is_file()}
+        new = set(after) - set(before)
+        assert not [p for p in new if p.suffix == ".tmp"], name  # no temp file left behind
+        assert {p: after[p] for p in before} == before, name
+
+
+def test_tune_fails_when_a_tuning_run_failed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A configuration whose run crashed scores NaN and could never be chosen: the agents did not get the
+    same trials, so tune writes its report and exits 1 saying so; re-running retries only that run."""
+    from rims_rl.cli import main
+
+    backend, calls = _fake_backend(monkeypatch)
+    real_train = backend.train
+    broken = {"on": True}
+
+    def train(agent: str, **kw: Any) -> Path:
+        if broken["on"] and kw["overrides"].get("ppo.n_epochs") == 3:
+            raise RuntimeError("a bug in one configuration")
+        return real_train(agent, **kw)
+
+    monkeypatch.setattr(compare, "LOCAL", Backend(train=train, evaluate=backend.evaluate))
+    argv = ["tune", "--suite", "minigrid-doorkey", "--agents", "lstm_ppo", "--grid", "ppo.n_epochs=2,3"]
+    argv += ["--seeds", "1", "--timesteps", "128", "--eval-episodes", "2", "--out", str(tmp_path)]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "error: 1 tuning run(s) failed (lstm_ppo configuration 2)" in err, err
+    assert "RuntimeError: a bug in one configuration" in err and "Traceback" in err  # a bug keeps it
+    assert (tmp_path / "tune.json").exists()
+    broken["on"] = False
+    calls.clear()
+    assert main(argv) == 0
+    assert calls == [("lstm_ppo", 1000)]  # only the failed run again

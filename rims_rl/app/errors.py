@@ -10,7 +10,11 @@ the user gave (``user_input``), never around training, so a ``ValueError`` from 
 from __future__ import annotations
 
 import contextlib
+import errno
 from collections.abc import Iterator
+
+#: Errors of the disk rather than of the code: full, over quota, read-only. Never a traceback.
+STORAGE_ERRNOS: frozenset[int] = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
 
 
 class UserError(Exception):
@@ -43,3 +47,16 @@ def user_input(
         raise
     except errors as err:
         raise UserError(f"{what}: {err}" if what else str(err)) from err
+
+
+def storage_error(err: OSError) -> UserError | None:
+    """The one line for a disk that is full, over quota or read-only (``None`` for any other
+    ``OSError``, which is a bug or a system failure and keeps its traceback). Every output is written
+    atomically (``app/atomic.py``), so the files written before are whole, and re-running the same
+    command continues from them."""
+    if err.errno not in STORAGE_ERRNOS:
+        return None
+    return UserError(
+        f"cannot write to {err.filename or 'the output folder'}: {err.strerror or err}; files written "
+        "before are intact: free space (or make the folder writable) and run the same command again"
+    )

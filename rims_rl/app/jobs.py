@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from rims_rl.app import rundir
-from rims_rl.app.errors import UserError
+from rims_rl.app.errors import UserError, storage_error
 from rims_rl.app.evaluation import EvalResult, evaluate_checkpoint
 from rims_rl.app.records import (
     RunJob,
@@ -162,6 +162,10 @@ def run_job(job: RunJob, backend: Backend = LOCAL) -> JobResult:
     except TrainingInterrupted:
         raise
     except Exception as exc:  # noqa: BLE001 - one failed run must not lose the others
-        out.error = f"{type(exc).__name__}: {exc}"
-        out.traceback = traceback.format_exc()
+        storage = storage_error(exc) if isinstance(exc, OSError) else None
+        if isinstance(exc, UserError) or storage is not None:  # not a bug: its one line, no traceback
+            out.error = str(storage or exc)
+        else:
+            out.error = f"{type(exc).__name__}: {exc}"
+            out.traceback = traceback.format_exc()
     return out

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
-import errno
 import math
 import platform
 import shutil
@@ -49,7 +48,7 @@ from rims_rl.app.checkpoint import (
     write_latest,
 )
 from rims_rl.app.config import RunConfig, resolve_config
-from rims_rl.app.errors import UserError, user_input
+from rims_rl.app.errors import STORAGE_ERRNOS, UserError, user_input
 from rims_rl.app.rundir import write_status
 from rims_rl.app.signals import signal_handlers, stop_signals
 from rims_rl.callbacks import CoreStatsCallback, PolicyShiftCallback
@@ -474,10 +473,6 @@ def _train(
             run_cb.stop_signal,
         )
     return run_dir
-
-
-#: Errors of the disk rather than of the code: full, over quota, read-only.
-STORAGE_ERRNOS: frozenset[int] = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
 
 
 def _note_status(

@@ -129,6 +129,18 @@ def agent_configurations(
     return configs
 
 
+class TuneRunsFailed(Exception):
+    """Some tuning runs failed (a bug or a broken machine, each reported on its own line): tune.json is
+    written from the others, but their choices did not get the same trials, so the command fails."""
+
+    def __init__(self, failed: list[str], chosen: dict[str, dict[str, Any]]) -> None:
+        super().__init__(
+            f"{len(failed)} tuning run(s) failed ({', '.join(failed[:3])}{', ...' * (len(failed) > 3)})"
+        )
+        self.failed = failed
+        self.chosen = chosen
+
+
 def run_tune(
     suite: str,
     grid: Mapping[str, Sequence[Any]] | Sequence[str],
@@ -145,7 +157,10 @@ def run_tune(
     backend: Backend | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Tune every agent on ``suite``'s training env with the same grid and seeds (and, with
-    ``agent_grids``, each agent's own axes, the trial count equal); return the choices."""
+    ``agent_grids``, each agent's own axes, the trial count equal); return the choices.
+
+    ``TuneRunsFailed`` after the report is written when a run failed: re-running the command retries
+    those runs and keeps the finished ones."""
     if not isinstance(grid, Mapping):
         grid = parse_grid(grid)
     if not isinstance(agent_grids, Mapping):
@@ -163,6 +178,7 @@ def run_tune(
     seed_list = list(range(TUNE_SEED0, TUNE_SEED0 + seeds))
     out_dir = rundir.runs_root() / "tune" if out is None else Path(out)
     trials: list[Trial] = []
+    failed: list[str] = []
     # The training env's own kwargs (e.g. POPGym's deck count) travel as env settings of every run.
     env_settings = {f"env.{key}": value for key, value in train.kwargs.items()}
     # Configuration-major order: a tuning that outlasts a session has tried every agent about equally.
@@ -184,6 +200,8 @@ def run_tune(
                 progress=False,
             )
             result = run_compare(request, backend)
+            if result.failed:
+                failed.append(f"{agent} configuration {i + 1}")
             records = json.loads(result.files["results_json"].read_text())["records"]
             returns = [float(r["mean_return"]) for r in records if r["is_train"]]
             trials.append(Trial(agent, config, iqm(returns) if returns else float("nan"), returns))
@@ -191,7 +209,10 @@ def run_tune(
     write_tune_report(
         out_dir, suite, train.env_id, grid, seed_list, trials, chosen, timesteps, agent_grids, fixed
     )
-    return {a: {**fixed, **c} for a, c in chosen.items()}
+    choices = {a: {**fixed, **c} for a, c in chosen.items()}
+    if failed:
+        raise TuneRunsFailed(failed, choices)
+    return choices
 
 
 TIE_RULE = "the first in grid order (the order of --grid's values) is chosen"
