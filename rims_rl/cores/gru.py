@@ -29,6 +29,8 @@ class GRUCore(TorchRNNCore, nn.GRU):
     """
 
     lstm_kwargs = {k: k for k in ("bias", "batch_first", "dropout", "bidirectional")}
+    #: A class default as well, so a module pickled before the C++ loop existed unpickles with it on.
+    fused_loop: bool = True
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, **gru_kwargs: Any) -> None:
         nn.GRU.__init__(self, input_size, hidden_size, num_layers=num_layers, **gru_kwargs)

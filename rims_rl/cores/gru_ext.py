@@ -219,5 +219,11 @@ def gru_layer(
     gi = F.linear(x, w_ih, b_ih).contiguous()  # all steps' input projections in one matmul
     if keep is not None:
         keep = keep.to(gi.dtype).contiguous()
-    out, h_t = _GRULoop.apply(gi, h0.contiguous(), w_hh, b_hh, keep)
+    h0 = h0.contiguous()
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (gi, h0, w_hh, b_hh)):
+        out, h_t = _GRULoop.apply(gi, h0, w_hh, b_hh, keep)
+        return out, h_t
+    ext = extension()  # nothing to differentiate (rollouts): no autograd node, nothing saved
+    assert ext is not None
+    out, h_t = ext.forward(gi, h0, w_hh, b_hh, keep)[:2]
     return out, h_t
