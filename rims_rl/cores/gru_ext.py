@@ -62,7 +62,10 @@ static void forward_impl(const Tensor& gi, const Tensor& w_hh_t, const Tensor& b
     if (KP) {
       for (int64_t i = 0; i < B; ++i) {
         const T kv = KP[t * B + i];
-        for (int64_t j = 0; j < H; ++j) hp[i * H + j] = prev[i * H + j] * kv;
+        const T* __restrict__ src = prev + i * H;
+        T* __restrict__ dst = hp + i * H;
+        #pragma omp simd
+        for (int64_t j = 0; j < H; ++j) dst[j] = src[j] * kv;
       }
     } else {
       std::copy(prev, prev + B * H, hp);
@@ -70,22 +73,32 @@ static void forward_impl(const Tensor& gi, const Tensor& w_hh_t, const Tensor& b
     Tensor hg_t = hg.select(0, t), g_t = gates.select(0, t);
     if (b_hh.defined()) at::addmm_out(hg_t, b_hh, hprev.select(0, t), w_hh_t);
     else at::mm_out(hg_t, hprev.select(0, t), w_hh_t);
-    const T* gi_t = GI + t * B * G3;
-    const T* hg_p = HG + t * B * G3;
-    T* g = GT + t * B * G3;
-    for (int64_t i = 0; i < B; ++i)
-      for (int64_t j = 0; j < 2 * H; ++j) g[i * G3 + j] = hg_p[i * G3 + j] + gi_t[i * G3 + j];
+    for (int64_t i = 0; i < B; ++i) {
+      const T* __restrict__ gi_i = GI + (t * B + i) * G3;
+      const T* __restrict__ hg_i = HG + (t * B + i) * G3;
+      T* __restrict__ g = GT + (t * B + i) * G3;
+      #pragma omp simd
+      for (int64_t j = 0; j < 2 * H; ++j) g[j] = hg_i[j] + gi_i[j];
+    }
     g_t.narrow(1, 0, 2 * H).sigmoid_();  // ATen's vectorised sigmoid on the r and z blocks
-    for (int64_t i = 0; i < B; ++i)
-      for (int64_t j = 0; j < H; ++j)
-        g[i * G3 + 2 * H + j] = gi_t[i * G3 + 2 * H + j] + hg_p[i * G3 + 2 * H + j] * g[i * G3 + j];
+    for (int64_t i = 0; i < B; ++i) {
+      const T* __restrict__ gi_i = GI + (t * B + i) * G3 + 2 * H;
+      const T* __restrict__ hg_i = HG + (t * B + i) * G3 + 2 * H;
+      const T* __restrict__ r = GT + (t * B + i) * G3;
+      T* __restrict__ n = GT + (t * B + i) * G3 + 2 * H;
+      #pragma omp simd
+      for (int64_t j = 0; j < H; ++j) n[j] = gi_i[j] + hg_i[j] * r[j];
+    }
     g_t.narrow(1, 2 * H, H).tanh_();
     T* o = OUT + t * B * H;
-    for (int64_t i = 0; i < B; ++i)
-      for (int64_t j = 0; j < H; ++j) {
-        const T z = g[i * G3 + H + j], n = g[i * G3 + 2 * H + j];
-        o[i * H + j] = (hp[i * H + j] - n) * z + n;  // nn.GRU's order of operations
-      }
+    for (int64_t i = 0; i < B; ++i) {
+      const T* __restrict__ z = GT + (t * B + i) * G3 + H;
+      const T* __restrict__ n = z + H;
+      const T* __restrict__ h = hp + i * H;
+      T* __restrict__ oi = o + i * H;
+      #pragma omp simd
+      for (int64_t j = 0; j < H; ++j) oi[j] = (h[j] - n[j]) * z[j] + n[j];  // nn.GRU's order of operations
+    }
     prev = o;
   }
 }
@@ -117,33 +130,39 @@ static void backward_impl(const Tensor& d_out, const Tensor& dh, const Tensor& w
   const T* KP = keep.defined() ? keep.data_ptr<T>() : nullptr;
   T *DH = dh.data_ptr<T>(), *DGI = dgi.data_ptr<T>(), *DHG = dhg.data_ptr<T>();
   for (int64_t t = Tn - 1; t >= 0; --t) {
-    const T* g = GT + t * B * G3;
-    const T* hg_p = HG + t * B * G3;
-    const T* hp = HP + t * B * H;
-    const T* dot_ = DO + t * B * H;
-    T* dgi_t = DGI + t * B * G3;
-    T* dhg_t = DHG + t * B * G3;
-    for (int64_t i = 0; i < B; ++i)
+    for (int64_t i = 0; i < B; ++i) {
+      const int64_t row = (t * B + i) * G3;
+      const T* __restrict__ r = GT + row;
+      const T* __restrict__ z = r + H;
+      const T* __restrict__ n = r + 2 * H;
+      const T* __restrict__ hgn = HG + row + 2 * H;
+      const T* __restrict__ hp = HP + (t * B + i) * H;
+      const T* __restrict__ dout = DO + (t * B + i) * H;
+      T* __restrict__ dhi = DH + i * H;
+      T* __restrict__ dgi = DGI + row;
+      T* __restrict__ dhg = DHG + row;
+      #pragma omp simd
       for (int64_t j = 0; j < H; ++j) {
-        const int64_t x = i * H + j, y = i * G3 + j;
-        const T d = DH[x] + dot_[x];
-        const T r = g[y], z = g[y + H], n = g[y + 2 * H];
-        const T dan = d * (T(1) - z) * (T(1) - n * n);
-        const T dar = dan * hg_p[y + 2 * H] * (r * (T(1) - r));
-        const T daz = d * (hp[x] - n) * (z * (T(1) - z));
-        dgi_t[y] = dar;
-        dgi_t[y + H] = daz;
-        dgi_t[y + 2 * H] = dan;
-        dhg_t[y] = dar;
-        dhg_t[y + H] = daz;
-        dhg_t[y + 2 * H] = dan * r;
-        DH[x] = d * z;
+        const T d = dhi[j] + dout[j];
+        const T dan = d * (T(1) - z[j]) * (T(1) - n[j] * n[j]);
+        const T dar = dan * hgn[j] * (r[j] * (T(1) - r[j]));
+        const T daz = d * (hp[j] - n[j]) * (z[j] * (T(1) - z[j]));
+        dgi[j] = dar;
+        dgi[j + H] = daz;
+        dgi[j + 2 * H] = dan;
+        dhg[j] = dar;
+        dhg[j + H] = daz;
+        dhg[j + 2 * H] = dan * r[j];
+        dhi[j] = d * z[j];
       }
+    }
     dh.addmm_(dhg.select(0, t), w_hh);  // dh += dhg W_hh
     if (KP)
       for (int64_t i = 0; i < B; ++i) {
         const T kv = KP[t * B + i];
-        for (int64_t j = 0; j < H; ++j) DH[i * H + j] *= kv;
+        T* __restrict__ dh_i = DH + i * H;
+        #pragma omp simd
+        for (int64_t j = 0; j < H; ++j) dh_i[j] *= kv;
       }
   }
 }
