@@ -150,6 +150,8 @@ def test_where_the_loop_does_not_run_the_core_is_nn_gru() -> None:
     assert not core._fused(torch.randn(4, 3, 6), None)  # wrong width: nn.GRU's error message
     with pytest.raises(RuntimeError, match="input.size"):
         core(torch.randn(4, 3, 6))
+    with pytest.raises(ValueError, match="episode_starts must have shape"):
+        core(x, episode_starts=torch.zeros(3, 4))
     assert not GRUCore(5, 7, bidirectional=True).takes_episode_starts
     assert not core.to(torch.bfloat16).takes_episode_starts
 

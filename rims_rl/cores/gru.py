@@ -69,6 +69,8 @@ class GRUCore(TorchRNNCore, nn.GRU):
     ) -> tuple[Tensor, State]:
         """x [T, B, input_size], (h, c) [num_layers, B, hidden_size], episode_starts [T, B] (the state
         is zeroed before a step where it is 1) -> out [T, B, hidden_size], (h, 0)."""
+        if episode_starts is not None:  # nn.GRU never took them: our checks, ValueError naming the argument
+            self._check_input(x, state, episode_starts)
         h0 = None if state is None else state[0]
         if self._fused(x, h0):
             out, h = self._fused_forward(x, h0, episode_starts)
