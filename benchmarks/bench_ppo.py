@@ -6,6 +6,7 @@ Usage:
     python benchmarks/bench_ppo.py --envs popgym         # POPGym RepeatPrevious (popgym-repeat-previous)
     python benchmarks/bench_ppo.py --rollouts 8 --threads 1
     python benchmarks/bench_ppo.py --envs popgym --agents lstm_ppo stock_lstm --set ppo.chunk_length=32
+    python benchmarks/bench_ppo.py --envs popgym --agents lstm_ppo gru_ppo --interleave --gru-reference
 
 Every agent trains with the same preset (n_envs, n_steps, epochs, batch, features extractor, hidden
 size, critic layout); only the policy class differs:
@@ -24,6 +25,11 @@ Columns besides steps/s: ``update %`` the share of the time in PPO updates (the 
 ``core fwd r/u %`` the share in the cores' forward calls during rollouts / during updates (forward hooks
 on the cores), ``bwd %`` the share in ``backward`` (the whole model's, cores included), ``calls/upd``
 the actor core's calls per update (one rollout's epochs and minibatches).
+
+``--interleave`` runs all agents in one process instead, a rollout + update of each in turn, and prints
+wall and CPU (``process_time``) steps/s with their ratios to lstm_ppo: on a core shared with other jobs
+these ratios hold where the sequential rows' do not. ``--gru-reference`` adds gru_ppo with ``nn.GRU``
+instead of the GRU core's C++ loop.
 
 Envs (``--envs``, each with its own family preset): ``minigrid`` MiniGrid-DoorKey-5x5-v0, ``atari``
 ALE/Breakout-v5, ``popgym`` the ``popgym-repeat-previous`` suite's training env (POPGym RepeatPrevious,
