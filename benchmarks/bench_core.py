@@ -1,7 +1,7 @@
 """Forward+backward time of the RIMs core vs ``nn.LSTM`` of the same hidden size, side by side.
 
 Usage: python benchmarks/bench_core.py [--T 128] [--B 64] [--hidden 600 120] [--input 64] [--repeats 5]
-    [--rollout] [--ppo] [--modular] [--devices cpu cuda]
+    [--rollout] [--ppo] [--modular] [--gru] [--cpu-time] [--devices cpu cuda]
 
 Prints one line per device, hidden size and RIMs cell: ``nn.LSTM`` ms, RIMs ms on the fused path (the
 default: one autograd node with a hand-written backward), RIMs ms on the autograd reference path
@@ -12,7 +12,10 @@ adds end-to-end PPO (``bench_ppo.py``'s rims_ppo MiniGrid model): steps/s of one
 the fused core vs the reference core, alternating in one process (so CPU load hits both alike).
 ``--modular`` adds every other registered core (``rims_rl.cores.registry``: the TLB, the stable assembly,
 the GRU, installed plug-ins) at each hidden size with its defaults, timed interleaved with ``nn.LSTM``,
-with its parameter count beside the LSTM's.
+with its parameter count beside the LSTM's. ``--gru`` times only the GRU core: its C++ loop
+(``rims_rl.cores.gru_ext``, the default on CPU) vs the same module run as ``nn.GRU`` vs ``nn.LSTM``,
+forward+backward and the rollout step. ``--cpu-time`` times CPU seconds of this thread instead of wall
+seconds (for a core time-shared with other jobs).
 """
 
 from __future__ import annotations
@@ -34,8 +37,16 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def interleaved(fns: dict[str, Callable[[], None]], repeats: int, device: str) -> dict[str, float]:
-    """Median seconds of each function, timed in turn so that machine load affects all alike."""
+def interleaved(
+    fns: dict[str, Callable[[], None]],
+    repeats: int,
+    device: str,
+    clock: Callable[[], float] = time.perf_counter,
+) -> dict[str, float]:
+    """Median seconds of each function, timed in turn so that machine load affects all alike.
+
+    ``clock``: wall time by default; ``time.thread_time`` counts only the CPU time of this thread, which
+    other processes time-sharing the core do not inflate (CPU work only: GPU time is not counted)."""
     for fn in fns.values():  # warm-up: allocations, first-call overheads
         fn()
         fn()
@@ -43,10 +54,10 @@ def interleaved(fns: dict[str, Callable[[], None]], repeats: int, device: str) -
     for _ in range(repeats):
         for name, fn in fns.items():
             _sync(device)
-            t0 = time.perf_counter()
+            t0 = clock()
             fn()
             _sync(device)
-            times[name].append(time.perf_counter() - t0)
+            times[name].append(clock() - t0)
     return {name: sorted(ts)[len(ts) // 2] for name, ts in times.items()}
 
 
@@ -71,6 +82,68 @@ def _rollout(module: RIMs, x: torch.Tensor, fast: bool) -> Callable[[], None]:
                 _, state = module(x[t : t + 1], state)
 
     return once
+
+
+def _gru_side_by_side(args: argparse.Namespace, device: str, hidden: int, clock: Callable[[], float]) -> None:
+    """The GRU core's C++ loop (``rims_rl.cores.gru_ext``) vs the same module as ``nn.GRU``
+    (``fused_loop = False``) vs ``nn.LSTM``: forward+backward, and the no-grad rollout step."""
+    from rims_rl.cores.gru import GRUCore
+
+    x = torch.randn(args.T, args.B, args.input, device=device)
+    lstm = nn.LSTM(args.input, hidden).to(device)
+    gru = GRUCore(args.input, hidden).to(device)
+
+    def gru_path(fused: bool, fn: Callable[[], None]) -> Callable[[], None]:
+        def once() -> None:
+            gru.fused_loop = fused
+            fn()
+
+        return once
+
+    t = interleaved(
+        {
+            "lstm": _fwd_bwd(lstm, x),
+            "C++": gru_path(True, _fwd_bwd(gru, x)),
+            "nn.GRU": gru_path(False, _fwd_bwd(gru, x)),
+        },
+        args.repeats,
+        device,
+        clock,
+    )
+    ms = {name: f"{v * 1e3:.2f} ms" for name, v in t.items()}
+    print(
+        f"{device:6} {hidden:>6} GRU fwd+bwd T={args.T} B={args.B}: nn.LSTM {ms['lstm']}, "
+        f"GRU C++ loop {ms['C++']} = {t['C++'] / t['lstm']:.2f}x, nn.GRU {ms['nn.GRU']} "
+        f"= {t['nn.GRU'] / t['lstm']:.2f}x; speed-up {t['nn.GRU'] / t['C++']:.2f}",
+        flush=True,
+    )
+    xr = torch.randn(200, 16, args.input, device=device)
+
+    def steps(module: nn.Module) -> Callable[[], None]:
+        def once() -> None:
+            state = (torch.zeros(1, 16, hidden, device=device),) * 2
+            with torch.no_grad():
+                for i in range(xr.shape[0]):
+                    _, state = module(xr[i : i + 1], state)
+
+        return once
+
+    t = interleaved(
+        {
+            "lstm": steps(lstm),
+            "C++": gru_path(True, steps(gru)),
+            "nn.GRU": gru_path(False, steps(gru)),
+        },
+        args.repeats,
+        device,
+        clock,
+    )
+    us = {name: f"{v / xr.shape[0] * 1e6:.0f} us" for name, v in t.items()}
+    print(
+        f"{device:6} {hidden:>6} GRU rollout (no grad, T=1, B=16, per step): nn.LSTM {us['lstm']}, "
+        f"GRU C++ loop {us['C++']}, nn.GRU {us['nn.GRU']}",
+        flush=True,
+    )
 
 
 def _ppo_ab(repeats: int) -> None:
@@ -111,6 +184,16 @@ def main() -> None:
     parser.add_argument("--ppo", action="store_true", help="also A/B the core inside rims_ppo training")
     parser.add_argument("--modular", action="store_true", help="also time every other registered core")
     parser.add_argument(
+        "--gru",
+        action="store_true",
+        help="only the GRU core: its C++ loop vs nn.GRU vs nn.LSTM (fwd+bwd and rollout step)",
+    )
+    parser.add_argument(
+        "--cpu-time",
+        action="store_true",
+        help="time CPU seconds of this thread (time.thread_time), not wall: for a core shared with others",
+    )
+    parser.add_argument(
         "--devices",
         nargs="+",
         choices=["cpu", "cuda"],
@@ -123,6 +206,12 @@ def main() -> None:
     if "cuda" in devices and not torch.cuda.is_available():
         parser.error("--devices cuda: torch sees no CUDA device here; drop it or run on a GPU machine")
     print(f"torch {torch.__version__}, CPU threads {torch.get_num_threads()}, T={args.T}, B={args.B}")
+    clock = time.thread_time if args.cpu_time else time.perf_counter
+    if args.gru:
+        for device in devices:
+            for hidden in args.hidden:
+                _gru_side_by_side(args, device, hidden, clock)
+        return
     print(
         f"{'device':6} {'hidden':>6} {'cell':>5} {'lstm ms':>9} {'fused ms':>9} {'autograd ms':>11} "
         f"{'fused/lstm':>10} {'autograd/lstm':>13} {'speed-up':>8}"

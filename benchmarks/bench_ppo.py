@@ -6,6 +6,7 @@ Usage:
     python benchmarks/bench_ppo.py --envs popgym         # POPGym RepeatPrevious (popgym-repeat-previous)
     python benchmarks/bench_ppo.py --rollouts 8 --threads 1
     python benchmarks/bench_ppo.py --envs popgym --agents lstm_ppo stock_lstm --set ppo.chunk_length=32
+    python benchmarks/bench_ppo.py --envs popgym --agents lstm_ppo gru_ppo --interleave --gru-reference
 
 Every agent trains with the same preset (n_envs, n_steps, epochs, batch, features extractor, hidden
 size, critic layout); only the policy class differs:
@@ -24,6 +25,11 @@ Columns besides steps/s: ``update %`` the share of the time in PPO updates (the 
 ``core fwd r/u %`` the share in the cores' forward calls during rollouts / during updates (forward hooks
 on the cores), ``bwd %`` the share in ``backward`` (the whole model's, cores included), ``calls/upd``
 the actor core's calls per update (one rollout's epochs and minibatches).
+
+``--interleave`` runs all agents in one process instead, a rollout + update of each in turn, and prints
+wall and CPU (``process_time``) steps/s with their ratios to lstm_ppo: on a core shared with other jobs
+these ratios hold where the sequential rows' do not. ``--gru-reference`` adds gru_ppo with ``nn.GRU``
+instead of the GRU core's C++ loop.
 
 Envs (``--envs``, each with its own family preset): ``minigrid`` MiniGrid-DoorKey-5x5-v0, ``atari``
 ALE/Breakout-v5, ``popgym`` the ``popgym-repeat-previous`` suite's training env (POPGym RepeatPrevious,
@@ -214,6 +220,56 @@ def ab_worker(
     return row
 
 
+def interleave_worker(
+    agents: list[str],
+    family: str,
+    rollouts: int,
+    threads: int | None,
+    overrides: list[str] | None = None,
+    gru_reference: bool = False,
+) -> dict[str, Any]:
+    """All ``agents`` in one process, one rollout + update of each in turn, so machine load hits them
+    alike; median wall and CPU (``process_time``: the time this process ran, robust to other processes
+    sharing the core) seconds per rollout + update. ``gru_reference`` adds ``gru_ppo[nn.GRU]``: gru_ppo's
+    model with its cores' C++ loop off (``GRUCore.fused_loop = False``), i.e. ``nn.GRU`` as before."""
+    import statistics
+
+    import torch
+
+    from rims_rl.cores.gru import GRUCore
+
+    if threads:
+        torch.set_num_threads(threads)
+    env_id, suite = ENVS[family]
+    models: dict[str, Any] = {
+        agent: build(agent, env_id, overrides=overrides, suite=suite) for agent in agents
+    }
+    if gru_reference:
+        model = build("gru_ppo", env_id, overrides=overrides, suite=suite)
+        for module in model.policy.modules():
+            if isinstance(module, GRUCore):
+                module.fused_loop = False
+        models["gru_ppo[nn.GRU]"] = model
+    per_rollout = {name: m.n_steps * m.n_envs for name, m in models.items()}
+    for name, model in models.items():
+        model.learn(per_rollout[name])  # warm-up (and the C++ loops' build)
+    times: dict[str, dict[str, list[float]]] = {name: {"wall": [], "cpu": []} for name in models}
+    for _ in range(rollouts):
+        for name, model in models.items():
+            wall, cpu = time.perf_counter(), time.process_time()
+            model.learn(per_rollout[name], reset_num_timesteps=False)
+            times[name]["wall"].append(time.perf_counter() - wall)
+            times[name]["cpu"].append(time.process_time() - cpu)
+    return {
+        name: {
+            "env": env_id or suite,
+            "steps_per_s": per_rollout[name] / statistics.median(t["wall"]),
+            "cpu_steps_per_s": per_rollout[name] / statistics.median(t["cpu"]),
+        }
+        for name, t in times.items()
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -238,8 +294,21 @@ def main() -> None:
         help="per agent, one model alternating sb3-contrib's per-step loop and the segment path "
         "(torch LSTM/GRU cores, episode starts inside sequences: use with ppo.chunk_length)",
     )
+    parser.add_argument(
+        "--interleave",
+        action="store_true",
+        help="all agents in one process, rollouts in turn (ratios under load); wall and CPU steps/s",
+    )
+    parser.add_argument(
+        "--gru-reference",
+        action="store_true",
+        help="with --interleave: also gru_ppo with nn.GRU instead of the C++ GRU loop",
+    )
     parser.add_argument("--worker", nargs=2, metavar=("AGENT", "FAMILY"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.interleave:
+        _print_interleaved(args)
+        return
     if args.worker:
         run = ab_worker if args.ab_loop else worker
         print(json.dumps(run(args.worker[0], args.worker[1], args.rollouts, args.threads, args.set)))
@@ -308,6 +377,32 @@ def main() -> None:
                 f"{100 * r['update_share']:8.0f} "
                 f"{100 * r['core_fwd_rollout_share']:7.0f}/{100 * r['core_fwd_update_share']:<6.0f} "
                 f"{100 * r['backward_share']:5.0f} {r['core_calls_per_update']:9.0f} {r['peak_rss_mb']:8.0f}",
+                flush=True,
+            )
+
+
+def _print_interleaved(args: argparse.Namespace) -> None:
+    """``--interleave``: one process per env family, a row per agent with its ratio to lstm_ppo."""
+    import platform
+
+    import torch
+
+    threads = args.threads or torch.get_num_threads()
+    print(
+        f"torch {torch.__version__}, {platform.machine()}, threads {threads}, interleaved in one process"
+        + (f", overrides {' '.join(args.set)}" if args.set else "")
+    )
+    print(f"{'env':26} {'agent':16} {'steps/s':>8} {'vs lstm':>8} {'CPU steps/s':>11} {'vs lstm':>8}")
+    for family in dict.fromkeys(args.envs + (["atari"] if args.atari else [])):
+        rows = interleave_worker(
+            args.agents, family, args.rollouts, args.threads, args.set, args.gru_reference
+        )
+        lstm = rows.get("lstm_ppo")
+        for name, r in rows.items():
+            vs = f"{r['steps_per_s'] / lstm['steps_per_s']:8.2f}" if lstm else f"{'-':>8}"
+            vs_cpu = f"{r['cpu_steps_per_s'] / lstm['cpu_steps_per_s']:8.2f}" if lstm else f"{'-':>8}"
+            print(
+                f"{r['env']:26} {name:16} {r['steps_per_s']:8.0f} {vs} {r['cpu_steps_per_s']:11.0f} {vs_cpu}",
                 flush=True,
             )
 

@@ -13,7 +13,8 @@ Cores are built inside ``__init__`` before the optimizer is created, so the opti
 parameters (replacing ``policy.lstm_actor`` afterwards would leave the optimizer on the old module).
 
 Training minibatches go through the core in one call instead of sb3-contrib's per-step Python loop.
-Cores that declare ``takes_episode_starts`` reset themselves anywhere. For the others, sequences that
+Cores that declare ``takes_episode_starts`` reset themselves anywhere (the GRU core on CPU too: its C++
+loop, ``rims_rl.cores.gru_ext``). For the others, sequences that
 start an episode only at their first step (sb3-contrib's padded sequences) get their state zeroed
 there; sequences with starts inside (``ChunkedRecurrentPPO``'s chunks) are cut into episode segments
 that run in one or two calls where the core is a torch LSTM/GRU (``_run_segments``), with
@@ -478,6 +479,8 @@ def _run_segments(x: th.Tensor, states: State, starts: th.Tensor, core: nn.Modul
       runs again, packed, for the final state (in training nothing reads it, so it costs no backward).
     - ``nn.GRU`` (no fused CPU kernel: padded and packed cost about the same): all segments as one
       ``PackedSequence``, which gives both the outputs and each segment's state after its last step.
+      The GRU core comes here only where its C++ loop does not run (CUDA, no compiler): on CPU it takes
+      the starts itself (``takes_episode_starts``).
 
     The index computation is vectorised (no Python loop over steps or sequences). With ``dropout``
     between stacked layers in training mode, each call draws its own masks (as each step of the loop does).

@@ -25,7 +25,8 @@ the output (the TLB's is wider). An all-zero state must mean "start of an episod
 - ``takes_episode_starts``: the core zeroes its state where ``episode_starts`` is 1 anywhere in a sequence
   (one call per training sequence). If False, the policy zeroes the state before the first step; when an
   episode starts later in a sequence it runs the episode segments in one or two calls where the core is a
-  torch LSTM/GRU (``rims_rl.policies._run_segments``), else falls back to a step loop.
+  torch LSTM/GRU (``rims_rl.policies._run_segments``), else falls back to a step loop. It may be a
+  property read per call (the GRU core: True where its C++ loop runs, ``rims_rl.cores.gru_ext``).
 - ``accepts_slots``: ``x`` may carry several input slots (RIMs' input attention reads them).
 - ``supports_keyed_dropout``: the core implements :meth:`install_keyed_dropout`.
 - ``native_layers``: the constructor takes ``num_layers`` and stacks layers itself (``nn.LSTM``, ``nn.GRU``);

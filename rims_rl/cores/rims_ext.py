@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -388,24 +389,34 @@ void backward(
 
 def extension() -> ModuleType | None:
     """The built extension, or None (no compiler, ``RIMS_RL_NO_EXT=1``, or a failed build: one warning)."""
-    if "module" in _STATE:
-        return _STATE["module"]
+    return cached_extension(_STATE, _build, "the C++ RIMs loop", "the Python loop")
+
+
+def cached_extension(
+    state: dict[str, Any], build: Callable[[], ModuleType], what: str, instead: str
+) -> ModuleType | None:
+    """``state["module"]``, built by ``build()`` on the first call; None without a compiler, after a
+    failed build (one warning line naming ``what`` and ``instead``, the path that runs then) or with
+    ``RIMS_RL_NO_EXT=1`` (silently). Shared by the C++ loops (``rims_ext``, ``gru_ext``): each keeps its own
+    ``state`` so a failure of one does not disable the other."""
+    if "module" in state:
+        return state["module"]
     module = None
     if os.environ.get("RIMS_RL_NO_EXT", "") not in ("", "0"):
-        _STATE["module"] = None
+        state["module"] = None
         return None
     try:
-        module = _build()
-    except Exception as err:  # no compiler, no ninja, a build error: the Python loop does the same work
+        module = build()
+    except Exception as err:  # no compiler, no ninja, a build error: the Python path does the same work
         lines = str(err).strip().splitlines() or [type(err).__name__]
         first_line = next((ln for ln in lines if "error" in ln.lower() and ": " in ln), lines[0])
         warnings.warn(
-            f"rims_rl: the C++ RIMs loop could not be built ({first_line[:200]}); using the Python loop "
+            f"rims_rl: {what} could not be built ({first_line[:200]}); using {instead} "
             "(same results, slower on CPU; set RIMS_RL_NO_EXT=1 to skip the build)",
             RuntimeWarning,
-            stacklevel=3,
+            stacklevel=4,
         )
-    _STATE["module"] = module
+    state["module"] = module
     return module
 
 
@@ -426,17 +437,23 @@ def _clear_stale_lock(name: str) -> None:
         pass  # the build below says what is wrong with the folder
 
 
-def _build() -> ModuleType:
+def build_inline(name: str, source: str, functions: list[str]) -> ModuleType:
+    """``load_inline`` of a C++ source under its own cache ``name`` (after removing a stale lock), with
+    the flags both loops use; raises what the build raises."""
     from torch.utils.cpp_extension import load_inline
 
-    _clear_stale_lock(EXTENSION_NAME)
+    _clear_stale_lock(name)
     return load_inline(
-        name=EXTENSION_NAME,
-        cpp_sources=_SOURCE,
-        functions=["forward", "backward"],
+        name=name,
+        cpp_sources=source,
+        functions=functions,
         extra_cflags=["-O3", "-fopenmp-simd"],  # the pragmas vectorise the dot products
         verbose=False,
     )
+
+
+def _build() -> ModuleType:
+    return build_inline(EXTENSION_NAME, _SOURCE, ["forward", "backward"])
 
 
 def usable(x: torch.Tensor) -> bool:
