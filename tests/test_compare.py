@@ -1294,3 +1294,21 @@ def test_tune_fails_when_a_tuning_run_failed(
     calls.clear()
     assert main(argv) == 0
     assert calls == [("lstm_ppo", 1000)]  # only the failed run again
+
+
+@pytest.mark.parametrize("progress", [True, False])
+def test_compares_evaluation_phase_shows_its_progress_in_this_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, progress: bool
+) -> None:
+    """Issue 40.2: a run evaluated in compare's own process (--workers 1) passes ``progress`` on to the
+    evaluation (episodes per env with an ETA, on a terminal); without a progress bar, nothing is asked."""
+    backend, _ = _fake_backend(monkeypatch)
+    asked: list[dict] = []
+
+    def evaluate(checkpoint: Path, target: Suite, n_episodes: int, **kw: Any) -> list[EvalResult]:
+        asked.append(kw)
+        return backend.evaluate(checkpoint, target, n_episodes)
+
+    fields = dict(suite="minigrid-doorkey", seeds=1, timesteps=128, workers=1, out=tmp_path, eval_episodes=2)
+    compare_run(Backend(train=backend.train, evaluate=evaluate), **fields, reps=100, progress=progress)
+    assert len(asked) == 2 and all(kw.get("progress", False) is progress for kw in asked), asked

@@ -312,7 +312,12 @@ def run_compare(request: CompareRequest, backend: Backend | None = None) -> Comp
         try:
             if todo:
                 executor = make_executor(
-                    request.executor, plan.workers, len(todo), request.device, request.ray_address
+                    request.executor,
+                    plan.workers,
+                    len(todo),
+                    request.device,
+                    request.ray_address,
+                    progress=request.progress,
                 )
                 interrupted = executor.run(todo, backend, done, seen)
         except TrainingInterrupted as err:

@@ -61,11 +61,14 @@ class Executor(Protocol):
 class InProcess:
     """One job after the other in this process (``--workers 1``); training handles Ctrl-C itself."""
 
+    progress: bool = False
+    """Show each evaluation's episodes per env (on a terminal): a suite of Atari modes takes minutes."""
+
     def run(self, jobs: Sequence[RunJob], backend: Backend, done: Done, seen: list[int]) -> bool:
         """See ``Executor.run``."""
         with signals.sigterm_interrupts(seen):
             for job in jobs:
-                done(run_job(job, backend))
+                done(run_job(job, backend, progress=self.progress))
         return False
 
 
@@ -199,16 +202,22 @@ def _run_job_single_thread(job: RunJob, backend: Backend) -> JobResult:
 
 
 def make_executor(
-    kind: str, workers: int, n_jobs: int, device: str = "auto", ray_address: str | None = None
+    kind: str,
+    workers: int,
+    n_jobs: int,
+    device: str = "auto",
+    ray_address: str | None = None,
+    progress: bool = False,
 ) -> Executor:
     """The executor for ``--backend kind``: with ``local``, ``workers`` processes (1: this process) for
-    ``n_jobs`` jobs, their torch threads sharing the CPUs."""
+    ``n_jobs`` jobs, their torch threads sharing the CPUs. ``progress``: evaluation progress bars where
+    the jobs run in this process (worker processes' bars would overwrite each other)."""
     if kind == "ray":
         return RayTasks(ray_address, device)
     if kind != "local":
         raise UserError(f"--backend must be one of {', '.join(EXECUTORS)}, got {kind!r}")
     if workers <= 1:
-        return InProcess()
+        return InProcess(progress)
     running = max(1, min(workers, n_jobs))
     return LocalPool(workers=running, threads=max(1, (os.cpu_count() or 1) // running))
 
