@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import signal
 import time
 import tracemalloc
@@ -36,6 +37,7 @@ from rims_rl.envs.suites import load_suite_file
 SUITE = "popgym-repeat-previous"
 PEAK_BYTES = 64 * 2**20  # Python allocations while one file is read and checked
 SECONDS = 10.0
+MEMORY_BUDGET_KIB = 2**20  # 1 GiB, the default memory budget of a model (check_measured_size)
 HEALTH = [HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
 
 #: Env ids of every family, and a few that are not ids at all.
@@ -256,10 +258,13 @@ def test_any_checkpoint_metadata_is_evaluated_or_refused_in_one_line_writing_onl
             zout.writestr(name, data)
     before = _files(work)
     start = time.perf_counter()
+    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # the process's peak so far (KiB)
     code = main(["evaluate", "--checkpoint", str(crafted), "--episodes", "1", "--env", TINY_ENV,
                  "--out", str(work / "out"), "--no-progress"])  # fmt: skip
     err = capsys.readouterr().err
     assert time.perf_counter() - start < 30.0
+    grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak_kib  # torch's allocations too
+    assert grown < MEMORY_BUDGET_KIB, f"the peak resident memory grew by {grown / 2**20:.2f} GiB"
     assert code in (0, 2), err
     from hypothesis import event
 
