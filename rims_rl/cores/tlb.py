@@ -85,6 +85,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rims_rl.checks import check_positive
+from rims_rl.cores import tlb_ext
 from rims_rl.cores.base import RecurrentCore, State
 
 MIN_D_MODEL = 64
@@ -228,6 +229,9 @@ class TemporalLatentBottleneck(RecurrentCore):
     #: ``_fast_reference`` per round, a full chunk recomputed per step call), kept to test and benchmark the
     #: fast paths against. Same parameters and state either way.
     fast_path: bool = True
+    #: The no-grad step on CPU runs in C++ (``rims_rl.cores.tlb_ext``, same ATen calls, same results) where
+    #: it builds; False: always the Python step.
+    step_ext: bool = True
 
     # Version 2: chunk-parallel TLB with its own state_size (issue 25). Version 1 (nn.Module's default) was
     # the packed-state TLB; its checkpoints are refused in _load_from_state_dict.
@@ -526,6 +530,16 @@ class TemporalLatentBottleneck(RecurrentCore):
         the output map for its one new slot per row (instead of all ``K`` slots, as the reference does).
         Rows whose chunk ends at this step also run the whole chunk (:meth:`_chunk_end`) for the slow
         update, which reads every slot's output."""
+        if self.step_ext and tlb_ext.usable(x):
+            ext = cast(Any, tlb_ext.extension())
+            out, h, c, *slow_qk = ext.step(
+                x, state[0], state[1], episode_starts, self._ext_weights(), self._ext_eps,
+                self.n_latents, self.chunk_size, self.n_heads,
+            )  # fmt: skip
+            if slow_qk:
+                ended = torch.ones(slow_qk[0].shape[0], dtype=torch.bool, device=x.device)
+                self._slow_qk, self._slow_probs = (slow_qk[0], slow_qk[1], ended), None
+            return out, (h, c)
         B, d, K = x.shape[1], self.d_model, self.chunk_size
         slow, memory, p = self.unpack_state(state)
         if episode_starts is not None:
@@ -534,7 +548,7 @@ class TemporalLatentBottleneck(RecurrentCore):
             p = p.masked_fill(fresh, 0)
         layer = self._layers()[0]
         slots = torch.arange(K, device=x.device)
-        z0 = _lin(x[0], self.embed) + self.position[p]  # [B, d]
+        z0 = _lin(x[0], self.embed) + self.position.index_select(0, p)  # [B, d]
         Z = torch.where((slots == p[:, None]).unsqueeze(-1), z0.unsqueeze(1), F.pad(memory, (0, 0, 0, 1)))
         valid = (slots <= p[:, None])[:, None, None, :]  # [B, 1, 1, K]: the causal row of slot p
 
@@ -554,6 +568,24 @@ class TemporalLatentBottleneck(RecurrentCore):
             slow = slow.index_copy(0, idx, self._chunk_end(Z.index_select(0, idx), slow.index_select(0, idx)))
         kept = (slots[: K - 1] < next_p[:, None]).unsqueeze(-1).to(Z.dtype)
         return out, self.pack_state(slow, Z[:, : K - 1] * kept, next_p)
+
+    def _ext_weights(self) -> list[Tensor]:
+        """The parameters in the C++ step's order (``tlb_ext.WEIGHT_NAMES``): the parameter objects
+        themselves, looked up once (in-place updates are seen; a replaced parameter is looked up again)."""
+        cached = self.__dict__.get("_ext_weight_list")
+        if cached is None or cached[0] is not self.embed.weight or cached[-1] is not self.slow_gate.bias:
+            params = dict(self.named_parameters())
+            cached = [params[name] for name in tlb_ext.WEIGHT_NAMES]
+            self.__dict__["_ext_weight_list"] = cached
+            modules = dict(self.named_modules())
+            self.__dict__["_ext_eps"] = [cast(nn.LayerNorm, modules[n]).eps for n in tlb_ext.NORM_NAMES]
+        return cached
+
+    @property
+    def _ext_eps(self) -> list[float]:
+        """The LayerNorms' ``eps`` in the C++ step's order (``tlb_ext.NORM_NAMES``)."""
+        self._ext_weights()
+        return cast(list[float], self.__dict__["_ext_eps"])
 
     def _chunk_end(self, z0: Tensor, slow: Tensor) -> Tensor:
         """The fast stream over whole chunks z0 [n, K, d] and the slow update it feeds: new latents."""

@@ -1,0 +1,230 @@
+"""Optional C++ no-grad step of the TLB core (``rims_rl.cores.tlb``) on CPU, built on first use and cached.
+
+A rollout step (T=1, no autograd) of :class:`~rims_rl.cores.tlb.TemporalLatentBottleneck` is ~50 small
+ATen calls (~90 where a chunk ends); at 16 envs each does far less arithmetic than the Python and
+dispatch around it costs (about half the step's time in a profile, docs/benchmarks.md). This extension
+runs the same ATen calls, in the same order and with the same arguments, as ``TemporalLatentBottleneck._step``
+and ``_chunk_end`` (so the results are the same bits), from C++.
+
+Built with ``torch.utils.cpp_extension.load_inline`` the first time a CPU TLB core takes a rollout step,
+with the build helpers of ``rims_rl.cores.rims_ext``; torch caches the build. Without a compiler, or with
+``RIMS_RL_NO_EXT=1`` set, the Python step runs instead: same results, one warning line, never an error.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from types import ModuleType
+from typing import Any
+
+import torch
+
+from rims_rl.cores.rims_ext import _clear_stale_lock
+
+_STATE: dict[str, Any] = {}  # "module": the built extension or None after a failed build
+
+EXTENSION_NAME = "rims_rl_tlb_step"
+
+#: Order of the weights handed to the C++ step (``TemporalLatentBottleneck._ext_weights``).
+WEIGHT_NAMES = (
+    "embed.weight", "embed.bias", "position", "initial_latents",
+    "fast_layers.0.norm_self.weight", "fast_layers.0.norm_self.bias",
+    "fast_layers.0.self_attn.q.weight", "fast_layers.0.self_attn.q.bias",
+    "fast_layers.0.self_attn.kv.weight", "fast_layers.0.self_attn.kv.bias",
+    "fast_layers.0.self_attn.o.weight", "fast_layers.0.self_attn.o.bias",
+    "fast_layers.0.ffn_self.0.weight", "fast_layers.0.ffn_self.0.bias",
+    "fast_layers.0.ffn_self.1.weight", "fast_layers.0.ffn_self.1.bias",
+    "fast_layers.0.ffn_self.3.weight", "fast_layers.0.ffn_self.3.bias",
+    "fast_layers.0.norm_cross.weight", "fast_layers.0.norm_cross.bias",
+    "fast_layers.0.norm_slow.weight", "fast_layers.0.norm_slow.bias",
+    "fast_layers.0.cross_attn.q.weight", "fast_layers.0.cross_attn.q.bias",
+    "fast_layers.0.cross_attn.kv.weight", "fast_layers.0.cross_attn.kv.bias",
+    "fast_layers.0.cross_attn.o.weight", "fast_layers.0.cross_attn.o.bias",
+    "fast_layers.0.ffn_cross.0.weight", "fast_layers.0.ffn_cross.0.bias",
+    "fast_layers.0.ffn_cross.1.weight", "fast_layers.0.ffn_cross.1.bias",
+    "fast_layers.0.ffn_cross.3.weight", "fast_layers.0.ffn_cross.3.bias",
+    "norm_out.weight", "norm_out.bias", "out.weight", "out.bias",
+    "norm_latents.weight", "norm_latents.bias",
+    "slow_attn.q.weight", "slow_attn.q.bias", "slow_attn.kv.weight", "slow_attn.kv.bias",
+    "slow_attn.o.weight", "slow_attn.o.bias",
+    "slow_ffn.0.weight", "slow_ffn.0.bias", "slow_ffn.1.weight", "slow_ffn.1.bias",
+    "slow_ffn.3.weight", "slow_ffn.3.bias",
+    "slow_gate.weight", "slow_gate.bias",
+)  # fmt: skip
+
+#: The LayerNorms whose ``eps`` the C++ step takes, in its order.
+NORM_NAMES = (
+    "fast_layers.0.norm_self", "fast_layers.0.ffn_self.0", "fast_layers.0.norm_cross",
+    "fast_layers.0.norm_slow", "fast_layers.0.ffn_cross.0", "norm_out", "norm_latents", "slow_ffn.0",
+)  # fmt: skip
+
+_SOURCE = r"""
+#include <torch/extension.h>
+#include <vector>
+
+using at::Tensor;
+
+// Weight indices: rims_rl/cores/tlb_ext.py WEIGHT_NAMES.
+enum {
+  EMB_W, EMB_B, POS, INIT, NS_W, NS_B, SAQ_W, SAQ_B, SAKV_W, SAKV_B, SAO_W, SAO_B,
+  FS_LN_W, FS_LN_B, FS_UP_W, FS_UP_B, FS_DN_W, FS_DN_B,
+  NC_W, NC_B, NSL_W, NSL_B, CAQ_W, CAQ_B, CAKV_W, CAKV_B, CAO_W, CAO_B,
+  FC_LN_W, FC_LN_B, FC_UP_W, FC_UP_B, FC_DN_W, FC_DN_B,
+  NO_W, NO_B, OUT_W, OUT_B, NL_W, NL_B, SLQ_W, SLQ_B, SLKV_W, SLKV_B, SLO_W, SLO_B,
+  SF_LN_W, SF_LN_B, SF_UP_W, SF_UP_B, SF_DN_W, SF_DN_B, G_W, G_B, N_WEIGHTS
+};
+// LayerNorm eps indices: NORM_NAMES.
+enum { E_NS, E_FS, E_NC, E_NSL, E_FC, E_NO, E_NL, E_SF };
+
+struct Net {
+  const std::vector<Tensor>& w;
+  const std::vector<double>& eps;
+  int64_t H;
+
+  Tensor lin(const Tensor& x, int i) const { return at::linear(x, w[i], w[i + 1]); }
+  Tensor norm(const Tensor& x, int i, int e) const {
+    return at::layer_norm(x, {x.size(-1)}, w[i], w[i + 1], eps[e]);
+  }
+  // _gelu: a transposed 2-D view takes ATen's kernel, not oneDNN's.
+  static Tensor gelu(const Tensor& x) {
+    const int64_t f = x.size(-1);
+    return at::gelu(x.reshape({-1, f}).t()).t().view(x.sizes());
+  }
+  Tensor ffn(const Tensor& x, int ln, int e) const {  // ln: index of the FFN's LayerNorm weight
+    return at::linear(gelu(at::linear(norm(x, ln, e), w[ln + 2], w[ln + 3])), w[ln + 4], w[ln + 5]);
+  }
+  Tensor heads(const Tensor& t) const {  // [B, S, d] -> [B, H, S, d/H]
+    return t.view({t.size(0), t.size(1), H, t.size(2) / H}).transpose(1, 2);
+  }
+  std::pair<Tensor, Tensor> kv_heads(const Tensor& keys, int i) const {
+    const int64_t B = keys.size(0), S = keys.size(1), d = keys.size(2);
+    Tensor kv = lin(keys, i).view({B, S, 2, H, d / H}).permute({2, 0, 3, 1, 4});
+    return {kv[0], kv[1]};
+  }
+  static Tensor merge(const Tensor& r) { return r.transpose(1, 2).flatten(2); }
+
+  // TemporalLatentBottleneck._read_slow (first layer)
+  Tensor read_slow(const Tensor& a, const Tensor& q, const Tensor& slow) const {
+    auto [k, v] = kv_heads(norm(slow, NSL_W, E_NSL), CAKV_W);
+    Tensor b = a + lin(merge(at::scaled_dot_product_attention(q, k, v)), CAO_W);
+    return b + ffn(b, FC_LN_W, E_FC);
+  }
+  // _within_chunk
+  Tensor within_chunk(const Tensor& z0) const {
+    Tensor h = norm(z0, NS_W, E_NS);
+    auto [k, v] = kv_heads(h, SAKV_W);
+    Tensor read = at::scaled_dot_product_attention(heads(lin(h, SAQ_W)), k, v, {}, 0.0, true);
+    Tensor a = z0 + lin(merge(read), SAO_W);
+    return a + ffn(a, FS_LN_W, E_FS);
+  }
+  // _cross_queries
+  Tensor cross_queries(const Tensor& a) const { return heads(lin(norm(a, NC_W, E_NC), CAQ_W)); }
+  // _slow_update: new latents, and the queries / keys kept for last_slow_attention
+  std::vector<Tensor> slow_update(const Tensor& slow, const Tensor& chunk_out) const {
+    Tensor q = heads(lin(norm(slow, NL_W, E_NL), SLQ_W));
+    auto [k, v] = kv_heads(chunk_out, SLKV_W);
+    Tensor m = lin(merge(at::scaled_dot_product_attention(q, k, v)), SLO_W);
+    m = m + ffn(m, SF_LN_W, E_SF);
+    auto g = at::sigmoid(lin(at::cat({m, slow}, -1), G_W)).chunk(2, -1);
+    return {g[1] * slow + g[0] * at::tanh(m), q, k};
+  }
+};
+
+// TemporalLatentBottleneck._step (+ unpack_state, _chunk_end, pack_state) for one fast layer, no grad.
+std::vector<Tensor> step(const Tensor& x, const Tensor& h0, const Tensor& c0,
+                         const c10::optional<Tensor>& starts, const std::vector<Tensor>& w,
+                         const std::vector<double>& eps, int64_t n_latents, int64_t K, int64_t n_heads) {
+  TORCH_CHECK(w.size() == N_WEIGHTS && eps.size() == 8, "tlb step: wrong number of weights");
+  at::NoGradGuard no_grad;
+  const Net net{w, eps, n_heads};
+  const int64_t B = x.size(1), d = w[POS].size(1), S = h0.size(2);
+  const int64_t slow_size = n_latents * d, pos_index = (n_latents + K - 1) * d;
+  // unpack_state
+  Tensor s = at::cat({h0, c0}, -1)[0];
+  Tensor slow = w[INIT] + s.slice(1, 0, slow_size).view({B, n_latents, d});
+  Tensor memory = s.slice(1, slow_size, pos_index).view({B, K - 1, d});
+  Tensor p = s.select(1, pos_index).round().to(at::kLong).clamp(0, K - 1);
+  if (starts.has_value()) {
+    Tensor fresh = (*starts)[0] != 0;
+    slow = at::where(fresh.unsqueeze(1).unsqueeze(2), w[INIT], slow);
+    p = p.masked_fill(fresh, 0);
+  }
+  Tensor slots = at::arange(K, p.options());
+  Tensor z0 = net.lin(x[0], EMB_W) + w[POS].index_select(0, p);
+  Tensor Z = at::where((slots == p.unsqueeze(1)).unsqueeze(-1), z0.unsqueeze(1),
+                       at::constant_pad_nd(memory, {0, 0, 0, 1}));
+  Tensor valid = (slots <= p.unsqueeze(1)).unsqueeze(1).unsqueeze(2);
+
+  auto [k, v] = net.kv_heads(net.norm(Z, NS_W, E_NS), SAKV_W);
+  Tensor q = net.lin(net.norm(z0, NS_W, E_NS), SAQ_W).view({B, n_heads, 1, -1});
+  Tensor a = z0 + net.lin(at::scaled_dot_product_attention(q, k, v, valid).view({B, d}), SAO_W);
+  a = (a + net.ffn(a, FS_LN_W, E_FS)).unsqueeze(1);
+  Tensor qc = net.heads(net.lin(net.norm(a, NC_W, E_NC), CAQ_W));
+  Tensor y = net.norm(net.read_slow(a, qc, slow), NO_W, E_NO);
+  Tensor out = net.lin(y, OUT_W).view({1, B, -1});
+
+  Tensor ended = p == K - 1;
+  Tensor next_p = at::where(ended, 0, p + 1);
+  Tensor q_slow, k_slow;
+  if (ended.any().item<bool>()) {
+    Tensor idx = ended.nonzero().squeeze(1);
+    Tensor zc = Z.index_select(0, idx), sc = slow.index_select(0, idx);
+    Tensor ac = net.within_chunk(zc);
+    Tensor yc = net.norm(net.read_slow(ac, net.cross_queries(ac), sc), NO_W, E_NO);
+    auto upd = net.slow_update(sc, yc);
+    slow = slow.index_copy(0, idx, upd[0]);
+    q_slow = upd[1];
+    k_slow = upd[2];
+  }
+  Tensor kept = (slots.slice(0, 0, K - 1) < next_p.unsqueeze(1)).unsqueeze(-1).to(Z.scalar_type());
+  // pack_state
+  Tensor packed = at::cat({(slow - w[INIT]).reshape({B, -1}), (Z.slice(1, 0, K - 1) * kept).reshape({B, -1}),
+                           next_p.to(slow.scalar_type()).unsqueeze(-1)}, -1);
+  packed = at::constant_pad_nd(packed, {0, 2 * S - packed.size(-1)});
+  auto hc = packed.unsqueeze(0).split(S, -1);
+  std::vector<Tensor> result{out, hc[0], hc[1]};
+  if (q_slow.defined()) {
+    result.push_back(q_slow);
+    result.push_back(k_slow);
+  }
+  return result;
+}
+"""
+
+
+def extension() -> ModuleType | None:
+    """The built extension, or None (no compiler, ``RIMS_RL_NO_EXT=1``, or a failed build: one warning)."""
+    if "module" in _STATE:
+        return _STATE["module"]
+    module = None
+    if os.environ.get("RIMS_RL_NO_EXT", "") not in ("", "0"):
+        _STATE["module"] = None
+        return None
+    try:
+        module = _build()
+    except Exception as err:  # no compiler, no ninja, a build error: the Python step does the same work
+        lines = str(err).strip().splitlines() or [type(err).__name__]
+        first_line = next((ln for ln in lines if "error" in ln.lower() and ": " in ln), lines[0])
+        warnings.warn(
+            f"rims_rl: the C++ TLB step could not be built ({first_line[:200]}); using the Python step "
+            "(same results, slower on CPU; set RIMS_RL_NO_EXT=1 to skip the build)",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    _STATE["module"] = module
+    return module
+
+
+def _build() -> ModuleType:
+    from torch.utils.cpp_extension import load_inline
+
+    _clear_stale_lock(EXTENSION_NAME)
+    return load_inline(
+        name=EXTENSION_NAME, cpp_sources=_SOURCE, functions=["step"], extra_cflags=["-O2"], verbose=False
+    )
+
+
+def usable(x: torch.Tensor) -> bool:
+    """Whether the C++ step takes this call: CPU float32/float64 tensors and a built extension."""
+    return x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and extension() is not None
