@@ -13,6 +13,7 @@ size, critic layout); only the policy class differs:
     lstm_ppo      our policy, nn.LSTM core (sequence fast path)
     gru_ppo       our policy, nn.GRU core (sequence fast path)
     tlb_ppo       our policy, Temporal Latent Bottleneck core
+    tlb_ref       tlb_ppo with the TLB's reference path (``fast_path = False``: the code before issue 43)
     assembly_ppo  our policy, stable-assembly core
     stock_lstm    sb3-contrib's own MlpLstmPolicy/CnnLstmPolicy/MultiInputLstmPolicy, unchanged
 Each measurement runs in its own subprocess (so peak memory is that run's own), one after another.
@@ -46,7 +47,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 # The checkout this script is in, not an installed rims_rl (a script's sys.path starts at its folder).
 sys.path.insert(0, str(ROOT))
-AGENTS = ("rims_ppo", "lstm_ppo", "gru_ppo", "tlb_ppo", "assembly_ppo", "stock_lstm")
+AGENTS = ("rims_ppo", "lstm_ppo", "gru_ppo", "tlb_ppo", "tlb_ref", "assembly_ppo", "stock_lstm")
 #: env family -> (env id, suite): exactly one of them, as ``resolve_config`` takes them.
 ENVS: dict[str, tuple[str | None, str | None]] = {
     "minigrid": ("MiniGrid-DoorKey-5x5-v0", None),
@@ -70,7 +71,11 @@ def build(
     from rims_rl.app.config import resolve_config
     from rims_rl.app.runs import make_train_env
 
-    name = "lstm_ppo" if agent == "stock_lstm" else agent
+    name = {"stock_lstm": "lstm_ppo", "tlb_ref": "tlb_ppo"}.get(agent, agent)
+    if agent == "tlb_ref":
+        from rims_rl.cores.tlb import TemporalLatentBottleneck
+
+        TemporalLatentBottleneck.fast_path = False  # this worker process only
     config = resolve_config(name, env_id, suite=suite, seed=seed, overrides=overrides or None)
     env = make_train_env(config, seed)  # in-process for MiniGrid, subprocesses for Atari
     preset, policy = config.model, None
