@@ -353,6 +353,8 @@ def test_rollout_step_equals_reference(chunk_size: int, ext: bool) -> None:
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_cpp_step_is_the_python_step_bit_for_bit(dtype: torch.dtype) -> None:
+    """Without its cache the C++ step makes the Python step's ATen calls: the same bits. With the cache
+    (keys and values of earlier slots computed by earlier steps) it agrees to float rounding."""
     if tlb_ext.extension() is None:
         pytest.skip("the C++ step does not build here")
     torch.manual_seed(0)
@@ -363,11 +365,65 @@ def test_cpp_step_is_the_python_step_bit_for_bit(dtype: torch.dtype) -> None:
     x, starts = randn(T, B, IN).to(dtype), random_starts(T, B, seed=5).to(dtype)
     core.step_ext = False
     py = rollout(core, x, state, starts)
-    core.step_ext = True
+    core.step_ext, core.step_cache = True, False
     cpp = rollout(core, x, state, starts)
     assert torch.equal(cpp[0], py[0])
     assert torch.equal(torch.cat(cpp[1], -1), torch.cat(py[1], -1))
     assert torch.equal(cpp[2][-1], py[2][-1])
+    core.step_cache = True
+    cached = rollout(core, x, state, starts)
+    tol = 1e-12 if dtype == torch.float64 else 1e-5
+    torch.testing.assert_close(cached[0], py[0], rtol=0, atol=tol)
+    torch.testing.assert_close(torch.cat(cached[1], -1), torch.cat(py[1], -1), rtol=0, atol=tol)
+
+
+def test_step_cache_is_used_only_for_the_state_it_returned(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cache is handed to the next step only when that step continues from the very (h, c) the last
+    one returned; the C++ side also checks that neither they nor any weight changed since (versions
+    and data pointers). Every case equals the reference."""
+    if tlb_ext.extension() is None:
+        pytest.skip("the C++ step does not build here")
+    core = perturbed_tlb(chunk_size=3)
+    B = 4
+    x = randn(6, B, IN)
+    handed: list[int] = []
+    ext = tlb_ext.extension()
+    real_step = ext.step  # type: ignore[union-attr]
+
+    def spy(*args: object) -> object:
+        handed.append(len(args[9]))  # type: ignore[arg-type]
+        return real_step(*args)
+
+    monkeypatch.setattr(tlb_ext, "extension", lambda: type("Ext", (), {"step": staticmethod(spy)}))
+
+    def reference(state, t: int):
+        core.fast_path = False
+        with torch.no_grad():
+            out, new_state = core(x[t : t + 1], state)
+        core.fast_path = True
+        return out, new_state
+
+    def check(state, t: int):
+        ref, ref_state = reference(state, t)
+        with torch.no_grad():
+            out, new_state = core(x[t : t + 1], state)
+        torch.testing.assert_close(out, ref, rtol=0, atol=1e-12)
+        torch.testing.assert_close(torch.cat(new_state, -1), torch.cat(ref_state, -1), rtol=0, atol=1e-12)
+        return new_state
+
+    state = check(warm_state(core, B), 0)  # nothing cached yet
+    state = check(state, 1)  # continues from the returned state: the cache is handed over
+    assert handed == [0, 7]
+    with torch.no_grad():
+        core.fast_layers[0].self_attn.kv.weight.mul_(1.1)  # an optimizer step: cached keys are stale
+    state = check(state, 2)  # handed over, refused by the key check (the reference agrees)
+    state = check(tuple(s.clone() for s in state), 3)  # equal values, other tensors: not handed over
+    assert handed[-1] == 0
+    state = check(state, 4)
+    with torch.no_grad():
+        state[0][..., 0] += 0.5  # the state changed in place: its version changes
+    check(state, 5)
+    assert handed[-2:] == [7, 7]
 
 
 def test_rollout_step_after_a_weight_change_uses_the_new_weights() -> None:

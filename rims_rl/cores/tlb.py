@@ -77,6 +77,7 @@ load: :meth:`TemporalLatentBottleneck._load_from_state_dict` says so in one line
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Mapping
 from typing import Any, cast
 
@@ -89,6 +90,12 @@ from rims_rl.cores import tlb_ext
 from rims_rl.cores.base import RecurrentCore, State
 
 MIN_D_MODEL = 64
+
+#: core -> (h, c, cache) of its latest C++ rollout step (``TemporalLatentBottleneck.step_cache``); held
+#: outside the module so that it is neither pickled nor copied with it.
+_STEP_CACHE: weakref.WeakKeyDictionary[nn.Module, tuple[Tensor, Tensor, list[Tensor]]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def default_d_model(hidden_size: int, n_heads: int = 4) -> int:
@@ -133,10 +140,9 @@ def _heads(t: Tensor, n_heads: int) -> Tensor:
 
 def _kv_heads(keys: Tensor, attn: _Attention) -> tuple[Tensor, Tensor]:
     """Keys and values of ``attn`` for keys [B, S, d]: each [B, H, S, d/H] (as ``_Attention._heads``)."""
-    B, S, d = keys.shape
-    H = attn.n_heads
-    k, v = _lin(keys, attn.kv).view(B, S, 2, H, d // H).permute(2, 0, 3, 1, 4)
-    return k, v
+    kv = _lin(keys, attn.kv)
+    d = keys.shape[-1]  # split, not unbind: its backward is one cat, not a stack and a copy
+    return _heads(kv[..., :d], attn.n_heads), _heads(kv[..., d:], attn.n_heads)
 
 
 def _merge(read: Tensor) -> Tensor:
@@ -232,6 +238,10 @@ class TemporalLatentBottleneck(RecurrentCore):
     #: The no-grad step on CPU runs in C++ (``rims_rl.cores.tlb_ext``, same ATen calls, same results) where
     #: it builds; False: always the Python step.
     step_ext: bool = True
+    #: The C++ step keeps what it computed for the state it returns (keys and values of the chunk's slots
+    #: and of the latents, the chunk's outputs), and the next step that continues from that very state
+    #: (same tensors, unmodified, same weights) computes only its new slot (``tlb_ext``). False: no cache.
+    step_cache: bool = True
 
     # Version 2: chunk-parallel TLB with its own state_size (issue 25). Version 1 (nn.Module's default) was
     # the packed-state TLB; its checkpoints are refused in _load_from_state_dict.
@@ -290,7 +300,7 @@ class TemporalLatentBottleneck(RecurrentCore):
         # The latest slow update's attention [B, H, N, K] (detached) and the rows whose chunk ended then
         # (reference path), or its queries [B, H, N, d/H] and keys [B, H, K, d/H] (fast path).
         self._slow_probs: tuple[Tensor, Tensor] | None = None
-        self._slow_qk: tuple[Tensor, Tensor, Tensor] | None = None
+        self._slow_qk: tuple[Tensor, Tensor, Tensor | None] | None = None  # ended None: every row
 
     @property
     def last_slow_attention(self) -> Tensor | None:
@@ -301,7 +311,8 @@ class TemporalLatentBottleneck(RecurrentCore):
         device nor computes weights nobody reads at every chunk end."""
         if self._slow_qk is not None:
             q, k, ended = self._slow_qk
-            q, k = q[ended], k[ended]
+            if ended is not None:
+                q, k = q[ended], k[ended]
             return ((q @ k.transpose(-1, -2)) * (1.0 / math.sqrt(q.shape[-1]))).softmax(dim=-1)
         if self._slow_probs is None:
             return None
@@ -456,7 +467,7 @@ class TemporalLatentBottleneck(RecurrentCore):
             )
         return _norm(z, self.norm_out)
 
-    def _slow_update(self, slow: Tensor, chunk_out: Tensor, ended: Tensor) -> Tensor:
+    def _slow_update(self, slow: Tensor, chunk_out: Tensor, ended: Tensor | None) -> Tensor:
         """Gated cross-attention update of the latents [B, N, d] from the chunk's outputs [B, K, d] (fused
         attention; the weights for :attr:`last_slow_attention` are computed only when read)."""
         attn = self.slow_attn
@@ -532,13 +543,18 @@ class TemporalLatentBottleneck(RecurrentCore):
         update, which reads every slot's output."""
         if self.step_ext and tlb_ext.usable(x):
             ext = cast(Any, tlb_ext.extension())
-            out, h, c, *slow_qk = ext.step(
+            keep = self.step_cache and not torch.is_inference_mode_enabled() and not state[0].is_inference()
+            last = _STEP_CACHE.get(self) if keep else None
+            cache = last[2] if last is not None and last[0] is state[0] and last[1] is state[1] else []
+            out, h, c, *rest = ext.step(
                 x, state[0], state[1], episode_starts, self._ext_weights(), self._ext_eps,
-                self.n_latents, self.chunk_size, self.n_heads,
+                self.n_latents, self.chunk_size, self.n_heads, cache, keep,
             )  # fmt: skip
+            if keep:
+                _STEP_CACHE[self] = (h, c, rest[:7])
+            slow_qk = rest[7:] if keep else rest
             if slow_qk:
-                ended = torch.ones(slow_qk[0].shape[0], dtype=torch.bool, device=x.device)
-                self._slow_qk, self._slow_probs = (slow_qk[0], slow_qk[1], ended), None
+                self._slow_qk, self._slow_probs = (slow_qk[0], slow_qk[1], None), None
             return out, (h, c)
         B, d, K = x.shape[1], self.d_model, self.chunk_size
         slow, memory, p = self.unpack_state(state)
@@ -591,7 +607,7 @@ class TemporalLatentBottleneck(RecurrentCore):
         """The fast stream over whole chunks z0 [n, K, d] and the slow update it feeds: new latents."""
         a = self._within_chunk(z0)
         y = self._fast(a, self._cross_queries(a), slow)
-        return self._slow_update(slow, y, torch.ones(slow.shape[0], dtype=torch.bool, device=slow.device))
+        return self._slow_update(slow, y, None)
 
     def _forward_reference(
         self, x: Tensor, state: State | None, episode_starts: Tensor | None

@@ -4,7 +4,10 @@ A rollout step (T=1, no autograd) of :class:`~rims_rl.cores.tlb.TemporalLatentBo
 ATen calls (~90 where a chunk ends); at 16 envs each does far less arithmetic than the Python and
 dispatch around it costs (about half the step's time in a profile, docs/benchmarks.md). This extension
 runs the same ATen calls, in the same order and with the same arguments, as ``TemporalLatentBottleneck._step``
-and ``_chunk_end`` (so the results are the same bits), from C++.
+and ``_chunk_end`` (so the results are the same bits), from C++; and, where the call continues from the
+state the previous call returned, from a cache of what that call computed (keys and values of the
+chunk's slots and of the latents, the chunk's outputs so far), so that a step computes its new slot only
+and a chunk end only the slow update (same math, float rounding apart; see ``step`` in the source).
 
 Built with ``torch.utils.cpp_extension.load_inline`` the first time a CPU TLB core takes a rollout step,
 with the build helpers of ``rims_rl.cores.rims_ext``; torch caches the build. Without a compiler, or with
@@ -131,37 +134,97 @@ struct Net {
   }
 };
 
+// The cache key: every weight's version and data pointer, and the version of the state's h.
+static Tensor make_key(const std::vector<Tensor>& w, const Tensor& h) {
+  const int64_t n = static_cast<int64_t>(w.size());
+  Tensor key = at::empty({2 * n + 1}, at::kLong);
+  int64_t* k = key.data_ptr<int64_t>();
+  for (int64_t i = 0; i < n; ++i) {
+    k[2 * i] = static_cast<int64_t>(w[i]._version());
+    k[2 * i + 1] = reinterpret_cast<int64_t>(w[i].data_ptr());
+  }
+  k[2 * n] = static_cast<int64_t>(h._version());
+  return key;
+}
+
 // TemporalLatentBottleneck._step (+ unpack_state, _chunk_end, pack_state) for one fast layer, no grad.
+//
+// cache: empty, or what the previous call returned after its (h, c) (the caller checks that h0 and c0
+// are that call's h and c): {key, Ks, Vs, Kc, Vc, Y, complete}. Ks, Vs [B, H, K, d/H]: the self-attention
+// keys and values of the chunk's slots so far; Kc, Vc [B, H, N, d/H]: the cross-attention keys and values
+// of the latents; Y [B, K, d]: the fast stream's outputs of the chunk's slots so far; complete [B]: whether
+// Y holds every earlier slot of the row's chunk (rows seen from a slot > 0 on a cache miss do not; their
+// chunk end recomputes the chunk). With a valid cache a step computes keys and values for its new slot
+// only, and a chunk end only the slow update. The cache is used only if the key (weights' versions and
+// data pointers, h0's version) is unchanged.
 std::vector<Tensor> step(const Tensor& x, const Tensor& h0, const Tensor& c0,
                          const c10::optional<Tensor>& starts, const std::vector<Tensor>& w,
-                         const std::vector<double>& eps, int64_t n_latents, int64_t K, int64_t n_heads) {
+                         const std::vector<double>& eps, int64_t n_latents, int64_t K, int64_t n_heads,
+                         const std::vector<Tensor>& cache, bool keep_cache) {
   TORCH_CHECK(w.size() == N_WEIGHTS && eps.size() == 8, "tlb step: wrong number of weights");
   at::NoGradGuard no_grad;
   const Net net{w, eps, n_heads};
-  const int64_t B = x.size(1), d = w[POS].size(1), S = h0.size(2);
+  const int64_t B = x.size(1), d = w[POS].size(1), S = h0.size(2), H = n_heads, dh = d / n_heads;
   const int64_t slow_size = n_latents * d, pos_index = (n_latents + K - 1) * d;
+  bool hit = false;
+  if (keep_cache && cache.size() == 7 && cache[1].size(0) == B && cache[1].scalar_type() == x.scalar_type()) {
+    hit = at::equal(cache[0], make_key(w, h0));
+  }
   // unpack_state
   Tensor s = at::cat({h0, c0}, -1)[0];
   Tensor slow = w[INIT] + s.slice(1, 0, slow_size).view({B, n_latents, d});
   Tensor memory = s.slice(1, slow_size, pos_index).view({B, K - 1, d});
   Tensor p = s.select(1, pos_index).round().to(at::kLong).clamp(0, K - 1);
+  Tensor fresh;
   if (starts.has_value()) {
-    Tensor fresh = (*starts)[0] != 0;
-    slow = at::where(fresh.unsqueeze(1).unsqueeze(2), w[INIT], slow);
-    p = p.masked_fill(fresh, 0);
+    fresh = (*starts)[0] != 0;
+    if (fresh.any().item<bool>()) {
+      slow = at::where(fresh.unsqueeze(1).unsqueeze(2), w[INIT], slow);
+      p = p.masked_fill(fresh, 0);
+    } else {
+      fresh = Tensor();
+    }
   }
   Tensor slots = at::arange(K, p.options());
   Tensor z0 = net.lin(x[0], EMB_W) + w[POS].index_select(0, p);
-  Tensor Z = at::where((slots == p.unsqueeze(1)).unsqueeze(-1), z0.unsqueeze(1),
-                       at::constant_pad_nd(memory, {0, 0, 0, 1}));
+  Tensor at_p = slots == p.unsqueeze(1);  // [B, K]
+  // The chunk's z^0: slots < p from the state, slot p the new step; slots > p are never read (the causal
+  // mask; the state keeps slots < p + 1). The last slot holds z0 unless p = K-1 reads it (no padding copy).
+  Tensor Z = at::cat({at::where(at_p.slice(1, 0, K - 1).unsqueeze(-1), z0.unsqueeze(1), memory),
+                      z0.unsqueeze(1)}, 1);
   Tensor valid = (slots <= p.unsqueeze(1)).unsqueeze(1).unsqueeze(2);
 
-  auto [k, v] = net.kv_heads(net.norm(Z, NS_W, E_NS), SAKV_W);
-  Tensor q = net.lin(net.norm(z0, NS_W, E_NS), SAQ_W).view({B, n_heads, 1, -1});
-  Tensor a = z0 + net.lin(at::scaled_dot_product_attention(q, k, v, valid).view({B, d}), SAO_W);
+  Tensor q, Ks, Vs, Kc, Vc, Y, complete;
+  if (hit) {
+    Tensor hz = net.norm(z0, NS_W, E_NS);
+    q = net.lin(hz, SAQ_W);
+    Tensor kv = net.lin(hz, SAKV_W).view({B, 2, H, 1, dh});
+    Tensor here = at_p.view({B, 1, K, 1});
+    Ks = at::where(here, kv.select(1, 0), cache[1]);
+    Vs = at::where(here, kv.select(1, 1), cache[2]);
+    Kc = cache[3];
+    Vc = cache[4];
+    if (fresh.defined()) {  // fresh latents: the initial latents' keys
+      auto [ki, vi] = net.kv_heads(net.norm(w[INIT].unsqueeze(0), NSL_W, E_NSL), CAKV_W);
+      Tensor f4 = fresh.view({B, 1, 1, 1});
+      Kc = at::where(f4, ki, Kc);
+      Vc = at::where(f4, vi, Vc);
+    }
+    Y = cache[5];
+    complete = cache[6].logical_or(p == 0);
+  } else {
+    std::tie(Ks, Vs) = net.kv_heads(net.norm(Z, NS_W, E_NS), SAKV_W);
+    q = net.lin(net.norm(z0, NS_W, E_NS), SAQ_W);
+    std::tie(Kc, Vc) = net.kv_heads(net.norm(slow, NSL_W, E_NSL), CAKV_W);
+    Y = at::zeros({B, K, d}, z0.options());
+    complete = p == 0;
+  }
+  Tensor a = z0 + net.lin(at::scaled_dot_product_attention(q.view({B, H, 1, dh}), Ks, Vs, valid).view({B, d}),
+                          SAO_W);
   a = (a + net.ffn(a, FS_LN_W, E_FS)).unsqueeze(1);
   Tensor qc = net.heads(net.lin(net.norm(a, NC_W, E_NC), CAQ_W));
-  Tensor y = net.norm(net.read_slow(a, qc, slow), NO_W, E_NO);
+  Tensor b = a + net.lin(Net::merge(at::scaled_dot_product_attention(qc, Kc, Vc)), CAO_W);
+  Tensor y = net.norm(b + net.ffn(b, FC_LN_W, E_FC), NO_W, E_NO);  // [B, 1, d]
   Tensor out = net.lin(y, OUT_W).view({1, B, -1});
 
   Tensor ended = p == K - 1;
@@ -169,21 +232,48 @@ std::vector<Tensor> step(const Tensor& x, const Tensor& h0, const Tensor& c0,
   Tensor q_slow, k_slow;
   if (ended.any().item<bool>()) {
     Tensor idx = ended.nonzero().squeeze(1);
-    Tensor zc = Z.index_select(0, idx), sc = slow.index_select(0, idx);
-    Tensor ac = net.within_chunk(zc);
-    Tensor yc = net.norm(net.read_slow(ac, net.cross_queries(ac), sc), NO_W, E_NO);
+    Tensor sc = slow.index_select(0, idx);
+    Tensor yc;
+    if (keep_cache) {
+      Y = at::where(at_p.unsqueeze(-1), y, Y);
+      Tensor redo = ended.logical_and(complete.logical_not());
+      if (redo.any().item<bool>()) {  // rows whose earlier outputs are not cached: the whole chunk
+        Tensor ri = redo.nonzero().squeeze(1);
+        Tensor ar = net.within_chunk(Z.index_select(0, ri));
+        Tensor yr = net.norm(net.read_slow(ar, net.cross_queries(ar), slow.index_select(0, ri)), NO_W, E_NO);
+        Y = Y.index_copy(0, ri, yr);
+      }
+      yc = Y.index_select(0, idx);
+    } else {
+      Tensor ac = net.within_chunk(Z.index_select(0, idx));
+      yc = net.norm(net.read_slow(ac, net.cross_queries(ac), sc), NO_W, E_NO);
+    }
     auto upd = net.slow_update(sc, yc);
     slow = slow.index_copy(0, idx, upd[0]);
     q_slow = upd[1];
     k_slow = upd[2];
+    if (keep_cache) {
+      auto [kn, vn] = net.kv_heads(net.norm(upd[0], NSL_W, E_NSL), CAKV_W);
+      Kc = Kc.index_copy(0, idx, kn);
+      Vc = Vc.index_copy(0, idx, vn);
+    }
+  } else if (keep_cache) {
+    Y = at::where(at_p.unsqueeze(-1), y, Y);
   }
   Tensor kept = (slots.slice(0, 0, K - 1) < next_p.unsqueeze(1)).unsqueeze(-1).to(Z.scalar_type());
-  // pack_state
-  Tensor packed = at::cat({(slow - w[INIT]).reshape({B, -1}), (Z.slice(1, 0, K - 1) * kept).reshape({B, -1}),
-                           next_p.to(slow.scalar_type()).unsqueeze(-1)}, -1);
-  packed = at::constant_pad_nd(packed, {0, 2 * S - packed.size(-1)});
+  // pack_state, written in place: latents - I_0, the kept z^0, the position, a zero pad
+  Tensor packed = at::empty({B, 2 * S}, z0.options());
+  Tensor slow_part = packed.slice(1, 0, slow_size).view({B, n_latents, d});
+  Tensor memory_part = packed.slice(1, slow_size, pos_index).view({B, K - 1, d});
+  at::sub_out(slow_part, slow, w[INIT]);
+  at::mul_out(memory_part, Z.slice(1, 0, K - 1), kept);
+  packed.select(1, pos_index).copy_(next_p);
+  packed.slice(1, pos_index + 1).zero_();
   auto hc = packed.unsqueeze(0).split(S, -1);
   std::vector<Tensor> result{out, hc[0], hc[1]};
+  if (keep_cache) {
+    for (const Tensor& t : {make_key(w, hc[0]), Ks, Vs, Kc, Vc, Y, complete}) result.push_back(t);
+  }
   if (q_slow.defined()) {
     result.push_back(q_slow);
     result.push_back(k_slow);
