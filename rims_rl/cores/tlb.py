@@ -91,11 +91,9 @@ from rims_rl.cores.base import RecurrentCore, State
 
 MIN_D_MODEL = 64
 
-#: core -> (h, c, cache) of its latest C++ rollout step (``TemporalLatentBottleneck.step_cache``); held
-#: outside the module so that it is neither pickled nor copied with it.
-_STEP_CACHE: weakref.WeakKeyDictionary[nn.Module, tuple[Tensor, Tensor, list[Tensor]]] = (
-    weakref.WeakKeyDictionary()
-)
+#: core -> (its parameters in the C++ step's order, its ``tlb_ext`` Runner: the C++ step with the cache of
+#: its latest step). Held outside the module, so that it is neither pickled nor deep-copied with it.
+_RUNNERS: weakref.WeakKeyDictionary[nn.Module, tuple[list[Tensor], Any]] = weakref.WeakKeyDictionary()
 
 
 def default_d_model(hidden_size: int, n_heads: int = 4) -> int:
@@ -542,17 +540,8 @@ class TemporalLatentBottleneck(RecurrentCore):
         Rows whose chunk ends at this step also run the whole chunk (:meth:`_chunk_end`) for the slow
         update, which reads every slot's output."""
         if self.step_ext and tlb_ext.usable(x):
-            ext = cast(Any, tlb_ext.extension())
             keep = self.step_cache and not torch.is_inference_mode_enabled() and not state[0].is_inference()
-            last = _STEP_CACHE.get(self) if keep else None
-            cache = last[2] if last is not None and last[0] is state[0] and last[1] is state[1] else []
-            out, h, c, *rest = ext.step(
-                x, state[0], state[1], episode_starts, self._ext_weights(), self._ext_eps,
-                self.n_latents, self.chunk_size, self.n_heads, cache, keep,
-            )  # fmt: skip
-            if keep:
-                _STEP_CACHE[self] = (h, c, rest[:7])
-            slow_qk = rest[7:] if keep else rest
+            out, h, c, *slow_qk = self._runner()(x, state[0], state[1], episode_starts, keep)
             if slow_qk:
                 self._slow_qk, self._slow_probs = (slow_qk[0], slow_qk[1], None), None
             return out, (h, c)
@@ -585,23 +574,20 @@ class TemporalLatentBottleneck(RecurrentCore):
         kept = (slots[: K - 1] < next_p[:, None]).unsqueeze(-1).to(Z.dtype)
         return out, self.pack_state(slow, Z[:, : K - 1] * kept, next_p)
 
-    def _ext_weights(self) -> list[Tensor]:
-        """The parameters in the C++ step's order (``tlb_ext.WEIGHT_NAMES``): the parameter objects
-        themselves, looked up once (in-place updates are seen; a replaced parameter is looked up again)."""
-        cached = self.__dict__.get("_ext_weight_list")
-        if cached is None or cached[0] is not self.embed.weight or cached[-1] is not self.slow_gate.bias:
+    def _runner(self) -> Any:
+        """This core's C++ step (``tlb_ext``'s ``Runner``): the parameters in its order
+        (``tlb_ext.WEIGHT_NAMES``), the parameter objects themselves (in-place updates are seen; a replaced
+        parameter makes a new runner), and the cache of its latest step."""
+        entry = _RUNNERS.get(self)
+        if entry is None or entry[0][0] is not self.embed.weight or entry[0][-1] is not self.slow_gate.bias:
             params = dict(self.named_parameters())
-            cached = [params[name] for name in tlb_ext.WEIGHT_NAMES]
-            self.__dict__["_ext_weight_list"] = cached
+            weights = [params[name] for name in tlb_ext.WEIGHT_NAMES]
             modules = dict(self.named_modules())
-            self.__dict__["_ext_eps"] = [cast(nn.LayerNorm, modules[n]).eps for n in tlb_ext.NORM_NAMES]
-        return cached
-
-    @property
-    def _ext_eps(self) -> list[float]:
-        """The LayerNorms' ``eps`` in the C++ step's order (``tlb_ext.NORM_NAMES``)."""
-        self._ext_weights()
-        return cast(list[float], self.__dict__["_ext_eps"])
+            eps = [cast(nn.LayerNorm, modules[n]).eps for n in tlb_ext.NORM_NAMES]
+            ext = cast(Any, tlb_ext.extension())
+            entry = (weights, ext.Runner(weights, eps, self.n_latents, self.chunk_size, self.n_heads))
+            _RUNNERS[self] = entry
+        return entry[1]
 
     def _chunk_end(self, z0: Tensor, slow: Tensor) -> Tensor:
         """The fast stream over whole chunks z0 [n, K, d] and the slow update it feeds: new latents."""
