@@ -581,12 +581,13 @@ class TemporalLatentBottleneck(RecurrentCore):
         entry = _RUNNERS.get(self)
         if entry is None or entry[0][0] is not self.embed.weight or entry[0][-1] is not self.slow_gate.bias:
             params = dict(self.named_parameters())
-            weights = [params[name] for name in tlb_ext.WEIGHT_NAMES]
+            weights: list[Tensor] = [params[name] for name in tlb_ext.WEIGHT_NAMES]
             modules = dict(self.named_modules())
             eps = [cast(nn.LayerNorm, modules[n]).eps for n in tlb_ext.NORM_NAMES]
             ext = cast(Any, tlb_ext.extension())
-            entry = (weights, ext.Runner(weights, eps, self.n_latents, self.chunk_size, self.n_heads))
-            _RUNNERS[self] = entry
+            runner = ext.Runner(weights, eps, self.n_latents, self.chunk_size, self.n_heads)
+            _RUNNERS[self] = (weights, runner)
+            return runner
         return entry[1]
 
     def _chunk_end(self, z0: Tensor, slow: Tensor) -> Tensor:
