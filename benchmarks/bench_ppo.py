@@ -179,12 +179,14 @@ def ab_worker(
 ) -> dict[str, Any]:
     """One model, rollouts alternating between sb3-contrib's per-step loop (the path before
     ``rims_rl.policies._run_segments``) and the segment path, so machine load hits both alike; median
-    steps/s and update seconds of each. Only torch LSTM/GRU cores have a segment path."""
+    steps/s and update seconds of each. Only torch LSTM/GRU cores have a segment path. A model with TLB
+    cores alternates their reference path (``fast_path = False``) and their fast paths instead."""
     import statistics
 
     import torch
 
     import rims_rl.policies as policies
+    from rims_rl.cores.tlb import TemporalLatentBottleneck
 
     if threads:
         torch.set_num_threads(threads)
@@ -192,15 +194,24 @@ def ab_worker(
     model = build(agent, env_id, overrides=overrides, suite=suite)
     per_rollout = model.n_steps * model.n_envs
     takes_packed = policies._takes_packed
-    variants = {"loop": lambda core: False, "segments": takes_packed}
+    tlb_cores = [m for m in model.policy.modules() if isinstance(m, TemporalLatentBottleneck)]
+
+    def variant(name: str) -> None:
+        """loop / segments: sb3-contrib's per-step loop or the segment path (torch LSTM/GRU cores);
+        reference / fast: the TLB core's reference path (the code before issue 43) or its fast paths."""
+        policies._takes_packed = (lambda core: False) if name == "loop" else takes_packed  # type: ignore[assignment]
+        for core in tlb_cores:
+            core.fast_path = name != "reference"
+
+    variants = ("reference", "fast") if tlb_cores else ("loop", "segments")
     model.learn(per_rollout)  # warm-up
     timed = _Timed(model)
     results: dict[str, dict[str, list[float]]] = {
         v: {"total": [], "update": [], "calls": []} for v in variants
     }
     for _ in range(rollouts):
-        for name, fn in variants.items():
-            policies._takes_packed = fn  # type: ignore[assignment]
+        for name in variants:
+            variant(name)
             timed.reset()
             start = time.perf_counter()
             model.learn(per_rollout, reset_num_timesteps=False)
@@ -241,7 +252,8 @@ def main() -> None:
         "--ab-loop",
         action="store_true",
         help="per agent, one model alternating sb3-contrib's per-step loop and the segment path "
-        "(torch LSTM/GRU cores, episode starts inside sequences: use with ppo.chunk_length)",
+        "(torch LSTM/GRU cores, episode starts inside sequences: use with ppo.chunk_length), or, for "
+        "tlb_ppo, the TLB's reference path and its fast paths",
     )
     parser.add_argument("--worker", nargs=2, metavar=("AGENT", "FAMILY"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -293,8 +305,9 @@ def main() -> None:
             rows[agent] = json.loads(proc.stdout.strip().splitlines()[-1])
         if args.ab_loop:
             for agent, r in rows.items():
-                loop_sps = r["loop"]["steps_per_s"]
-                for path in ("loop", "segments"):
+                paths = ("reference", "fast") if "fast" in r else ("loop", "segments")
+                loop_sps = r[paths[0]]["steps_per_s"]
+                for path in paths:
                     v = r[path]
                     print(
                         f"{r['env']:26} {agent:13} {path:9} {v['steps_per_s']:8.0f} {v['update_s']:8.2f} "

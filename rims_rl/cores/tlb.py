@@ -46,9 +46,23 @@ instance are always a prefix ``0..p``, so the causal mask alone keeps padding un
 
 An all-zero state is "start of a chunk, learned initial latents, nothing seen": zeroing it where
 ``episode_starts`` is 1 starts a fresh episode. A step call (T=1) at position ``p`` recomputes the fast
-stream over the chunk's ``p + 1`` steps from their stored ``z^0`` -- the same code as a sequence call, so
-the two agree to float rounding. ``out`` (``hidden_size`` features) is a linear map of ``Y``; ``h`` is not
-``out[-1]`` (nothing in sb3-contrib assumes it is). ``state_size`` is independent of ``hidden_size``.
+stream over the chunk's ``p + 1`` steps from their stored ``z^0``, so step calls and sequence calls agree
+to float rounding. ``out`` (``hidden_size`` features) is a linear map of ``Y``; ``h`` is not ``out[-1]``
+(nothing in sb3-contrib assumes it is). ``state_size`` is independent of ``hidden_size``.
+
+**Fast paths (issue 43; ``fast_path = False`` runs the code before, kept as the reference the tests
+compare against).** A sequence call computes everything that does not read the latents (embedding, the
+first layer's self-attention + FFN, its cross-attention queries) for all rounds before the loop over
+rounds, calls torch's functions instead of modules, and uses fused attention in the slow update (its
+weights for :attr:`TemporalLatentBottleneck.last_slow_attention` are computed only when read). A no-grad
+step with one fast layer (sb3's rollout call, :meth:`TemporalLatentBottleneck._step`) computes only the
+new slot: causal attention means its output reads slots ``0..p``, so only the self-attention's keys and
+values are needed for the earlier slots; rows whose chunk ends also run the whole chunk for the slow
+update. On CPU that step runs in C++ (``rims_rl.cores.tlb_ext``: the same ATen calls, the same bits),
+which also keeps, for the state it returns, the keys and values of the chunk's slots and of the latents
+and the chunk's outputs: the next step, if it continues from that very state with unchanged weights,
+computes its new slot only and a chunk end only the slow update (same math; rounding apart). Outputs,
+states and gradients equal the reference's to float64 rounding (``tests/test_tlb.py``).
 
 **Defaults vs the paper.** Fig. 1 of the paper: chunks of ``K`` steps go through a Transformer ``F`` of
 interleaved self-attention + FFN and cross-attention (to the latents) + FFN layers; the latent set ``I`` is
@@ -441,17 +455,46 @@ class TemporalLatentBottleneck(RecurrentCore):
         layer = self._layers()[0]
         return _heads(_lin(_norm(a, layer.norm_cross), layer.cross_attn.q), self.n_heads)
 
-    def _read_slow(self, layer: _FastLayer, a: Tensor, q: Tensor, slow: Tensor) -> Tensor:
-        """Cross-attention of a [B, Q, d] (queries q [B, H, Q, d/H]) to the latents [B, N, d], then FFN."""
-        k, v = _kv_heads(_norm(slow, layer.norm_slow), layer.cross_attn)
+    def _read_slow(
+        self, layer: _FastLayer, a: Tensor, q: Tensor, slow: Tensor, kv: tuple[Tensor, Tensor] | None = None
+    ) -> Tensor:
+        """Cross-attention of a [B, Q, d] (queries q [B, H, Q, d/H]) to the latents [B, N, d] (or their
+        keys and values ``kv``, from :meth:`_latent_projections`), then FFN."""
+        k, v = _kv_heads(_norm(slow, layer.norm_slow), layer.cross_attn) if kv is None else kv
         b = a + _lin(_merge(F.scaled_dot_product_attention(q, k, v)), layer.cross_attn.o)
         return b + _ffn(b, layer.ffn_cross)
 
-    def _fast(self, a: Tensor, q: Tensor, slow: Tensor) -> Tensor:
+    def _folded_latent_weights(self) -> tuple[Tensor, Tensor] | None:
+        """The two projections of the latents a round makes -- the first layer's cross-attention keys and
+        values of ``norm_slow(I)`` and the slow update's queries of ``norm_latents(I)`` -- as one matmul of
+        the affine-free normalised latents: LayerNorm's scale and shift folded into the weights,
+        ``W (g * x^ + b) + c = (W g) x^ + (W b + c)``. Computed once per call (with autograd), it saves a
+        LayerNorm and a matmul per round. ``None`` where the two norms' ``eps`` differ."""
+        layer = self._layers()[0]
+        n_slow, n_lat = layer.norm_slow, self.norm_latents
+        if n_slow.eps != n_lat.eps or n_slow.weight is None or n_lat.weight is None:
+            return None
+        kv, q = layer.cross_attn.kv, self.slow_attn.q
+        weight = torch.cat([kv.weight * n_slow.weight, q.weight * n_lat.weight])
+        bias = torch.cat(
+            [torch.addmv(kv.bias, kv.weight, n_slow.bias), torch.addmv(q.bias, q.weight, n_lat.bias)]
+        )
+        return weight, bias
+
+    def _latent_projections(
+        self, slow: Tensor, folded: tuple[Tensor, Tensor]
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Cross-attention keys, values and slow-update queries of the latents [B, N, d] (heads split)."""
+        d, H = self.d_model, self.n_heads
+        eps = self.norm_latents.eps
+        proj = F.linear(F.layer_norm(slow, (d,), None, None, eps), *folded)
+        return _heads(proj[..., :d], H), _heads(proj[..., d : 2 * d], H), _heads(proj[..., 2 * d :], H)
+
+    def _fast(self, a: Tensor, q: Tensor, slow: Tensor, kv: tuple[Tensor, Tensor] | None = None) -> Tensor:
         """One round of the fast stream from the first layer's within-chunk output a [B, K, d] and its
         cross-attention queries q: -> Y [B, K, d] (the reference's ``_fast_reference``, without modules)."""
         first, *rest = self._layers()
-        z = self._read_slow(first, a, q, slow)
+        z = self._read_slow(first, a, q, slow, kv)
         for layer in rest:
             h = _norm(z, layer.norm_self)
             k, v = _kv_heads(h, layer.self_attn)
@@ -465,11 +508,15 @@ class TemporalLatentBottleneck(RecurrentCore):
             )
         return _norm(z, self.norm_out)
 
-    def _slow_update(self, slow: Tensor, chunk_out: Tensor, ended: Tensor | None) -> Tensor:
+    def _slow_update(
+        self, slow: Tensor, chunk_out: Tensor, ended: Tensor | None, q: Tensor | None = None
+    ) -> Tensor:
         """Gated cross-attention update of the latents [B, N, d] from the chunk's outputs [B, K, d] (fused
-        attention; the weights for :attr:`last_slow_attention` are computed only when read)."""
+        attention; the weights for :attr:`last_slow_attention` are computed only when read). ``q``: the
+        latents' queries if already computed (:meth:`_latent_projections`)."""
         attn = self.slow_attn
-        q = _heads(_lin(_norm(slow, self.norm_latents), attn.q), self.n_heads)
+        if q is None:
+            q = _heads(_lin(_norm(slow, self.norm_latents), attn.q), self.n_heads)
         k, v = _kv_heads(chunk_out, attn)
         m = _lin(_merge(F.scaled_dot_product_attention(q, k, v)), attn.o)
         m = m + _ffn(m, self.slow_ffn)
@@ -503,7 +550,9 @@ class TemporalLatentBottleneck(RecurrentCore):
         if episode_starts is not None:
             flags[1, rnd[starts], b_idx[starts]] = True  # the instance begins with an episode start
         ended, reset = flags
-        any_ended, any_reset = flags.any(dim=2).tolist()  # one host sync for the whole call
+        (any_ended, any_reset), (all_ended, all_reset) = torch.stack(
+            [flags.any(dim=2), flags.all(dim=2)]
+        ).tolist()  # one host sync for the whole call
 
         slots = torch.arange(K, device=dev)
         carried = F.pad(memory, (0, 0, 0, 1)) * (slots < pos[0].unsqueeze(1)).unsqueeze(-1).to(memory.dtype)
@@ -515,14 +564,20 @@ class TemporalLatentBottleneck(RecurrentCore):
         A = self._within_chunk(Z)  # [R*B, K, d], every round at once
         Q = self._cross_queries(A)
         initial = self.initial_latents.expand(B, -1, -1)
+        folded = self._folded_latent_weights()
         ys = []
         for r, (a_round, q_round) in enumerate(zip(A.split(B), Q.split(B), strict=True)):
             if any_reset[r]:
-                slow = torch.where(reset[r, :, None, None], initial, slow)
-            y = self._fast(a_round, q_round, slow)
+                slow = initial if all_reset[r] else torch.where(reset[r, :, None, None], initial, slow)
+            kv, q_slow = None, None
+            if folded is not None:
+                k_c, v_c, q_slow = self._latent_projections(slow, folded)
+                kv = (k_c, v_c)
+            y = self._fast(a_round, q_round, slow, kv)
             ys.append(y)
             if any_ended[r]:
-                slow = torch.where(ended[r, :, None, None], self._slow_update(slow, y, ended[r]), slow)
+                new = self._slow_update(slow, y, ended[r], q_slow)
+                slow = new if all_ended[r] else torch.where(ended[r, :, None, None], new, slow)
         Y = torch.cat(ys).view(-1, d)  # [R*B*K, d]
         out = _lin(Y.index_select(0, flat.flatten()), self.out).view(T, B, -1)
 
