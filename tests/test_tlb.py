@@ -66,6 +66,7 @@ def test_sequence_call_equals_step_by_step_with_starts_anywhere(n_layers: int, c
 def test_training_is_chunk_parallel() -> None:
     """One fast-stream call per round of chunks (about T/K plus cuts), not one per step."""
     core = small_tlb(chunk_size=4)
+    core.train_ext = False  # the Python loop over rounds (the C++ one makes the same calls)
     calls = []
     fast = core._fast
     core._fast = lambda a, *rest: calls.append(a.shape) or fast(a, *rest)  # type: ignore[method-assign]
@@ -316,6 +317,31 @@ def test_fast_sequence_call_from_no_state_equals_reference() -> None:
     torch.testing.assert_close(torch.cat((h, c), -1), torch.cat((h_ref, c_ref), -1), rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cpp_rounds_are_the_python_rounds_bit_for_bit(dtype: torch.dtype) -> None:
+    """The C++ loop over rounds (``train_ext``) makes the Python loop's ATen calls with autograd: outputs,
+    final state and every gradient are the same bits."""
+    if tlb_ext.extension() is None:
+        pytest.skip("the C++ loop does not build here")
+    core = perturbed_tlb(chunk_size=3)
+    T, B = 16, 5
+    state = warm_state(core, B)
+    state[1][..., -1] = state[1][..., -1].round()
+    core.to(dtype)
+    x, starts = randn(T, B, IN).to(dtype), random_starts(T, B, seed=9).to(dtype)
+    state = tuple(s.to(dtype) for s in state)
+    results = []
+    for ext in (False, True):
+        core.train_ext = ext
+        results.append(run_with_grads(core, True, x, state, starts))
+    py, cpp = results
+    for a, b in zip(py[:6], cpp[:6], strict=True):
+        assert torch.equal(a, b)
+    for name, g in py[6].items():
+        assert torch.equal(cpp[6][name], g), name
+    assert core.last_slow_attention is not None
+
+
 def rollout(core: TemporalLatentBottleneck, x, state, starts):
     """No-grad single steps (sb3's rollout calls): outputs, final state, the slow attention after each."""
     outs, attention = [], []
@@ -438,11 +464,11 @@ def test_failed_build_falls_back_to_the_python_step_with_one_warning(monkeypatch
     def no_compiler() -> None:
         raise RuntimeError("Ninja is required to load C++ extensions\nmore lines of the build log")
 
+    core = perturbed_tlb(chunk_size=3)
+    x, state = randn(4, 3, IN), warm_state(core, 3)
     monkeypatch.setattr(tlb_ext, "_build", no_compiler)
     monkeypatch.setattr(tlb_ext, "_STATE", {})
     monkeypatch.delenv("RIMS_RL_NO_EXT", raising=False)
-    core = perturbed_tlb(chunk_size=3)
-    x, state = randn(4, 3, IN), warm_state(core, 3)
     starts = torch.zeros(4, 3)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

@@ -254,6 +254,9 @@ class TemporalLatentBottleneck(RecurrentCore):
     #: and of the latents, the chunk's outputs), and the next step that continues from that very state
     #: (same tensors, unmodified, same weights) computes only its new slot (``tlb_ext``). False: no cache.
     step_cache: bool = True
+    #: With one fast layer, a CPU sequence call runs its loop over rounds in C++ (``tlb_ext``: the Python
+    #: loop's ATen calls with autograd, without its Python); False: the Python loop.
+    train_ext: bool = True
 
     # Version 2: chunk-parallel TLB with its own state_size (issue 25). Version 1 (nn.Module's default) was
     # the packed-state TLB; its checkpoints are refused in _load_from_state_dict.
@@ -565,6 +568,12 @@ class TemporalLatentBottleneck(RecurrentCore):
         Q = self._cross_queries(A)
         initial = self.initial_latents.expand(B, -1, -1)
         folded = self._folded_latent_weights()
+        if folded is not None and self.n_layers == 1 and self.train_ext and tlb_ext.usable(x):
+            round_flags = [int(v) for v in any_reset + all_reset + any_ended + all_ended]
+            Y, slow, r_last, *slow_qk = self._runner().rounds(A, Q, slow, reset, ended, round_flags, *folded)
+            if slow_qk:
+                self._slow_qk, self._slow_probs = (slow_qk[0], slow_qk[1], ended[int(r_last)]), None
+            return self._sequence_outputs(Y.view(-1, d), Z, flat, rnd, b_idx, pos, slow, T, B)
         ys = []
         for r, (a_round, q_round) in enumerate(zip(A.split(B), Q.split(B), strict=True)):
             if any_reset[r]:
@@ -578,7 +587,24 @@ class TemporalLatentBottleneck(RecurrentCore):
             if any_ended[r]:
                 new = self._slow_update(slow, y, ended[r], q_slow)
                 slow = new if all_ended[r] else torch.where(ended[r, :, None, None], new, slow)
-        Y = torch.cat(ys).view(-1, d)  # [R*B*K, d]
+        return self._sequence_outputs(torch.cat(ys).view(-1, d), Z, flat, rnd, b_idx, pos, slow, T, B)
+
+    def _sequence_outputs(
+        self,
+        Y: Tensor,
+        Z: Tensor,
+        flat: Tensor,
+        rnd: Tensor,
+        b_idx: Tensor,
+        pos: Tensor,
+        slow: Tensor,
+        T: int,
+        B: int,
+    ) -> tuple[Tensor, State]:
+        """The outputs of a sequence call from the rounds' fast-stream outputs Y [R*B*K, d], and its state."""
+        K, d = self.chunk_size, self.d_model
+        n_rounds = Z.shape[0] // B
+        slots = torch.arange(K, device=Z.device)
         out = _lin(Y.index_select(0, flat.flatten()), self.out).view(T, B, -1)
 
         next_pos = (pos[-1] + 1) % K
