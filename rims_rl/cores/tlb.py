@@ -53,11 +53,13 @@ to float rounding. ``out`` (``hidden_size`` features) is a linear map of ``Y``; 
 **Fast paths (issue 43; ``fast_path = False`` runs the code before, kept as the reference the tests
 compare against).** A sequence call computes everything that does not read the latents (embedding, the
 first layer's self-attention + FFN, its cross-attention queries) for all rounds before the loop over
-rounds, calls torch's functions instead of modules, and uses fused attention in the slow update (its
-weights for :attr:`TemporalLatentBottleneck.last_slow_attention` are computed only when read). A no-grad
-step with one fast layer (sb3's rollout call, :meth:`TemporalLatentBottleneck._step`) computes only the
-new slot: causal attention means its output reads slots ``0..p``, so only the self-attention's keys and
-values are needed for the earlier slots; rows whose chunk ends also run the whole chunk for the slow
+rounds, calls torch's functions instead of modules, makes the latents' two projections per round one
+matmul (LayerNorm's affine folded into the weights), and uses fused attention in the slow update (its
+weights for :attr:`TemporalLatentBottleneck.last_slow_attention` are computed only when read); on CPU the
+loop over rounds runs in C++ (``rims_rl.cores.tlb_ext``: the same ATen calls with autograd, same bits).
+A no-grad step with one fast layer (sb3's rollout call, :meth:`TemporalLatentBottleneck._step`) computes
+only the new slot: causal attention means its output reads slots ``0..p``, so only the self-attention's
+keys and values are needed for the earlier slots; rows whose chunk ends also run the whole chunk for the slow
 update. On CPU that step runs in C++ (``rims_rl.cores.tlb_ext``: the same ATen calls, the same bits),
 which also keeps, for the state it returns, the keys and values of the chunk's slots and of the latents
 and the chunk's outputs: the next step, if it continues from that very state with unchanged weights,
