@@ -1,7 +1,7 @@
 """Forward+backward time of the RIMs core vs ``nn.LSTM`` of the same hidden size, side by side.
 
 Usage: python benchmarks/bench_core.py [--T 128] [--B 64] [--hidden 600 120] [--input 64] [--repeats 5]
-    [--rollout] [--ppo] [--modular] [--gru] [--cpu-time] [--devices cpu cuda]
+    [--rollout] [--ppo] [--modular] [--gru] [--tlb] [--cpu-time] [--devices cpu cuda]
 
 Prints one line per device, hidden size and RIMs cell: ``nn.LSTM`` ms, RIMs ms on the fused path (the
 default: one autograd node with a hand-written backward), RIMs ms on the autograd reference path
@@ -15,7 +15,12 @@ the GRU, installed plug-ins) at each hidden size with its defaults, timed interl
 with its parameter count beside the LSTM's. ``--gru`` times only the GRU core: its C++ loop
 (``rims_rl.cores.gru_ext``, the default on CPU) vs the same module run as ``nn.GRU`` vs ``nn.LSTM``,
 forward+backward and the rollout step. ``--cpu-time`` times CPU seconds of this thread instead of wall
-seconds (for a core time-shared with other jobs).
+seconds (for a core time-shared with other jobs). ``--tlb`` times the TLB's paths against each other and
+``nn.LSTM``, interleaved in one process: forward+backward of the sequence call (fast path vs the reference
+``fast_path = False``, the code before issue 43) and, with ``--rollout``, the no-grad rollout step (T=1,
+B=16, 200 steps; rows aligned from a zero state, and staggered: chunk positions spread by earlier
+episode starts, with a start at 2% of steps, as in real rollouts) on the C++ step with its cache, the C++
+step without it, the Python step and the reference.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from torch import nn
 from rims_rl.copying import make_core  # noqa: E402
 from rims_rl.cores import core_names  # noqa: E402
 from rims_rl.cores.rims import RIMs  # noqa: E402
+from rims_rl.cores.tlb import TemporalLatentBottleneck  # noqa: E402
 
 
 def _sync(device: str) -> None:
@@ -144,6 +150,92 @@ def _gru_side_by_side(args: argparse.Namespace, device: str, hidden: int, clock:
         f"GRU C++ loop {us['C++']}, nn.GRU {us['nn.GRU']}",
         flush=True,
     )
+def _tlb_path(core: TemporalLatentBottleneck, path: str) -> None:
+    """Select a TLB path: ``cached`` (the default), ``cpp`` (no step cache), ``python``, ``reference``."""
+    core.fast_path = path != "reference"
+    core.step_ext = path in ("cached", "cpp")
+    core.step_cache = path == "cached"
+
+
+def _tlb_fwd_bwd(core: TemporalLatentBottleneck, x: torch.Tensor, path: str) -> Callable[[], None]:
+    def once() -> None:
+        _tlb_path(core, path)
+        out, _ = core(x)
+        out.sum().backward()
+
+    return once
+
+
+def _tlb_rollout(
+    core: TemporalLatentBottleneck, x: torch.Tensor, path: str, staggered: bool
+) -> Callable[[], None]:
+    """sb3's rollout calls: T=1, no grad, the state carried; ``staggered``: rows at different chunk
+    positions (a warm state from episode starts at random steps) and episode starts at 2% of steps."""
+    T, B = x.shape[0], x.shape[1]
+    gen = torch.Generator().manual_seed(0)
+    starts = (torch.rand(T, B, generator=gen) < 0.02).to(x.dtype)
+    warm_starts = torch.zeros(core.chunk_size, B)
+    warm_starts[torch.randint(0, core.chunk_size, (B,), generator=gen), torch.arange(B)] = 1.0
+    with torch.no_grad():
+        _, warm = core(torch.randn(core.chunk_size, B, core.input_size, generator=gen), None, warm_starts)
+
+    def once() -> None:
+        _tlb_path(core, path)
+        state = warm if staggered else core.initial_state(B, x.device)
+        with torch.no_grad():
+            for t in range(T):
+                _, state = core(x[t : t + 1], state, starts[t : t + 1] if staggered else None)
+
+    return once
+
+
+def _tlb_ab(args: argparse.Namespace, device: str, hidden: int, lstm: nn.LSTM, x: torch.Tensor) -> None:
+    """The TLB's fast path vs its reference and ``nn.LSTM``, interleaved (``--tlb``)."""
+    core = TemporalLatentBottleneck(args.input, hidden).to(device)
+    t = interleaved(
+        {
+            "lstm": _fwd_bwd(lstm, x),
+            "fast": _tlb_fwd_bwd(core, x, "cached"),
+            "reference": _tlb_fwd_bwd(core, x, "reference"),
+        },
+        args.repeats,
+        device,
+    )
+    print(
+        f"{device:6} {hidden:>6} TLB fwd+bwd T={args.T} B={args.B}: nn.LSTM {t['lstm'] * 1e3:.2f} ms, fast "
+        f"{t['fast'] * 1e3:.2f} ms = {t['fast'] / t['lstm']:.2f}x, reference {t['reference'] * 1e3:.2f} ms = "
+        f"{t['reference'] / t['lstm']:.2f}x; fast / reference {t['fast'] / t['reference']:.2f}",
+        flush=True,
+    )
+    if not args.rollout:
+        return
+    steps = 200
+    xr = torch.randn(steps, 16, args.input, device=device)
+    lstm_roll = _rollout_lstm(lstm, xr)
+    for staggered in (False, True):
+        paths = ("cached", "cpp", "python", "reference")
+        fns = {"lstm": lstm_roll, **{p: _tlb_rollout(core, xr, p, staggered) for p in paths}}
+        t = interleaved(fns, args.repeats, device)
+        per_step = {name: v / steps * 1e6 for name, v in t.items()}
+        cells = ", ".join(f"{p} {per_step[p]:.0f} us = {t[p] / t['lstm']:.2f}x" for p in paths)
+        print(
+            f"{device:6} {hidden:>6} TLB rollout (no grad, T=1, B=16, per step, "
+            f"{'staggered' if staggered else 'aligned'}): nn.LSTM {per_step['lstm']:.0f} us; {cells}",
+            flush=True,
+        )
+    _tlb_path(core, "cached")
+
+
+def _rollout_lstm(lstm: nn.LSTM, x: torch.Tensor) -> Callable[[], None]:
+    """``nn.LSTM``'s rollout calls: T=1, no grad, the state carried."""
+
+    def once() -> None:
+        state = None
+        with torch.no_grad():
+            for t in range(x.shape[0]):
+                _, state = lstm(x[t : t + 1], state)
+
+    return once
 
 
 def _ppo_ab(repeats: int) -> None:
@@ -179,7 +271,13 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, nargs="+", default=[600, 120])
     parser.add_argument("--input", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--cells", nargs="+", default=["lstm", "gru"], choices=["lstm", "gru"])
+    parser.add_argument(
+        "--cells",
+        nargs="*",
+        default=["lstm", "gru"],
+        choices=["lstm", "gru"],
+        help="RIMs cells to time (none: no RIMs rows, e.g. with --tlb)",
+    )
     parser.add_argument("--rollout", action="store_true", help="also time no-grad T=1 rollout steps")
     parser.add_argument("--ppo", action="store_true", help="also A/B the core inside rims_ppo training")
     parser.add_argument("--modular", action="store_true", help="also time every other registered core")
@@ -192,6 +290,9 @@ def main() -> None:
         "--cpu-time",
         action="store_true",
         help="time CPU seconds of this thread (time.thread_time), not wall: for a core shared with others",
+    )
+    parser.add_argument(
+        "--tlb", action="store_true", help="also time the TLB's fast paths against its reference"
     )
     parser.add_argument(
         "--devices",
@@ -254,7 +355,9 @@ def main() -> None:
                         f"{n_params / n_lstm:.2f}x; state {module.state_size} ({module!r:.60})",
                         flush=True,
                     )
-            if args.rollout:
+            if args.tlb:
+                _tlb_ab(args, device, hidden, lstm, x)
+            if args.rollout and args.cells:
                 rims = RIMs(args.input, hidden, n_units=6, k=4).to(device).eval()
                 xr = torch.randn(200, 16, args.input, device=device)
                 t = interleaved(

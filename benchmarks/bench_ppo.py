@@ -14,6 +14,7 @@ size, critic layout); only the policy class differs:
     lstm_ppo      our policy, nn.LSTM core (sequence fast path)
     gru_ppo       our policy, nn.GRU core (sequence fast path)
     tlb_ppo       our policy, Temporal Latent Bottleneck core
+    tlb_ref       tlb_ppo with the TLB's reference path (``fast_path = False``: the code before issue 43)
     assembly_ppo  our policy, stable-assembly core
     stock_lstm    sb3-contrib's own MlpLstmPolicy/CnnLstmPolicy/MultiInputLstmPolicy, unchanged
 Each measurement runs in its own subprocess (so peak memory is that run's own), one after another.
@@ -52,7 +53,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 # The checkout this script is in, not an installed rims_rl (a script's sys.path starts at its folder).
 sys.path.insert(0, str(ROOT))
-AGENTS = ("rims_ppo", "lstm_ppo", "gru_ppo", "tlb_ppo", "assembly_ppo", "stock_lstm")
+AGENTS = ("rims_ppo", "lstm_ppo", "gru_ppo", "tlb_ppo", "tlb_ref", "assembly_ppo", "stock_lstm")
 #: env family -> (env id, suite): exactly one of them, as ``resolve_config`` takes them.
 ENVS: dict[str, tuple[str | None, str | None]] = {
     "minigrid": ("MiniGrid-DoorKey-5x5-v0", None),
@@ -76,7 +77,11 @@ def build(
     from rims_rl.app.config import resolve_config
     from rims_rl.app.runs import make_train_env
 
-    name = "lstm_ppo" if agent == "stock_lstm" else agent
+    name = {"stock_lstm": "lstm_ppo", "tlb_ref": "tlb_ppo"}.get(agent, agent)
+    if agent == "tlb_ref":
+        from rims_rl.cores.tlb import TemporalLatentBottleneck
+
+        TemporalLatentBottleneck.fast_path = False  # this worker process only
     config = resolve_config(name, env_id, suite=suite, seed=seed, overrides=overrides or None)
     env = make_train_env(config, seed)  # in-process for MiniGrid, subprocesses for Atari
     preset, policy = config.model, None
@@ -180,12 +185,14 @@ def ab_worker(
 ) -> dict[str, Any]:
     """One model, rollouts alternating between sb3-contrib's per-step loop (the path before
     ``rims_rl.policies._run_segments``) and the segment path, so machine load hits both alike; median
-    steps/s and update seconds of each. Only torch LSTM/GRU cores have a segment path."""
+    steps/s and update seconds of each. Only torch LSTM/GRU cores have a segment path. A model with TLB
+    cores alternates their reference path (``fast_path = False``) and their fast paths instead."""
     import statistics
 
     import torch
 
     import rims_rl.policies as policies
+    from rims_rl.cores.tlb import TemporalLatentBottleneck
 
     if threads:
         torch.set_num_threads(threads)
@@ -193,15 +200,24 @@ def ab_worker(
     model = build(agent, env_id, overrides=overrides, suite=suite)
     per_rollout = model.n_steps * model.n_envs
     takes_packed = policies._takes_packed
-    variants = {"loop": lambda core: False, "segments": takes_packed}
+    tlb_cores = [m for m in model.policy.modules() if isinstance(m, TemporalLatentBottleneck)]
+
+    def variant(name: str) -> None:
+        """loop / segments: sb3-contrib's per-step loop or the segment path (torch LSTM/GRU cores);
+        reference / fast: the TLB core's reference path (the code before issue 43) or its fast paths."""
+        policies._takes_packed = (lambda core: False) if name == "loop" else takes_packed  # type: ignore[assignment]
+        for core in tlb_cores:
+            core.fast_path = name != "reference"
+
+    variants = ("reference", "fast") if tlb_cores else ("loop", "segments")
     model.learn(per_rollout)  # warm-up
     timed = _Timed(model)
     results: dict[str, dict[str, list[float]]] = {
         v: {"total": [], "update": [], "calls": []} for v in variants
     }
     for _ in range(rollouts):
-        for name, fn in variants.items():
-            policies._takes_packed = fn  # type: ignore[assignment]
+        for name in variants:
+            variant(name)
             timed.reset()
             start = time.perf_counter()
             model.learn(per_rollout, reset_num_timesteps=False)
@@ -292,7 +308,8 @@ def main() -> None:
         "--ab-loop",
         action="store_true",
         help="per agent, one model alternating sb3-contrib's per-step loop and the segment path "
-        "(torch LSTM/GRU cores, episode starts inside sequences: use with ppo.chunk_length)",
+        "(torch LSTM/GRU cores, episode starts inside sequences: use with ppo.chunk_length), or, for "
+        "tlb_ppo, the TLB's reference path and its fast paths",
     )
     parser.add_argument(
         "--interleave",
@@ -357,8 +374,9 @@ def main() -> None:
             rows[agent] = json.loads(proc.stdout.strip().splitlines()[-1])
         if args.ab_loop:
             for agent, r in rows.items():
-                loop_sps = r["loop"]["steps_per_s"]
-                for path in ("loop", "segments"):
+                paths = ("reference", "fast") if "fast" in r else ("loop", "segments")
+                loop_sps = r[paths[0]]["steps_per_s"]
+                for path in paths:
                     v = r[path]
                     print(
                         f"{r['env']:26} {agent:13} {path:9} {v['steps_per_s']:8.0f} {v['update_s']:8.2f} "
