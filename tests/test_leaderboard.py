@@ -252,3 +252,23 @@ def test_outside_a_checkout_the_default_spec_says_what_it_needs(
     assert main(["leaderboard"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "give --spec FILE" in err
+
+
+def test_throughput_reruns_fill_only_the_cells_without_steps_per_s(tmp_path: Path) -> None:
+    """Issue 38.4: records from before timing get the steps/s of a re-run with today's code, marked so;
+    a cell that has its own rate keeps it, and the re-runs' scores never enter any cell."""
+    spec = _tree(tmp_path)  # s1: agent a with steps/s, agent b without
+    before = build_cells(load_spec(spec), reps=200)
+    _record(tmp_path / "s1/rerun", "a", 0, 0.0, [0.0, 0.0, 0.0], seconds=1.0)  # 1000 steps/s
+    _record(tmp_path / "s1/rerun", "b", 0, 0.0, [0.0, 0.0, 0.0], seconds=4.0)  # 250 steps/s
+    spec.write_text(SPEC.replace("[s1/records]\n", "[s1/records]\n    throughput: [s1/rerun]\n"))
+    cells = build_cells(load_spec(spec), reps=200)
+    a, b = cells[("a", "s1")], cells[("b", "s1")]
+    assert a.steps_per_s == before[("a", "s1")].steps_per_s == 100.0 and a.rerun_steps_per_s is None
+    assert b.steps_per_s is None and b.rerun_steps_per_s == 250.0
+    old = before[("b", "s1")]
+    assert (b.train, b.ood, b.runs) == (old.train, old.ood, old.runs)
+    page = tmp_path / "page.md"
+    write_leaderboard(spec, page, "python train.py leaderboard", reps=200)
+    row = next(line for line in page.read_text().splitlines() if line.startswith("| b |"))
+    assert "250 steps/s (re-run)" in row.split(" | ")[1], row

@@ -20,7 +20,7 @@ checked, and record folders must lie inside the spec's own folder.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +54,9 @@ class SuiteEntry:
     """Agents that cannot run on this suite (e.g. image-slot RIMs on flat observations)."""
     equal_return_at: float | None = None
     """Training-env return from which runs count as equally trained (the OOD-at-equal-return table)."""
+    throughput: tuple[Path, ...] = ()
+    """Folders of re-runs with today's code (a seed each) that give steps/s to the cells whose records
+    predate timing; their scores are never used."""
 
 
 @dataclass(frozen=True)
@@ -90,6 +93,8 @@ class Cell:
     runs: tuple[RunScores, ...]
     train: CI
     ood: CI
+    rerun_steps_per_s: float | None = None
+    """Median steps/s of the spec's ``throughput`` re-runs, where the cell's own records have none."""
 
     @property
     def seeds(self) -> int:
@@ -152,15 +157,8 @@ def load_spec(path: str | Path) -> Spec:
     for name, entry in suites_raw.items():
         if not isinstance(name, str) or not isinstance(entry, Mapping):
             raise UserError(f"{where}: suite {name!r} must map to {{records: [...], pending: {{...}}}}")
-        folders = entry.get("records") or []
-        if not isinstance(folders, list) or not all(isinstance(f, str) for f in folders):
-            raise UserError(f"{where}: suite {name}: 'records' must be a list of folders")
-        resolved = []
-        for folder in folders:
-            full = (base / folder).resolve()
-            if not full.is_relative_to(base):
-                raise UserError(f"{where}: suite {name}: records folder {folder!r} lies outside {base}")
-            resolved.append(full)
+        resolved = _folders(entry, "records", base, f"{where}: suite {name}")
+        throughput = _folders(entry, "throughput", base, f"{where}: suite {name}")
         note = entry.get("note", "")
         if not isinstance(note, str):
             raise UserError(f"{where}: suite {name}: 'note' must be text")
@@ -175,13 +173,27 @@ def load_spec(path: str | Path) -> Spec:
             raise UserError(
                 f"{where}: suite {name}: 'equal_return_at' must be a number (a training-env return)"
             )
-        suites.append(SuiteEntry(name, tuple(resolved), pending, note, tuple(na), tau))
+        suites.append(SuiteEntry(name, resolved, pending, note, tuple(na), tau, throughput))
     control = data.get("control")
     if control is not None and control not in agents:
         raise UserError(
             f"{where}: 'control' must be one of 'agents' (the feed-forward agent), got {control!r}"
         )
     return Spec(agents, tuple(suites), control)
+
+
+def _folders(entry: Mapping[str, Any], key: str, base: Path, where: str) -> tuple[Path, ...]:
+    """``entry[key]``: a list of folders inside the spec's own folder."""
+    folders = entry.get(key) or []
+    if not isinstance(folders, list) or not all(isinstance(f, str) for f in folders):
+        raise UserError(f"{where}: {key!r} must be a list of folders")
+    resolved = []
+    for folder in folders:
+        full = (base / folder).resolve()
+        if not full.is_relative_to(base):
+            raise UserError(f"{where}: {key} folder {folder!r} lies outside {base}")
+        resolved.append(full)
+    return tuple(resolved)
 
 
 def read_run_scores(folder: Path) -> list[RunScores]:
@@ -241,6 +253,15 @@ def build_cells(spec: Spec, reps: int = 2000) -> dict[tuple[str, str], Cell]:
             train = stratified_bootstrap_ci([r.train for r in ordered], "iqm", reps)
             ood = stratified_bootstrap_ci([r.ood for r in ordered], "iqm", reps)
             cells[(agent, entry.suite)] = Cell(ordered, train, ood)
+        reruns: dict[str, list[float]] = {}
+        for folder in entry.throughput:
+            for run in read_run_scores(folder):
+                if run.steps_per_s:
+                    reruns.setdefault(run.agent, []).append(run.steps_per_s)
+        for agent, rates in reruns.items():
+            cell = cells.get((agent, entry.suite))
+            if cell is not None and cell.steps_per_s is None:
+                cells[(agent, entry.suite)] = replace(cell, rerun_steps_per_s=float(np.median(rates)))
     return cells
 
 
@@ -379,7 +400,12 @@ def _cell_text(cell: Cell | None, pending: str | None, applicable: bool) -> str:
     rest = f"; the rest: {pending}" if pending else ""
     flag = "" if cell.seeds >= FULL_SEEDS else f" ({seeds}, not yet {FULL_SEEDS}{rest})"
     # records from before compare kept the training time: say so rather than leave a silent gap
-    rate = f"; {cell.steps_per_s:,.0f} steps/s" if cell.steps_per_s else "; steps/s not recorded"
+    if cell.steps_per_s:
+        rate = f"; {cell.steps_per_s:,.0f} steps/s"
+    elif cell.rerun_steps_per_s:  # the suite's note says which re-runs
+        rate = f"; {cell.rerun_steps_per_s:,.0f} steps/s (re-run)"
+    else:
+        rate = "; steps/s not recorded"
     return f"{cell.train.fmt()} / **{cell.ood.fmt()}**, n={cell.seeds}{rate}{flag}"
 
 
@@ -421,7 +447,9 @@ def markdown(
         f"Generated from committed run records by `{command}`; edit the spec, not this page.",
         "Each cell: training-env IQM [95% CI] / **OOD IQM [95% CI]** over seeds (a run's OOD score is its",
         "mean return over the suite's test variants), the number of seeds, and the median training",
-        "throughput where the records carry it (2-core shared CPU machine: compare it within a column).",
+        "throughput where the records carry it (2-core shared CPU machine: compare it within a column);",
+        "\"(re-run)\": the records predate timing, and the rate is that of a re-run with today's code (the",
+        "suite's note says which).",
         "Scales differ between suites (POPGym returns lie in [-1, 1], MiniGrid's in [0, 1]).",
         "",
     ]
