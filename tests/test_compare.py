@@ -599,7 +599,7 @@ def test_an_out_folder_from_before_run_configs_is_not_mistaken_for_other_setting
         agent="rims_ppo", seed=0, run_dir=str(run), timesteps=64, suite="minigrid-multiroom", n_envs=2
     )
     assert config_mismatch(job) is None
-    assert "n_envs" in (config_mismatch(RunJob(**{**job.__dict__, "n_envs": 4})) or "")
+    assert "n_envs" in (config_mismatch(replace(job, n_envs=4)) or "")
 
 
 def test_a_run_config_that_is_not_one_is_refused_with_the_fix(tmp_path: Path) -> None:
@@ -614,7 +614,7 @@ def test_a_run_config_that_is_not_one_is_refused_with_the_fix(tmp_path: Path) ->
     config = resolve_config("rims_ppo", suite="minigrid-multiroom", timesteps=64).to_dict()
     (run / "config.json").write_text(json.dumps(config))
     assert config_mismatch(job) is None
-    assert "seed: run has 0, asked 1" in (config_mismatch(RunJob(**{**job.__dict__, "seed": 1})) or "")
+    assert "seed: run has 0, asked 1" in (config_mismatch(replace(job, seed=1)) or "")
     for bad, needle in (
         ({**config, "seed": -3}, r"seed must be an integer in \[0, "),
         ({**config, "model": {"agent": "rims_ppo"}}, "lacks"),

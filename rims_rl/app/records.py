@@ -16,6 +16,7 @@ record format only grows: new fields are optional, so records written by older v
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -105,9 +106,14 @@ class RunJob:
         """``[name, id, kwargs]`` of every env the run is scored on, as JSON gives them back: variants that
         share an id (Atari's modes, POPGym's decks) differ only in their kwargs, so a suite whose kwargs
         changed since is another evaluation."""
+        return json.loads(self._scored_envs_json)
+
+    @functools.cached_property
+    def _scored_envs_json(self) -> str:
+        """The suite is resolved (and a suite file read) once per job, not at every settings check."""
         target = target_of(self)
         specs = target.specs() if isinstance(target, Suite) else (target,)
-        return json.loads(json.dumps([[s.name, s.env_id, dict(s.kwargs)] for s in specs], default=str))
+        return json.dumps([[s.name, s.env_id, dict(s.kwargs)] for s in specs], default=str)
 
     def same_eval_settings(self, stored: Any) -> bool:
         """``stored`` (a record's or eval.json's settings) matches this job's; settings written before the
