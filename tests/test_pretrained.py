@@ -28,6 +28,7 @@ def _card(alias: str) -> dict:
 def test_both_cores_are_shipped() -> None:
     cores = {_card(a)["agent"] for a in ALIASES}
     assert {"rims_ppo", "lstm_ppo"} <= cores, ALIASES
+    assert "pong-lstm_ppo" in ALIASES  # issue 42: the Atari agent (pong-rims_ppo follows its campaign)
 
 
 @pytest.mark.parametrize("alias", ALIASES)
@@ -36,16 +37,19 @@ def test_checkpoint_is_small_and_reproduces_its_card(alias: str) -> None:
     # MiB: an Atari CNN's weights alone are 13 MB; MiniGrid agents are a fraction of one
     limit = 16 if card["config"]["family"] == "atari" else 5
     assert (PRETRAINED_DIR / alias / "model.zip").stat().st_size < limit * 2**20
+    atari = card["config"]["family"] == "atari"
     (result,) = evaluate_checkpoint(
         alias,
         card["train_env"],
-        n_episodes=N_EPISODES,
+        n_episodes=4 if atari else N_EPISODES,  # a Pong episode is thousands of steps: 4 take ~25 s
         seed=card["eval_seed"],
         deterministic=card["eval_deterministic"],
     )
     assert result.num_timesteps == card["timesteps"]
     if card["success_rate"] is None:  # Atari: no success signal; Pong's return lies in [-21, 21]
-        assert abs(result.mean_return - card["mean_return"]) <= 5.0, (result.mean_return, card)
+        # The episodes from the card's seed are fixed, so this is no coin flip; the margin is for other
+        # library versions. An untrained or broken Pong agent scores about -20.
+        assert abs(result.mean_return - card["mean_return"]) <= 8.0, (result.mean_return, card["mean_return"])
     else:
         assert abs(result.success_rate - card["success_rate"]) <= 0.3, (result.success_rate, card)
 
