@@ -19,7 +19,6 @@ other error is a bug or a system failure and keeps its traceback (the run is mar
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
 import signal
 import sys
@@ -27,11 +26,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from rims_rl.agents.config import DEFAULT_MEMORY_GIB, MEMORY_BUDGET_VAR, check_memory_gib
 from rims_rl.app import catalog
 from rims_rl.app.checkpoint import list_pretrained, pretrained_alias, resolve_checkpoint
 from rims_rl.app.compare import CompareInterrupted, CompareRequest, command_line_of, run_compare
-from rims_rl.app.errors import UserError, storage_error, user_input
+from rims_rl.app.config import DEFAULT_MEMORY_GIB, MEMORY_BUDGET_VAR, set_memory_budget
+from rims_rl.app.errors import UserError, storage_error
 from rims_rl.app.evaluation import (
     EVAL_PROTOCOL,
     EvalResult,
@@ -708,10 +707,7 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exit_:  # argparse already printed its message
         return int(exit_.code or 0)
     try:
-        if getattr(args, "memory_gib", None) is not None:
-            with user_input():
-                gib = check_memory_gib(args.memory_gib)
-            os.environ[MEMORY_BUDGET_VAR] = repr(gib)  # worker processes (compare, tune) read it too
+        set_memory_budget(getattr(args, "memory_gib", None))  # worker processes read it too
         if args.command is None:
             return cmd_default(args)
         return args.func(args)

@@ -428,12 +428,19 @@ def test_a_stale_build_lock_is_cleared_not_waited_for(
 
     from rims_rl.cores import rims_ext
 
-    monkeypatch.setattr(cpp_extension, "_get_build_directory", lambda name, verbose: str(tmp_path))
-    lock = tmp_path / "lock"
+    monkeypatch.setattr(cpp_extension, "_get_build_directory", lambda name, verbose: str(tmp_path / name))
+    folder = rims_ext.build_directory(rims_ext.EXTENSION_NAME)
+    assert folder.parent == tmp_path and folder.name.startswith(rims_ext.EXTENSION_NAME + "-")
+    lock = folder / "lock"
     lock.write_text("")
-    rims_ext._clear_stale_lock(rims_ext.EXTENSION_NAME)
+    rims_ext._clear_stale_lock(folder)
     assert lock.exists()  # a build may be running now
     old = time.time() - rims_ext.STALE_LOCK_SECONDS - 1
     os.utime(lock, (old, old))
-    rims_ext._clear_stale_lock(rims_ext.EXTENSION_NAME)
+    rims_ext._clear_stale_lock(folder)
     assert not lock.exists()
+    # Another virtual environment's torch (other include paths in the build flags) builds elsewhere:
+    # sharing the folder, each would rebuild the other's extension and wait on its lock.
+    monkeypatch.setattr(torch, "__file__", "/elsewhere/site-packages/torch/__init__.py")
+    other = rims_ext.build_directory(rims_ext.EXTENSION_NAME)
+    assert other != folder and other.parent == tmp_path

@@ -10,6 +10,7 @@ chunked algorithm), so checkpoints written before this record existed still load
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -17,7 +18,9 @@ from typing import Any
 import torch
 
 from rims_rl.agents import AgentPreset, apply_overrides, get_preset, infer_algo, parse_overrides
-from rims_rl.agents.config import MAX_TIMESTEPS
+from rims_rl.agents.config import DEFAULT_MEMORY_GIB as DEFAULT_MEMORY_GIB  # re-exported for the CLI
+from rims_rl.agents.config import MAX_TIMESTEPS, check_memory_gib
+from rims_rl.agents.config import MEMORY_BUDGET_VAR as MEMORY_BUDGET_VAR
 from rims_rl.app.errors import UserError, user_input
 from rims_rl.checks import check_int, check_positive
 from rims_rl.envs import EnvFamily, EnvSpec, get_suite
@@ -257,3 +260,14 @@ def resolve_config(
         )
         check_spec_kwargs(config.env_spec())  # e.g. --set env.mode=99 on Atari
     return config
+
+
+def set_memory_budget(gib: float | None) -> None:
+    """``--memory-gib``: the budget every model of this command is measured against
+    (``agents.check_measured_size``), through the environment so that worker processes and Ray tasks
+    see it too; ``None`` keeps the default (``DEFAULT_MEMORY_GIB``) or the environment's."""
+    if gib is None:
+        return
+    with user_input():
+        os.environ[MEMORY_BUDGET_VAR] = repr(check_memory_gib(gib))
+

@@ -13,6 +13,7 @@ Python loop runs instead: same results, one warning line, never an error.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 import warnings
@@ -426,11 +427,21 @@ EXTENSION_NAME = "rims_rl_derived_loop"
 STALE_LOCK_SECONDS = 900
 
 
-def _clear_stale_lock(name: str) -> None:
+def build_directory(name: str) -> Path:
+    """Where ``name`` is built: torch's extension cache, one folder per torch installation. The build
+    flags hold the installation's include paths, so two virtual environments sharing one cache would
+    otherwise rebuild each other's extension at every first use, each waiting on the other's lock."""
     from torch.utils.cpp_extension import _get_build_directory
 
+    digest = hashlib.sha1(str(Path(torch.__file__).resolve().parent).encode()).hexdigest()[:10]
+    folder = Path(_get_build_directory(name, verbose=False)).with_name(f"{name}-{digest}")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def _clear_stale_lock(folder: Path) -> None:
     try:
-        lock = Path(_get_build_directory(name, verbose=False)) / "lock"
+        lock = folder / "lock"
         if lock.exists() and time.time() - lock.stat().st_mtime > STALE_LOCK_SECONDS:
             lock.unlink(missing_ok=True)
     except OSError:
@@ -442,12 +453,14 @@ def build_inline(name: str, source: str, functions: list[str]) -> ModuleType:
     the flags both loops use; raises what the build raises."""
     from torch.utils.cpp_extension import load_inline
 
-    _clear_stale_lock(name)
+    folder = build_directory(name)
+    _clear_stale_lock(folder)
     return load_inline(
         name=name,
         cpp_sources=source,
         functions=functions,
         extra_cflags=["-O3", "-fopenmp-simd"],  # the pragmas vectorise the dot products
+        build_directory=str(folder),
         verbose=False,
     )
 

@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from rims_rl.cores.rims_ext import _clear_stale_lock
+from rims_rl.cores.rims_ext import _clear_stale_lock, build_directory
 
 _STATE: dict[str, Any] = {}  # "module": the built extension or None after a failed build
 
@@ -410,8 +410,15 @@ def extension() -> ModuleType | None:
 def _build() -> ModuleType:
     from torch.utils.cpp_extension import load_inline
 
-    _clear_stale_lock(EXTENSION_NAME)
-    return load_inline(name=EXTENSION_NAME, cpp_sources=_SOURCE, extra_cflags=["-O2"], verbose=False)
+    folder = build_directory(EXTENSION_NAME)
+    _clear_stale_lock(folder)
+    return load_inline(
+        name=EXTENSION_NAME,
+        cpp_sources=_SOURCE,
+        extra_cflags=["-O2"],
+        build_directory=str(folder),
+        verbose=False,
+    )
 
 
 def usable(x: torch.Tensor) -> bool:
