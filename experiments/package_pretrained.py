@@ -181,10 +181,10 @@ def package(
     lines += [
         "",
         f"Load: `python train.py evaluate --checkpoint {alias} --suite {card['suite'] or train_env}"
-        + (" --deterministic`" if card["eval_deterministic"] else "`")
-        + f" (the card's protocol: episodes from seed {eval_seed}, "
-        + ("greedy actions" if card["eval_deterministic"] else "sampled actions")
-        + f"; `--episodes {episodes[-1]}` for the card's count)",
+        + (" --deterministic" if card["eval_deterministic"] else "")
+        + (f" --episodes {episodes[-1]}" if episodes[-1] != EVAL_PROTOCOL.episodes else "")
+        + f"` (the card's protocol: {episodes[-1]} episodes per env from seed {eval_seed}, "
+        + ("greedy actions)" if card["eval_deterministic"] else "sampled actions)"),
         "(safe by default: rebuilt from the JSON config in the zip, tensors read with weights_only=True).",
         "",
     ]
