@@ -142,6 +142,9 @@ def env() -> Any:
     env.close()
 
 
+# Some drawn env settings build an env whose reset and step share an info dict; gymnasium's checker notes
+# it once. Upstream envs' quirk, not a refusal or a success of ours: the property is about those.
+@pytest.mark.filterwarnings("ignore:.*share an object:UserWarning")
 @settings(max_examples=80, deadline=None, suppress_health_check=HEALTH)
 @given(doc=SUITE_DOC)
 def test_any_suite_file_is_read_or_refused_in_one_line(doc: Any, bounded: Any, tmp_path: Path) -> None:

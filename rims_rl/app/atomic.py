@@ -39,7 +39,7 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
         os.replace(tmp, path)
     except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
-        if isinstance(err, OSError) and err.filename is None:  # a full disk in write(): name the file
+        if isinstance(err, OSError) and err.errno is not None and err.filename is None:  # e.g. a full disk
             err.filename = str(path)
         raise
     _fsync_dir(path.parent)
