@@ -398,8 +398,8 @@ def cached_extension(
 ) -> ModuleType | None:
     """``state["module"]``, built by ``build()`` on the first call; None without a compiler, after a
     failed build (one warning line naming ``what`` and ``instead``, the path that runs then) or with
-    ``RIMS_RL_NO_EXT=1`` (silently). Shared by the C++ loops (``rims_ext``, ``gru_ext``): each keeps its own
-    ``state`` so a failure of one does not disable the other."""
+    ``RIMS_RL_NO_EXT=1`` (silently). Shared by the C++ loops (``rims_ext``, ``gru_ext``, ``tlb_ext``):
+    each keeps its own ``state`` so a failure of one does not disable the others."""
     if "module" in state:
         return state["module"]
     module = None
@@ -448,9 +448,15 @@ def _clear_stale_lock(folder: Path) -> None:
         pass  # the build below says what is wrong with the folder
 
 
-def build_inline(name: str, source: str, functions: list[str]) -> ModuleType:
-    """``load_inline`` of a C++ source under its own cache ``name`` (after removing a stale lock), with
-    the flags both loops use; raises what the build raises."""
+def build_inline(
+    name: str,
+    source: str,
+    functions: list[str] | None,
+    cflags: tuple[str, ...] = ("-O3", "-fopenmp-simd"),  # the pragmas vectorise the dot products
+) -> ModuleType:
+    """``load_inline`` of a C++ source under its own cache ``name`` (after removing a stale lock);
+    ``functions=None`` when the source declares its own ``PYBIND11_MODULE``. Raises what the build
+    raises."""
     from torch.utils.cpp_extension import load_inline
 
     folder = build_directory(name)
@@ -459,7 +465,7 @@ def build_inline(name: str, source: str, functions: list[str]) -> ModuleType:
         name=name,
         cpp_sources=source,
         functions=functions,
-        extra_cflags=["-O3", "-fopenmp-simd"],  # the pragmas vectorise the dot products
+        extra_cflags=list(cflags),
         build_directory=str(folder),
         verbose=False,
     )

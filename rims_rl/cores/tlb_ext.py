@@ -21,14 +21,12 @@ error.
 
 from __future__ import annotations
 
-import os
-import warnings
 from types import ModuleType
 from typing import Any
 
 import torch
 
-from rims_rl.cores.rims_ext import _clear_stale_lock, build_directory
+from rims_rl.cores.rims_ext import build_inline, cached_extension
 
 _STATE: dict[str, Any] = {}  # "module": the built extension or None after a failed build
 
@@ -386,39 +384,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
 
 def extension() -> ModuleType | None:
     """The built extension, or None (no compiler, ``RIMS_RL_NO_EXT=1``, or a failed build: one warning)."""
-    if "module" in _STATE:
-        return _STATE["module"]
-    module = None
-    if os.environ.get("RIMS_RL_NO_EXT", "") not in ("", "0"):
-        _STATE["module"] = None
-        return None
-    try:
-        module = _build()
-    except Exception as err:  # no compiler, no ninja, a build error: the Python step does the same work
-        lines = str(err).strip().splitlines() or [type(err).__name__]
-        first_line = next((ln for ln in lines if "error" in ln.lower() and ": " in ln), lines[0])
-        warnings.warn(
-            f"rims_rl: the C++ TLB step and loop could not be built ({first_line[:200]}); using the Python "
-            "ones (same results, slower on CPU; set RIMS_RL_NO_EXT=1 to skip the build)",
-            RuntimeWarning,
-            stacklevel=3,
-        )
-    _STATE["module"] = module
-    return module
+    return cached_extension(_STATE, _build, "the C++ TLB step and loop", "the Python ones")
 
 
 def _build() -> ModuleType:
-    from torch.utils.cpp_extension import load_inline
-
-    folder = build_directory(EXTENSION_NAME)
-    _clear_stale_lock(folder)
-    return load_inline(
-        name=EXTENSION_NAME,
-        cpp_sources=_SOURCE,
-        extra_cflags=["-O2"],
-        build_directory=str(folder),
-        verbose=False,
-    )
+    return build_inline(EXTENSION_NAME, _SOURCE, None, cflags=("-O2",))
 
 
 def usable(x: torch.Tensor) -> bool:
