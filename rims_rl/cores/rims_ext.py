@@ -434,7 +434,7 @@ def build_directory(name: str) -> Path:
     from torch.utils.cpp_extension import _get_build_directory
 
     digest = hashlib.sha1(str(Path(torch.__file__).resolve().parent).encode()).hexdigest()[:10]
-    folder = Path(_get_build_directory(name, verbose=False)).with_name(f"{name}-{digest}")
+    folder = Path(_get_build_directory(f"{name}-{digest}", verbose=False))  # not ``name``'s folder too
     folder.mkdir(parents=True, exist_ok=True)
     return folder
 
