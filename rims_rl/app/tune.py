@@ -133,12 +133,11 @@ class TuneRunsFailed(Exception):
     """Some tuning runs failed (a bug or a broken machine, each reported on its own line): tune.json is
     written from the others, but their choices did not get the same trials, so the command fails."""
 
-    def __init__(self, failed: list[str], chosen: dict[str, dict[str, Any]]) -> None:
+    def __init__(self, failed: list[str]) -> None:
         super().__init__(
             f"{len(failed)} tuning run(s) failed ({', '.join(failed[:3])}{', ...' * (len(failed) > 3)})"
         )
         self.failed = failed
-        self.chosen = chosen
 
 
 def run_tune(
@@ -211,7 +210,7 @@ def run_tune(
     )
     choices = {a: {**fixed, **c} for a, c in chosen.items()}
     if failed:
-        raise TuneRunsFailed(failed, choices)
+        raise TuneRunsFailed(failed)
     return choices
 
 
