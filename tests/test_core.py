@@ -176,6 +176,44 @@ def test_comm_top_k_and_no_comm_change_the_output() -> None:
     assert not torch.allclose(make(use_comm=False)(x)[0], full)
 
 
+def test_without_input_competition_every_unit_reads_the_whole_input() -> None:
+    """The ablation of issue 41: no null slot, so every unit is active and, with one input slot, reads
+    the input's values whole; the step equals a per-unit LSTM on them (communication off)."""
+    core = make(k=6, input_competition=False, use_comm=False)
+    x = torch.randn(3, 4, 5)
+    h0, c0 = random_state(core, 4)
+    out, _ = core(x, (h0, c0))
+    assert core.last_active_mask is not None and bool(core.last_active_mask.all())
+    n, u = core.n_units, core.unit_size
+    h, c = h0.reshape(4, n, u).transpose(0, 1), c0.reshape(4, n, u).transpose(0, 1)
+    for t in range(3):
+        read = core.input_value(x[t]).expand(n, -1, -1)  # every head's probability is 1
+        gates = read @ core.w_x + h @ core.w_hh + (core.b_x + core.b_h).unsqueeze(1)
+        i, f, o, g = gates.split(u, dim=-1)
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        h = torch.sigmoid(o) * torch.tanh(c)
+        torch.testing.assert_close(out[t], h.transpose(0, 1).reshape(4, n * u))
+    # the queries no longer decide anything with one slot; with the null slot they do
+    with torch.no_grad():
+        core.w_query.mul_(3.0)
+    torch.testing.assert_close(core(x, (h0, c0))[0], out)
+    competing = make(use_comm=False)
+    before = competing(x, (h0, c0))[0]
+    with torch.no_grad():
+        competing.w_query.mul_(3.0)
+    assert not torch.allclose(competing(x, (h0, c0))[0], before)
+
+
+def test_without_input_competition_slots_are_still_attended() -> None:
+    core = make(k=6, input_competition=False)
+    x = torch.randn(4, 3, 9, 5)
+    out = core(x)[0]
+    assert core.last_active_mask is not None and bool(core.last_active_mask.all())
+    with torch.no_grad():
+        core.w_query.mul_(3.0)
+    assert not torch.allclose(core(x)[0], out)  # which slot a unit reads still depends on its query
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 def test_cuda_matches_cpu() -> None:
     core = make()
@@ -197,6 +235,8 @@ def test_cuda_matches_cpu() -> None:
         (dict(input_dropout=1.0), "input_dropout must be in [0, 1)"),
         (dict(comm_top_k=9), "comm_top_k must be None or an integer in [1, n_units=6]"),
         (dict(n_units=0), "n_units must be a positive integer"),
+        (dict(input_competition=False), "k must equal n_units=6 (got k=4); set k=6"),
+        (dict(input_competition="no", k=6), "input_competition must be true or false"),
     ],
 )
 def test_bad_arguments_name_the_problem(kwargs: dict, needle: str) -> None:

@@ -111,6 +111,11 @@ class RIMs(RecurrentCore):
         comm_dropout: dropout on communication-attention probabilities (paper: 0.1).
         comm_top_k: if set, each active unit reads only its ``comm_top_k`` best-scoring units.
         use_comm: turn communication off for ablations.
+        input_competition: False removes the null slot for ablations: every unit reads the input (its
+            attention runs over the real slots only; with one slot each head reads all of it) and every
+            unit updates, so ``k`` must equal ``n_units``. The null slot is what a unit loses the
+            competition with; without it there is nothing to select on. Runs the autograd reference loop
+            (the fused loops assume the null slot); the query and key weights are then unused.
     """
 
     accepts_slots = True  # x may also be [T, B, n_slots, input_size]
@@ -134,6 +139,7 @@ class RIMs(RecurrentCore):
         comm_dropout: float = 0.1,
         comm_top_k: int | None = None,
         use_comm: bool = True,
+        input_competition: bool = True,
     ) -> None:
         super().__init__(input_size, hidden_size)  # checks both, sets nn.LSTM's attributes
         for name, value in (
@@ -147,6 +153,13 @@ class RIMs(RecurrentCore):
             check_positive(name, value)
         if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= n_units:
             raise ValueError(f"k must be an integer in [1, n_units={n_units}], got {k!r}")
+        if not isinstance(input_competition, bool):
+            raise ValueError(f"input_competition must be true or false, got {input_competition!r}")
+        if not input_competition and k != n_units:
+            raise ValueError(
+                f"input_competition=False makes every unit active, so k must equal n_units={n_units} "
+                f"(got k={k}); set k={n_units}"
+            )
         if cell not in _CELLS:
             raise ValueError(f"cell must be one of {_CELLS}, got {cell!r}")
         _check_divides("hidden_size", hidden_size, "n_units", n_units)
@@ -175,6 +188,7 @@ class RIMs(RecurrentCore):
         self.comm_value_size = comm_value_size
         self.comm_top_k = comm_top_k
         self.use_comm = use_comm
+        self.input_competition = input_competition
         self.input_dropout = nn.Dropout(input_dropout)
         self.comm_dropout = nn.Dropout(comm_dropout)
 
@@ -220,6 +234,7 @@ class RIMs(RecurrentCore):
         return (
             f"input_size={self.input_size}, hidden_size={self.hidden_size}, n_units={self.n_units}, "
             f"k={self.k}, cell={self.cell!r}, input_heads={self.input_heads}, comm_heads={self.comm_heads}"
+            + ("" if self.input_competition else ", input_competition=False")
         )
 
     @classmethod
@@ -327,7 +342,7 @@ class RIMs(RecurrentCore):
             x = x.unsqueeze(2)
         if state is None:
             state = self.initial_state(x.shape[1], x.device)
-        if self.fast_path:
+        if self.fast_path and self.input_competition:
             return self._forward_fused(x, state, episode_starts)
         return self._forward_autograd(x, state, episode_starts)
 
@@ -453,6 +468,17 @@ class RIMs(RecurrentCore):
         keys: [n,B,H,u] (one slot, query weights folded in) or [B,S,H,dk]; values: [B,(S,)H,dv].
         """
         n, B, _ = h.shape
+        if not self.input_competition:  # ablation: no null slot, so every unit reads and updates
+            everyone = torch.ones(n, B, dtype=torch.bool, device=h.device)
+            if values.dim() == 3:  # one slot: the softmax over it alone is 1 for every head
+                ones = torch.ones(n, B, values.shape[1], dtype=h.dtype, device=h.device)
+                read = self.input_dropout(ones).unsqueeze(-1) * values
+            else:
+                H, dk = self.input_heads, self.input_key_size
+                query = torch.bmm(h, self.w_query).view(n, B, H, dk)
+                probs = (torch.einsum("nbhd,bshd->nbhs", query, keys) * (1.0 / math.sqrt(dk))).softmax(-1)
+                read = torch.einsum("nbhs,bshv->nbhv", self.input_dropout(probs), values)
+            return read.reshape(n, B, -1), everyone
         if values.dim() == 3:  # one input slot
             # Softmax over [null (score 0), slot (score s)] is sigmoid(s) on the slot.
             p_input = torch.sigmoid(torch.linalg.vecdot(h.unsqueeze(2), keys))  # [n, B, H]
