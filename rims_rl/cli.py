@@ -324,6 +324,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         executor=args.executor,
         ray_address=args.ray_address,
         tuned=args.tuned,
+        log_policy_shift=args.log_policy_shift,
         command_line=command_line_of(sys.argv),  # the report quotes the command that made it
     )
     try:
@@ -605,6 +606,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="KEY=VALUE",
         help="override a hyperparameter for every agent, e.g. ppo.learning_rate=3e-4 (repeatable)",
+    )
+    p.add_argument(
+        "--log-policy-shift",
+        action="store_true",
+        help="log each update's policy KL in the runs trained; their records keep it (issue 41's diagnostic)",
     )
     _add_memory_argument(p)
     p.set_defaults(func=cmd_compare)

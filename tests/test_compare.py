@@ -21,6 +21,7 @@ from rims_rl.app.config import resolve_config
 from rims_rl.app.curves import read_learning_curve
 from rims_rl.app.evaluation import EvalResult
 from rims_rl.app.jobs import Backend
+from rims_rl.app.records import read_record
 from rims_rl.app.report import write_report
 from rims_rl.app.summary import OOD_LABEL, improvement_rows, summary_rows
 from rims_rl.envs import EnvSpec, Suite, get_suite
@@ -461,6 +462,42 @@ def test_compare_end_to_end_tiny(tmp_path: Path, capsys: pytest.CaptureFixture[s
     compare_run(**kw)  # everything is finished: no training, no evaluation, same report
     assert "0 trained, 0 evaluated again, 4 skipped, 0 failed" in capsys.readouterr().out
     assert [m.stat().st_mtime_ns for m in models] == mtimes
+
+
+def test_compare_keeps_each_runs_policy_shift_and_unit_usage_in_its_record(tmp_path: Path) -> None:
+    """``--log-policy-shift`` (issue 41.3) reaches every run, and the records keep what the runs logged, so
+    the diagnostic survives with the committed records; without the flag no run measures it."""
+    kw = dict(
+        agents=["rims_ppo"],
+        suite="minigrid-multiroom",
+        seeds=1,
+        timesteps=64,
+        n_envs=1,
+        workers=1,
+        eval_episodes=1,
+        overrides=dict(TINY_PPO),
+        device="cpu",
+        reps=200,
+        progress=False,
+    )
+    compare_run(**kw, out=tmp_path / "kl", log_policy_shift=True)
+    record = read_record(tmp_path / "kl" / "runs" / "rims_ppo-seed0")
+    assert record is not None
+    steps, kl = record.diagnostics["train/policy_kl"]
+    # one value per update of 16 steps, logged with the update's train/loss at the next rollout's dump (as
+    # SB3 logs train/*), so the last update is not in the log
+    assert steps.tolist() == [32.0, 48.0, 64.0]
+    assert np.isfinite(kl).all() and (kl >= 0).all() and (kl > 0).any()
+    usage = record.diagnostics["rims/usage_entropy"][1]
+    assert ((usage > 0) & (usage <= 1)).all()
+    shutil.copytree(tmp_path / "kl" / "records", tmp_path / "committed" / "records")  # what is committed
+    again = read_record(tmp_path / "committed" / "runs" / "rims_ppo-seed0")
+    assert again is not None
+    np.testing.assert_array_equal(again.diagnostics["train/policy_kl"][1], kl)
+
+    compare_run(**kw, out=tmp_path / "plain")
+    plain = read_record(tmp_path / "plain" / "runs" / "rims_ppo-seed0")
+    assert plain is not None and "train/policy_kl" not in plain.diagnostics
 
 
 def test_compare_checks_everything_before_training_anything(

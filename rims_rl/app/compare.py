@@ -110,6 +110,8 @@ class CompareRequest:
     """Ray cluster address (None: ``RAY_ADDRESS``, else a local Ray instance)."""
     tuned: Tuned | None = None
     """Each agent's settings chosen by ``tune`` (its ``tune.json``, or a mapping agent -> settings)."""
+    log_policy_shift: bool = False
+    """Log each update's policy KL in every run trained here; records keep it (``DIAGNOSTIC_TAGS``)."""
 
     def command(self) -> str:
         """The command line the report quotes and the continue hint repeats."""
@@ -243,6 +245,7 @@ def _plan(request: CompareRequest) -> _Plan:
             overrides=settings[a],
             eval_episodes=eval_episodes,
             deterministic=request.deterministic,
+            log_policy_shift=request.log_policy_shift,
             device=request.device,
         )
         for s in seeds

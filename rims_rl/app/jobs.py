@@ -129,6 +129,7 @@ def run_job(job: RunJob, backend: Backend = LOCAL, progress: bool = False) -> Jo
             out.train_seconds = previous.train_seconds  # re-evaluated only: its training time still holds
         if model is None:
             t0 = time.perf_counter()
+            measure = {"log_policy_shift": True} if job.log_policy_shift else {}  # fakes need not take it
             backend.train(
                 job.agent,
                 env_id=None if job.suite else job.env_id,
@@ -141,6 +142,7 @@ def run_job(job: RunJob, backend: Backend = LOCAL, progress: bool = False) -> Jo
                 run_dir=run_dir,
                 progress_bar=False,
                 resume=resumed,  # an interrupted run continues where it stopped
+                **measure,
             )
             out.train_s = time.perf_counter() - t0
             out.trained = True

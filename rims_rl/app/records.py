@@ -42,9 +42,13 @@ RECORDS_DIR = "records"
 #: The job fields that make a run *this* experiment (what ``compare`` chooses); another value of any
 #: means ``--out`` is being reused for other settings.
 IDENTITY: tuple[str, ...] = ("agent", "seed", "suite", "env_id", "timesteps", "n_envs", "overrides")
+#: Training scalars a run's record keeps beside the learning curve when the run logged them: how far each
+#: update moved the policy (``--log-policy-shift``) and how evenly RIMs-like cores used their units.
+DIAGNOSTIC_TAGS: tuple[str, ...] = ("train/policy_kl", "rims/usage_entropy")
 
 __all__ = [
     "EVAL_NAME",
+    "DIAGNOSTIC_TAGS",
     "IDENTITY",
     "RECORDS_DIR",
     "RunJob",
@@ -87,6 +91,9 @@ class RunJob:
     """Seed of the evaluation episodes, the same for every run: all agents are scored on the same episodes."""
     deterministic: bool = EVAL_PROTOCOL.deterministic
     """Greedy (True) or sampled actions in evaluation."""
+    log_policy_shift: bool = False
+    """Log ``train/policy_kl`` per update while training; the record keeps it with the other
+    ``DIAGNOSTIC_TAGS`` (not part of the experiment's identity: it measures, it does not change, the run)."""
     device: str = "auto"
     """Torch device (not part of the record: a run may move)."""
     torch_threads: int | None = None
@@ -142,6 +149,8 @@ class RunRecord:
     """The training curve (steps, episode return); None when absent or damaged."""
     train_seconds: float | None = None
     """Training wall time when the run was trained from scratch in one go; None otherwise (or damaged)."""
+    diagnostics: Mapping[str, Curve] = field(default_factory=dict)
+    """``DIAGNOSTIC_TAGS`` the run logged, each (steps, values); damaged or unknown ones are dropped."""
 
     @classmethod
     def from_dict(cls, data: Any, source: Path) -> RunRecord:
@@ -160,6 +169,7 @@ class RunRecord:
             records=records,
             curve=_curve(data.get("curve")),
             train_seconds=_seconds(data.get("train_seconds")),
+            diagnostics=_diagnostics(data.get("diagnostics")),
         )
 
     def is_of(self, job: RunJob) -> bool:
@@ -196,6 +206,13 @@ def _curve(raw: Any) -> Curve | None:
     except (TypeError, ValueError):
         return None
     return (steps, values) if steps.shape == values.shape and steps.ndim == 1 else None
+
+
+def _diagnostics(raw: Any) -> dict[str, Curve]:
+    """The stored ``DIAGNOSTIC_TAGS`` curves that are intact (others in the file are ignored)."""
+    if not isinstance(raw, dict):
+        return {}
+    return {tag: c for tag in DIAGNOSTIC_TAGS if (c := _curve(raw.get(tag))) is not None}
 
 
 def _load_json(path: Path, what: str) -> Any:
@@ -455,23 +472,32 @@ def write_eval(job: RunJob, raw: Sequence[Mapping[str, Any]], records: Sequence[
     return atomic_write_json(Path(job.run_dir) / EVAL_NAME, payload)
 
 
+def _curve_json(curve: Curve | None) -> dict[str, list[float]] | None:
+    return None if curve is None else {"steps": curve[0].tolist(), "values": curve[1].tolist()}
+
+
 def write_record(job: RunJob, records: Sequence[ScoreRecord], train_seconds: float | None = None) -> Path:
     """The run's compact record: settings, scores per env, the learning curve (a few KiB) and, when this
     process trained the run from scratch, its training wall time (the throughput a report can quote).
     A run evaluated again whose logs are gone keeps the curve its previous record holds."""
     curve = read_learning_curve(job.run_dir)
-    if curve is None:
+    diagnostics = {t: c for t in DIAGNOSTIC_TAGS if (c := read_learning_curve(job.run_dir, t)) is not None}
+    if curve is None or not diagnostics:
         try:
             previous = read_record(job.run_dir)
         except UserError:  # a damaged record is about to be replaced
             previous = None
-        curve = None if previous is None else previous.curve
+        if previous is not None:
+            curve = previous.curve if curve is None else curve
+            diagnostics = diagnostics or dict(previous.diagnostics)
     payload: dict[str, Any] = {
         "settings": job.eval_settings(),
         "job": job.record_part(),
         "records": [dict(r) for r in records],
-        "curve": None if curve is None else {"steps": curve[0].tolist(), "values": curve[1].tolist()},
+        "curve": _curve_json(curve),
     }
+    if diagnostics:
+        payload["diagnostics"] = {t: _curve_json(c) for t, c in diagnostics.items()}
     if train_seconds is not None:
         payload["train_seconds"] = round(float(train_seconds), 3)
     return atomic_write_json(record_path(job.run_dir), payload)
