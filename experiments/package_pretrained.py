@@ -53,9 +53,8 @@ def without_optimizer(model_zip: Path) -> bytes:
     return slim_checkpoint(model_zip, "none")
 
 
-def median_selection(compare_dir: Path, agent: str) -> tuple[int, str]:
-    """The (lower) median seed of ``agent`` by final training-env return, and how it was chosen, for the
-    card: a reader should see it is not the best run."""
+def _train_returns(compare_dir: Path, agent: str) -> list[tuple[float, int]]:
+    """(final training-env return, seed) of every run of ``agent``, ascending."""
     returns = sorted(
         (float(r["mean_return"]), int(r["seed"]))
         for r in csv.DictReader(io.StringIO(_read_text(compare_dir / "results.csv", "results")))
@@ -63,9 +62,27 @@ def median_selection(compare_dir: Path, agent: str) -> tuple[int, str]:
     )
     if not returns:
         raise SystemExit(f"no training-env results of {agent} in {compare_dir / 'results.csv'}")
+    return returns
+
+
+def median_selection(compare_dir: Path, agent: str) -> tuple[int, str]:
+    """The (lower) median seed of ``agent`` by final training-env return, and how it was chosen, for the
+    card: a reader should see it is not the best run."""
+    returns = _train_returns(compare_dir, agent)
     listed = ", ".join(f"seed {seed}: {ret:.2f}" for ret, seed in returns)
     how = f"the median of {len(returns)} seeds by training-env return, not the best ({listed})"
     return returns[(len(returns) - 1) // 2][1], how
+
+
+def rank_selection(compare_dir: Path, agent: str, seed: int) -> str:
+    """Where a seed given by hand ranks among the agent's runs, for the card (1 = the lowest return)."""
+    returns = _train_returns(compare_dir, agent)
+    seeds = [s for _, s in returns]
+    if seed not in seeds:
+        raise SystemExit(f"no training-env result of {agent} seed {seed} in {compare_dir / 'results.csv'}")
+    listed = ", ".join(f"seed {s}: {ret:.2f}" for ret, s in returns)
+    rank = seeds.index(seed) + 1
+    return f"seed {seed}, rank {rank} of {len(seeds)} by training-env return, lowest first ({listed})"
 
 
 def package(
@@ -214,5 +231,6 @@ if __name__ == "__main__":
     if which == "median":
         chosen, how = median_selection(compare, agent_name)
     else:
-        chosen, how = int(which), ""
+        chosen = int(which)
+        how = rank_selection(compare, agent_name, chosen)
     print(package(compare, agent_name, chosen, name, how))

@@ -109,6 +109,11 @@ def test_median_seed_picks_the_typical_run_not_the_best(tmp_path: Path) -> None:
     assert seed == 2  # the lower median of four
     assert module.median_selection(tmp_path, "b")[0] == 0
     assert selection.startswith("the median of 4 seeds") and "seed 2: 0.50" in selection, selection
+    # a seed given by hand (e.g. a median seed re-trained) says where it ranks
+    assert module.rank_selection(tmp_path, "a", 3).startswith("seed 3, rank 3 of 4 by training-env return")
+    assert module.rank_selection(tmp_path, "a", 1).startswith("seed 1, rank 1 of 4")
+    with pytest.raises(SystemExit, match="no training-env result of a seed 9"):
+        module.rank_selection(tmp_path, "a", 9)
 
 
 def test_pretrained_lookup_order(tmp_path, monkeypatch) -> None:
@@ -237,3 +242,38 @@ def test_packaging_reads_bounded_regular_files_and_writes_only_under_pretrained(
         zf.writestr("policy.pth", b"\0" * 2048)
     with pytest.raises(UserError, match="larger than"):
         module.without_optimizer(bomb)
+
+
+def test_rerun_median_leaves_out_only_the_median_seeds_records(tmp_path: Path) -> None:
+    """Issue 40.5: compare, given the other records, re-trains exactly each agent's median seed."""
+    import csv
+    import importlib.util
+    import sys
+
+    experiments = Path(__file__).resolve().parents[1] / "experiments"
+    sys.path.insert(0, str(experiments))  # rerun_median imports package_pretrained as its neighbour
+    try:
+        spec = importlib.util.spec_from_file_location("rerun_median", experiments / "rerun_median.py")
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(experiments))
+    committed = tmp_path / "committed"
+    (committed / "records").mkdir(parents=True)
+    with (committed / "results.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["agent", "seed", "is_train", "mean_return"])
+        writer.writeheader()
+        for agent, returns in (("a", [0.9, 0.1, 0.5]), ("b", [0.2, 0.4, 0.3])):
+            for seed, ret in enumerate(returns):
+                writer.writerow({"agent": agent, "seed": seed, "is_train": "True", "mean_return": ret})
+                (committed / "records" / f"{agent}-seed{seed}.json").write_text("{}")
+    command = "python train.py compare --agents a b --seeds 3 --out x"
+    (committed / "report.md").write_text(f"Command:\n\n```\n{command}\n```\n")
+    seeds, command = module.prepare(committed, tmp_path / "out", [])
+    assert seeds == {"a": 2, "b": 2}  # 0.5 and 0.3: the medians
+    assert sorted(p.name for p in (tmp_path / "out" / "records").iterdir()) == [
+        "a-seed0.json", "a-seed1.json", "b-seed0.json", "b-seed1.json"
+    ]
+    assert command == f"python train.py compare --agents a b --seeds 3 --out {tmp_path / 'out'}"
+    assert json.loads((tmp_path / "out" / "median.json").read_text())["seeds"] == seeds
