@@ -503,3 +503,35 @@ def test_channels_last_is_the_same_model_in_nhwc_memory(tmp_path, agent: str) ->
     loaded.set_parameters(str(tmp_path / "model.zip"))
     assert all(w.is_contiguous(memory_format=th.channels_last) for w in convs(loaded))
     th.testing.assert_close(features(loaded, obs), features(fast, obs))
+
+
+@pytest.mark.parametrize("agent", ["lstm_ppo", "rims_ppo"])
+def test_bf16_features_run_the_cnn_in_bfloat16_and_hand_on_float32(tmp_path, agent: str) -> None:
+    """Issue 42.2's switch: the CNN under bfloat16 autocast (features near, not equal, to float32's), the
+    rest of the model in float32; the parameters are the same ones, so checkpoints load either way."""
+    from stable_baselines3.common.preprocessing import preprocess_obs
+
+    env = make_vec_env(_FakeAtari, n_envs=2, seed=0)
+    preset = tiny(agent, "atari")
+    assert not preset.bf16_features  # off in the presets until its parity run
+    fast = build_model(apply_overrides(preset, {"bf16_features": "true"}), env, seed=0)
+    plain = build_model(preset, env, seed=0)
+    plain.policy.load_state_dict(fast.policy.state_dict())
+    assert list(fast.policy.state_dict()) == list(plain.policy.state_dict())
+
+    def features(model, obs: np.ndarray) -> th.Tensor:
+        x, _ = model.policy.obs_to_tensor(obs)
+        x = preprocess_obs(x, model.policy.observation_space, normalize_images=model.policy.normalize_images)
+        with th.no_grad():
+            return model.policy.features_extractor(x)
+
+    obs = fast.env.reset()
+    low, full = features(fast, obs), features(plain, obs)
+    assert low.dtype == th.float32 and not th.equal(low, full)
+    th.testing.assert_close(low, full, rtol=0.05, atol=0.05)
+    fast.learn(32)  # trains: gradients flow through the autocast CNN
+    assert all(p.dtype == th.float32 for p in fast.policy.parameters())
+    fast.save(tmp_path / "model.zip")
+    plain.set_parameters(str(tmp_path / "model.zip"))
+    with pytest.raises(ValueError, match="bf16_features must be true or false"):
+        apply_overrides(preset, {"bf16_features": "maybe"})
