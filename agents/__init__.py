@@ -402,8 +402,6 @@ def build_model(
     )
     if preset.channels_last:
         use_channels_last(model.policy)
-    if preset.bf16_features:
-        use_bf16_features(model.policy)
     return model
 
 
@@ -499,29 +497,6 @@ def use_channels_last(policy: nn.Module) -> None:
         if isinstance(module, nn.Conv2d):
             module.weight.data = module.weight.data.contiguous(memory_format=torch.channels_last)
             module.register_forward_pre_hook(_nhwc_input)
-
-
-def use_bf16_features(policy: nn.Module) -> None:
-    """Run every features extractor of ``policy`` under autocast to bfloat16 and hand its features on in
-    float32. The extractor's ``forward`` is wrapped on the instance, so parameters, their names and the
-    optimizer are untouched: a checkpoint of either kind loads into the other."""
-    extractors = {
-        id(m): m
-        for name in ("features_extractor", "pi_features_extractor", "vf_features_extractor")
-        if isinstance(m := getattr(policy, name, None), nn.Module)
-    }
-    for module in extractors.values():
-        module.forward = _bf16_forward(module.forward)
-
-
-def _bf16_forward(forward: Any) -> Any:
-    def bf16(*args: Any, **kwargs: Any) -> Any:
-        device = next((a.device.type for a in args if isinstance(a, torch.Tensor)), "cpu")
-        with torch.autocast(device, dtype=torch.bfloat16):
-            out = forward(*args, **kwargs)
-        return out.float() if isinstance(out, torch.Tensor) else type(out)(o.float() for o in out)
-
-    return bf16
 
 
 def _nhwc_input(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:

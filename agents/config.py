@@ -238,11 +238,6 @@ class AgentPreset:
     fifth more Atari steps/s on a CPU with oneDNN (1.19x lstm_ppo on Pong, docs/atari.md); no effect
     without convolutions. ``policy.parameters_to_vector()`` (SB3's flat view for ARS/CEM-style search,
     unused by PPO) needs contiguous weights and fails on these: set it false there."""
-    bf16_features: bool = False
-    """Run the features extractor (Atari's CNN) under autocast to bfloat16, its features handed on in
-    float32 (the core, heads, loss and buffers stay float32): 1.5-1.6x Atari steps/s on a CPU with
-    AVX512-BF16 (docs/atari.md). Off until its learning-parity run says it learns as well; it changes
-    the numbers a run produces, not its parameters (a checkpoint loads either way)."""
     source: str = ""
     """Where the values come from."""
 
@@ -270,9 +265,8 @@ class AgentPreset:
         check_int("n_timesteps", self.n_timesteps, 1, MAX_TIMESTEPS + MAX_N_STEPS * MAX_N_ENVS)
         if self.vec_env is not None and self.vec_env not in VEC_ENVS:
             raise ValueError(f"vec_env must be null or one of {VEC_ENVS}, got {self.vec_env!r}")
-        for flag in ("channels_last", "bf16_features"):
-            if not isinstance(getattr(self, flag), bool):
-                raise ValueError(f"{flag} must be true or false, got {getattr(self, flag)!r}")
+        if not isinstance(self.channels_last, bool):
+            raise ValueError(f"channels_last must be true or false, got {self.channels_last!r}")
         for name in ("policy_kwargs", "env"):
             if not isinstance(getattr(self, name), Mapping):
                 raise ValueError(f"{name} must be a mapping, got {getattr(self, name)!r}")
@@ -363,7 +357,6 @@ class AgentPreset:
             "n_envs": self.n_envs,
             "vec_env": self.vec_env,
             "channels_last": self.channels_last,
-            "bf16_features": self.bf16_features,
             "n_timesteps": self.n_timesteps,
             "env": _plain(self.env),
             "policy_kwargs": _plain(self.policy_kwargs),

@@ -24,6 +24,6 @@ for mode in fp32 bf16; do
     flag=false
     [ "$mode" = bf16 ] && flag=true
     run train.py compare --env ALE/Breakout-v5 --agents lstm_ppo --seeds 1 --timesteps 500000 --eval-episodes 10 \
-        --stochastic --workers 1 --set vec_env=ale --set bf16_features=$flag --out "$R/bf16-parity-$mode" || exit
+        --stochastic --workers 1 --set vec_env=ale --set policy_kwargs.bf16_features=$flag --out "$R/bf16-parity-$mode" || exit
 done
 echo "== $(date -u +%FT%TZ) core-0 campaign done"

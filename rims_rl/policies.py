@@ -188,6 +188,10 @@ class RimsActorCriticPolicy(RecurrentActorCriticPolicy):
         actor state and stored in the buffer (``rims_rl.dropout``), so the update recomputes the
         rollout's masks and PPO's ratio is 1 on unchanged weights. Needs ``ChunkedRecurrentPPO`` and a
         core that declares ``supports_keyed_dropout``.
+    :param bf16_features: run the features extractor (Atari's CNN) under autocast to bfloat16 and hand
+        its features on in float32 (core, heads, loss and buffers stay float32), on every path (training,
+        ``predict``, values): faster convolutions on CPUs with AVX512-BF16 and on GPUs (docs/atari.md);
+        it changes the numbers a run produces, not its parameters.
 
     sb3-contrib sizes its state buffers from ``lstm_hidden_state_shape``; here that is
     ``(n_lstm_layers, 1, state_size)`` with the core's own ``state_size``, and the heads read
@@ -228,6 +232,7 @@ class RimsActorCriticPolicy(RecurrentActorCriticPolicy):
         core_kwargs: dict[str, Any] | None = None,
         critic_grad_through_core: bool = False,
         keyed_dropout: bool = False,
+        bf16_features: bool = False,
     ) -> None:
         # sb3-contrib's own checks first, with its exception type (an assert), then ours.
         if shared_lstm and enable_critic_lstm:
@@ -245,6 +250,8 @@ class RimsActorCriticPolicy(RecurrentActorCriticPolicy):
                 "critic_grad_through_core=True needs shared_lstm=True (with its own core or a linear "
                 "critic the value loss already trains everything the critic reads)"
             )
+        if not isinstance(bf16_features, bool):
+            raise ValueError(f"bf16_features must be true or false, got {bf16_features!r}")
         if keyed_dropout and not config.cls.supports_keyed_dropout:
             raise ValueError(
                 f"keyed_dropout needs a core with attention dropout (supports_keyed_dropout), "
@@ -285,6 +292,7 @@ class RimsActorCriticPolicy(RecurrentActorCriticPolicy):
         self.enable_critic_lstm = enable_critic_lstm
         self.critic_grad_through_core = critic_grad_through_core
         self.keyed_dropout = keyed_dropout
+        self.bf16_features = bf16_features
         self.lstm_actor = self._build_core()
         self.lstm_hidden_state_shape = (n_lstm_layers, 1, self.lstm_actor.state_size)
         self.critic = None
@@ -331,6 +339,8 @@ class RimsActorCriticPolicy(RecurrentActorCriticPolicy):
             critic_grad_through_core=self.critic_grad_through_core,
             keyed_dropout=self.keyed_dropout,
         )
+        if self.bf16_features:  # only when set: checkpoints of older versions keep loading as they did
+            data["bf16_features"] = True
         return data
 
     def _install_keyed_dropout(self) -> None:
@@ -352,6 +362,36 @@ class RimsActorCriticPolicy(RecurrentActorCriticPolicy):
         """The critic's input under ``shared_lstm``: detached as in sb3-contrib unless the value loss
         is meant to train the shared core and features extractor too (``critic_grad_through_core``)."""
         return latent_pi if self.critic_grad_through_core else latent_pi.detach()
+
+    def extract_features(  # type: ignore[override]
+        self, obs: th.Tensor, features_extractor: BaseFeaturesExtractor | None = None
+    ) -> th.Tensor | tuple[th.Tensor, th.Tensor]:
+        """SB3's features (one tensor, or actor and critic features), under bfloat16 autocast with
+        ``bf16_features``, handed on in float32."""
+        if not self.bf16_features:
+            return super().extract_features(obs, features_extractor)
+        with th.autocast(self.device.type, dtype=th.bfloat16):
+            features = super().extract_features(obs, features_extractor)
+        if isinstance(features, th.Tensor):
+            return features.float()
+        return features[0].float(), features[1].float()
+
+    def _features(self, obs: th.Tensor, extractor: BaseFeaturesExtractor) -> th.Tensor:
+        """One extractor's features, as ``extract_features`` computes them (sb3-contrib's
+        ``get_distribution`` and ``predict_values`` call SB3's ``BaseModel`` version directly)."""
+        if not self.bf16_features:
+            return BaseModel.extract_features(self, obs, extractor)
+        with th.autocast(self.device.type, dtype=th.bfloat16):
+            return BaseModel.extract_features(self, obs, extractor).float()
+
+    def get_distribution(  # type: ignore[override]
+        self, obs: th.Tensor, lstm_states: State, episode_starts: th.Tensor
+    ) -> tuple[Any, tuple[th.Tensor, ...]]:
+        if not self.bf16_features:
+            return super().get_distribution(obs, lstm_states, episode_starts)
+        features = self._features(obs, self.pi_features_extractor)
+        latent_pi, states = self._process_sequence(features, lstm_states, episode_starts, self.lstm_actor)
+        return self._get_action_dist_from_latent(self.mlp_extractor.forward_actor(latent_pi)), states
 
     def _latents(
         self, obs: th.Tensor, lstm_states: RNNStates, episode_starts: th.Tensor
@@ -416,11 +456,18 @@ class RimsActorCriticPolicy(RecurrentActorCriticPolicy):
         self, obs: th.Tensor, lstm_states: State, episode_starts: th.Tensor
     ) -> th.Tensor:
         lstm_states = lstm_states[:2]  # bootstrap values: no dropout keys
-        if not self.shared_lstm:
+        if not self.shared_lstm and not self.bf16_features:
             return super().predict_values(obs, lstm_states, episode_starts)
-        features = BaseModel.extract_features(self, obs, self.vf_features_extractor)
-        latent_pi, _ = self._process_sequence(features, lstm_states, episode_starts, self.lstm_actor)
-        return self.value_net(self.mlp_extractor.forward_critic(self._shared_critic_latent(latent_pi)))
+        features = self._features(obs, self.vf_features_extractor)
+        if self.lstm_critic is not None:  # sb3-contrib's body, with our features and shared-core critic
+            latent_vf, _ = self._process_sequence(features, lstm_states, episode_starts, self.lstm_critic)
+        elif self.shared_lstm:
+            latent_pi, _ = self._process_sequence(features, lstm_states, episode_starts, self.lstm_actor)
+            latent_vf = self._shared_critic_latent(latent_pi)
+        else:
+            assert self.critic is not None
+            latent_vf = self.critic(features)
+        return self.value_net(self.mlp_extractor.forward_critic(latent_vf))
 
     # sb3-contrib declares ``tuple[Tensor, Tensor]`` but returns ``(output, (h, c))``, as this one does.
     @staticmethod

@@ -507,31 +507,47 @@ def test_channels_last_is_the_same_model_in_nhwc_memory(tmp_path, agent: str) ->
 
 @pytest.mark.parametrize("agent", ["lstm_ppo", "rims_ppo"])
 def test_bf16_features_run_the_cnn_in_bfloat16_and_hand_on_float32(tmp_path, agent: str) -> None:
-    """Issue 42.2's switch: the CNN under bfloat16 autocast (features near, not equal, to float32's), the
-    rest of the model in float32; the parameters are the same ones, so checkpoints load either way."""
-    from stable_baselines3.common.preprocessing import preprocess_obs
+    """Issue 42.2's switch: the CNN under bfloat16 autocast (features near, not equal, to float32's) on
+    every path (training, predict, values), the rest of the model in float32; the parameters are the
+    same ones, so checkpoints load either way, and the policy pickles and copies as any other."""
+    import copy
+    import pickle
 
     env = make_vec_env(_FakeAtari, n_envs=2, seed=0)
     preset = tiny(agent, "atari")
-    assert not preset.bf16_features  # off in the presets until its parity run
-    fast = build_model(apply_overrides(preset, {"bf16_features": "true"}), env, seed=0)
+    assert "bf16_features" not in preset.policy_kwargs  # off in the presets until its parity run
+    fast = build_model(apply_overrides(preset, {"policy_kwargs.bf16_features": "true"}), env, seed=0)
     plain = build_model(preset, env, seed=0)
     plain.policy.load_state_dict(fast.policy.state_dict())
-    assert list(fast.policy.state_dict()) == list(plain.policy.state_dict())
-
-    def features(model, obs: np.ndarray) -> th.Tensor:
-        x, _ = model.policy.obs_to_tensor(obs)
-        x = preprocess_obs(x, model.policy.observation_space, normalize_images=model.policy.normalize_images)
-        with th.no_grad():
-            return model.policy.features_extractor(x)
-
+    assert fast.policy.bf16_features and not plain.policy.bf16_features
     obs = fast.env.reset()
-    low, full = features(fast, obs), features(plain, obs)
-    assert low.dtype == th.float32 and not th.equal(low, full)
-    th.testing.assert_close(low, full, rtol=0.05, atol=0.05)
+    x, _ = fast.policy.obs_to_tensor(obs)
+    layers, _, size = fast.policy.lstm_hidden_state_shape
+    states = (th.zeros(layers, 2, size), th.zeros(layers, 2, size))
+    starts = th.ones(2)
+    with th.no_grad():
+        low, full = fast.policy.extract_features(x), plain.policy.extract_features(x)
+        assert low.dtype == th.float32 and not th.equal(low, full)
+        th.testing.assert_close(low, full, rtol=0.05, atol=0.05)
+        va, vb = (m.policy.predict_values(x, states, starts) for m in (fast, plain))
+        assert not th.equal(va, vb)  # the values' path runs the bf16 CNN too
+        da, db = (m.policy.get_distribution(x, states, starts)[0].distribution.probs for m in (fast, plain))
+        assert not th.equal(da, db)  # and predict's
+        th.testing.assert_close(da, db, rtol=0.05, atol=0.05)
+    # copies are their own models (SB3's policies copy before training: after it they hold the last
+    # action distribution, a non-leaf tensor deepcopy refuses, with or without this switch)
+    twin = copy.deepcopy(fast.policy)
+    again = pickle.loads(pickle.dumps(fast.policy))
+    with th.no_grad():
+        for module in (twin, again):
+            assert module.bf16_features
+            th.testing.assert_close(module.extract_features(x), low)
+            for p in module.features_extractor.parameters():
+                p.zero_()
+            assert not th.allclose(module.extract_features(x), low)
     fast.learn(32)  # trains: gradients flow through the autocast CNN
     assert all(p.dtype == th.float32 for p in fast.policy.parameters())
     fast.save(tmp_path / "model.zip")
     plain.set_parameters(str(tmp_path / "model.zip"))
     with pytest.raises(ValueError, match="bf16_features must be true or false"):
-        apply_overrides(preset, {"bf16_features": "maybe"})
+        build_model(apply_overrides(preset, {"policy_kwargs.bf16_features": "maybe"}), env, seed=0)
