@@ -9,6 +9,8 @@
 #
 # Commit each step's records as it finishes (docs/results/<out>/records): a lost machine continues from them.
 set -u
+cd "$(dirname "$0")/.." || exit  # the clone's root: its code, its committed records
+export PYTHONPATH="$PWD"  # scripts under experiments/ import this clone's rims_rl, not an installed one
 R=${RIMS_RL_RUNS:?set RIMS_RL_RUNS to the folder of long runs, outside the work tree}
 PY=${PY:-python}
 CORE=${CORE:-1}
@@ -46,9 +48,15 @@ run train.py tune --suite popgym-repeat-previous --agents lstm_ppo gru_ppo rims_
 run train.py compare --suite popgym-repeat-previous --agents lstm_ppo gru_ppo rims_ppo --seeds 10 \
     --timesteps 200000 --eval-episodes 32 --stochastic --workers 1 --log-policy-shift \
     --tuned "$R/tune-repeat-previous-own/tune.json" --out "$R/compare-repeat-previous-own-10seeds" || exit
-UNITS=$("$PY" -c "import json,sys; c=json.load(open(sys.argv[1]))['agents']['rims_ppo']['chosen']; print(c.get('$K.n_units', 6))" "$R/tune-repeat-previous-own/tune.json") || exit
+CHOSEN="import json,sys; c=json.load(open(sys.argv[1]))['agents']['rims_ppo']['chosen']; print(c.get(sys.argv[2], sys.argv[3]))"
+UNITS=$("$PY" -c "$CHOSEN" "$R/tune-repeat-previous-own/tune.json" "$K.n_units" 6) || exit
+COMM=$("$PY" -c "$CHOSEN" "$R/tune-repeat-previous-own/tune.json" "$K.use_comm" True) || exit
 for ablation in "all-active:$K.k=$UNITS" "no-comm:$K.use_comm=false" "no-competition:$K.input_competition=false:$K.k=$UNITS"; do
     name=${ablation%%:*}
+    if [ "$name" = no-comm ] && [ "$COMM" = False ]; then
+        echo "== the chosen RIMs configuration has no communication: its own 10 seeds are the no-comm ablation"
+        continue
+    fi
     sets=()
     IFS=: read -ra kv <<< "${ablation#*:}"
     for s in "${kv[@]}"; do sets+=(--set "$s"); done

@@ -9,6 +9,7 @@
 # ~/rims-rl-runs/compare-pong-cpu-rims/runs/rims_ppo-seed0` first (experiments/campaign_snapshot.py --pack
 # writes that form at a session's end).
 set -u
+cd "$(dirname "$0")/.." || exit  # the clone's root
 R=${RIMS_RL_RUNS:?set RIMS_RL_RUNS to the folder of long runs, outside the work tree}
 PY=${PY:-python}
 CORE=${CORE:-0}

@@ -2,10 +2,10 @@
 
     python experiments/rims_usage.py --checkpoint RUN [RUN ...] --episodes 32 --out docs/results/rims_in_ppo
 
-RepeatPrevious shows one card per step and asks, from the k-th step on, for the suit of the card k steps
-back: the first k - 1 steps of an episode only *cue* (nothing to recall yet, no reward), the rest also
-*recall*. For each checkpoint (a RIMs agent trained on the suite's training env) this plays episodes with
-sampled actions, reads the core's active-unit mask after every step, and reports:
+RepeatPrevious shows one card per step and asks, from the k-th step on, for the suit of the card k - 1
+steps before the one shown: the first k - 1 steps of an episode only *cue* (nothing to recall yet, no
+reward), the rest also *recall*. For each checkpoint (a RIMs agent trained on the suite's training env)
+this plays episodes with sampled actions, reads the core's active-unit mask after every step, and reports:
 
 - each unit's active fraction on cue steps and on recall steps, and the usage entropy (1: every unit
   equally often; ``rims.usage_entropy``);

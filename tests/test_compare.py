@@ -495,6 +495,19 @@ def test_compare_keeps_each_runs_policy_shift_and_unit_usage_in_its_record(tmp_p
     assert again is not None
     np.testing.assert_array_equal(again.diagnostics["train/policy_kl"][1], kl)
 
+    # evaluated again after its logs lost the KL column (kept the rest): the record keeps the KL it had
+    for log in (tmp_path / "kl" / "runs" / "rims_ppo-seed0").rglob("progress*.csv"):
+        rows = list(csv.DictReader(log.open()))
+        fields = [f for f in rows[0] if f != "train/policy_kl"]
+        with log.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(rows)
+    compare_run(**{**kw, "eval_episodes": 2}, out=tmp_path / "kl", log_policy_shift=True)
+    kept = read_record(tmp_path / "kl" / "runs" / "rims_ppo-seed0")
+    assert kept is not None and kept.records[0]["n_episodes"] == 2
+    np.testing.assert_array_equal(kept.diagnostics["train/policy_kl"][1], kl)
+
     compare_run(**kw, out=tmp_path / "plain")
     plain = read_record(tmp_path / "plain" / "runs" / "rims_ppo-seed0")
     assert plain is not None and "train/policy_kl" not in plain.diagnostics

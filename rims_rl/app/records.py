@@ -482,14 +482,14 @@ def write_record(job: RunJob, records: Sequence[ScoreRecord], train_seconds: flo
     A run evaluated again whose logs are gone keeps the curve its previous record holds."""
     curve = read_learning_curve(job.run_dir)
     diagnostics = {t: c for t in DIAGNOSTIC_TAGS if (c := read_learning_curve(job.run_dir, t)) is not None}
-    if curve is None or not diagnostics:
+    if curve is None or len(diagnostics) < len(DIAGNOSTIC_TAGS):
         try:
             previous = read_record(job.run_dir)
         except UserError:  # a damaged record is about to be replaced
             previous = None
-        if previous is not None:
+        if previous is not None:  # logs gone (or some of them): keep what the record already holds
             curve = previous.curve if curve is None else curve
-            diagnostics = diagnostics or dict(previous.diagnostics)
+            diagnostics = {**previous.diagnostics, **diagnostics}
     payload: dict[str, Any] = {
         "settings": job.eval_settings(),
         "job": job.record_part(),

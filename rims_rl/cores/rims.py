@@ -115,7 +115,8 @@ class RIMs(RecurrentCore):
             attention runs over the real slots only; with one slot each head reads all of it) and every
             unit updates, so ``k`` must equal ``n_units``. The null slot is what a unit loses the
             competition with; without it there is nothing to select on. Runs the autograd reference loop
-            (the fused loops assume the null slot); the query and key weights are then unused.
+            (the fused loops assume the null slot). With one input slot the query and key weights are
+            unused (no gradient; still counted in the parameters).
     """
 
     accepts_slots = True  # x may also be [T, B, n_slots, input_size]
@@ -364,11 +365,12 @@ class RIMs(RecurrentCore):
         keys = self.input_key(x).view(T, B, S, H, dk)
         values = self.input_value(x).view(T, B, S, H, self.input_value_size // H)
         if S == 1:
+            values = values.squeeze(2)
+        if S == 1 and self.input_competition:  # without competition one slot needs no scores at all
             # One slot: fold each unit's query weights into the keys, so a step's attention score is
             # a dot product in the unit's own space: q.k = h . (W_q k).
             w_query = self.w_query.view(n, u, H, dk) * (1.0 / math.sqrt(dk))
             keys = torch.einsum("nuhd,tbhd->tnbhu", w_query, keys.squeeze(2))
-            values = values.squeeze(2)
         if self.cell == "lstm":  # one matmul per step on [read, h]
             w_cell = torch.cat([self.w_x, self.w_hh], dim=1)
             b_cell = (self.b_x + self.b_h).unsqueeze(1)
