@@ -495,8 +495,11 @@ def test_compare_keeps_each_runs_policy_shift_and_unit_usage_in_its_record(tmp_p
     assert again is not None
     np.testing.assert_array_equal(again.diagnostics["train/policy_kl"][1], kl)
 
-    # evaluated again after its logs lost the KL column (kept the rest): the record keeps the KL it had
-    for log in (tmp_path / "kl" / "runs" / "rims_ppo-seed0").rglob("progress*.csv"):
+    # evaluated again after its logs lost the KL (kept the rest): the record keeps the KL it had
+    run_dir = tmp_path / "kl" / "runs" / "rims_ppo-seed0"
+    for events in run_dir.rglob("events.out.tfevents.*"):
+        events.unlink()
+    for log in run_dir.rglob("progress*.csv"):
         rows = list(csv.DictReader(log.open()))
         fields = [f for f in rows[0] if f != "train/policy_kl"]
         with log.open("w", newline="") as f:
