@@ -272,3 +272,31 @@ def test_throughput_reruns_fill_only_the_cells_without_steps_per_s(tmp_path: Pat
     write_leaderboard(spec, page, "python train.py leaderboard", reps=200)
     row = next(line for line in page.read_text().splitlines() if line.startswith("| b |"))
     assert "250 steps/s (re-run)" in row.split(" | ")[1], row
+
+
+def test_runs_of_one_preset_under_other_settings_are_a_row_of_their_own(tmp_path: Path) -> None:
+    """Issue 41's rows (an agent's own tuning grid, an ablation): a records folder renamed to a row of
+    'agents' gives that row the same statistics the runs give under their own name, and its model size is
+    measured from the preset the records name; a row outside 'agents' is refused."""
+    rng = np.random.default_rng(1)
+    job = {"agent": "lstm_ppo", "suite": "popgym-repeat-previous", "overrides": {}}
+    for seed in range(4):
+        _record(tmp_path / "main/records", "lstm_ppo", seed, 0.9, list(rng.random(2)), job=job)
+        wide = {**job, "overrides": {"policy_kwargs.lstm_hidden_size": 264}}
+        _record(tmp_path / "own/records", "lstm_ppo", seed, 0.7, list(rng.random(2)), job=wide)
+    spec = tmp_path / "leaderboard.yml"
+    spec.write_text(
+        "agents: [lstm_ppo, lstm_ppo (own grid)]\nsuites:\n  popgym-repeat-previous:\n    records:\n"
+        "      - main/records\n      - {folder: own/records, rename: {lstm_ppo: lstm_ppo (own grid)}}\n"
+    )
+    cells = build_cells(load_spec(spec), reps=200)
+    own = cells[("lstm_ppo (own grid)", "popgym-repeat-previous")]
+    plain = cells[("lstm_ppo", "popgym-repeat-previous")]
+    assert [r.train for r in own.runs] == [0.7] * 4 and [r.train for r in plain.runs] == [0.9] * 4
+    sizes = cell_sizes(load_spec(spec), cells)
+    suite = "popgym-repeat-previous"
+    assert sizes[("lstm_ppo (own grid)", suite)].core > sizes[("lstm_ppo", suite)].core  # width 264
+    text = spec.read_text().replace("rename: {lstm_ppo: lstm_ppo (own grid)}", "rename: {lstm_ppo: other}")
+    spec.write_text(text)
+    with pytest.raises(UserError, match="'rename' gives rows other, which are not in 'agents'"):
+        load_spec(spec)

@@ -57,6 +57,9 @@ class SuiteEntry:
     throughput: tuple[Path, ...] = ()
     """Folders of re-runs with today's code (a seed each) that give steps/s to the cells whose records
     predate timing; their scores are never used."""
+    rename: Mapping[Path, Mapping[str, str]] = field(default_factory=dict)
+    """folder -> {agent in its records: row}: runs of one preset under other settings (its own tuning
+    grid, an ablation) as a row of their own."""
 
 
 @dataclass(frozen=True)
@@ -157,7 +160,7 @@ def load_spec(path: str | Path) -> Spec:
     for name, entry in suites_raw.items():
         if not isinstance(name, str) or not isinstance(entry, Mapping):
             raise UserError(f"{where}: suite {name!r} must map to {{records: [...], pending: {{...}}}}")
-        resolved = _folders(entry, "records", base, f"{where}: suite {name}")
+        resolved, rename = _record_folders(entry, base, agents, f"{where}: suite {name}")
         throughput = _folders(entry, "throughput", base, f"{where}: suite {name}")
         note = entry.get("note", "")
         if not isinstance(note, str):
@@ -173,13 +176,46 @@ def load_spec(path: str | Path) -> Spec:
             raise UserError(
                 f"{where}: suite {name}: 'equal_return_at' must be a number (a training-env return)"
             )
-        suites.append(SuiteEntry(name, resolved, pending, note, tuple(na), tau, throughput))
+        suites.append(SuiteEntry(name, resolved, pending, note, tuple(na), tau, throughput, rename))
     control = data.get("control")
     if control is not None and control not in agents:
         raise UserError(
             f"{where}: 'control' must be one of 'agents' (the feed-forward agent), got {control!r}"
         )
     return Spec(agents, tuple(suites), control)
+
+
+def _record_folders(
+    entry: Mapping[str, Any], base: Path, agents: tuple[str, ...], where: str
+) -> tuple[tuple[Path, ...], dict[Path, dict[str, str]]]:
+    """``records``: folders, or ``{folder: F, rename: {agent: row}}`` for runs shown as a row of their own."""
+    raw = entry.get("records") or []
+    if not isinstance(raw, list):
+        raise UserError(f"{where}: 'records' must be a list of folders")
+    plain: list[str] = []
+    renames: dict[str, dict[str, str]] = {}
+    for item in raw:
+        if isinstance(item, Mapping):
+            folder, rename = item.get("folder"), item.get("rename")
+            if (
+                not isinstance(folder, str)
+                or not isinstance(rename, Mapping)
+                or not all(isinstance(k, str) and isinstance(v, str) for k, v in rename.items())
+            ):
+                raise UserError(
+                    f"{where}: a 'records' entry is a folder or {{folder: F, rename: {{agent: row}}}}"
+                )
+            unknown = sorted(set(rename.values()) - set(agents))
+            if unknown:
+                raise UserError(
+                    f"{where}: 'rename' gives rows {', '.join(unknown)}, which are not in 'agents'"
+                )
+            renames[folder] = dict(rename)
+            item = folder
+        plain.append(item)
+    folders = _folders({"records": plain}, "records", base, where)
+    named = zip(plain, folders, strict=True)
+    return folders, {full: renames[name] for name, full in named if name in renames}
 
 
 def _folders(entry: Mapping[str, Any], key: str, base: Path, where: str) -> tuple[Path, ...]:
@@ -234,7 +270,9 @@ def build_cells(spec: Spec, reps: int = 2000) -> dict[tuple[str, str], Cell]:
         by_agent: dict[str, dict[int, RunScores]] = {}
         first: RunScores | None = None
         for folder in entry.records:
+            rename = entry.rename.get(folder, {})
             for run in read_run_scores(folder):
+                run = replace(run, agent=rename.get(run.agent, run.agent))
                 first = first or run
                 if run.envs != first.envs:  # an OOD mean over other variants is another number
                     raise UserError(
@@ -277,9 +315,10 @@ def cell_sizes(spec: Spec, cells: Mapping[tuple[str, str], Cell]) -> dict[tuple[
     ):
         job = cell.runs[0].job
         overrides = job.get("overrides")
+        preset = job.get("agent")  # a renamed row's runs are of this preset
         try:
             config = resolve_config(
-                agent,
+                preset if isinstance(preset, str) else agent,
                 job.get("env_id") if isinstance(job.get("env_id"), str) else None,
                 suite=job.get("suite") if isinstance(job.get("suite"), str) else suite,
                 n_envs=job.get("n_envs") if isinstance(job.get("n_envs"), int) else None,
