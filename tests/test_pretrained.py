@@ -46,10 +46,13 @@ def test_checkpoint_is_small_and_reproduces_its_card(alias: str) -> None:
         deterministic=card["eval_deterministic"],
     )
     assert result.num_timesteps == card["timesteps"]
-    if card["success_rate"] is None:  # Atari: no success signal; Pong's return lies in [-21, 21]
+    if atari:  # no success signal; Pong's return lies in [-21, 21]
         # The episodes from the card's seed are fixed, so this is no coin flip; the margin is for other
         # library versions. An untrained or broken Pong agent scores about -20.
         assert abs(result.mean_return - card["mean_return"]) <= 8.0, (result.mean_return, card["mean_return"])
+    elif card["success_rate"] is None:  # POPGym: returns in [-1, 1]; chance on RepeatPrevious is -0.5
+        # 8 of the card's 32 episodes per env: a trained agent (0.6-0.9) that broke would read about -0.5
+        assert abs(result.mean_return - card["mean_return"]) <= 0.25, (result.mean_return, card)
     else:
         assert abs(result.success_rate - card["success_rate"]) <= 0.3, (result.success_rate, card)
 
