@@ -189,6 +189,15 @@ def test_a_packaged_run_keeps_every_variant_and_its_learning_curve(tmp_path: Pat
     assert (out / "learning_curve.png").read_bytes()[
         :8
     ] == b"\x89PNG\r\n\x1a\n" and "learning_curve.png" in text
+    if family == "popgym":  # issue 40.5: a re-trained median seed ships with how it was chosen
+        from rerun_median import package_all  # experiments/ is on pytest's pythonpath (pyproject)
+
+        median = {"from": "x/10seeds", "seeds": {"lstm_ppo": 0}}
+        (tmp_path / "c" / "median.json").write_text(json.dumps(median))
+        (shipped,) = package_all(tmp_path / "c", "rp", root=tmp_path)
+        assert shipped == tmp_path / "pretrained" / "rp-lstm_ppo"
+        selection = json.loads((shipped / "card.json").read_text())["selection"]
+        assert "runs in x/10seeds, re-trained" in selection and "seed 0, rank 1 of 1" in selection
 
 
 def test_evaluation_shows_episodes_done_per_env(monkeypatch: pytest.MonkeyPatch) -> None:
