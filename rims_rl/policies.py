@@ -339,7 +339,7 @@ class RimsActorCriticPolicy(RecurrentActorCriticPolicy):
             critic_grad_through_core=self.critic_grad_through_core,
             keyed_dropout=self.keyed_dropout,
         )
-        if self.bf16_features:  # only when set: checkpoints of older versions keep loading as they did
+        if self.bf16_features:  # only when set: older versions still load checkpoints that do not use it
             data["bf16_features"] = True
         return data
 
