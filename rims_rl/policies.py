@@ -38,7 +38,7 @@ from stable_baselines3.common.torch_layers import (
     FlattenExtractor,
     NatureCNN,
 )
-from stable_baselines3.common.type_aliases import Schedule
+from stable_baselines3.common.type_aliases import PyTorchObs, Schedule
 from torch import nn
 
 from rims_rl.checks import check_number, check_positive, hint, is_int, is_number
@@ -171,7 +171,23 @@ def resolve_core_config(
     return CoreConfig(cls, hidden, cls.resolve_kwargs(hidden, kwargs), n_lstm_layers, dropout)
 
 
-class RimsActorCriticPolicy(RecurrentActorCriticPolicy):
+class _FeaturePrecision(BaseModel):
+    """``BaseModel.extract_features`` under bfloat16 autocast when the policy sets ``bf16_features``, its
+    features handed on in float32. Mixed in after ``ActorCriticPolicy`` in the MRO, so every path reaches
+    it: SB3's ``extract_features`` and sb3-contrib's ``get_distribution``/``predict_values``, which call
+    the extraction past ``ActorCriticPolicy`` (``super(ActorCriticPolicy, self)``)."""
+
+    bf16_features = False
+
+    def extract_features(self, obs: PyTorchObs, features_extractor: BaseFeaturesExtractor) -> th.Tensor:
+        if not self.bf16_features:
+            return super().extract_features(obs, features_extractor)
+        with th.autocast(self.device.type, dtype=th.bfloat16):
+            return super().extract_features(obs, features_extractor).float()
+
+
+# ActorCriticPolicy's extract_features already differs from BaseModel's (SB3 ignores [override] there)
+class RimsActorCriticPolicy(RecurrentActorCriticPolicy, _FeaturePrecision):  # type: ignore[misc]
     """sb3-contrib's recurrent actor-critic policy with any registered recurrent core.
 
     Takes every argument of ``RecurrentActorCriticPolicy`` (``lstm_hidden_size`` is the core's output
@@ -363,36 +379,6 @@ class RimsActorCriticPolicy(RecurrentActorCriticPolicy):
         is meant to train the shared core and features extractor too (``critic_grad_through_core``)."""
         return latent_pi if self.critic_grad_through_core else latent_pi.detach()
 
-    def extract_features(  # type: ignore[override]
-        self, obs: th.Tensor, features_extractor: BaseFeaturesExtractor | None = None
-    ) -> th.Tensor | tuple[th.Tensor, th.Tensor]:
-        """SB3's features (one tensor, or actor and critic features), under bfloat16 autocast with
-        ``bf16_features``, handed on in float32."""
-        if not self.bf16_features:
-            return super().extract_features(obs, features_extractor)
-        with th.autocast(self.device.type, dtype=th.bfloat16):
-            features = super().extract_features(obs, features_extractor)
-        if isinstance(features, th.Tensor):
-            return features.float()
-        return features[0].float(), features[1].float()
-
-    def _features(self, obs: th.Tensor, extractor: BaseFeaturesExtractor) -> th.Tensor:
-        """One extractor's features, as ``extract_features`` computes them (sb3-contrib's
-        ``get_distribution`` and ``predict_values`` call SB3's ``BaseModel`` version directly)."""
-        if not self.bf16_features:
-            return BaseModel.extract_features(self, obs, extractor)
-        with th.autocast(self.device.type, dtype=th.bfloat16):
-            return BaseModel.extract_features(self, obs, extractor).float()
-
-    def get_distribution(  # type: ignore[override]
-        self, obs: th.Tensor, lstm_states: State, episode_starts: th.Tensor
-    ) -> tuple[Any, tuple[th.Tensor, ...]]:
-        if not self.bf16_features:
-            return super().get_distribution(obs, lstm_states, episode_starts)
-        features = self._features(obs, self.pi_features_extractor)
-        latent_pi, states = self._process_sequence(features, lstm_states, episode_starts, self.lstm_actor)
-        return self._get_action_dist_from_latent(self.mlp_extractor.forward_actor(latent_pi)), states
-
     def _latents(
         self, obs: th.Tensor, lstm_states: RNNStates, episode_starts: th.Tensor
     ) -> tuple[th.Tensor, th.Tensor, RNNStates]:
@@ -456,18 +442,12 @@ class RimsActorCriticPolicy(RecurrentActorCriticPolicy):
         self, obs: th.Tensor, lstm_states: State, episode_starts: th.Tensor
     ) -> th.Tensor:
         lstm_states = lstm_states[:2]  # bootstrap values: no dropout keys
-        if not self.shared_lstm and not self.bf16_features:
+        if not self.shared_lstm:
             return super().predict_values(obs, lstm_states, episode_starts)
-        features = self._features(obs, self.vf_features_extractor)
-        if self.lstm_critic is not None:  # sb3-contrib's body, with our features and shared-core critic
-            latent_vf, _ = self._process_sequence(features, lstm_states, episode_starts, self.lstm_critic)
-        elif self.shared_lstm:
-            latent_pi, _ = self._process_sequence(features, lstm_states, episode_starts, self.lstm_actor)
-            latent_vf = self._shared_critic_latent(latent_pi)
-        else:
-            assert self.critic is not None
-            latent_vf = self.critic(features)
-        return self.value_net(self.mlp_extractor.forward_critic(latent_vf))
+        # sb3-contrib's idiom: the extraction past ActorCriticPolicy's (``_FeaturePrecision``'s, then SB3's)
+        features = super(ActorCriticPolicy, self).extract_features(obs, self.vf_features_extractor)
+        latent_pi, _ = self._process_sequence(features, lstm_states, episode_starts, self.lstm_actor)
+        return self.value_net(self.mlp_extractor.forward_critic(self._shared_critic_latent(latent_pi)))
 
     # sb3-contrib declares ``tuple[Tensor, Tensor]`` but returns ``(output, (h, c))``, as this one does.
     @staticmethod
