@@ -24,43 +24,31 @@ from typing import Any
 
 import numpy as np
 
+from rims_rl.app.records import RunRecord
 from rims_rl.app.summary import OOD_LABEL, improvement_rows, summary_rows
 
 LR = "ppo.learning_rate"
 
 
-def load_records(folder: Path, rename: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
-    """The score records of every run record in ``folder/records`` (or ``folder`` itself); with ``rename``,
-    only the runs of the agents it names, renamed (an ablation's folder holds its variant's runs)."""
-    records_dir = folder / "records" if (folder / "records").is_dir() else folder
-    out: list[dict[str, Any]] = []
-    for path in sorted(records_dir.glob("*.json")):
-        data = json.loads(path.read_text())
-        for r in data["records"]:
-            if rename is None or r["agent"] in rename:
-                out.append({**r, "agent": (rename or {}).get(r["agent"], r["agent"])})
-    return out
-
-
-def load_diagnostics(
+def load_runs(
     folder: Path, rename: Mapping[str, str] | None = None
-) -> dict[str, list[dict[str, Any]]]:
-    """agent -> each run's diagnostics curves ({tag: (steps, values)})."""
+) -> tuple[list[dict[str, Any]], dict[str, list[Mapping[str, Any]]]]:
+    """The score records of every run record in ``folder/records`` (or ``folder`` itself), and per agent
+    each run's diagnostics curves ({tag: (steps, values)}), read as ``compare`` reads records
+    (``RunRecord``); with ``rename``, only the runs of the agents it names, renamed (an ablation's folder
+    holds its variant's runs)."""
     records_dir = folder / "records" if (folder / "records").is_dir() else folder
-    out: dict[str, list[dict[str, Any]]] = {}
+    records: list[dict[str, Any]] = []
+    diagnostics: dict[str, list[Mapping[str, Any]]] = {}
     for path in sorted(records_dir.glob("*.json")):
-        data = json.loads(path.read_text())
-        agent = data["job"]["agent"]
+        run = RunRecord.from_dict(json.loads(path.read_text()), path)
+        agent = str(run.job.get("agent"))
         if rename is not None and agent not in rename:
             continue
         agent = (rename or {}).get(agent, agent)
-        curves = {
-            tag: (np.asarray(c["steps"], float), np.asarray(c["values"], float))
-            for tag, c in (data.get("diagnostics") or {}).items()
-            if isinstance(c, Mapping)
-        }
-        out.setdefault(agent, []).append(curves)
-    return out
+        records += [{**r, "agent": agent} for r in run.records]
+        diagnostics.setdefault(agent, []).append(run.diagnostics)
+    return records, diagnostics
 
 
 def _fmt(row: Mapping[str, Any], key: str = "iqm") -> str:
@@ -153,16 +141,16 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     tune = json.loads((args.tune / "tune.json").read_text())
-    records = load_records(args.main)
-    diagnostics = load_diagnostics(args.main)
+    records, diagnostics = load_runs(args.main)
     agents = [a for a in ("lstm_ppo", "gru_ppo", "rims_ppo") if any(r["agent"] == a for r in records)]
     variants = []
     for item in args.ablation:
         name, _, folder = item.partition("=")
         label = f"rims_ppo ({name})"
         variants.append(label)
-        records += load_records(Path(folder), {"rims_ppo": label})
-        diagnostics.update(load_diagnostics(Path(folder), {"rims_ppo": label}))
+        ablation, curves = load_runs(Path(folder), {"rims_ppo": label})
+        records += ablation
+        diagnostics.update(curves)
     out = ["## Tuning: equal trials, each agent's own knobs", "", *tuning_table(tune), ""]
     out += [
         "## The chosen configurations and the ablations, 10 seeds each",
