@@ -29,7 +29,7 @@ import numpy as np
 from rims_rl.app import rundir
 from rims_rl.app.atomic import atomic_write_json
 from rims_rl.app.config import RunConfig
-from rims_rl.app.curves import Curve, read_learning_curve
+from rims_rl.app.curves import CURVE_TAG, Curve, read_learning_curves
 from rims_rl.app.errors import UserError
 from rims_rl.app.evaluation import EVAL_PROTOCOL
 from rims_rl.app.summary import ScoreRecord, score_record
@@ -480,8 +480,9 @@ def write_record(job: RunJob, records: Sequence[ScoreRecord], train_seconds: flo
     """The run's compact record: settings, scores per env, the learning curve (a few KiB) and, when this
     process trained the run from scratch, its training wall time (the throughput a report can quote).
     A run evaluated again whose logs are gone keeps the curve its previous record holds."""
-    curve = read_learning_curve(job.run_dir)
-    diagnostics = {t: c for t in DIAGNOSTIC_TAGS if (c := read_learning_curve(job.run_dir, t)) is not None}
+    logged = read_learning_curves(job.run_dir, (CURVE_TAG, *DIAGNOSTIC_TAGS))
+    curve = logged.pop(CURVE_TAG, None)
+    diagnostics = logged
     if curve is None or len(diagnostics) < len(DIAGNOSTIC_TAGS):
         try:
             previous = read_record(job.run_dir)
