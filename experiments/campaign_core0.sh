@@ -5,7 +5,8 @@
 #   RIMS_RL_RUNS=~/rims-rl-runs PY=/work/main/.venv/bin/python setsid nohup experiments/campaign_core0.sh \
 #       >> ~/rims-rl-runs/campaign-core0.log 2>&1 &
 #
-# A lost machine: `train.py unpack docs/results/atari-pong-cpu-rims/rims_ppo-seed0.resume.zip --run-dir
+# Pong rims_ppo finished (2,500,608 steps): step 1 only skips now. A lost machine before it had finished:
+# `train.py unpack docs/results/atari-pong-cpu-rims/rims_ppo-seed0.resume.zip (git history, 251a053) --run-dir
 # ~/rims-rl-runs/compare-pong-cpu-rims/runs/rims_ppo-seed0` first (experiments/campaign_snapshot.py --pack
 # writes that form at a session's end).
 set -u
