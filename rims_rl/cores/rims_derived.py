@@ -360,8 +360,8 @@ def _weight_grads(
     d_read = torch.bmm(dg_rows, w_x.transpose(1, 2)).view(n, T, B, H, dv)
     d_values = (d_read * pd_um).sum(0)
     d_keys = ds.unsqueeze(-1) * sv.hs.unsqueeze(-2)  # [T, n, B, H, u]
-    d_whh = wgrad(sv.hs, dgates)
-    d_b = dgates.sum(dim=(0, 2)).unsqueeze(1)
+    d_whh = torch.bmm(rows(sv.hs).transpose(1, 2), dg_rows)  # dgates' rows copied once, above
+    d_b = dg_rows.sum(dim=1, keepdim=True)
     d_wc: Tensor | None = None  # no communication: those weights get no gradient
     d_wco: Tensor | None = None
     if dqkv is not None and dcomm is not None:
