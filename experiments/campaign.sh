@@ -7,6 +7,9 @@
 #   RIMS_RL_RUNS=~/rims-rl-runs PY=/work/main/.venv/bin/python setsid nohup experiments/campaign.sh \
 #       >> ~/rims-rl-runs/campaign.log 2>&1 &
 #
+# CORE (default 1) is the taskset CPU list and WORKERS (default 1) the runs in parallel of issue 41's steps
+# (tune and compares): CORE=0,1 WORKERS=2 once the first core's campaign is done.
+#
 # Commit each step's records as it finishes (docs/results/<out>/records): a lost machine continues from them.
 set -u
 cd "$(dirname "$0")/.." || exit  # the clone's root: its code, its committed records
@@ -14,6 +17,7 @@ export PYTHONPATH="$PWD"  # scripts under experiments/ import this clone's rims_
 R=${RIMS_RL_RUNS:?set RIMS_RL_RUNS to the folder of long runs, outside the work tree}
 PY=${PY:-python}
 CORE=${CORE:-1}
+WORKERS=${WORKERS:-1}
 run() { echo "== $(date -u +%FT%TZ) $*"; nice -n 5 taskset -c "$CORE" "$PY" "$@"; }
 
 # 1. Issue 38.3: the equal-parameter LSTM's last cells (StatelessCartPole, DoorKey).
@@ -57,11 +61,11 @@ run train.py tune --suite popgym-repeat-previous --agents lstm_ppo gru_ppo rims_
     --agent-grid lstm_ppo:policy_kwargs.lstm_hidden_size=66,132,198,264 \
     --agent-grid gru_ppo:policy_kwargs.lstm_hidden_size=66,132,198,264 \
     --agent-grid "rims_ppo:policy_kwargs.lstm_hidden_size+$K.n_units+$K.unit_size+$K.k+$K.use_comm=132+6+22+4+true,132+6+22+4+false,132+4+33+3+true,264+6+44+4+true" \
-    --seeds 2 --timesteps 200000 --eval-episodes 32 --stochastic --workers 1 --out "$R/tune-repeat-previous-own" || exit
+    --seeds 2 --timesteps 200000 --eval-episodes 32 --stochastic --workers "$WORKERS" --out "$R/tune-repeat-previous-own" || exit
 #    Then (once tune.json exists): 10 seeds of each choice with the policy-shift diagnostic, and the ablations
 #    at RIMs' choice (k = n_units; use_comm=false; input_competition=false with k = n_units).
 run train.py compare --suite popgym-repeat-previous --agents lstm_ppo gru_ppo rims_ppo --seeds 10 \
-    --timesteps 200000 --eval-episodes 32 --stochastic --workers 1 --log-policy-shift \
+    --timesteps 200000 --eval-episodes 32 --stochastic --workers "$WORKERS" --log-policy-shift \
     --tuned "$R/tune-repeat-previous-own/tune.json" --out "$R/compare-repeat-previous-own-10seeds" || exit
 CHOSEN="import json,sys; c=json.load(open(sys.argv[1]))['agents']['rims_ppo']['chosen']; print(c.get(sys.argv[2], sys.argv[3]))"
 UNITS=$("$PY" -c "$CHOSEN" "$R/tune-repeat-previous-own/tune.json" "$K.n_units" 6) || exit
@@ -76,7 +80,7 @@ for ablation in "all-active:$K.k=$UNITS" "no-comm:$K.use_comm=false" "no-competi
     IFS=: read -ra kv <<< "${ablation#*:}"
     for s in "${kv[@]}"; do sets+=(--set "$s"); done
     run train.py compare --suite popgym-repeat-previous --agents rims_ppo --seeds 10 --timesteps 200000 \
-        --eval-episodes 32 --stochastic --workers 1 --log-policy-shift "${sets[@]}" \
+        --eval-episodes 32 --stochastic --workers "$WORKERS" --log-policy-shift "${sets[@]}" \
         --tuned "$R/tune-repeat-previous-own/tune.json" --out "$R/compare-repeat-previous-rims-$name" || exit
 done
 echo "== $(date -u +%FT%TZ) campaign done"
