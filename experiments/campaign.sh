@@ -7,8 +7,8 @@
 #   RIMS_RL_RUNS=~/rims-rl-runs PY=/work/main/.venv/bin/python setsid nohup experiments/campaign.sh \
 #       >> ~/rims-rl-runs/campaign.log 2>&1 &
 #
-# CORE (default 1) is the taskset CPU list and WORKERS (default 1) the runs in parallel of issue 41's steps
-# (tune and compares): CORE=0,1 WORKERS=2 once the first core's campaign is done.
+# CORE (default 1) is the taskset CPU list and WORKERS (default 1) the runs in parallel from step 2's
+# all-seeds compare on: CORE=0,1 WORKERS=2 once the first core's campaign is done.
 #
 # Commit each step's records as it finishes (docs/results/<out>/records): a lost machine continues from them.
 set -u
@@ -49,7 +49,7 @@ for a in $AGENTS6; do
         cp "$MED/records/$a-seed$s.json" "$TODAY/records/"; } || exit
 done
 run train.py compare --suite popgym-repeat-previous --agents $AGENTS6 \
-    --seeds 10 --timesteps 200000 --eval-episodes 32 --stochastic --workers 1 \
+    --seeds 10 --timesteps 200000 --eval-episodes 32 --stochastic --workers "$WORKERS" \
     --tuned docs/results/tune-repeat-previous/tune.json --out "$TODAY" || exit
 #    then, in the work tree: python experiments/package_pretrained.py $TODAY AGENT median repeat-previous-AGENT
 
