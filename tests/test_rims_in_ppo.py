@@ -38,3 +38,25 @@ def test_tables_from_committed_records(tmp_path: Path, capsys: pytest.CaptureFix
     copy_vs_rims = next(line for line in lines if line.startswith("| P(rims_ppo (copy) > rims_ppo)"))
     assert copy_vs_rims.count("0.50 [") == 2  # training env and OOD: no difference, to the digit
     assert "| rims_ppo (copy) | 10 | 0.0350 | 0.0075 | 0.70 |" in text  # quarters of 8 updates: 2 each
+
+
+def test_rerun_agreement_reads_a_copy_as_the_same_distribution_and_a_shift_as_a_difference(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from rerun_agreement import main as agreement
+
+    committed = RESULTS / "compare-repeat-previous-10seeds"
+    shifted = tmp_path / "rerun" / "records"
+    shutil.copytree(committed / "records", shifted)
+    for path in shifted.glob("gru_ppo-seed*.json"):  # a re-run whose GRU scores 0.3 lower everywhere
+        data = json.loads(path.read_text())
+        for record in data["records"]:
+            record["mean_return"] -= 0.3
+        path.write_text(json.dumps(data))
+    assert agreement([str(committed), str(shifted.parent), "--reps", "200"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    lstm = next(line for line in lines if line.startswith("| P(lstm_ppo (re-run) > lstm_ppo (committed))"))
+    assert lstm.count("0.50 [") == 2  # the same runs: no difference, to the digit
+    gru = next(line for line in lines if line.startswith("| P(gru_ppo (re-run) > gru_ppo (committed))"))
+    assert gru.count("**") == 4  # both intervals exclude 0.5
+    assert "| P(rims_ppo > lstm_ppo) |" in lines[lines.index("## The pairs in the re-run runs") + 4]
