@@ -975,6 +975,47 @@ def test_a_signal_that_lands_on_another_thread_still_stops_the_waiting_parent() 
         signal.signal(signal.SIGUSR1, previous)
 
 
+def test_kill_int_stops_a_background_compare_during_its_evaluation(tmp_path: Path) -> None:
+    """A compare started in the background (``cmd &`` in a script, nohup) inherits SIGINT ignored, and
+    Python then installs no handler of its own. Training has an explicit one, so ``kill -INT`` stopped
+    training but was ignored during an evaluation and between runs (seen: a campaign's compare that did
+    not stop on SIGINT in two minutes). It must stop there too: 130, the partial report, no traceback."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    root = Path(__file__).resolve().parents[1]
+    argv = _cli_compare_argv(tmp_path / "c", "--agents", "ppo", "lstm_ppo")
+    argv[argv.index("--eval-episodes") + 1] = "2000"  # minutes of evaluation: the signal lands inside it
+    stderr_path = tmp_path / "stderr.txt"
+    with stderr_path.open("w") as stderr:
+        proc = subprocess.Popen(
+            [sys.executable, str(root / "train.py"), *argv],
+            cwd=root,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"},
+            start_new_session=True,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),  # as a shell's `&` leaves it
+        )
+    model = tmp_path / "c" / "runs" / "ppo-seed0" / "model.zip"
+    deadline = time.time() + 240
+    while not model.exists():  # trained: the evaluation has begun
+        assert proc.poll() is None, stderr_path.read_text()
+        assert time.time() < deadline, "the first run did not finish training"
+        time.sleep(0.05)
+    time.sleep(1.0)
+    os.kill(proc.pid, signal.SIGINT)  # `kill -INT PID`
+    _wait_or_dump_stacks(proc, stderr_path, timeout=60)
+    err = stderr_path.read_text()
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "Continue with the same command: python " in err, err
+    assert (tmp_path / "c" / "report.md").is_file()
+    assert not (tmp_path / "c" / "runs" / "lstm_ppo-seed0").exists()  # the queued run never started
+
+
 def _wait_or_dump_stacks(proc: Any, stderr_path: Path, timeout: float) -> None:
     """Wait for ``proc``; past ``timeout`` fail with every process's Python stacks (SIGABRT to a process
     run with PYTHONFAULTHANDLER=1 prints them to its stderr), so a hang seen once says where it hung."""

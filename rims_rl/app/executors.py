@@ -66,7 +66,7 @@ class InProcess:
 
     def run(self, jobs: Sequence[RunJob], backend: Backend, done: Done, seen: list[int]) -> bool:
         """See ``Executor.run``."""
-        with signals.sigterm_interrupts(seen):
+        with signals.interrupts(seen):
             for job in jobs:
                 done(run_job(job, backend, progress=self.progress))
         return False
@@ -177,9 +177,9 @@ class RayTasks:
         )
         pending = {task.remote(job, backend): job for job in jobs}
         try:
-            # After ray.init, which installs its own SIGTERM handler (sys.exit): SIGTERM interrupts
-            # like Ctrl-C.
-            with signals.sigterm_interrupts(seen):
+            # After ray.init, which installs its own SIGTERM handler (sys.exit): SIGTERM and Ctrl-C
+            # interrupt alike.
+            with signals.interrupts(seen):
                 while pending:
                     ready, _ = ray.wait(list(pending), num_returns=1, timeout=SIGNAL_POLL_S)
                     for ref in ready:

@@ -30,10 +30,10 @@ __all__ = [
     "become_worker",
     "blocked_while_spawning",
     "deferred",
+    "interrupts",
     "relay_to_workers",
     "set_stop_signals",
     "signal_handlers",
-    "sigterm_interrupts",
     "stop_signals",
     "worker_stop",
 ]
@@ -85,15 +85,19 @@ def blocked_while_spawning() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
-def sigterm_interrupts(seen: list[int]) -> contextlib.AbstractContextManager[None]:
-    """SIGTERM raises ``KeyboardInterrupt`` like Ctrl-C (in-process and Ray paths; training inside
-    handles both itself); appends the signals seen to ``seen``."""
+def interrupts(seen: list[int]) -> contextlib.AbstractContextManager[None]:
+    """Ctrl-C and SIGTERM raise ``KeyboardInterrupt`` (in-process and Ray paths; training inside handles
+    both itself); appends the signals seen to ``seen``.
+
+    SIGINT too, not only SIGTERM: a process started in the background by a shell (``cmd &``, nohup)
+    inherits SIGINT ignored, and Python then installs no handler of its own, so ``kill -INT`` would stop
+    its training (whose handler is explicit) but not its evaluation or the gap between two runs."""
 
     def handler(signum: int, frame: Any) -> None:
         seen.append(signum)
         raise KeyboardInterrupt
 
-    return signal_handlers((signal.SIGTERM,), handler)
+    return signal_handlers(STOP_SIGNALS, handler)
 
 
 def deferred(seen: list[int]) -> contextlib.AbstractContextManager[None]:
