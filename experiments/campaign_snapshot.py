@@ -8,6 +8,12 @@ outside the checkout. What a reader of the repository sees of it between session
 writes ``<out>/<run>.csv`` (timesteps, rollout/ep_rew_mean), ``<out>/learning_curves.png`` (every run) and
 ``<out>/status.txt`` (``train.py status`` of each run), atomically. Optionally ``--pack`` also writes each
 run's resume form (``train.py pack``, weights only: ~12 MiB for a Pong agent) for a lost machine.
+
+Several sources put their runs side by side in one figure, each run named ``<source>-<run>`` (two
+compares of one agent and seed that differ in one setting, such as the bf16 CNN's parity runs):
+
+    python experiments/campaign_snapshot.py ~/rims-rl-runs/bf16-parity-fp32 ~/rims-rl-runs/bf16-parity-bf16 \
+        docs/results/atari-bf16-parity
 """
 
 from __future__ import annotations
@@ -27,28 +33,30 @@ from rims_rl.app.plots import plot_learning_curves  # noqa: E402
 from rims_rl.app.status import describe_run, find_run_dirs  # noqa: E402
 
 
-def snapshot(source: Path, out: Path, pack: bool = False) -> list[Path]:
-    """Write the snapshot of every run under ``source`` into ``out``; return the files written."""
-    runs = find_run_dirs(source)
+def snapshot(sources: Path | Sequence[Path], out: Path, pack: bool = False) -> list[Path]:
+    """Write the snapshot of every run under ``sources`` into ``out``; return the files written."""
+    sources = [sources] if isinstance(sources, Path) else list(sources)
     written: list[Path] = []
     curves = {}
-    for run in runs:
-        curve = read_learning_curve(run)
-        if curve is not None:
-            rows = "".join(f"{int(t)},{float(v):.6g}\n" for t, v in zip(*curve, strict=True))
-            written.append(
-                atomic_write_bytes(out / f"{run.name}.csv", ("timesteps,episode_return\n" + rows).encode())
-            )
-            curves[run.name] = [curve]
-        if pack:
-            written.append(pack_run(run, out / f"{run.name}.resume.zip", optimizer="none"))
-    figure = plot_learning_curves(
-        curves, out / "learning_curves.png", title=f"{source.name}: training return"
-    )
+    status = []
+    for source in sources:
+        runs = find_run_dirs(source)
+        for run in runs:
+            name = run.name if len(sources) == 1 else f"{source.name}-{run.name}"
+            curve = read_learning_curve(run)
+            if curve is not None:
+                rows = "".join(f"{int(t)},{float(v):.6g}\n" for t, v in zip(*curve, strict=True))
+                csv = ("timesteps,episode_return\n" + rows).encode()
+                written.append(atomic_write_bytes(out / f"{name}.csv", csv))
+                curves[name] = [curve]
+            if pack:
+                written.append(pack_run(run, out / f"{name}.resume.zip", optimizer="none"))
+        status += [describe_run(run).replace(str(source), source.name) for run in runs]
+    title = " vs ".join(source.name for source in sources)
+    figure = plot_learning_curves(curves, out / "learning_curves.png", title=f"{title}: training return")
     if figure is not None:
         written.append(figure)
-    status = "\n".join(describe_run(run).replace(str(source), source.name) for run in runs) + "\n"
-    written.append(atomic_write_bytes(out / "status.txt", status.encode()))
+    written.append(atomic_write_bytes(out / "status.txt", ("\n".join(status) + "\n").encode()))
     return written
 
 
@@ -56,13 +64,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("source", type=Path, help="a compare (or run) directory of the campaign")
+    parser.add_argument("source", type=Path, nargs="+", help="compare (or run) directories of the campaign")
     parser.add_argument("out", type=Path, help="the folder to commit")
     parser.add_argument("--pack", action="store_true", help="also each run's resume form (weights only)")
     args = parser.parse_args(argv)
-    if not find_run_dirs(args.source):
-        print(f"error: no runs under {args.source}; give a compare or run directory", file=sys.stderr)
-        return 2
+    for source in args.source:
+        if not find_run_dirs(source):
+            print(f"error: no runs under {source}; give a compare or run directory", file=sys.stderr)
+            return 2
     for path in snapshot(args.source, args.out, args.pack):
         print(f"wrote {path}")
     return 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+import shutil
 import sys
 import zipfile
 from pathlib import Path
@@ -465,7 +466,7 @@ def test_campaign_snapshot_writes_the_curve_status_and_resume_form(tmp_path: Pat
         "--env",
         TINY_ENV,
         "--timesteps",
-        "128",
+        "256",  # 128 steps per env: an episode of the 5x5 room ends by its 100-step limit, so a curve exists
         "--checkpoint-every",
         "64",
     ]
@@ -478,8 +479,19 @@ def test_campaign_snapshot_writes_the_curve_status_and_resume_form(tmp_path: Pat
     spec.loader.exec_module(module)
     out = tmp_path / "out"
     assert module.main([str(tmp_path / "campaign"), str(out), "--pack"]) == 0
-    assert (out / "status.txt").read_text().startswith("campaign/runs/lstm_ppo-seed0: finished, 128 / 128")
+    assert (out / "status.txt").read_text().startswith("campaign/runs/lstm_ppo-seed0: finished, 256 / 256")
+    assert (out / "lstm_ppo-seed0.csv").read_text().startswith("timesteps,episode_return\n")
     with zipfile.ZipFile(out / "lstm_ppo-seed0.resume.zip") as zf:
         names = zf.namelist()
     assert "config.json" in names and any(n.startswith("checkpoints/step_") for n in names)
     assert module.main([str(tmp_path / "nothing"), str(out)]) == 2
+    # Two sources (the same agent and seed, one setting apart): their runs side by side, named by source.
+    shutil.copytree(tmp_path / "campaign", tmp_path / "other")
+    both = tmp_path / "both"
+    assert module.main([str(tmp_path / "campaign"), str(tmp_path / "other"), str(both)]) == 0
+    assert {p.name for p in both.glob("*.csv")} == {"campaign-lstm_ppo-seed0.csv", "other-lstm_ppo-seed0.csv"}
+    status = (both / "status.txt").read_text().splitlines()
+    runs = [line.split(":")[0] for line in status]
+    assert runs == [f"{d}/runs/lstm_ppo-seed0" for d in ("campaign", "other")]
+    assert (both / "learning_curves.png").is_file()
+    assert module.main([str(tmp_path / "campaign"), str(tmp_path / "nothing"), str(both)]) == 2
