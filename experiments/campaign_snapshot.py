@@ -33,16 +33,39 @@ from rims_rl.app.plots import plot_learning_curves  # noqa: E402
 from rims_rl.app.status import describe_run, find_run_dirs  # noqa: E402
 
 
-def snapshot(sources: Path | Sequence[Path], out: Path, pack: bool = False) -> list[Path]:
+def run_names(sources: Sequence[Path]) -> dict[Path, str] | str:
+    """Each run's name in the snapshot (its folder's name; ``<source>-<run>`` with several sources), or
+    the reason they cannot be told apart."""
+    names: dict[Path, str] = {}
+    for source in sources:
+        for run in find_run_dirs(source):
+            names[run] = run.name if len(sources) == 1 else f"{source.resolve().name}-{run.name}"
+    clash = sorted({n for n in names.values() if list(names.values()).count(n) > 1})
+    if clash:
+        return f"two runs would both be named {clash[0]}; give sources with different folder names"
+    return names
+
+
+def _shown(run: Path, source: Path) -> str:
+    """``train.py status`` of ``run`` with its path shown from ``source``'s folder name on."""
+    line = describe_run(run)
+    prefix = str(source)
+    return source.resolve().name + line[len(prefix) :] if line.startswith(prefix) else line
+
+
+def snapshot(sources: str | Path | Sequence[str | Path], out: Path, pack: bool = False) -> list[Path]:
     """Write the snapshot of every run under ``sources`` into ``out``; return the files written."""
-    sources = [sources] if isinstance(sources, Path) else list(sources)
+    paths = [Path(sources)] if isinstance(sources, (str, Path)) else [Path(s) for s in sources]
+    names = run_names(paths)
+    if isinstance(names, str):
+        raise ValueError(names)
     written: list[Path] = []
     curves = {}
     status = []
-    for source in sources:
+    for source in paths:
         runs = find_run_dirs(source)
         for run in runs:
-            name = run.name if len(sources) == 1 else f"{source.name}-{run.name}"
+            name = names[run]
             curve = read_learning_curve(run)
             if curve is not None:
                 rows = "".join(f"{int(t)},{float(v):.6g}\n" for t, v in zip(*curve, strict=True))
@@ -51,8 +74,8 @@ def snapshot(sources: Path | Sequence[Path], out: Path, pack: bool = False) -> l
                 curves[name] = [curve]
             if pack:
                 written.append(pack_run(run, out / f"{name}.resume.zip", optimizer="none"))
-        status += [describe_run(run).replace(str(source), source.name) for run in runs]
-    title = " vs ".join(source.name for source in sources)
+        status += [_shown(run, source) for run in runs]
+    title = " vs ".join(source.resolve().name for source in paths)
     figure = plot_learning_curves(curves, out / "learning_curves.png", title=f"{title}: training return")
     if figure is not None:
         written.append(figure)
@@ -72,6 +95,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not find_run_dirs(source):
             print(f"error: no runs under {source}; give a compare or run directory", file=sys.stderr)
             return 2
+    names = run_names(args.source)
+    if isinstance(names, str):
+        print(f"error: {names}", file=sys.stderr)
+        return 2
     for path in snapshot(args.source, args.out, args.pack):
         print(f"wrote {path}")
     return 0

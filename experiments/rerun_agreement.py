@@ -42,10 +42,13 @@ def main(argv: list[str] | None = None) -> int:
     committed, _ = load_runs(args.committed)
     rerun, _ = load_runs(args.rerun)
     agents = [a for a in dict.fromkeys(r["agent"] for r in committed) if any(r["agent"] == a for r in rerun)]
+    left_out = sorted({r["agent"] for r in committed + rerun} - set(agents))
     both = [{**r, "agent": f"{r['agent']} (committed)"} for r in committed]
     both += [{**r, "agent": f"{r['agent']} (re-run)"} for r in rerun]
     labels = [f"{a} ({which})" for a in agents for which in ("committed", "re-run")]
     out = [f"Committed: `{args.committed}`; re-run: `{args.rerun}`.", ""]
+    if left_out:
+        out += [f"Agents in one folder only, left out: {', '.join(left_out)}.", ""]
     out += ["## The cells, committed and re-run", "", *cells_table(both, labels, args.reps), ""]
     same = [(f"{a} (re-run)", f"{a} (committed)") for a in agents]
     out += ["## P(re-run > committed) per agent (0.5: the same distribution)", ""]

@@ -728,6 +728,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def run() -> None:
     """The process entry point (``rims-rl``, ``python train.py``): ``main`` and exit with its status."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        # Started in the background by a script (`cmd &`): the shell left SIGINT ignored, and Python then
+        # raises no KeyboardInterrupt. Training stops on SIGINT (its own handler), so every other phase
+        # (setup, evaluation, reports, a tune's gaps) must too, or `kill -INT` works only some of the time.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     status = main()
     if status in (128 + signal.SIGINT, 128 + signal.SIGTERM):
         # Stopped and saved: the process only exits now, so another Ctrl-C has nothing left to abort

@@ -495,3 +495,24 @@ def test_campaign_snapshot_writes_the_curve_status_and_resume_form(tmp_path: Pat
     assert runs == [f"{d}/runs/lstm_ppo-seed0" for d in ("campaign", "other")]
     assert (both / "learning_curves.png").is_file()
     assert module.main([str(tmp_path / "campaign"), str(tmp_path / "nothing"), str(both)]) == 2
+    shutil.copytree(tmp_path / "campaign", tmp_path / "elsewhere" / "campaign")  # the same folder name
+    assert module.main([str(tmp_path / "campaign"), str(tmp_path / "elsewhere" / "campaign"), str(both)]) == 2
+
+
+def test_the_entry_point_undoes_a_background_shells_ignored_sigint(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A script's `cmd &` starts the process with SIGINT ignored, and Python then raises no
+    KeyboardInterrupt: `kill -INT` would stop training (its own handler) but no other phase. The entry
+    point puts Python's default back before any command runs."""
+    import signal
+
+    from rims_rl import cli
+
+    seen = []
+    monkeypatch.setattr(cli, "main", lambda: seen.append(signal.getsignal(signal.SIGINT)) or 0)
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with pytest.raises(SystemExit) as exit_:
+            cli.run()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert exit_.value.code == 0 and seen == [signal.default_int_handler]

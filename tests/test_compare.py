@@ -1001,14 +1001,19 @@ def test_kill_int_stops_a_background_compare_during_its_evaluation(tmp_path: Pat
             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),  # as a shell's `&` leaves it
         )
     model = tmp_path / "c" / "runs" / "ppo-seed0" / "model.zip"
-    deadline = time.time() + 240
-    while not model.exists():  # trained: the evaluation has begun
-        assert proc.poll() is None, stderr_path.read_text()
-        assert time.time() < deadline, "the first run did not finish training"
-        time.sleep(0.05)
-    time.sleep(1.0)
-    os.kill(proc.pid, signal.SIGINT)  # `kill -INT PID`
-    _wait_or_dump_stacks(proc, stderr_path, timeout=60)
+    try:
+        deadline = time.time() + 240
+        while not model.exists():  # trained: the evaluation has begun
+            assert proc.poll() is None, stderr_path.read_text()
+            assert time.time() < deadline, "the first run did not finish training"
+            time.sleep(0.05)
+        time.sleep(1.0)
+        os.kill(proc.pid, signal.SIGINT)  # `kill -INT PID`
+        _wait_or_dump_stacks(proc, stderr_path, timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert not (model.parent / "compare_eval.json").exists()  # the signal landed inside the evaluation
     err = stderr_path.read_text()
     assert proc.returncode == 130, err
     assert "Traceback" not in err and "Continue with the same command: python " in err, err
@@ -1225,6 +1230,35 @@ def test_the_report_says_why_an_agent_has_no_learning_curve(tmp_path: Path) -> N
     ].read_text()
     assert "learning_curves.png" not in text and not (tmp_path / "b" / "learning_curves.png").exists()
     assert "No learning-curve figure: none of the runs logged a training episode return" in text
+
+
+def test_a_stop_between_a_runs_evaluation_and_its_record_waits_for_the_record(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``write_eval`` marks a run finished and ``write_record`` keeps its training time: a stop between
+    the two would leave a finished run whose record never gets that time (a later compare rebuilds the
+    record from the evaluation alone). Both are written, then the stop goes on: the compare stops after
+    that run, and the queued run never starts."""
+    import os
+    import signal
+
+    from rims_rl.app import jobs
+
+    backend, calls = _fake_backend(monkeypatch)
+    write_eval = jobs.write_eval
+
+    def signalled_write_eval(*args: Any, **kwargs: Any) -> Path:
+        path = write_eval(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C lands right after the run is marked finished
+        return path
+
+    monkeypatch.setattr(jobs, "write_eval", signalled_write_eval)
+    kw = dict(suite="minigrid-doorkey", seeds=1, timesteps=128, workers=1, out=tmp_path, eval_episodes=2)
+    with pytest.raises(compare.CompareInterrupted):
+        compare_run(backend, agents=["lstm_ppo", "rims_ppo"], **kw, reps=100, progress=False)
+    assert calls == [("lstm_ppo", 0)]  # the stop came before the second run
+    record = read_record(tmp_path / "runs" / "lstm_ppo-seed0")
+    assert record is not None and record.train_seconds is not None
 
 
 def test_the_compare_report_quotes_each_agents_training_steps_per_second(

@@ -7,6 +7,7 @@ in a ``Backend`` (tests pass fakes).
 
 from __future__ import annotations
 
+import os
 import time
 import traceback
 from collections.abc import Callable
@@ -14,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rims_rl.app import rundir
+from rims_rl.app import rundir, signals
 from rims_rl.app.errors import UserError, storage_error
 from rims_rl.app.evaluation import EvalResult, evaluate_checkpoint
 from rims_rl.app.records import (
@@ -166,8 +167,15 @@ def run_job(job: RunJob, backend: Backend = LOCAL, progress: bool = False) -> Jo
         train_name = target.train.name if isinstance(target, Suite) else None
         out.records = [_to_record(job, r, train_name) for r in results]
         out.evaluated = True
-        write_eval(job, [r.to_dict() for r in results], out.records)  # marks the run finished
-        write_record(job, out.records, out.train_seconds)
+        # Both or neither: a stop between them would leave a finished run whose record lacks its training
+        # time for good (a later compare rebuilds the record from the evaluation alone). The signal is
+        # passed on after, to whatever handles stops around this call.
+        noted: list[int] = []
+        with signals.deferred(noted, "this run's evaluation and record"):
+            write_eval(job, [r.to_dict() for r in results], out.records)  # marks the run finished
+            write_record(job, out.records, out.train_seconds)
+        if noted:
+            os.kill(os.getpid(), noted[0])
     except TrainingInterrupted:
         raise
     except Exception as exc:  # noqa: BLE001 - one failed run must not lose the others

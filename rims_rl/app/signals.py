@@ -100,14 +100,16 @@ def interrupts(seen: list[int]) -> contextlib.AbstractContextManager[None]:
     return signal_handlers(STOP_SIGNALS, handler)
 
 
-def deferred(seen: list[int]) -> contextlib.AbstractContextManager[None]:
-    """Ctrl-C/SIGTERM only noted in ``seen`` inside the block (the report of finished runs is written
-    whole, then the caller stops with 130/143)."""
+def deferred(
+    seen: list[int], what: str = "the report of the finished runs"
+) -> contextlib.AbstractContextManager[None]:
+    """Ctrl-C/SIGTERM only noted in ``seen`` inside the block (``what`` is written whole, then the caller
+    stops with 130/143 or passes the signal on)."""
 
     def handler(signum: int, frame: Any) -> None:
         seen.append(signum)
         name = signal.Signals(signum).name
-        print(f"\n{name}: writing the report of the finished runs first", file=sys.stderr, flush=True)
+        print(f"\n{name}: writing {what} first", file=sys.stderr, flush=True)
 
     return signal_handlers(STOP_SIGNALS, handler)
 
