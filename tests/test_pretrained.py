@@ -29,6 +29,9 @@ def test_both_cores_are_shipped() -> None:
     cores = {_card(a)["agent"] for a in ALIASES}
     assert {"rims_ppo", "lstm_ppo"} <= cores, ALIASES
     assert {"pong-lstm_ppo", "pong-rims_ppo"} <= set(ALIASES)  # issue 42: the Atari agents
+    # issue 40: an agent for every core (and the feed-forward control) on a memory suite
+    repeat = {_card(a)["agent"] for a in ALIASES if _card(a)["suite"] == "popgym-repeat-previous"}
+    assert repeat == {"ppo", "lstm_ppo", "gru_ppo", "rims_ppo", "tlb_ppo", "assembly_ppo"}, repeat
 
 
 @pytest.mark.parametrize("alias", ALIASES)
