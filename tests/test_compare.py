@@ -1241,10 +1241,17 @@ def test_a_stop_between_a_runs_evaluation_and_its_record_waits_for_the_record(
     that run, and the queued run never starts."""
     import os
     import signal
+    import time
 
     from rims_rl.app import jobs
 
-    backend, calls = _fake_backend(monkeypatch)
+    fake, calls = _fake_backend(monkeypatch)
+
+    def slow_train(agent: str, **kwargs: Any) -> Path:  # a measurable training time (0.0 s reads as none)
+        time.sleep(0.05)
+        return fake.train(agent, **kwargs)
+
+    backend = Backend(train=slow_train, evaluate=fake.evaluate)
     write_eval = jobs.write_eval
 
     def signalled_write_eval(*args: Any, **kwargs: Any) -> Path:
