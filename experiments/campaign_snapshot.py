@@ -33,17 +33,16 @@ from rims_rl.app.plots import plot_learning_curves  # noqa: E402
 from rims_rl.app.status import describe_run, find_run_dirs  # noqa: E402
 
 
-def run_names(sources: Sequence[Path]) -> dict[Path, str] | str:
-    """Each run's name in the snapshot (its folder's name; ``<source>-<run>`` with several sources), or
-    the reason they cannot be told apart."""
-    names: dict[Path, str] = {}
-    for source in sources:
-        for run in find_run_dirs(source):
-            names[run] = run.name if len(sources) == 1 else f"{source.resolve().name}-{run.name}"
-    clash = sorted({n for n in names.values() if list(names.values()).count(n) > 1})
+def named_runs(sources: Sequence[Path]) -> list[tuple[Path, Path, str]]:
+    """(source, run, name in the snapshot) for every run: its folder's name, ``<source>-<run>`` with several
+    sources. ``ValueError`` when two runs would get one name."""
+    runs = [(source, run) for source in sources for run in find_run_dirs(source)]
+    named = [(s, r, r.name if len(sources) == 1 else f"{s.resolve().name}-{r.name}") for s, r in runs]
+    names = [name for _, _, name in named]
+    clash = sorted({n for n in names if names.count(n) > 1})
     if clash:
-        return f"two runs would both be named {clash[0]}; give sources with different folder names"
-    return names
+        raise ValueError(f"two runs would both be named {clash[0]}; give sources with different folder names")
+    return named
 
 
 def _shown(run: Path, source: Path) -> str:
@@ -56,25 +55,19 @@ def _shown(run: Path, source: Path) -> str:
 def snapshot(sources: str | Path | Sequence[str | Path], out: Path, pack: bool = False) -> list[Path]:
     """Write the snapshot of every run under ``sources`` into ``out``; return the files written."""
     paths = [Path(sources)] if isinstance(sources, (str, Path)) else [Path(s) for s in sources]
-    names = run_names(paths)
-    if isinstance(names, str):
-        raise ValueError(names)
+    named = named_runs(paths)  # before any write: a name clash leaves ``out`` untouched
     written: list[Path] = []
     curves = {}
-    status = []
-    for source in paths:
-        runs = find_run_dirs(source)
-        for run in runs:
-            name = names[run]
-            curve = read_learning_curve(run)
-            if curve is not None:
-                rows = "".join(f"{int(t)},{float(v):.6g}\n" for t, v in zip(*curve, strict=True))
-                csv = ("timesteps,episode_return\n" + rows).encode()
-                written.append(atomic_write_bytes(out / f"{name}.csv", csv))
-                curves[name] = [curve]
-            if pack:
-                written.append(pack_run(run, out / f"{name}.resume.zip", optimizer="none"))
-        status += [_shown(run, source) for run in runs]
+    for _, run, name in named:
+        curve = read_learning_curve(run)
+        if curve is not None:
+            rows = "".join(f"{int(t)},{float(v):.6g}\n" for t, v in zip(*curve, strict=True))
+            csv = ("timesteps,episode_return\n" + rows).encode()
+            written.append(atomic_write_bytes(out / f"{name}.csv", csv))
+            curves[name] = [curve]
+        if pack:
+            written.append(pack_run(run, out / f"{name}.resume.zip", optimizer="none"))
+    status = [_shown(run, source) for source, run, _ in named]
     title = " vs ".join(source.resolve().name for source in paths)
     figure = plot_learning_curves(curves, out / "learning_curves.png", title=f"{title}: training return")
     if figure is not None:
@@ -95,11 +88,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not find_run_dirs(source):
             print(f"error: no runs under {source}; give a compare or run directory", file=sys.stderr)
             return 2
-    names = run_names(args.source)
-    if isinstance(names, str):
-        print(f"error: {names}", file=sys.stderr)
+    try:
+        written = snapshot(args.source, args.out, args.pack)
+    except ValueError as err:  # two runs of one name
+        print(f"error: {err}", file=sys.stderr)
         return 2
-    for path in snapshot(args.source, args.out, args.pack):
+    for path in written:
         print(f"wrote {path}")
     return 0
 
