@@ -858,28 +858,15 @@ def test_a_signal_stops_every_worker_of_a_parallel_compare(
     SIGKILL of the parent: the orphaned workers save a checkpoint, start nothing more, and exit."""
     import os
     import signal
-    import subprocess
-    import sys
     import time
 
     from rims_rl.app.rundir import locked
 
-    root = Path(__file__).resolve().parents[1]
     agents = ["rims_ppo", "lstm_ppo", "ppo"]
     argv = _cli_compare_argv(tmp_path / "c", "--workers", "2", "--agents", *agents)
     argv[argv.index("--timesteps") + 1] = "1000000"  # never finishes: the signal must stop it
     stderr_path = tmp_path / "stderr.txt"
-    with stderr_path.open("w") as stderr:
-        proc = subprocess.Popen(
-            [sys.executable, str(root / "train.py"), *argv],
-            cwd=root,
-            stdout=subprocess.DEVNULL,
-            stderr=stderr,
-            text=True,
-            # faulthandler: a hang is diagnosed by SIGABRT, which prints every thread's stack (below)
-            env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"},
-            start_new_session=True,  # its own process group, which the test signals like a terminal would
-        )
+    proc = _start_cli(argv, stderr_path)
     runs = [tmp_path / "c" / "runs" / f"{agent}-seed0" for agent in agents]
 
     def trained(run: Path) -> bool:  # a rollout was trained: the run's CSV log has a row
@@ -982,24 +969,13 @@ def test_kill_int_stops_a_background_compare_during_its_evaluation(tmp_path: Pat
     not stop on SIGINT in two minutes). It must stop there too: 130, the partial report, no traceback."""
     import os
     import signal
-    import subprocess
-    import sys
     import time
 
-    root = Path(__file__).resolve().parents[1]
     argv = _cli_compare_argv(tmp_path / "c", "--agents", "ppo", "lstm_ppo")
     argv[argv.index("--eval-episodes") + 1] = "2000"  # minutes of evaluation: the signal lands inside it
     stderr_path = tmp_path / "stderr.txt"
-    with stderr_path.open("w") as stderr:
-        proc = subprocess.Popen(
-            [sys.executable, str(root / "train.py"), *argv],
-            cwd=root,
-            stdout=subprocess.DEVNULL,
-            stderr=stderr,
-            env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"},
-            start_new_session=True,
-            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),  # as a shell's `&` leaves it
-        )
+    ignore_sigint = lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)  # noqa: E731 - as a shell's `&` leaves it
+    proc = _start_cli(argv, stderr_path, preexec_fn=ignore_sigint)
     model = tmp_path / "c" / "runs" / "ppo-seed0" / "model.zip"
     try:
         deadline = time.time() + 240
@@ -1019,6 +995,28 @@ def test_kill_int_stops_a_background_compare_during_its_evaluation(tmp_path: Pat
     assert "Traceback" not in err and "Continue with the same command: python " in err, err
     assert (tmp_path / "c" / "report.md").is_file()
     assert not (tmp_path / "c" / "runs" / "lstm_ppo-seed0").exists()  # the queued run never started
+
+
+def _start_cli(argv: list[str], stderr_path: Path, **popen: Any) -> Any:
+    """``python train.py ARGV`` in its own process group (signalled as a terminal would signal it), its
+    stderr into ``stderr_path``; faulthandler on, so a hang is diagnosed by SIGABRT, which prints every
+    thread's stack (``_wait_or_dump_stacks``)."""
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    with stderr_path.open("w") as stderr:
+        return subprocess.Popen(
+            [sys.executable, str(root / "train.py"), *argv],
+            cwd=root,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            text=True,
+            env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"},
+            start_new_session=True,
+            **popen,
+        )
 
 
 def _wait_or_dump_stacks(proc: Any, stderr_path: Path, timeout: float) -> None:
